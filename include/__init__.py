@@ -1,0 +1,1 @@
+"""Slipway: scikit-learn models to production on Apache Airflow."""

@@ -1,0 +1,258 @@
+"""Automatic lineage in MLflow: a parent run per DAG run, a nested run per task instance.
+
+Every task of a Slipway DAG runs inside :func:`track`, applied by the building blocks in
+:mod:`include.blocks` (and by Slipway's operators), so pipeline authors never call it:
+
+* the DAG run's parent run is found (or created) by its tags ``slipway.dag_id`` + ``slipway.run_id``;
+* the task instance gets a nested run tagged with dag_id, run_id, task_id, try_number, map_index,
+  the code version (git commit) and the data interval, and is the active MLflow run while the
+  task body runs, so anything the body logs lands there;
+* data read and written is recorded with ``mlflow.log_input``: a task's *reads* are the data
+  refs found in its arguments (what upstream tasks returned), its *writes* the refs in its own
+  return value. A data ref is ``{"name", "uri", "digest", "kind"}``, e.g. the DVC snapshot;
+* the nested run ends FINISHED or FAILED (with the error message as a tag), or stays open as
+  SCHEDULED while a deferrable sensor waits, and is resumed when it wakes up.
+
+The plugin in ``plugins/slipway_lineage.py`` closes the parent run when the DAG run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import subprocess
+import time
+from typing import Any
+
+from include.settings import PROJECT_ROOT, get_settings
+
+TAG = "slipway."
+DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
+
+
+def configure_mlflow():
+    """Point MLflow at the configured tracking store; return the module."""
+    import mlflow
+
+    mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)
+    return mlflow
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the code that runs (``SLIPWAY_CODE_VERSION`` wins), ``+dirty`` if modified."""
+    configured = get_settings().code_version
+    if configured:
+        return configured
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def experiment_id(pipeline: str) -> str:
+    """The MLflow experiment of a pipeline (created with the configured artifact location)."""
+    mlflow = configure_mlflow()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(pipeline)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_root = get_settings().mlflow_artifact_uri
+    # A remote tracking server chooses its own artifact store; only the embedded one needs a path.
+    location = artifact_root + f"/{pipeline}" if get_settings().mlflow_tracking_uri.startswith("sqlite") else None
+    try:
+        return client.create_experiment(pipeline, artifact_location=location)
+    except Exception:  # created concurrently by another task: read it back
+        exp = client.get_experiment_by_name(pipeline)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _search_one(client, exp_id: str, filters: dict[str, str]):
+    clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    runs = client.search_runs([exp_id], filter_string=clause, max_results=5, order_by=["attributes.start_time ASC"])
+    return runs[0] if runs else None
+
+
+def parent_run(pipeline: str, dag_id: str, run_id: str, extra_tags: dict[str, str] | None = None):
+    """The MLflow parent run of a DAG run, created on first use."""
+    mlflow = configure_mlflow()
+    client = mlflow.MlflowClient()
+    exp_id = experiment_id(pipeline)
+    keys = {f"{TAG}dag_id": dag_id, f"{TAG}run_id": run_id, f"{TAG}level": "dag_run"}
+    found = _search_one(client, exp_id, keys)
+    if found is not None:
+        return found
+    tags = {**keys, f"{TAG}pipeline": pipeline, f"{TAG}code_version": code_version(), **(extra_tags or {})}
+    return client.create_run(exp_id, tags=tags, run_name=f"{dag_id} {run_id}")
+
+
+def _refs(value: Any) -> list[dict]:
+    """Data refs found anywhere in a task's arguments or return value."""
+    found: list[dict] = []
+    if isinstance(value, dict):
+        if DATA_REF_KEYS <= set(value) and isinstance(value.get("uri"), str):
+            return [{k: value[k] for k in ("name", "uri", "digest", "kind")}]
+        for v in value.values():
+            found.extend(_refs(v))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            found.extend(_refs(v))
+    return found
+
+
+def data_ref(name: str, uri: str, digest: str, kind: str) -> dict:
+    """A reference to a versioned piece of data, recorded as lineage wherever it flows."""
+    return {"name": name, "uri": uri, "digest": digest, "kind": kind}
+
+
+def _log_refs(mlflow, refs: list[dict], context: str) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    seen = set()
+    for ref in refs:
+        key = (ref["name"], ref["digest"])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            source = resolve_dataset_source(ref["uri"])
+        except Exception:
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+            source = HTTPDatasetSource(url=ref["uri"])
+        dataset = MetaDataset(source=source, name=ref["name"], digest=str(ref["digest"])[:36])
+        mlflow.log_input(dataset, context=context, tags={"kind": ref["kind"], "full_digest": str(ref["digest"])})
+    if refs:
+        mlflow.set_tag(f"{TAG}data.{context}", json.dumps(refs)[:5000])
+
+
+def _context_ids(context) -> dict[str, Any]:
+    ti = context["ti"]
+    dag_run = context["dag_run"]
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "try_number": int(getattr(ti, "try_number", 1) or 1),
+        "map_index": int(getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1),
+        "interval_start": str(getattr(dag_run, "data_interval_start", "") or ""),
+        "interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
+        "run_type": str(getattr(dag_run, "run_type", "") or ""),
+    }
+
+
+@contextlib.contextmanager
+def track(pipeline: str, context, inputs: Any = None):
+    """Run the body inside the task instance's nested MLflow run; yields a ``record(result)`` callback."""
+    from mlflow.entities import RunStatus
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    mlflow = configure_mlflow()
+    client = mlflow.MlflowClient()
+    ids = _context_ids(context)
+    parent = parent_run(
+        pipeline,
+        ids["dag_id"],
+        ids["run_id"],
+        {
+            f"{TAG}interval_start": ids["interval_start"],
+            f"{TAG}interval_end": ids["interval_end"],
+            f"{TAG}run_type": ids["run_type"],
+        },
+    )
+    key = {
+        f"{TAG}dag_id": ids["dag_id"],
+        f"{TAG}run_id": ids["run_id"],
+        f"{TAG}task_id": ids["task_id"],
+        f"{TAG}try_number": str(ids["try_number"]),
+        f"{TAG}map_index": str(ids["map_index"]),
+    }
+    exp_id = parent.info.experiment_id
+    child = _search_one(client, exp_id, key)  # a resumed deferrable task reuses its run
+    if child is None:
+        child = client.create_run(
+            exp_id,
+            run_name=ids["task_id"],
+            tags={
+                **key,
+                MLFLOW_PARENT_RUN_ID: parent.info.run_id,
+                MLFLOW_RUN_NAME: ids["task_id"],
+                f"{TAG}level": "task",
+                f"{TAG}pipeline": pipeline,
+                f"{TAG}code_version": code_version(),
+                f"{TAG}interval_start": ids["interval_start"],
+                f"{TAG}interval_end": ids["interval_end"],
+            },
+        )
+    else:
+        client.update_run(child.info.run_id, status="RUNNING")
+    started = time.monotonic()
+    result_box: dict[str, Any] = {}
+
+    def record(result: Any) -> Any:
+        result_box["result"] = result
+        return result
+
+    with mlflow.start_run(run_id=child.info.run_id) as run:
+        status = "FINISHED"
+        try:
+            _log_refs(mlflow, _refs(inputs), "read")
+            yield record
+            _log_refs(mlflow, _refs(result_box.get("result")), "written")
+        except BaseException as exc:
+            if type(exc).__name__ in {"TaskDeferred", "AirflowRescheduleException"}:
+                status = "SCHEDULED"  # waiting, not failed; resumed by the same try
+            else:
+                status = "FAILED"
+                mlflow.set_tag(f"{TAG}error", f"{type(exc).__name__}: {exc}"[:4000])
+            raise
+        finally:
+            mlflow.log_metric("task_duration_s", round(time.monotonic() - started, 3))
+            mlflow.set_tag(f"{TAG}state", {"FINISHED": "success", "FAILED": "failed"}.get(status, "deferred"))
+            mlflow.end_run(status=RunStatus.to_string(RunStatus.from_string(status)))
+    _ = run
+
+
+def close_parent(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
+    """End the DAG run's parent run with the DAG run's final state (called by the listener plugin)."""
+    mlflow = configure_mlflow()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(pipeline)
+    if exp is None:
+        return
+    parent = _search_one(
+        client, exp.experiment_id, {f"{TAG}dag_id": dag_id, f"{TAG}run_id": run_id, f"{TAG}level": "dag_run"}
+    )
+    if parent is None:
+        return
+    client.set_tag(parent.info.run_id, f"{TAG}state", state)
+    client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
+
+
+def tracked(pipeline: str):
+    """Decorator for a task callable: run it inside :func:`track` with its arguments as inputs."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            from airflow.sdk import get_current_context
+
+            with track(pipeline, get_current_context(), inputs=[args, kwargs]) as record:
+                return record(fn(*args, **kwargs))
+
+        return inner
+
+    return wrap

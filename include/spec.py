@@ -1,0 +1,267 @@
+"""Pipeline specs: the YAML a data engineer writes, validated into a typed model.
+
+A spec declares where batches come from, the target, the feature columns and their types,
+identifier/PII columns, sensitive attributes, the estimator, the split, the schedule and
+the gate thresholds. Loading never imports heavy libraries: it runs at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Estimators a spec may name, mapped to their import paths. Each converts to ONNX with skl2onnx.
+ESTIMATORS: dict[str, str] = {
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+    "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
+    "decision_tree": "sklearn.tree.DecisionTreeClassifier",
+}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+class SpecError(ValueError):
+    """A spec is invalid; the message names the file, the field and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where a pipeline's batches land and how they are named."""
+
+    format: Literal["csv", "parquet"] = "csv"
+    batch_name: str = Field(
+        default="{month}.csv",
+        description="File name of one batch inside the landing zone's <pipeline>/ folder; "
+        "{month} is the data interval's month as YYYY-MM.",
+    )
+
+    @field_validator("batch_name")
+    @classmethod
+    def _has_month(cls, v: str) -> str:
+        if "{month}" not in v or "/" in v:
+            raise ValueError("must be a file name containing {month}, e.g. '{month}.csv'")
+        return v
+
+
+class Target(_Strict):
+    """The label column and which of its values is the positive class."""
+
+    column: str
+    positive_label: str | int | bool
+
+
+class Features(_Strict):
+    """Model inputs by type: numeric (float), binary (0/1) and categorical (strings)."""
+
+    numeric: list[str] = Field(default_factory=list)
+    binary: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Features:
+        if not (self.numeric or self.binary or self.categorical):
+            raise ValueError("must list at least one feature under numeric, binary or categorical")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        """Every feature column, in a fixed order (numeric, binary, categorical)."""
+        return [*self.numeric, *self.binary, *self.categorical]
+
+
+class Estimator(_Strict):
+    """The scikit-learn estimator and its parameters."""
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            raise ValueError(f"must be one of {sorted(ESTIMATORS)}, got {v!r}")
+        return v
+
+    @property
+    def import_path(self) -> str:
+        """Dotted path of the scikit-learn class."""
+        return ESTIMATORS[self.kind]
+
+
+class Split(_Strict):
+    """Held-out test split (and validation split used to tune the decision threshold)."""
+
+    test_size: float = Field(0.2, gt=0, lt=0.5)
+    validation_size: float = Field(0.2, ge=0, lt=0.5)
+    random_state: int = 42
+    stratify: bool = True
+
+
+class Schedule(_Strict):
+    """When the training DAG runs; each run trains on batches up to its data interval."""
+
+    cron: str = "0 0 1 * *"
+    start_date: date = date(2025, 1, 1)
+    catchup: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5 and not v.startswith("@"):
+            raise ValueError(f"must be a 5-field cron expression such as '0 0 1 * *', got {v!r}")
+        return v
+
+
+class EvaluationGate(_Strict):
+    """Absolute floors on held-out metrics; a candidate below any floor is not registered."""
+
+    min_roc_auc: float = Field(0.5, ge=0, le=1)
+    min_pr_auc: float = Field(0.0, ge=0, le=1)
+    min_f1: float = Field(0.0, ge=0, le=1)
+    max_brier: float = Field(1.0, ge=0, le=1)
+
+
+class Gates(_Strict):
+    """Gate thresholds; each gate records its result in the candidate's blessing."""
+
+    evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+
+
+class PipelineSpec(_Strict):
+    """One model's pipeline: everything a data engineer decides, nothing about where it runs."""
+
+    name: str
+    description: str
+    owner: str = "slipway"
+    tags: list[str] = Field(default_factory=list)
+    source: Source = Field(default_factory=Source)
+    target: Target
+    features: Features
+    identifiers: dict[str, Literal["drop", "hash"]] = Field(default_factory=dict)
+    sensitive_attributes: list[str] = Field(default_factory=list)
+    class_imbalance: Literal["none", "balanced"] = "balanced"
+    estimator: Estimator
+    split: Split = Field(default_factory=Split)
+    schedule: Schedule = Field(default_factory=Schedule)
+    gates: Gates = Field(default_factory=Gates)
+    expectation_suite: str | None = Field(
+        default=None, description="Suite file in include/expectations/; defaults to <name>.json"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v) or "__" in v:
+            raise ValueError(
+                "must be lower_snake_case (letters, digits, single underscores), 2-63 characters, "
+                f"got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> PipelineSpec:
+        feats = self.features.all
+        dupes = sorted({c for c in feats if feats.count(c) > 1})
+        if dupes:
+            raise ValueError(f"features lists {dupes} more than once")
+        if self.target.column in feats:
+            raise ValueError(f"target.column {self.target.column!r} is also listed as a feature")
+        leaked = sorted(set(self.identifiers) & set(feats))
+        if leaked:
+            raise ValueError(f"identifier columns {leaked} must not be features")
+        return self
+
+    @property
+    def suite_file(self) -> str:
+        """File name of the expectation suite."""
+        return self.expectation_suite or f"{self.name}.json"
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Columns every batch must carry."""
+        cols = [*self.identifiers, self.target.column, *self.features.all, *self.sensitive_attributes]
+        return list(dict.fromkeys(cols))
+
+    def dag_id(self, purpose: str) -> str:
+        """``<pipeline>__<purpose>``."""
+        return f"{self.name}__{purpose}"
+
+
+def _format_error(file: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required but missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a known field (check the spelling)"
+        else:
+            msg = f"{msg}, got {err.get('input')!r}" if "got" not in msg else msg
+        lines.append(f"spec {file}: {loc} {msg}")
+    return "\n".join(lines)
+
+
+def parse_spec(text: str, file: str = "<string>") -> PipelineSpec:
+    """Validate YAML text into a :class:`PipelineSpec`, or raise :class:`SpecError`."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec {file}: not valid YAML ({exc}); fix the syntax at the position shown") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec {file}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_error(file, exc)) from None
+    stem = Path(file).stem
+    if file != "<string>" and spec.name != stem:
+        raise SpecError(f"spec {file}: name must match the file name {stem!r}, got {spec.name!r}")
+    return spec
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate one spec file."""
+    p = Path(path)
+    return parse_spec(p.read_text(encoding="utf-8"), file=p.name)
+
+
+def spec_path(name: str, pipelines_dir: Path | None = None) -> Path:
+    """Path of the spec named ``name``."""
+    from include.settings import get_settings
+
+    base = pipelines_dir or get_settings().pipelines_dir
+    return base / f"{name}.yaml"
+
+
+def load_pipeline(name: str) -> PipelineSpec:
+    """Load the spec of pipeline ``name`` from the pipelines folder."""
+    path = spec_path(name)
+    if not path.is_file():
+        raise SpecError(f"pipeline {name!r}: no spec at {path}; create {path.name} in {path.parent}")
+    return load_spec(path)
+
+
+def discover(pipelines_dir: Path | None = None) -> tuple[list[PipelineSpec], dict[str, str]]:
+    """All specs in the folder: the valid ones, and an error message per invalid file."""
+    from include.settings import get_settings
+
+    base = pipelines_dir or get_settings().pipelines_dir
+    specs: list[PipelineSpec] = []
+    errors: dict[str, str] = {}
+    for path in sorted(base.glob("*.y*ml")):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as exc:
+            errors[str(path)] = str(exc)
+    return specs, errors
