@@ -1,1 +1,345 @@
-"""The ``slipway`` command: run, inspect and trace pipelines."""
+"""The ``slipway`` command: seed the demo, run and inspect pipelines, trace a model's lineage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+
+def _use_airflow_env() -> None:
+    """Embedded defaults for Airflow unless the environment already says otherwise."""
+    from include.settings import airflow_environment
+
+    env = airflow_environment()
+    os.environ.update(env)
+    # Airflow spawns `airflow` subprocesses from PATH: the project's interpreter must come first.
+    bindir = os.path.dirname(sys.executable)
+    if not os.environ.get("PATH", "").startswith(bindir):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    if env["PYTHONPATH"] not in sys.path:
+        sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p]
+
+
+def _say(msg: str) -> None:
+    print(f"[slipway] {msg}", flush=True)
+
+
+def migrate_airflow_db(quiet: bool = True) -> None:
+    """Create or upgrade the Airflow metadata database."""
+    import subprocess
+
+    _use_airflow_env()
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=quiet, text=True, env=os.environ
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"airflow db migrate failed:\n{(proc.stderr or '')[-3000:]}")
+
+
+def run_dag(dag_id: str, month: str | None = None):
+    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month``; return the DagRun."""
+    _use_airflow_env()
+    import logging
+
+    from include.settings import PROJECT_ROOT
+
+    logging.getLogger("airflow").setLevel(logging.WARNING)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    if dag_id not in bag.dags:
+        errors = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
+        raise SystemExit(f"DAG {dag_id!r} not found in dags/." + (f"\nImport errors:\n{errors}" if errors else ""))
+    dag = bag.dags[dag_id]
+    if month:
+        year, mon = (int(x) for x in month.split("-"))
+        y2, m2 = (year + 1, 1) if mon == 12 else (year, mon + 1)
+        # A monthly data interval [month, next month) is run at its end.
+        logical = datetime(y2, m2, 1, tzinfo=timezone.utc)
+    else:
+        logical = datetime.now(timezone.utc)
+    return dag.test(logical_date=logical)
+
+
+# ---------------------------------------------------------------- lineage / status
+
+
+def _client():
+    from include.lineage import configure_mlflow
+
+    return configure_mlflow().MlflowClient()
+
+
+def resolve_version(client, ref: str):
+    """``name@alias`` or ``name/version`` (or ``name`` for the candidate) to a ModelVersion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return client.get_model_version(name, version)
+        return client.get_model_version_by_alias(ref, "candidate")
+    except MlflowException as exc:
+        raise SystemExit(
+            f"no model version for {ref!r} ({exc.message.splitlines()[0]}); "
+            "see `slipway status` for the registered models and their aliases"
+        ) from None
+
+
+def lineage_record(ref: str) -> dict:
+    """Everything known about how a model version came to be, as a dict."""
+    client = _client()
+    mv = resolve_version(client, ref)
+    tags = mv.tags
+    exp = client.get_experiment_by_name(mv.name)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`slipway.dag_id` = '{tags['slipway.dag_id']}' and "
+        f"tags.`slipway.run_id` = '{tags['slipway.run_id']}'",
+        max_results=500,
+    )
+    parent = next((r for r in runs if r.data.tags.get("slipway.level") == "dag_run"), None)
+    tasks = []
+    for r in sorted((r for r in runs if r.data.tags.get("slipway.level") == "task"), key=lambda r: r.info.start_time):
+        end = r.info.end_time or r.info.start_time
+        tasks.append(
+            {
+                "task_id": r.data.tags.get("slipway.task_id"),
+                "try_number": int(r.data.tags.get("slipway.try_number", 1)),
+                "state": r.data.tags.get("slipway.state", r.info.status.lower()),
+                "duration_s": round((end - r.info.start_time) / 1000, 2),
+                "mlflow_run_id": r.info.run_id,
+                "error": r.data.tags.get("slipway.error"),
+            }
+        )
+    validation = None
+    vrun = tags.get("slipway.validation_run_id")
+    if vrun:
+        v = client.get_run(vrun)
+        validation = {
+            "result": v.data.tags.get("slipway.validation"),
+            "expectations_evaluated": int(v.data.metrics.get("expectations_evaluated", 0)),
+            "expectations_failed": int(v.data.metrics.get("expectations_failed", 0)),
+            "artifacts": f"runs:/{vrun}/validation",
+        }
+    return {
+        "model": {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases), "source": mv.source},
+        "dag_run": {
+            "dag_id": tags.get("slipway.dag_id"),
+            "run_id": tags.get("slipway.run_id"),
+            "state": parent.data.tags.get("slipway.state", parent.info.status.lower()) if parent else None,
+            "data_interval": [
+                parent.data.tags.get("slipway.interval_start") if parent else None,
+                parent.data.tags.get("slipway.interval_end") if parent else None,
+            ],
+            "mlflow_run_id": parent.info.run_id if parent else None,
+        },
+        "tasks": tasks,
+        "data_version": {"dvc_md5": tags.get("slipway.data_version"), "uri": tags.get("slipway.dvc_uri")},
+        "validation": validation,
+        "metrics": {k.removeprefix("slipway.metric."): float(v) for k, v in tags.items() if k.startswith("slipway.metric.")},
+        "gates": json.loads(tags.get("slipway.gates", "{}")),
+        "code_version": tags.get("slipway.code_version"),
+    }
+
+
+def print_lineage(rec: dict) -> None:
+    """Human-readable lineage."""
+    m, d = rec["model"], rec["dag_run"]
+    aliases = ", ".join(m["aliases"]) or "no alias"
+    print(f"model      {m['name']} version {m['version']} ({aliases})")
+    print(f"source     {m['source']}")
+    print(f"dag run    {d['dag_id']} / {d['run_id']}  state={d['state']}")
+    print(f"interval   {d['data_interval'][0]} -> {d['data_interval'][1]}")
+    print(f"data       DVC md5 {rec['data_version']['dvc_md5']}  {rec['data_version']['uri']}")
+    v = rec["validation"] or {}
+    print(
+        f"validation {v.get('result')}: {v.get('expectations_evaluated')} expectations, "
+        f"{v.get('expectations_failed')} failed  ({v.get('artifacts')})"
+    )
+    print(f"code       {rec['code_version']}")
+    print("metrics    " + "  ".join(f"{k}={val:.4f}" for k, val in sorted(rec["metrics"].items())))
+    print("tasks:")
+    for t in rec["tasks"]:
+        print(f"  {t['task_id']:<20} {t['state']:<9} try {t['try_number']}  {t['duration_s']:>7.2f} s  run {t['mlflow_run_id']}")
+
+
+def status_record() -> dict:
+    """Pipelines (valid and invalid specs), registered versions and aliases."""
+    from include.spec import discover
+
+    specs, errors = discover()
+    client = _client()
+    out = {"pipelines": [], "invalid_specs": errors}
+    for spec in specs:
+        entry = {"name": spec.name, "dags": [spec.dag_id("train")], "versions": [], "aliases": {}}
+        try:
+            model = client.get_registered_model(spec.name)
+            entry["aliases"] = {a: int(v) for a, v in model.aliases.items()}
+            for mv in client.search_model_versions(f"name = '{spec.name}'", max_results=50):
+                entry["versions"].append(
+                    {
+                        "version": int(mv.version),
+                        "aliases": sorted(a for a, v in entry["aliases"].items() if v == int(mv.version)),
+                        "data_version": mv.tags.get("slipway.data_version"),
+                        "roc_auc": mv.tags.get("slipway.metric.roc_auc"),
+                    }
+                )
+        except Exception:  # not registered yet
+            pass
+        entry["versions"].sort(key=lambda v: v["version"], reverse=True)
+        out["pipelines"].append(entry)
+    return out
+
+
+def print_status(rec: dict) -> None:
+    """Human-readable status."""
+    for p in rec["pipelines"]:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(p["aliases"].items())) or "none"
+        print(f"{p['name']}: dags {', '.join(p['dags'])}; aliases {aliases}")
+        for v in p["versions"][:10]:
+            print(
+                f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<12} data {v['data_version']}  "
+                f"roc_auc {v['roc_auc']}"
+            )
+        if not p["versions"]:
+            print("  no registered versions yet")
+    for path, err in rec["invalid_specs"].items():
+        print(f"INVALID {path}:\n  {err}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_seed(args) -> None:
+    from include.demo_data import seed_landing
+    from include.settings import get_settings
+
+    landing = get_settings().landing_uri
+    uris = seed_landing(landing, start=args.start, months=args.months)
+    _say(f"landed {len(uris)} monthly batches of telco_churn in {landing}")
+
+
+def cmd_run(args) -> None:
+    from include.spec import load_pipeline
+
+    spec = load_pipeline(args.pipeline)
+    migrate_airflow_db()
+    dr = run_dag(spec.dag_id(args.purpose), args.month)
+    _say(f"{spec.dag_id(args.purpose)} finished: {dr.state}")
+    if str(dr.state) != "success":
+        raise SystemExit(1)
+
+
+def cmd_demo(args) -> None:
+    t0 = time.monotonic()
+    from include.settings import get_settings
+
+    s = get_settings()
+    _say(f"state folder {s.home}")
+    cmd_seed(argparse.Namespace(start="2025-01", months=12))
+    _say("preparing the Airflow metadata database (SQLite)")
+    migrate_airflow_db()
+    _say("running telco_churn__train for the data interval 2025-12 (Airflow dag.test, LocalExecutor-free)")
+    t1 = time.monotonic()
+    dr = run_dag("telco_churn__train", "2025-12")
+    _say(f"DAG run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
+    if str(dr.state) != "success":
+        raise SystemExit("the training run failed; see the task logs above")
+    rec = lineage_record("telco_churn@candidate")
+    print()
+    print("=" * 78)
+    print(f"Registered {rec['model']['name']} version {rec['model']['version']} as 'candidate'")
+    print("=" * 78)
+    print_lineage(rec)
+    print()
+    _say(f"demo finished in {time.monotonic() - t0:.1f} s; MLflow store: {s.mlflow_tracking_uri}")
+    _say("browse it with: make up   (Airflow UI on http://127.0.0.1:8080, MLflow UI on http://127.0.0.1:5000)")
+
+
+def cmd_lineage(args) -> None:
+    rec = lineage_record(args.ref)
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+    else:
+        print_lineage(rec)
+
+
+def cmd_status(args) -> None:
+    rec = status_record()
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+    else:
+        print_status(rec)
+
+
+def cmd_check_spec(args) -> None:
+    from include.spec import SpecError, load_spec
+
+    failed = False
+    for path in args.paths:
+        try:
+            spec = load_spec(path)
+            print(f"{path}: ok ({spec.name}, {len(spec.features.all)} features, {spec.estimator.kind})")
+        except (SpecError, OSError) as exc:
+            failed = True
+            print(str(exc), file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_env(args) -> None:
+    from include.settings import airflow_environment
+
+    for k, v in airflow_environment().items():
+        print(f"export {k}={json.dumps(v)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``slipway`` console command."""
+    parser = argparse.ArgumentParser(prog="slipway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="seed the demo data and run telco_churn__train on the embedded stack")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("seed", help="drop the Telco churn monthly batches into the landing zone")
+    p.add_argument("--start", default="2025-01")
+    p.add_argument("--months", type=int, default=12)
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("run", help="run one DAG run of a pipeline now (dag.test) for a month's data interval")
+    p.add_argument("pipeline")
+    p.add_argument("--purpose", default="train")
+    p.add_argument("--month", help="YYYY-MM of the data interval (default: the current one)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("lineage", help="how a model version came to be: NAME@ALIAS or NAME/VERSION")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("status", help="pipelines, registered versions and aliases")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check-spec", help="validate pipeline spec files")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_check_spec)
+
+    p = sub.add_parser("env", help="print the environment of the embedded stack as shell exports")
+    p.set_defaults(func=cmd_env)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -46,9 +46,13 @@ def code_version() -> str:
     if configured:
         return configured
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
+        proc = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--verify", "-q", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        sha = proc.stdout.strip() if proc.returncode == 0 else ""
         dirty = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,

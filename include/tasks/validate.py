@@ -132,7 +132,7 @@ def _load_suite(path: Path):
     from great_expectations.core import ExpectationSuite
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    fix = "fix the file (GX 1.x format: {\"name\": ..., \"expectations\": [{\"type\": ..., \"kwargs\": ...}]})"
+    fix = 'fix the file (GX 1.x format: {"name": ..., "expectations": [{"type": ..., "kwargs": ...}]})'
     if not path.is_file():
         raise DataValidationError(
             f"suite {path}: file not found; create it or point the pipeline spec at the right file"
@@ -222,8 +222,11 @@ def _run_gx(frame, suite, out_dir: Path, run_name: str):
         validated = time.perf_counter()
         log.info(
             "validated %d rows against suite %r: %d of %d expectations passed in %.1fs",
-            len(frame), suite.name, validation.statistics["successful_expectations"],
-            validation.statistics["evaluated_expectations"], validated - started,
+            len(frame),
+            suite.name,
+            validation.statistics["successful_expectations"],
+            validation.statistics["evaluated_expectations"],
+            validated - started,
         )
 
         if _redact(validation):
@@ -347,7 +350,8 @@ def _describe(failure: dict) -> str:
         what = f"{n} {noun} value{'s' if n != 1 else ''}"
         if obs.get("unexpected_percent") is not None:
             what += f" ({obs['unexpected_percent']:.2g}%)"
-        sample = obs.get("partial_unexpected_list") or []
+        # Distinct examples only: five copies of the same redaction marker say nothing more.
+        sample = list({repr(v): v for v in obs.get("partial_unexpected_list") or []}.values())
         if any(v is not None for v in sample):
             what += f", e.g. {_brief(sample)}"
     elif "observed_value" in obs:

@@ -1,0 +1,41 @@
+# Slipway: `make demo` and `make test` do all the setup on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: help install demo test lint up bench clean
+
+help:
+	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
+	@echo "make test   install what is missing, run linters and the whole test suite"
+	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
+	@echo "make clean  remove the embedded state folder (.slipway/)"
+
+# Locked install: two installs from uv.lock get the same versions. uv is bootstrapped with pip.
+$(BIN)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
+	$(UV) sync --frozen --extra dev --python 3.11
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/slipway demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff check --select AIR dags plugins include
+
+test: lint
+	$(BIN)/python -m pytest
+
+up: install
+	$(BIN)/python -m include.stack
+
+bench: install
+	@echo "benchmarks arrive with the ONNX optimisation stage"; exit 1
+
+clean:
+	rm -rf .slipway
