@@ -141,8 +141,10 @@ def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
         fit_params["model__sample_weight"] = compute_sample_weight("balanced", y)
     try:
         pipeline.fit(feature_frame(train, spec), y, **fit_params)
-    except ValueError as exc:
-        raise TrainingError(f"fitting {spec.estimator.kind} failed: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(
+            f"fitting {spec.estimator.kind} failed: {exc}; check estimator.params in spec {spec.name}.yaml"
+        ) from None
     model_bytes = save_model(pipeline)
     uris = {}
     for name, frame in (("train", train), ("validation", val), ("test", test)):

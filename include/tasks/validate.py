@@ -72,8 +72,8 @@ def validate_snapshot(snapshot_uri: str, suite_path: str | Path, out_dir: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
 
     frame = pd.read_parquet(io.BytesIO(storage.read_bytes(snapshot_uri)))
-    # Copy-on-write makes GX's many per-metric column slices views instead of copies (~8x faster
-    # on wide frames); scoped so the setting does not leak into other code in this process.
+    # Copy-on-write lets pandas hand GX's many per-metric column slices out as lazy views rather
+    # than defensive copies; scoped so the setting does not leak into other code in this process.
     with pd.option_context("mode.copy_on_write", True):
         run_name = Path(snapshot_uri.rstrip("/")).stem or "snapshot"
         validation, docs_index = _run_gx(frame, suite, out_dir, run_name)
@@ -155,14 +155,17 @@ def _load_suite(path: Path):
                 raise TypeError("each expectation must be an object")
             # Built one by one so an error names the entry; ExpectationSuite(**raw) would log
             # and skip an unknown type, leaving a suite that silently checks less.
-            expectations.append(ExpectationConfiguration(**entry).to_domain_obj())
+            # Ids are dropped: a suite exported from a GX project carries them, and GX refuses
+            # an expectation that already "belongs" to another suite.
+            config = {k: v for k, v in entry.items() if k != "id"}
+            expectations.append(ExpectationConfiguration(**config).to_domain_obj())
         except Exception as exc:  # GX raises pydantic, TypeError and its own errors here
             detail = " ".join(str(exc).split())
             raise DataValidationError(
                 f"suite {path}: expectations[{i}] ({label}) is invalid: {detail}; {fix}"
             ) from exc
     try:
-        return ExpectationSuite(**{**raw, "expectations": expectations})
+        return ExpectationSuite(**{**raw, "id": None, "expectations": expectations})
     except (TypeError, ValueError) as exc:
         raise DataValidationError(f"suite {path}: {exc}; {fix}") from exc
 

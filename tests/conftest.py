@@ -1,0 +1,87 @@
+"""Test isolation: every test session gets its own state folder; nothing touches the user's .slipway/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="slipway-test-"))
+
+# Set before anything imports Airflow or MLflow: both read their configuration at import time.
+for var in list(os.environ):
+    if var.startswith(("AIRFLOW", "SLIPWAY_", "MLFLOW_")) or var in {"AWS_ENDPOINT_URL"}:
+        del os.environ[var]
+os.environ["SLIPWAY_HOME"] = str(_SESSION_HOME)
+os.environ["SLIPWAY_PII_KEY"] = "test-only-pii-key"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["GIT_PYTHON_REFRESH"] = "quiet"
+
+from include.settings import airflow_environment  # noqa: E402
+
+os.environ.update(airflow_environment())
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return PROJECT_ROOT
+
+
+@pytest.fixture
+def telco_spec():
+    from include.spec import load_spec
+
+    return load_spec(PROJECT_ROOT / "include" / "pipelines" / "telco_churn.yaml")
+
+
+@pytest.fixture(scope="session")
+def wa_churn():
+    """The full demo table (7,043 rows), loaded once."""
+    from include.demo_data import load_wa_churn
+
+    return load_wa_churn()
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """A fresh state folder for one test (lake, landing, DVC, MLflow)."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("SLIPWAY_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    home.mkdir()
+    return home
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's standalone S3 server on a free loopback port, stopped at the end of the session."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch):
+    """Point boto3 (and DVC) at the moto server with throwaway credentials."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_s3
