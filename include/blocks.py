@@ -183,7 +183,9 @@ def train_model(pipeline: str, **task_kwargs):
             out = fit(spec, versioned["snapshot_uri"], _run_prefix(pipeline, versioned["month"]))
         mlflow.log_params({f"model.{k}": v for k, v in out["params"].items()})
         mlflow.log_params({"estimator": out["estimator"], "class_imbalance": spec.class_imbalance})
-        mlflow.log_metrics({f"rows_{k}": v for k, v in out["rows"].items()} | {"positive_rate": out["positive_rate"]})
+        mlflow.log_metrics(
+            {f"rows_{k}": v for k, v in out["rows"].items()} | {"positive_rate": out["positive_rate"]}
+        )
         return {
             "model_uri": out["model_uri"],
             "splits": out["splits"],
@@ -212,9 +214,13 @@ def evaluate_model(pipeline: str, **task_kwargs):
             out = score(spec, trained["model_uri"], trained["splits"]["test"])
             mlflow.log_metrics({f"test_{k}": v for k, v in out["metrics"].items()})
             run_id = mlflow.active_run().info.run_id
-            gate = evaluation_gate(out["metrics"], spec.gates.evaluation, f"runs:/{run_id}/blessing/evaluation.json")
+            gate = evaluation_gate(
+                out["metrics"], spec.gates.evaluation, f"runs:/{run_id}/blessing/evaluation.json"
+            )
             mlflow.log_dict({"results": gate}, "blessing/evaluation.json")
-            mlflow.set_tag("slipway.gate.evaluation", "passed" if all(g["passed"] for g in gate) else "failed")
+            mlflow.set_tag(
+                "slipway.gate.evaluation", "passed" if all(g["passed"] for g in gate) else "failed"
+            )
             raise_for_gate(gate)
         return {"metrics": out["metrics"], "gates": gate, "run_id": run_id}
 
@@ -253,7 +259,9 @@ def register_model(pipeline: str, **task_kwargs):
             ),
             **{f"slipway.metric.{k}": f"{v:.6f}" for k, v in evaluated["metrics"].items() if k != "rows"},
         }
-        out = register_candidate(load_pipeline(pipeline), trained["model_uri"], trained["splits"]["test"], tags)
+        out = register_candidate(
+            load_pipeline(pipeline), trained["model_uri"], trained["splits"]["test"], tags
+        )
         ctx["outlet_events"][candidate_asset(pipeline)].extra = {
             "model": pipeline,
             "version": out["version"],
@@ -282,3 +290,13 @@ def training_chain(pipeline: str) -> dict:
         "evaluate_model": evaluated,
         "register_model": registered,
     }
+
+
+def custom_task(pipeline: str, fn, **task_kwargs):
+    """Task: a plain Python function of the upstream results, with Slipway's lineage around it.
+
+    ``fn`` receives the upstream tasks' return values (small dicts of URIs and versions) and
+    returns a small JSON-serialisable dict; include data refs (:func:`include.lineage.data_ref`)
+    in it to have what it wrote recorded as lineage.
+    """
+    return task(task_id=task_kwargs.pop("task_id", fn.__name__), **task_kwargs)(tracked(pipeline)(fn))

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def _use_airflow_env() -> None:
@@ -53,15 +53,17 @@ def run_dag(dag_id: str, month: str | None = None):
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if dag_id not in bag.dags:
         errors = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
-        raise SystemExit(f"DAG {dag_id!r} not found in dags/." + (f"\nImport errors:\n{errors}" if errors else ""))
+        raise SystemExit(
+            f"DAG {dag_id!r} not found in dags/." + (f"\nImport errors:\n{errors}" if errors else "")
+        )
     dag = bag.dags[dag_id]
     if month:
         year, mon = (int(x) for x in month.split("-"))
         y2, m2 = (year + 1, 1) if mon == 12 else (year, mon + 1)
         # A monthly data interval [month, next month) is run at its end.
-        logical = datetime(y2, m2, 1, tzinfo=timezone.utc)
+        logical = datetime(y2, m2, 1, tzinfo=UTC)
     else:
-        logical = datetime.now(timezone.utc)
+        logical = datetime.now(UTC)
     return dag.test(logical_date=logical)
 
 
@@ -107,7 +109,9 @@ def lineage_record(ref: str) -> dict:
     )
     parent = next((r for r in runs if r.data.tags.get("slipway.level") == "dag_run"), None)
     tasks = []
-    for r in sorted((r for r in runs if r.data.tags.get("slipway.level") == "task"), key=lambda r: r.info.start_time):
+    for r in sorted(
+        (r for r in runs if r.data.tags.get("slipway.level") == "task"), key=lambda r: r.info.start_time
+    ):
         end = r.info.end_time or r.info.start_time
         tasks.append(
             {
@@ -130,7 +134,12 @@ def lineage_record(ref: str) -> dict:
             "artifacts": f"runs:/{vrun}/validation",
         }
     return {
-        "model": {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases), "source": mv.source},
+        "model": {
+            "name": mv.name,
+            "version": int(mv.version),
+            "aliases": list(mv.aliases),
+            "source": mv.source,
+        },
         "dag_run": {
             "dag_id": tags.get("slipway.dag_id"),
             "run_id": tags.get("slipway.run_id"),
@@ -144,7 +153,11 @@ def lineage_record(ref: str) -> dict:
         "tasks": tasks,
         "data_version": {"dvc_md5": tags.get("slipway.data_version"), "uri": tags.get("slipway.dvc_uri")},
         "validation": validation,
-        "metrics": {k.removeprefix("slipway.metric."): float(v) for k, v in tags.items() if k.startswith("slipway.metric.")},
+        "metrics": {
+            k.removeprefix("slipway.metric."): float(v)
+            for k, v in tags.items()
+            if k.startswith("slipway.metric.")
+        },
         "gates": json.loads(tags.get("slipway.gates", "{}")),
         "code_version": tags.get("slipway.code_version"),
     }
@@ -168,7 +181,9 @@ def print_lineage(rec: dict) -> None:
     print("metrics    " + "  ".join(f"{k}={val:.4f}" for k, val in sorted(rec["metrics"].items())))
     print("tasks:")
     for t in rec["tasks"]:
-        print(f"  {t['task_id']:<20} {t['state']:<9} try {t['try_number']}  {t['duration_s']:>7.2f} s  run {t['mlflow_run_id']}")
+        print(
+            f"  {t['task_id']:<20} {t['state']:<9} try {t['try_number']}  {t['duration_s']:>7.2f} s  run {t['mlflow_run_id']}"
+        )
 
 
 def status_record() -> dict:
@@ -261,7 +276,9 @@ def cmd_demo(args) -> None:
     print_lineage(rec)
     print()
     _say(f"demo finished in {time.monotonic() - t0:.1f} s; MLflow store: {s.mlflow_tracking_uri}")
-    _say("browse it with: make up   (Airflow UI on http://127.0.0.1:8080, MLflow UI on http://127.0.0.1:5000)")
+    _say(
+        "browse it with: make up   (Airflow UI on http://127.0.0.1:8080, MLflow UI on http://127.0.0.1:5000)"
+    )
 
 
 def cmd_lineage(args) -> None:

@@ -10,7 +10,7 @@ stored: Airflow rejects it at parse time and shows the message under "Import err
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
@@ -34,7 +34,7 @@ Spec: `include/pipelines/{name}.yaml`.
 
 def train_dag(spec: PipelineSpec) -> DAG:
     """The ``<pipeline>__train`` DAG of a spec."""
-    start = datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
+    start = datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC)
     with DAG(
         dag_id=spec.dag_id("train"),
         description=f"Train and register a candidate for {spec.name}",

@@ -72,8 +72,11 @@ def experiment_id(pipeline: str) -> str:
     if exp is not None:
         return exp.experiment_id
     artifact_root = get_settings().mlflow_artifact_uri
-    # A remote tracking server chooses its own artifact store; only the embedded one needs a path.
-    location = artifact_root + f"/{pipeline}" if get_settings().mlflow_tracking_uri.startswith("sqlite") else None
+    # A tracking server chooses its own artifact store; a direct database store needs to be told.
+    tracking = get_settings().mlflow_tracking_uri
+    location = (
+        None if tracking.startswith(("http://", "https://", "databricks")) else f"{artifact_root}/{pipeline}"
+    )
     try:
         return client.create_experiment(pipeline, artifact_location=location)
     except Exception:  # created concurrently by another task: read it back
@@ -85,7 +88,9 @@ def experiment_id(pipeline: str) -> str:
 
 def _search_one(client, exp_id: str, filters: dict[str, str]):
     clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
-    runs = client.search_runs([exp_id], filter_string=clause, max_results=5, order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [exp_id], filter_string=clause, max_results=5, order_by=["attributes.start_time ASC"]
+    )
     return runs[0] if runs else None
 
 
@@ -138,7 +143,9 @@ def _log_refs(mlflow, refs: list[dict], context: str) -> None:
 
             source = HTTPDatasetSource(url=ref["uri"])
         dataset = MetaDataset(source=source, name=ref["name"], digest=str(ref["digest"])[:36])
-        mlflow.log_input(dataset, context=context, tags={"kind": ref["kind"], "full_digest": str(ref["digest"])})
+        mlflow.log_input(
+            dataset, context=context, tags={"kind": ref["kind"], "full_digest": str(ref["digest"])}
+        )
     if refs:
         mlflow.set_tag(f"{TAG}data.{context}", json.dumps(refs)[:5000])
 

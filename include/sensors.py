@@ -68,7 +68,9 @@ class BatchSensor(BaseSensorOperator):
         from include.spec import load_pipeline
         from include.tasks.ingest import landing_batch_uri
 
-        return landing_batch_uri(get_settings().landing_uri, load_pipeline(self.pipeline), interval_month(context))
+        return landing_batch_uri(
+            get_settings().landing_uri, load_pipeline(self.pipeline), interval_month(context)
+        )
 
     def poke(self, context) -> bool:
         from include import storage

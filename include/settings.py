@@ -52,7 +52,9 @@ def get_settings() -> Settings:
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"),
         mlflow_artifact_uri=env.get("SLIPWAY_MLFLOW_ARTIFACT_URI", _file_uri(mlflow_dir / "artifacts")),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("SLIPWAY_S3_ENDPOINT_URL") or None,
-        pipelines_dir=Path(env.get("SLIPWAY_PIPELINES_DIR", PROJECT_ROOT / "include" / "pipelines")).resolve(),
+        pipelines_dir=Path(
+            env.get("SLIPWAY_PIPELINES_DIR", PROJECT_ROOT / "include" / "pipelines")
+        ).resolve(),
         expectations_dir=Path(
             env.get("SLIPWAY_EXPECTATIONS_DIR", PROJECT_ROOT / "include" / "expectations")
         ).resolve(),
@@ -78,9 +80,7 @@ def airflow_environment(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p
-        ),
+        "PYTHONPATH": os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p),
     }
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 

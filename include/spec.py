@@ -163,8 +163,7 @@ class PipelineSpec(_Strict):
     def _name(cls, v: str) -> str:
         if not _NAME.match(v) or "__" in v:
             raise ValueError(
-                "must be lower_snake_case (letters, digits, single underscores), 2-63 characters, "
-                f"got {v!r}"
+                f"must be lower_snake_case (letters, digits, single underscores), 2-63 characters, got {v!r}"
             )
         return v
 
@@ -217,9 +216,13 @@ def parse_spec(text: str, file: str = "<string>") -> PipelineSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"spec {file}: not valid YAML ({exc}); fix the syntax at the position shown") from None
+        raise SpecError(
+            f"spec {file}: not valid YAML ({exc}); fix the syntax at the position shown"
+        ) from None
     if not isinstance(raw, dict):
-        raise SpecError(f"spec {file}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+        raise SpecError(
+            f"spec {file}: expected a mapping of fields at the top level, got {type(raw).__name__}"
+        )
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:

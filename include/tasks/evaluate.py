@@ -80,7 +80,8 @@ def raise_for_gate(results: list[dict]) -> None:
             for r in failed
         ]
         raise GateFailed(
-            f"{len(failed)} gate check(s) failed:\n" + "\n".join(lines)
+            f"{len(failed)} gate check(s) failed:\n"
+            + "\n".join(lines)
             + "\nThe candidate is not registered and no alias moved. Improve the model or revisit the "
             "thresholds in the pipeline spec.",
             results,

@@ -58,7 +58,9 @@ def _read(uri: str, fmt: str):
         # Everything as text first: types are enforced column by column below with clear errors.
         return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.ParserError as exc:
-        raise BatchError(f"batch {uri}: not readable as CSV ({exc}); re-export it as comma-separated text") from None
+        raise BatchError(
+            f"batch {uri}: not readable as CSV ({exc}); re-export it as comma-separated text"
+        ) from None
 
 
 def _examples(values) -> list:
@@ -106,9 +108,7 @@ def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes)
             num = pd.to_numeric(s, errors="coerce")
             bad = s[num.isna() & s.notna()]
             if len(bad):
-                problems.append(
-                    f"column {col!r} must be numeric, got {_examples(bad)} in {len(bad)} rows"
-                )
+                problems.append(f"column {col!r} must be numeric, got {_examples(bad)} in {len(bad)} rows")
                 continue
             if col in spec.features.binary:
                 off = num[num.notna() & ~num.isin([0, 1])]
@@ -181,7 +181,9 @@ def ingest_month(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: str
         raise BatchError(f"month must be YYYY-MM, got {month!r}")
     src = landing_batch_uri(landing_uri, spec, month)
     if not storage.exists(src):
-        raise BatchError(f"batch for {month} not found at {src}: drop the file into the landing zone and re-run")
+        raise BatchError(
+            f"batch for {month} not found at {src}: drop the file into the landing zone and re-run"
+        )
     df = conform_batch(_read(src, spec.source.format), spec, src, month, pii_key)
     _check_not_duplicate(df, spec, lake_uri, month, src)
     data = to_parquet_bytes(df)
@@ -210,7 +212,9 @@ def ingest_batches(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: s
     months = [m for m in landed_months(landing_uri, spec) if m <= month]
     if month not in months:
         src = landing_batch_uri(landing_uri, spec, month)
-        raise BatchError(f"batch for {month} not found at {src}: drop the file into the landing zone and re-run")
+        raise BatchError(
+            f"batch for {month} not found at {src}: drop the file into the landing zone and re-run"
+        )
     results = [ingest_month(spec, m, landing_uri, lake_uri, pii_key) for m in months]
     return {
         "month": month,

@@ -43,7 +43,9 @@ def register_candidate(
     try:
         client.get_registered_model(spec.name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(spec.name, description=spec.description, tags={"slipway.pipeline": spec.name})
+        client.create_registered_model(
+            spec.name, description=spec.description, tags={"slipway.pipeline": spec.name}
+        )
     mv = mlflow.register_model(info.model_uri, spec.name, tags={k: str(v) for k, v in tags.items()})
     client.set_registered_model_alias(spec.name, alias, mv.version)
     return {"name": spec.name, "version": int(mv.version), "alias": alias, "model_uri": info.model_uri}

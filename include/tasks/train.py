@@ -84,7 +84,9 @@ def build_pipeline(spec: PipelineSpec):
     try:
         estimator = cls(**params)
     except (TypeError, ValueError) as exc:
-        raise TrainingError(f"spec {spec.name}.yaml: estimator.params rejected by {cls_name}: {exc}") from None
+        raise TrainingError(
+            f"spec {spec.name}.yaml: estimator.params rejected by {cls_name}: {exc}"
+        ) from None
 
     num_steps = [("impute", SimpleImputer(strategy="median"))]
     if spec.estimator.kind in _LINEAR:
@@ -103,7 +105,10 @@ def build_pipeline(spec: PipelineSpec):
 
 def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
     """True when imbalance must be handled with sample weights (no ``class_weight`` parameter)."""
-    return spec.class_imbalance == "balanced" and "class_weight" not in pipeline.named_steps["model"].get_params()
+    return (
+        spec.class_imbalance == "balanced"
+        and "class_weight" not in pipeline.named_steps["model"].get_params()
+    )
 
 
 def save_model(pipeline) -> bytes:
@@ -168,5 +173,3 @@ def _plain(v) -> bool:
 def read_model(model_uri: str):
     """Load the skops model stored at ``model_uri``."""
     return load_model(storage.read_bytes(model_uri))
-
-

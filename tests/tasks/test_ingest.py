@@ -89,7 +89,11 @@ def zones_with_history(zones, telco_spec, wa_churn):
 
 def test_missing_column(zones_with_history, telco_spec, wa_churn):
     msg = _assert_refused(
-        zones_with_history, telco_spec, wa_churn.iloc[100:200].drop(columns=["tenure"]), "2025-02", "lacks required"
+        zones_with_history,
+        telco_spec,
+        wa_churn.iloc[100:200].drop(columns=["tenure"]),
+        "2025-02",
+        "lacks required",
     )
     assert "['tenure']" in msg and "fix the export" in msg
 
@@ -118,7 +122,9 @@ def test_header_only_and_zero_byte_batches(zones_with_history, telco_spec):
 
 
 def test_duplicate_batch_delivered_under_another_month(zones_with_history, telco_spec, wa_churn):
-    msg = _assert_refused(zones_with_history, telco_spec, wa_churn.iloc[:100], "2025-02", "repeats 100 records")
+    msg = _assert_refused(
+        zones_with_history, telco_spec, wa_churn.iloc[:100], "2025-02", "repeats 100 records"
+    )
     assert "delivered twice" in msg
 
 
@@ -131,7 +137,9 @@ def test_duplicate_rows_inside_a_batch(zones_with_history, telco_spec, wa_churn)
 def test_changed_batch_after_ingest_is_refused(zones_with_history, telco_spec, wa_churn):
     altered = wa_churn.iloc[:100].copy()
     altered["tenure"] = altered["tenure"] + 1
-    msg = _assert_refused(zones_with_history, telco_spec, altered, "2025-01", "already holds a different batch")
+    msg = _assert_refused(
+        zones_with_history, telco_spec, altered, "2025-01", "already holds a different batch"
+    )
     assert "archive and delete" in msg
 
 

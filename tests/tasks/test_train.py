@@ -79,7 +79,9 @@ def test_bad_params_are_named(tmp_path, snapshot_uri, telco_spec):
         build_pipeline(_spec(telco_spec, params={"n_trees": 5}))
     # scikit-learn checks values at fit time: the error still names the spec field.
     with pytest.raises(TrainingError, match=r"check estimator.params in spec telco_churn.yaml") as err:
-        train_model(_spec(telco_spec, params={"C": "lots"}), snapshot_uri, storage.path_to_uri(tmp_path / "x"))
+        train_model(
+            _spec(telco_spec, params={"C": "lots"}), snapshot_uri, storage.path_to_uri(tmp_path / "x")
+        )
     assert "'C'" in str(err.value)
 
 

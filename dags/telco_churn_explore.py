@@ -1,0 +1,42 @@
+"""
+### telco_churn: explore (an example of a hand-written DAG)
+
+Most pipelines need no Python: a spec and an expectation suite generate their DAGs. When a data
+engineer needs more, a DAG can be composed from the same building blocks (`include.blocks`) plus
+plain Python functions, and keeps Slipway's lineage: every task below gets its nested MLflow run.
+
+This one reuses ingestion, DVC versioning and validation, then runs a custom profiling step.
+Manual runs only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag
+
+from include import blocks
+from include.custom_steps import profile_churn_by_contract
+
+PIPELINE = "telco_churn"
+
+
+@dag(
+    dag_id=f"{PIPELINE}__explore",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    default_args={**blocks.DEFAULT_ARGS, "owner": "data-engineering"},
+    tags=["slipway", "example"],
+    doc_md=__doc__,
+)
+def telco_churn_explore():
+    landed = blocks.wait_for_batch(PIPELINE)
+    ingested = blocks.ingest_batch(PIPELINE)(landed.output)
+    versioned = blocks.version_snapshot(PIPELINE)(ingested)
+    validated = blocks.validate_snapshot(PIPELINE)(versioned)
+    profile = blocks.custom_task(PIPELINE, profile_churn_by_contract)(versioned)
+    validated >> profile
+
+
+telco_churn_explore()
