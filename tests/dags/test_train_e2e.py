@@ -1,0 +1,156 @@
+"""End to end: telco_churn__train with dag.test() on the embedded stack (SQLite, local lake, local
+DVC remote), then bad data that must stop the pipeline without touching what is stored."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from include import storage
+from tests.dags.e2e import clean_env, lineage, mlflow_client, slipway, task_runs
+
+pytestmark = pytest.mark.e2e
+
+TASKS = {
+    "wait_for_batch",
+    "ingest_batch",
+    "version_snapshot",
+    "validate_snapshot",
+    "train_model",
+    "evaluate_model",
+    "register_model",
+}
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("embedded")
+    env = clean_env(SLIPWAY_HOME=str(home))
+    slipway(env, "seed")
+    run = slipway(env, "run", "telco_churn", "--month", "2025-12")
+    return {"home": home, "env": env, "run": run, "tracking": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"}
+
+
+def _lake(home):
+    return {u: hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in storage.list_uris(storage.path_to_uri(home / "lake"))}
+
+
+def test_run_registers_a_candidate_with_full_lineage(embedded):
+    rec = lineage(embedded["env"], "telco_churn@candidate")
+    assert rec["model"]["name"] == "telco_churn" and rec["model"]["version"] == 1
+    assert rec["model"]["aliases"] == ["candidate"]
+    assert rec["dag_run"]["dag_id"] == "telco_churn__train"
+    assert rec["dag_run"]["state"] == "success"
+    assert rec["dag_run"]["data_interval"][0].startswith("2025-12-01")
+    assert {t["task_id"] for t in rec["tasks"]} == TASKS
+    assert all(t["state"] == "success" for t in rec["tasks"])
+    assert len(rec["data_version"]["dvc_md5"]) == 32
+    assert rec["data_version"]["uri"].endswith(
+        f"/files/md5/{rec['data_version']['dvc_md5'][:2]}/{rec['data_version']['dvc_md5'][2:]}"
+    )
+    assert rec["validation"]["result"] == "passed" and rec["validation"]["expectations_evaluated"] >= 30
+    assert rec["metrics"]["roc_auc"] > 0.8
+    assert set(rec["metrics"]) >= {"roc_auc", "pr_auc", "f1", "precision", "recall", "brier"}
+    assert rec["code_version"] not in (None, "", "unknown")
+
+
+def test_one_nested_mlflow_run_per_task_instance(embedded):
+    client = mlflow_client(embedded["tracking"])
+    runs = task_runs(client, "telco_churn", "telco_churn__train")
+    assert sorted(r.data.tags["slipway.task_id"] for r in runs) == sorted(TASKS)
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["slipway.level"] == "dag_run" and parent.info.status == "FINISHED"
+    for r in runs:
+        tags = r.data.tags
+        for key in ("slipway.dag_id", "slipway.run_id", "slipway.task_id", "slipway.try_number", "slipway.code_version"):
+            assert tags.get(key), f"{tags['slipway.task_id']} lacks {key}"
+        assert r.info.status == "FINISHED"
+    by_task = {r.data.tags["slipway.task_id"]: r for r in runs}
+    # Data versions read and written, with mlflow.log_input.
+    train_inputs = {(i.dataset.name, i.tags[0].value) for i in by_task["train_model"].inputs.dataset_inputs}
+    assert ("training_snapshot", "read") in {(n, c) for n, c in train_inputs} or any(
+        i.dataset.name == "training_snapshot" for i in by_task["train_model"].inputs.dataset_inputs
+    )
+    written = by_task["version_snapshot"].data.tags["slipway.data.written"]
+    assert "training_snapshot" in written and '"kind": "dvc"' in written
+    # Validation artifacts: result JSON and Data Docs HTML.
+    arts = {a.path for a in client.list_artifacts(by_task["validate_snapshot"].info.run_id, "validation")}
+    assert "validation/validation_result.json" in arts and "validation/data_docs" in arts
+
+
+def test_lake_layout_pii_and_dvc_remote(embedded):
+    home = embedded["home"]
+    lake = _lake(home)
+    batches = sorted(u for u in lake if "/batches/month=" in u)
+    assert len(batches) == 12 and batches[-1].endswith("/telco_churn/batches/month=2025-12/batch.parquet")
+    assert all(b"CUST-" not in storage.read_bytes(u) for u in batches)
+    remote = storage.list_uris(storage.path_to_uri(home / "dvc-remote"))
+    assert len(remote) == 1 and "/files/md5/" in remote[0]
+
+
+def test_rerun_of_the_same_interval_is_idempotent(embedded):
+    before = _lake(embedded["home"])
+    slipway(embedded["env"], "run", "telco_churn", "--month", "2025-12")
+    after = _lake(embedded["home"])
+    # Same keys; the data objects are byte-identical (models may differ only in serialisation metadata).
+    assert set(after) == set(before)
+    data = [u for u in before if "/batches/" in u or "/snapshots/" in u or u.endswith(("train.parquet", "test.parquet"))]
+    assert data and all(before[u] == after[u] for u in data)
+    rec = lineage(embedded["env"], "telco_churn@candidate")
+    assert rec["model"]["version"] == 2
+    first = lineage(embedded["env"], "telco_churn/1")
+    assert rec["data_version"] == first["data_version"]
+
+
+def test_bad_batch_stops_the_run_and_loses_nothing(embedded):
+    """A batch with a missing column fails ingest; lake, DVC remote and registry are untouched."""
+    import pandas as pd
+
+    env, home = embedded["env"], embedded["home"]
+    landing = home / "landing" / "telco_churn"
+    bad = pd.read_csv(landing / "2025-12.csv").drop(columns=["contract"])
+    bad["customer_id"] = bad["customer_id"].str.replace("CUST-", "NEW-")
+    bad.to_csv(landing / "2026-01.csv", index=False)
+    lake_before = _lake(home)
+    remote_before = storage.list_uris(storage.path_to_uri(home / "dvc-remote"))
+    alias_before = lineage(env, "telco_churn@candidate")["model"]["version"]
+
+    proc = slipway(env, "run", "telco_churn", "--month", "2026-01", check=False)
+    assert proc.returncode != 0
+    assert "lacks required columns ['contract']" in proc.stdout + proc.stderr
+    assert _lake(home) == lake_before
+    assert storage.list_uris(storage.path_to_uri(home / "dvc-remote")) == remote_before
+    assert lineage(env, "telco_churn@candidate")["model"]["version"] == alias_before
+    client = mlflow_client(embedded["tracking"])
+    runs = [r for r in task_runs(client, "telco_churn", "telco_churn__train") if r.data.tags["slipway.run_id"].startswith("manual")]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert [r.data.tags["slipway.task_id"] for r in failed] == ["ingest_batch"]
+    assert "contract" in failed[0].data.tags["slipway.error"]
+
+
+def test_failing_suite_stops_before_training(embedded):
+    """Data that fits the schema but breaks the suite: validation fails, nothing downstream runs."""
+    import pandas as pd
+
+    env, home = embedded["env"], embedded["home"]
+    landing = home / "landing" / "telco_churn"
+    (landing / "2026-01.csv").unlink(missing_ok=True)
+    odd = pd.read_csv(landing / "2025-12.csv")
+    odd["customer_id"] = odd["customer_id"].str.replace("CUST-", "FEB-")
+    odd.loc[:9, "tenure"] = 999
+    odd.loc[:4, "contract"] = "Lifetime"
+    odd.to_csv(landing / "2026-02.csv", index=False)
+    alias_before = lineage(env, "telco_churn@candidate")["model"]["version"]
+    proc = slipway(env, "run", "telco_churn", "--month", "2026-02", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Data validation failed" in out and "tenure" in out and "contract" in out
+    assert lineage(env, "telco_churn@candidate")["model"]["version"] == alias_before
+    client = mlflow_client(embedded["tracking"])
+    feb = [r for r in task_runs(client, "telco_churn", "telco_churn__train") if "2026-02" in r.data.tags.get("slipway.interval_start", "")]
+    states = {r.data.tags["slipway.task_id"]: r.info.status for r in feb}
+    assert states["validate_snapshot"] == "FAILED"
+    assert "train_model" not in states and "register_model" not in states
