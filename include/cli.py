@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,8 +41,69 @@ def migrate_airflow_db(quiet: bool = True) -> None:
         raise SystemExit(f"airflow db migrate failed:\n{(proc.stderr or '')[-3000:]}")
 
 
-def run_dag(dag_id: str, month: str | None = None):
-    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month``; return the DagRun."""
+@contextlib.contextmanager
+def _output_to(path):
+    """Send this process's stdout/stderr (file descriptors, so Airflow's loggers too) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _errors_from_log(path, offset: int, limit: int = 150) -> str:
+    """This run's part of the log, from its first error on (what an operator needs to see)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        lines = fh.read().decode(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if "[error" in line), max(0, len(lines) - 40))
+    return "\n".join(lines[start : start + limit])
+
+
+def failed_tasks(dag_id: str, run_id: str) -> list[tuple[str, str]]:
+    """(task_id, error) of the failed task instances of a DAG run, from their MLflow runs."""
+    client = _client()
+    exp = client.get_experiment_by_name(dag_id.split("__", 1)[0])
+    if exp is None:
+        return []
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`slipway.dag_id` = '{dag_id}' and tags.`slipway.run_id` = '{run_id}' "
+        "and tags.`slipway.level` = 'task' and attributes.status = 'FAILED'",
+    )
+    return [(r.data.tags.get("slipway.task_id", "?"), r.data.tags.get("slipway.error", "")) for r in runs]
+
+
+def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
+    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month``; return the DagRun.
+
+    With ``quiet`` the Airflow task logs go to ``<state>/logs/<dag_id>.log`` and only the
+    errors are printed when the run fails.
+    """
+    if quiet:
+        from include.settings import get_settings
+
+        log_path = get_settings().home / "logs" / f"{dag_id}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        _say(f"task logs: {log_path}")
+        with _output_to(log_path):
+            dr = run_dag(dag_id, month, quiet=False)
+        if str(dr.state) != "success":
+            print(_errors_from_log(log_path, offset), file=sys.stderr)
+            for task_id, error in failed_tasks(dag_id, dr.run_id):
+                print(f"\n[slipway] task {task_id} failed:\n{error}", file=sys.stderr)
+        return dr
     _use_airflow_env()
     import logging
 
@@ -247,7 +309,7 @@ def cmd_run(args) -> None:
 
     spec = load_pipeline(args.pipeline)
     migrate_airflow_db()
-    dr = run_dag(spec.dag_id(args.purpose), args.month)
+    dr = run_dag(spec.dag_id(args.purpose), args.month, quiet=not args.verbose)
     _say(f"{spec.dag_id(args.purpose)} finished: {dr.state}")
     if str(dr.state) != "success":
         raise SystemExit(1)
@@ -262,7 +324,7 @@ def cmd_demo(args) -> None:
     cmd_seed(argparse.Namespace(start="2025-01", months=12))
     _say("preparing the Airflow metadata database (SQLite)")
     migrate_airflow_db()
-    _say("running telco_churn__train for the data interval 2025-12 (Airflow dag.test, LocalExecutor-free)")
+    _say("running telco_churn__train for the data interval 2025-12 (Airflow dag.test, in this process)")
     t1 = time.monotonic()
     dr = run_dag("telco_churn__train", "2025-12")
     _say(f"DAG run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
@@ -336,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("pipeline")
     p.add_argument("--purpose", default="train")
     p.add_argument("--month", help="YYYY-MM of the data interval (default: the current one)")
+    p.add_argument("--verbose", action="store_true", help="print every task's log instead of only the errors")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("lineage", help="how a model version came to be: NAME@ALIAS or NAME/VERSION")

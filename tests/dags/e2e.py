@@ -24,7 +24,9 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def slipway(env: dict[str, str], *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def slipway(
+    env: dict[str, str], *args: str, check: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m include.cli ARGS`` from the project root."""
     proc = subprocess.run(
         [sys.executable, "-m", "include.cli", *args],
@@ -35,7 +37,9 @@ def slipway(env: dict[str, str], *args: str, check: bool = True, timeout: int = 
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"slipway {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"slipway {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

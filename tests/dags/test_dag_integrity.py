@@ -46,9 +46,16 @@ def test_every_dag_is_well_formed(bag):
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id}: set an owner"
             assert t.retries >= 2, f"{dag_id}.{t.task_id}: retries must be >= 2"
             verb = t.task_id.split("_")[0]
-            assert verb in {"wait", "ingest", "version", "validate", "train", "evaluate", "register", "profile"}, (
-                f"{dag_id}.{t.task_id}: task ids start with a verb"
-            )
+            assert verb in {
+                "wait",
+                "ingest",
+                "version",
+                "validate",
+                "train",
+                "evaluate",
+                "register",
+                "profile",
+            }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
 
 def test_train_dag_shape(bag):
@@ -151,7 +158,10 @@ def test_second_pipeline_from_a_spec_alone(tmp_path, monkeypatch):
 def test_lint_airflow_rules():
     ruff = Path(sys.executable).with_name("ruff")
     proc = subprocess.run(
-        [str(ruff), "check", "--select", "AIR", "dags", "plugins", "include"], cwd=ROOT, capture_output=True, text=True
+        [str(ruff), "check", "--select", "AIR", "dags", "plugins", "include"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     json.dumps(proc.stdout)

@@ -33,7 +33,10 @@ def embedded(tmp_path_factory):
 
 
 def _lake(home):
-    return {u: hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in storage.list_uris(storage.path_to_uri(home / "lake"))}
+    return {
+        u: hashlib.sha256(storage.read_bytes(u)).hexdigest()
+        for u in storage.list_uris(storage.path_to_uri(home / "lake"))
+    }
 
 
 def test_run_registers_a_candidate_with_full_lineage(embedded):
@@ -65,7 +68,13 @@ def test_one_nested_mlflow_run_per_task_instance(embedded):
     assert parent.data.tags["slipway.level"] == "dag_run" and parent.info.status == "FINISHED"
     for r in runs:
         tags = r.data.tags
-        for key in ("slipway.dag_id", "slipway.run_id", "slipway.task_id", "slipway.try_number", "slipway.code_version"):
+        for key in (
+            "slipway.dag_id",
+            "slipway.run_id",
+            "slipway.task_id",
+            "slipway.try_number",
+            "slipway.code_version",
+        ):
             assert tags.get(key), f"{tags['slipway.task_id']} lacks {key}"
         assert r.info.status == "FINISHED"
     by_task = {r.data.tags["slipway.task_id"]: r for r in runs}
@@ -97,7 +106,11 @@ def test_rerun_of_the_same_interval_is_idempotent(embedded):
     after = _lake(embedded["home"])
     # Same keys; the data objects are byte-identical (models may differ only in serialisation metadata).
     assert set(after) == set(before)
-    data = [u for u in before if "/batches/" in u or "/snapshots/" in u or u.endswith(("train.parquet", "test.parquet"))]
+    data = [
+        u
+        for u in before
+        if "/batches/" in u or "/snapshots/" in u or u.endswith(("train.parquet", "test.parquet"))
+    ]
     assert data and all(before[u] == after[u] for u in data)
     rec = lineage(embedded["env"], "telco_churn@candidate")
     assert rec["model"]["version"] == 2
@@ -125,7 +138,11 @@ def test_bad_batch_stops_the_run_and_loses_nothing(embedded):
     assert storage.list_uris(storage.path_to_uri(home / "dvc-remote")) == remote_before
     assert lineage(env, "telco_churn@candidate")["model"]["version"] == alias_before
     client = mlflow_client(embedded["tracking"])
-    runs = [r for r in task_runs(client, "telco_churn", "telco_churn__train") if r.data.tags["slipway.run_id"].startswith("manual")]
+    runs = [
+        r
+        for r in task_runs(client, "telco_churn", "telco_churn__train")
+        if r.data.tags["slipway.run_id"].startswith("manual")
+    ]
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert [r.data.tags["slipway.task_id"] for r in failed] == ["ingest_batch"]
     assert "contract" in failed[0].data.tags["slipway.error"]
@@ -150,7 +167,11 @@ def test_failing_suite_stops_before_training(embedded):
     assert "Data validation failed" in out and "tenure" in out and "contract" in out
     assert lineage(env, "telco_churn@candidate")["model"]["version"] == alias_before
     client = mlflow_client(embedded["tracking"])
-    feb = [r for r in task_runs(client, "telco_churn", "telco_churn__train") if "2026-02" in r.data.tags.get("slipway.interval_start", "")]
+    feb = [
+        r
+        for r in task_runs(client, "telco_churn", "telco_churn__train")
+        if "2026-02" in r.data.tags.get("slipway.interval_start", "")
+    ]
     states = {r.data.tags["slipway.task_id"]: r.info.status for r in feb}
     assert states["validate_snapshot"] == "FAILED"
     assert "train_model" not in states and "register_model" not in states

@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-from include import storage
 from tests.dags.e2e import clean_env, lineage, mlflow_client, slipway, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -20,7 +19,9 @@ def _admin():
     import psycopg2
 
     try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5
+        )
     except psycopg2.OperationalError as exc:  # pragma: no cover - CI starts PostgreSQL
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required for this test: {exc}")
     conn.autocommit = True
@@ -111,6 +112,8 @@ def test_airflow_metadata_is_in_postgres(production):
     with conn, conn.cursor() as cur:
         cur.execute("SELECT state FROM dag_run WHERE dag_id = 'telco_churn__train'")
         assert [r[0] for r in cur.fetchall()] == ["success"]
-        cur.execute("SELECT count(*) FROM task_instance WHERE dag_id = 'telco_churn__train' AND state = 'success'")
+        cur.execute(
+            "SELECT count(*) FROM task_instance WHERE dag_id = 'telco_churn__train' AND state = 'success'"
+        )
         assert cur.fetchone()[0] == 7
     conn.close()

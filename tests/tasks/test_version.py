@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import multiprocessing
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -204,48 +205,32 @@ def test_version_snapshot_rejects_a_path_like_pipeline_name(batches: list[str], 
 # --- S3 (moto server) ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def moto_s3(monkeypatch: pytest.MonkeyPatch):
-    from moto.server import ThreadedMotoServer
-
-    # Port 0: the OS picks a free port, read back after start, so parallel runs cannot clash.
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-
-
-def test_version_snapshot_with_s3_lake_and_s3_remote(moto_s3: str, tmp_path: Path) -> None:
-    storage.ensure_bucket("s3://lake")
-    batch_uris = [_write_batch(f"s3://lake/batches/b{i}.parquet", start=i * 10) for i in range(2)]
-    snap = build_snapshot(batch_uris, "s3://lake/snapshots/telco_churn.parquet")
+def test_version_snapshot_with_s3_lake_and_s3_remote(s3_env: str, tmp_path: Path) -> None:
+    # moto keeps buckets per process: unique names keep this test independent of others.
+    lake, dvc = f"lake-{uuid.uuid4().hex[:8]}", f"dvc-{uuid.uuid4().hex[:8]}"
+    moto_s3 = s3_env
+    storage.ensure_bucket(f"s3://{lake}")
+    batch_uris = [_write_batch(f"s3://{lake}/batches/b{i}.parquet", start=i * 10) for i in range(2)]
+    snap = build_snapshot(batch_uris, f"s3://{lake}/snapshots/telco_churn.parquet")
     workdir = tmp_path / "dvc"
 
     with pytest.raises(VersioningError, match="create the bucket or set SLIPWAY_DVC_REMOTE_URI"):
-        version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, "s3://dvc/remote", moto_s3)
+        version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, f"s3://{dvc}/remote", moto_s3)
 
-    storage.ensure_bucket("s3://dvc")
-    result = version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, "s3://dvc/remote", moto_s3)
+    storage.ensure_bucket(f"s3://{dvc}")
+    result = version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, f"s3://{dvc}/remote", moto_s3)
     # No explicit endpoint: falls back to AWS_ENDPOINT_URL, and DVC is pointed at the same one.
-    again = version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, "s3://dvc/remote")
+    again = version_snapshot(snap["snapshot_uri"], "telco_churn", workdir, f"s3://{dvc}/remote")
 
     data = storage.read_bytes(snap["snapshot_uri"])
     md5 = hashlib.md5(data).hexdigest()
     assert result == again
     assert result["data_version"] == md5
-    assert result["dvc_uri"] == f"s3://dvc/remote/files/md5/{md5[:2]}/{md5[2:]}"
-    assert storage.list_uris("s3://dvc/") == [result["dvc_uri"]]
+    assert result["dvc_uri"] == f"s3://{dvc}/remote/files/md5/{md5[:2]}/{md5[2:]}"
+    assert storage.list_uris(f"s3://{dvc}/") == [result["dvc_uri"]]
     config = (workdir / "telco_churn" / ".dvc" / "config").read_text()
     assert f"endpointurl = {moto_s3}" in config
     assert "access_key_id" not in config and "secret_access_key" not in config
 
-    restored = fetch_version(md5, "s3://dvc/remote", tmp_path / "restored.parquet", moto_s3)
+    restored = fetch_version(md5, f"s3://{dvc}/remote", tmp_path / "restored.parquet", moto_s3)
     assert restored.read_bytes() == data
