@@ -175,3 +175,6 @@ def test_failing_suite_stops_before_training(embedded):
     states = {r.data.tags["slipway.task_id"]: r.info.status for r in feb}
     assert states["validate_snapshot"] == "FAILED"
     assert "train_model" not in states and "register_model" not in states
+    # The listener plugin closed the DAG run's parent run as failed.
+    parent = client.get_run(feb[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED" and parent.data.tags["slipway.state"] == "failed"
