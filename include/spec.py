@@ -131,10 +131,117 @@ class EvaluationGate(_Strict):
     max_brier: float = Field(1.0, ge=0, le=1)
 
 
+class ChampionGate(_Strict):
+    """Candidate vs the current champion, both scored on the same current test set."""
+
+    enabled: bool = True
+    max_regression: dict[Literal["roc_auc", "pr_auc", "f1", "precision", "recall"], float] = Field(
+        default_factory=lambda: {"roc_auc": 0.005}
+    )
+    max_brier_increase: float = Field(0.01, ge=0)
+
+    @field_validator("max_regression")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x < 0 or x > 1}
+        if bad:
+            raise ValueError(f"allowed drops must be between 0 and 1, got {bad}")
+        return v
+
+
+class BusinessGate(_Strict):
+    """Expected value per 1,000 customers: floor, and maximum drop relative to the champion."""
+
+    enabled: bool = True
+    min_value_per_1000: float | None = None
+    max_drop_vs_champion_per_1000: float = Field(0.0, ge=0)
+
+
+class FairnessGate(_Strict):
+    """fairlearn metrics over each sensitive attribute; the worst attribute must pass."""
+
+    enabled: bool = True
+    max_demographic_parity_difference: float = Field(0.2, ge=0, le=1)
+    min_disparate_impact_ratio: float = Field(0.6, ge=0, le=1)
+    max_equal_opportunity_difference: float = Field(0.2, ge=0, le=1)
+    max_equalized_odds_difference: float = Field(0.25, ge=0, le=1)
+    mitigation: Literal["none", "threshold_optimizer", "exponentiated_gradient"] = "none"
+
+
+class ExplainabilityGate(_Strict):
+    """SHAP global importance: none of the forbidden features among the top-k."""
+
+    enabled: bool = True
+    top_k: int = Field(5, ge=1, le=100)
+    forbidden_features: list[str] = Field(default_factory=list)
+    sample_size: int = Field(300, ge=20, le=5000)
+
+
+class Perturbation(_Strict):
+    """A realistic change of one numeric feature: ``absolute`` (+/- delta) or ``relative`` (+/- delta x value)."""
+
+    kind: Literal["absolute", "relative"]
+    delta: float = Field(gt=0)
+
+
+class RobustnessGate(_Strict):
+    """Prediction flip rate under small realistic perturbations of numeric features."""
+
+    enabled: bool = True
+    max_flip_rate: float = Field(0.05, ge=0, le=1)
+    perturbations: dict[str, Perturbation] = Field(default_factory=dict)
+
+
+class OnnxGate(_Strict):
+    """ONNX parity with scikit-learn on the full test set, and single-row latency."""
+
+    enabled: bool = True
+    max_abs_diff: float = Field(1e-4, gt=0)
+    min_label_agreement: float = Field(0.999, ge=0, le=1)
+    max_p99_latency_ms: float = Field(5.0, gt=0)
+
+
 class Gates(_Strict):
     """Gate thresholds; each gate records its result in the candidate's blessing."""
 
     evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+    champion: ChampionGate = Field(default_factory=ChampionGate)
+    business: BusinessGate = Field(default_factory=BusinessGate)
+    fairness: FairnessGate = Field(default_factory=FairnessGate)
+    explainability: ExplainabilityGate = Field(default_factory=ExplainabilityGate)
+    robustness: RobustnessGate = Field(default_factory=RobustnessGate)
+    onnx: OnnxGate = Field(default_factory=OnnxGate)
+
+    def enabled(self) -> list[str]:
+        """Names of the gates that are on (evaluation always is)."""
+        return ["evaluation"] + [
+            name
+            for name in ("champion", "business", "fairness", "explainability", "robustness", "onnx")
+            if getattr(self, name).enabled
+        ]
+
+
+class Business(_Strict):
+    """The business objective as a cost/benefit of acting on a positive prediction.
+
+    Acting on a true positive is worth ``offer_acceptance_rate x value_of_true_positive -
+    cost_of_action``; on a false positive it costs ``cost_of_action``; not acting is worth 0.
+    """
+
+    objective: str = "Expected value of acting on the model's positive predictions"
+    value_of_true_positive: float = Field(0.0, ge=0)
+    cost_of_action: float = Field(0.0, ge=0)
+    offer_acceptance_rate: float = Field(1.0, ge=0, le=1)
+    unit: str = "USD"
+
+
+class ModelCard(_Strict):
+    """Model-card fields only a person can write; the rest comes from the records."""
+
+    intended_use: str = ""
+    users: str = ""
+    limitations: str = ""
+    ethical_considerations: str = ""
 
 
 class PipelineSpec(_Strict):
@@ -154,6 +261,8 @@ class PipelineSpec(_Strict):
     split: Split = Field(default_factory=Split)
     schedule: Schedule = Field(default_factory=Schedule)
     gates: Gates = Field(default_factory=Gates)
+    business: Business = Field(default_factory=Business)
+    model_card: ModelCard = Field(default_factory=ModelCard)
     expectation_suite: str | None = Field(
         default=None, description="Suite file in include/expectations/; defaults to <name>.json"
     )
@@ -178,6 +287,12 @@ class PipelineSpec(_Strict):
         leaked = sorted(set(self.identifiers) & set(feats))
         if leaked:
             raise ValueError(f"identifier columns {leaked} must not be features")
+        unknown = sorted(set(self.gates.robustness.perturbations) - set(self.features.numeric))
+        if unknown:
+            raise ValueError(
+                f"gates.robustness.perturbations names {unknown}, which are not numeric features "
+                f"(numeric features: {self.features.numeric})"
+            )
         return self
 
     @property

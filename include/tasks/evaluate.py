@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 from include.spec import EvaluationGate, PipelineSpec
+from include.tasks.gates import GateFailed, check, raise_for_gate  # noqa: F401 (re-exported)
 from include.tasks.ingest import read_parquet
 from include.tasks.train import feature_frame, labels, read_model
-
-
-class GateFailed(RuntimeError):
-    """A gate did not pass; the message is the reason shown in the Airflow UI."""
-
-    def __init__(self, message: str, results: list[dict]):
-        super().__init__(message)
-        self.results = results
 
 
 def compute_metrics(y_true, proba, threshold: float = 0.5) -> dict:
@@ -50,39 +43,10 @@ def evaluate_model(spec: PipelineSpec, model_uri: str, test_uri: str, threshold:
 
 
 def evaluation_gate(metrics: dict, gate: EvaluationGate, evidence_uri: str | None = None) -> list[dict]:
-    """One result per floor: gate, metric, threshold, value, passed, evidence URI."""
-    checks = [
-        ("roc_auc", gate.min_roc_auc, metrics["roc_auc"] >= gate.min_roc_auc, ">="),
-        ("pr_auc", gate.min_pr_auc, metrics["pr_auc"] >= gate.min_pr_auc, ">="),
-        ("f1", gate.min_f1, metrics["f1"] >= gate.min_f1, ">="),
-        ("brier", gate.max_brier, metrics["brier"] <= gate.max_brier, "<="),
-    ]
+    """One result per floor/ceiling on the held-out metrics."""
     return [
-        {
-            "gate": "evaluation",
-            "metric": name,
-            "comparison": op,
-            "threshold": threshold,
-            "value": round(metrics[name], 6),
-            "passed": bool(ok),
-            "evidence_uri": evidence_uri,
-        }
-        for name, threshold, ok, op in checks
+        check("evaluation", "roc_auc", metrics["roc_auc"], gate.min_roc_auc, ">=", evidence_uri),
+        check("evaluation", "pr_auc", metrics["pr_auc"], gate.min_pr_auc, ">=", evidence_uri),
+        check("evaluation", "f1", metrics["f1"], gate.min_f1, ">=", evidence_uri),
+        check("evaluation", "brier", metrics["brier"], gate.max_brier, "<=", evidence_uri),
     ]
-
-
-def raise_for_gate(results: list[dict]) -> None:
-    """Raise :class:`GateFailed` naming every failed check."""
-    failed = [r for r in results if not r["passed"]]
-    if failed:
-        lines = [
-            f"  - {r['gate']}: {r['metric']} = {r['value']:.4f}, required {r['comparison']} {r['threshold']}"
-            for r in failed
-        ]
-        raise GateFailed(
-            f"{len(failed)} gate check(s) failed:\n"
-            + "\n".join(lines)
-            + "\nThe candidate is not registered and no alias moved. Improve the model or revisit the "
-            "thresholds in the pipeline spec.",
-            results,
-        )
