@@ -34,12 +34,34 @@ def compute_metrics(y_true, proba, threshold: float = 0.5) -> dict:
     }
 
 
-def evaluate_model(spec: PipelineSpec, model_uri: str, test_uri: str, threshold: float = 0.5) -> dict:
-    """Score the model on the held-out test split."""
+def evaluate_model(spec: PipelineSpec, model_uri: str, test_uri: str, validation_uri: str | None = None) -> dict:
+    """Choose the decision threshold on the validation split (business value), score the test split.
+
+    Threshold-free metrics (ROC AUC, PR AUC, Brier) do not depend on it; F1, precision, recall and
+    accuracy are reported at the chosen threshold, and at 0.5 for reference.
+    """
+    from include.tasks.business import choose_threshold, value_per_1000
+
     model = read_model(model_uri)
+    chosen = {"threshold": 0.5, "value_per_1000": 0.0, "curve": [], "reason": "no validation split"}
+    if validation_uri:
+        val = read_parquet(validation_uri)
+        if len(val):
+            proba_val = model.predict_proba(feature_frame(val, spec))[:, 1]
+            chosen = choose_threshold(labels(val, spec), proba_val, spec.business)
     test = read_parquet(test_uri)
+    y = labels(test, spec)
     proba = model.predict_proba(feature_frame(test, spec))[:, 1]
-    return {"metrics": compute_metrics(labels(test, spec), proba, threshold), "threshold": threshold}
+    threshold = chosen["threshold"]
+    return {
+        "metrics": compute_metrics(y, proba, threshold),
+        "metrics_at_0_5": compute_metrics(y, proba, 0.5),
+        "threshold": threshold,
+        "threshold_reason": chosen["reason"],
+        "value_per_1000": value_per_1000(y, proba, threshold, spec.business),
+        "validation_value_per_1000": chosen["value_per_1000"],
+        "value_curve": chosen["curve"],
+    }
 
 
 def evaluation_gate(metrics: dict, gate: EvaluationGate, evidence_uri: str | None = None) -> list[dict]:

@@ -1,0 +1,219 @@
+"""Model card: Markdown and HTML from the spec (what people decided) and the records (what happened)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from include.spec import PipelineSpec
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
+th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 .2rem}
+.passed{color:#17692b}.failed{color:#a11}"""
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def render_markdown(spec: PipelineSpec, rec: dict) -> str:
+    """The card as Markdown. ``rec`` holds the records gathered by the pipeline's tasks."""
+    card = spec.model_card
+    m = rec.get("metrics", {})
+    biz = rec.get("business", {})
+    blessing = rec.get("blessing", {})
+    lines = [
+        f"# Model card: {spec.name}",
+        "",
+        spec.description,
+        "",
+        "## Intended use",
+        card.intended_use or "_Not stated in the spec._",
+        "",
+        "## Users",
+        card.users or "_Not stated in the spec._",
+        "",
+        "## Model",
+        _table(
+            ["field", "value"],
+            [
+                ["estimator", spec.estimator.import_path],
+                ["parameters", ", ".join(f"{k}={v}" for k, v in spec.estimator.params.items()) or "defaults"],
+                ["class imbalance", spec.class_imbalance],
+                ["features", ", ".join(spec.features.all)],
+                ["not used as features (sensitive)", ", ".join(spec.sensitive_attributes) or "none"],
+                ["decision threshold", biz.get("threshold")],
+                ["code version", rec.get("code_version")],
+                ["DAG run", f"{rec.get('dag_id')} / {rec.get('run_id')}"],
+            ],
+        ),
+        "",
+        "## Training data",
+        _table(
+            ["field", "value"],
+            [
+                ["data version (DVC md5)", rec.get("data_version")],
+                ["snapshot", rec.get("dvc_uri")],
+                [
+                    "rows (train / validation / test)",
+                    " / ".join(str(v) for v in rec.get("rows", {}).values()),
+                ],
+                ["positive rate (train)", rec.get("positive_rate")],
+                ["data validation", rec.get("validation")],
+            ],
+        ),
+        "",
+        "## Metrics (held-out test split)",
+        _table(["metric", "value"], [[k, v] for k, v in m.items() if k != "rows"]),
+        "",
+        "## Business value",
+        f"Objective: {spec.business.objective}. Value of a true positive {spec.business.value_of_true_positive:g} "
+        f"{spec.business.unit}, cost of acting {spec.business.cost_of_action:g} {spec.business.unit}, "
+        f"acceptance rate {spec.business.offer_acceptance_rate:g}.",
+        "",
+        _table(
+            ["model", "threshold", f"expected value per 1,000 ({spec.business.unit})"],
+            [["candidate", biz.get("threshold"), biz.get("value_per_1000")]]
+            + (
+                [
+                    [
+                        "champion v" + str(biz["champion_version"]),
+                        biz.get("champion_threshold"),
+                        biz.get("champion_value_per_1000"),
+                    ]
+                ]
+                if biz.get("champion_version")
+                else []
+            ),
+        ),
+        "",
+        "## Fairness",
+    ]
+    for attr, a in rec.get("fairness", {}).get("attributes", {}).items():
+        lines += [
+            f"### {attr}",
+            f"Demographic parity difference {_fmt(a.get('demographic_parity_difference'))}, disparate impact "
+            f"ratio {_fmt(a.get('disparate_impact_ratio'))}, equal opportunity difference "
+            f"{_fmt(a.get('equal_opportunity_difference'))}, equalized odds difference "
+            f"{_fmt(a.get('equalized_odds_difference'))}.",
+            "",
+            _table(
+                ["group", "count", "selection rate", "recall", "precision"],
+                [
+                    [g, v.get("count"), v.get("selection_rate"), v.get("recall"), v.get("precision")]
+                    for g, v in a.get("by_group", {}).items()
+                ],
+            ),
+            "",
+        ]
+    if not rec.get("fairness", {}).get("attributes"):
+        lines += ["No sensitive attributes declared.", ""]
+    shap = rec.get("explain", {})
+    lines += [
+        "## Explainability (SHAP)",
+        f"Explainer: {shap.get('explainer', 'n/a')}. Most important features: "
+        + ", ".join(shap.get("top_k", [])[:10]),
+        "",
+    ]
+    if rec.get("shap_plot"):
+        lines += [f"![SHAP importance]({rec['shap_plot']})", ""]
+    rob = rec.get("robustness", {})
+    lines += [
+        "## Robustness",
+        f"Decision flip rate under realistic perturbations: {_fmt(rob.get('flip_rate'))} "
+        + "("
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in rob.get("per_feature", {}).items())
+        + ")",
+        "",
+        "## ONNX",
+    ]
+    onnx = rec.get("onnx", {})
+    if onnx.get("converted", True) and onnx:
+        lat = onnx.get("latency_ms", {})
+        lines += [
+            _table(
+                ["field", "value"],
+                [
+                    ["max abs probability difference vs scikit-learn", onnx.get("max_abs_diff")],
+                    ["label agreement", onnx.get("label_agreement")],
+                    ["rows compared", onnx.get("rows")],
+                    [
+                        "single-row p50 / p99 (ms), onnxruntime",
+                        f"{_fmt(lat.get('onnx', {}).get('p50'), 3)} / {_fmt(lat.get('onnx', {}).get('p99'), 3)}",
+                    ],
+                    [
+                        "single-row p50 / p99 (ms), scikit-learn",
+                        f"{_fmt(lat.get('sklearn', {}).get('p50'), 3)} / {_fmt(lat.get('sklearn', {}).get('p99'), 3)}",
+                    ],
+                    ["quantisation", (onnx.get("quantisation") or {}).get("reason")],
+                ],
+            ),
+            "",
+        ]
+    else:
+        lines += [f"Not converted: {onnx.get('error', 'n/a')}", ""]
+    lines += [
+        "## Limitations",
+        card.limitations or "_Not stated in the spec._",
+        "",
+        "## Ethical considerations",
+        card.ethical_considerations or "_Not stated in the spec._",
+        "",
+        "## Blessing",
+        f"**{'PASSED' if blessing.get('passed') else 'NOT PASSED'}**"
+        + (f" (missing: {', '.join(blessing['missing'])})" if blessing.get("missing") else ""),
+        "",
+        _table(
+            ["gate", "metric", "value", "threshold", "passed"],
+            [
+                [
+                    r["gate"],
+                    r["metric"],
+                    r["value"],
+                    f"{r['comparison']} {r['threshold']}",
+                    "yes" if r["passed"] else "NO",
+                ]
+                for r in blessing.get("results", [])
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_html(markdown_text: str, title: str) -> str:
+    """Standalone HTML page of a Markdown card."""
+    import html
+
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def write_model_card(
+    spec: PipelineSpec, rec: dict, out_dir: str | Path, images: list[str] | None = None
+) -> dict:
+    """Write ``model_card.md``, ``model_card.html`` (and copies of ``images``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for img in images or []:
+        shutil.copy(img, out / Path(img).name)
+    md = render_markdown(spec, rec)
+    (out / "model_card.md").write_text(md, encoding="utf-8")
+    (out / "model_card.html").write_text(render_html(md, f"Model card: {spec.name}"), encoding="utf-8")
+    return {"markdown": str(out / "model_card.md"), "html": str(out / "model_card.html")}
