@@ -1,0 +1,183 @@
+"""Business value and threshold, champion comparison, robustness, blessing and model card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from include import storage
+from include.spec import Business, BusinessGate, RobustnessGate
+from include.tasks.blessing import make_blessing, raise_unless_blessed, required_gates
+from include.tasks.business import business_gate, choose_threshold, value_per_1000
+from include.tasks.champion import compare_with_champion
+from include.tasks.gates import GateFailed, check, raise_for_gate
+from include.tasks.ingest import conform_batch, to_parquet_bytes
+from include.tasks.model_card import write_model_card
+from include.tasks.robustness import check_robustness, perturbed, robustness_gate
+from include.tasks.train import read_model, train_model
+
+CHURN = Business(value_of_true_positive=500, cost_of_action=50, offer_acceptance_rate=0.3)
+
+
+def test_check_shape_and_missing_values_never_pass():
+    r = check("fairness", "dpd[female]", 0.1, 0.2, "<=", "runs:/x/f.json")
+    assert r == {
+        "gate": "fairness",
+        "metric": "dpd[female]",
+        "comparison": "<=",
+        "threshold": 0.2,
+        "value": 0.1,
+        "passed": True,
+        "evidence_uri": "runs:/x/f.json",
+    }
+    assert not check("x", "m", None, 0, ">=")["passed"]
+    assert not check("x", "m", float("nan"), 0, ">=")["passed"]
+    with pytest.raises(GateFailed, match="x: m = n/a, required >= 0"):
+        raise_for_gate([check("x", "m", None, 0, ">=")])
+
+
+def test_value_per_1000_by_hand():
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.2, 0.8, 0.1])
+    # Acting on rows 0 and 2: one churner kept (0.3 * 500 - 50 = 100), one offer wasted (-50).
+    assert value_per_1000(y, p, 0.5, CHURN) == pytest.approx(1000 * (100 - 50) / 4)
+    assert value_per_1000(y, p, 0.95, CHURN) == 0.0
+
+
+def test_threshold_maximises_validation_value():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    p = np.clip(y * 0.35 + rng.uniform(0, 0.65, 2000), 0, 1)
+    chosen = choose_threshold(y, p, CHURN)
+    best = max(value_per_1000(y, p, t / 100, CHURN) for t in range(1, 100))
+    assert chosen["value_per_1000"] == pytest.approx(best)
+    assert len(chosen["curve"]) == 99
+    assert choose_threshold(y, p, Business())["threshold"] == 0.5  # no value model: the usual 0.5
+
+
+def test_business_gate_against_champion():
+    gate = BusinessGate(min_value_per_1000=0, max_drop_vs_champion_per_1000=100)
+    assert all(r["passed"] for r in business_gate(5000, 5050, gate))
+    failed = [r for r in business_gate(5000, 5200, gate) if not r["passed"]]
+    assert [r["metric"] for r in failed] == ["value_vs_champion_per_1000"]
+    assert failed[0]["value"] == -200
+    assert business_gate(-1, None, gate)[0]["passed"] is False
+
+
+@pytest.fixture
+def trained(tmp_path, telco_spec, wa_churn):
+    raw = wa_churn.iloc[:1500].astype(str).replace({"nan": None})
+    df = conform_batch(raw, telco_spec, "mem://", "2025-01", b"k")
+    snap = storage.write_bytes(storage.path_to_uri(tmp_path / "snap.parquet"), to_parquet_bytes(df))
+    return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
+
+
+def test_champion_comparison_same_test_set(telco_spec, trained):
+    model = read_model(trained["model_uri"])
+    same = compare_with_champion(
+        telco_spec,
+        trained["model_uri"],
+        trained["splits"]["test"],
+        0.5,
+        {"model": model, "threshold": 0.5, "version": 1},
+    )
+    assert same["champion"]["roc_auc"] == pytest.approx(same["candidate"]["roc_auc"])
+    assert all(r["passed"] for r in same["gates"])
+    assert {r["metric"] for r in same["gates"]} == {"roc_auc_delta", "pr_auc_delta", "brier_delta"}
+
+    class Perfect:
+        """A champion that is (impossibly) always right: any real candidate regresses against it."""
+
+        def __init__(self, y):
+            self.y = y
+
+        def predict_proba(self, X):
+            return np.column_stack([1 - self.y, self.y]).astype(float)
+
+    from include.tasks.ingest import read_parquet
+    from include.tasks.train import labels
+
+    y = labels(read_parquet(trained["splits"]["test"]), telco_spec)
+    worse = compare_with_champion(
+        telco_spec,
+        trained["model_uri"],
+        trained["splits"]["test"],
+        0.5,
+        {"model": Perfect(y), "threshold": 0.5, "version": 7},
+    )
+    failed = {r["metric"] for r in worse["gates"] if not r["passed"]}
+    assert {"roc_auc_delta", "brier_delta"} <= failed
+    none = compare_with_champion(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5, None)
+    assert (
+        none["champion"] is None and none["gates"][0]["passed"] and "no champion" in none["gates"][0]["note"]
+    )
+
+
+def test_robustness_flip_rate(telco_spec, trained):
+    res = check_robustness(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5)
+    assert 0 <= res["flip_rate"] <= 1 and set(res["per_feature"]) == {
+        "tenure",
+        "monthly_charges",
+        "total_charges",
+    }
+    assert res["flip_rate"] >= max(res["per_feature"].values())
+    assert robustness_gate(
+        res, RobustnessGate(max_flip_rate=1.0, perturbations=telco_spec.gates.robustness.perturbations)
+    )[0]["passed"]
+    tight = robustness_gate(
+        {"flip_rate": 0.03},
+        RobustnessGate(max_flip_rate=0.0, perturbations={"tenure": {"kind": "absolute", "delta": 1}}),
+    )
+    assert not tight[0]["passed"]
+
+
+def test_perturbation_is_realistic():
+    import pandas as pd
+
+    X = pd.DataFrame({"tenure": [0.0, 10.0], "monthly_charges": [20.0, 100.0]})
+    assert perturbed(X, "tenure", "absolute", 1, -1)["tenure"].tolist() == [0.0, 9.0]  # no negative tenure
+    assert perturbed(X, "monthly_charges", "relative", 0.05, 1)["monthly_charges"].tolist() == pytest.approx(
+        [21.0, 105.0]
+    )
+
+
+def test_blessing_complete_and_passed_only_with_every_gate(telco_spec):
+    required = required_gates(telco_spec)
+    assert required[0] == "data_validation" and "onnx" in required
+    results = [check(g, "m", 1, 0, ">=") for g in required]
+    b = make_blessing(telco_spec, results)
+    assert b["complete"] and b["passed"]
+    raise_unless_blessed(b)
+    partial = make_blessing(telco_spec, results[:-1])
+    assert not partial["complete"] and partial["missing"] == [required[-1]]
+    with pytest.raises(GateFailed, match="blessing incomplete"):
+        raise_unless_blessed(partial)
+    failing = make_blessing(telco_spec, results + [check("fairness", "dpd[female]", 0.5, 0.2, "<=")])
+    assert failing["complete"] and not failing["passed"] and failing["by_gate"]["fairness"] == "failed"
+    with pytest.raises(GateFailed, match=r"fairness.dpd\[female\]"):
+        raise_unless_blessed(failing)
+
+
+def test_model_card_renders_records(tmp_path, telco_spec):
+    rec = {
+        "metrics": {"roc_auc": 0.84},
+        "business": {"threshold": 0.31, "value_per_1000": 9876.5},
+        "fairness": {
+            "attributes": {
+                "female": {
+                    "demographic_parity_difference": 0.01,
+                    "by_group": {"0": {"count": 10, "selection_rate": 0.3, "recall": 0.8, "precision": 0.5}},
+                }
+            }
+        },
+        "blessing": make_blessing(telco_spec, [check("evaluation", "roc_auc", 0.84, 0.8, ">=")]),
+        "data_version": "abc123",
+    }
+    out = write_model_card(telco_spec, rec, tmp_path)
+    md = (tmp_path / "model_card.md").read_text()
+    html = (tmp_path / "model_card.html").read_text()
+    assert "# Model card: telco_churn" in md and "abc123" in md and "9876.5000" in md
+    assert "Rank current subscribers" in md  # intended use from the spec
+    assert "NOT PASSED" in md and "missing:" in md
+    assert "<table>" in html and "<h1>Model card: telco_churn</h1>" in html
+    assert out["html"].endswith("model_card.html")
