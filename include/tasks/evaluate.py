@@ -34,7 +34,9 @@ def compute_metrics(y_true, proba, threshold: float = 0.5) -> dict:
     }
 
 
-def evaluate_model(spec: PipelineSpec, model_uri: str, test_uri: str, validation_uri: str | None = None) -> dict:
+def evaluate_model(
+    spec: PipelineSpec, model_uri: str, test_uri: str, validation_uri: str | None = None
+) -> dict:
     """Choose the decision threshold on the validation split (business value), score the test split.
 
     Threshold-free metrics (ROC AUC, PR AUC, Brier) do not depend on it; F1, precision, recall and

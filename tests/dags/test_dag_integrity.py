@@ -69,6 +69,12 @@ def test_train_dag_shape(bag):
         "validate_snapshot",
         "train_model",
         "evaluate_model",
+        "compare_champion",
+        "check_fairness",
+        "explain_model",
+        "check_robustness",
+        "optimise_onnx",
+        "write_model_card",
         "register_model",
     }
     register = dag.get_task("register_model")
@@ -152,7 +158,7 @@ def test_second_pipeline_from_a_spec_alone(tmp_path, monkeypatch):
     assert bag.import_errors == {}
     dag = bag.dags["credit_default__train"]
     assert dag.default_args["owner"] == "risk-analytics"
-    assert len(dag.tasks) == 7
+    assert len(dag.tasks) == 13
 
 
 def test_lint_airflow_rules():

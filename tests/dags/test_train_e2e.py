@@ -19,6 +19,12 @@ TASKS = {
     "validate_snapshot",
     "train_model",
     "evaluate_model",
+    "compare_champion",
+    "check_fairness",
+    "explain_model",
+    "check_robustness",
+    "optimise_onnx",
+    "write_model_card",
     "register_model",
 }
 

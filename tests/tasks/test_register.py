@@ -1,13 +1,17 @@
-"""Register: a version named after the pipeline, skops format, tags, and the alias moved last."""
+"""Register: only a blessed candidate; ONNX as the deployable artifact, skops beside it, alias last."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from include import storage
+from include.tasks.blessing import make_blessing, required_gates
+from include.tasks.gates import GateFailed, check
 from include.tasks.ingest import conform_batch, to_parquet_bytes
 from include.tasks.register import register_candidate
-from include.tasks.train import train_model
+from include.tasks.train import read_model, train_model
 
 
 @pytest.fixture
@@ -18,31 +22,46 @@ def trained(tmp_path, telco_spec, wa_churn):
     return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
 
 
-def test_register_sets_alias_and_tags_and_stores_no_pickle(isolated_home, telco_spec, trained):
+def _blessing(spec, passed=True):
+    results = [check(g, "m", 1.0, 0.0, ">=") for g in required_gates(spec)]
+    if not passed:
+        results.append(check("fairness", "demographic_parity_difference[female]", 0.4, 0.2, "<="))
+    return make_blessing(spec, results)
+
+
+def test_register_blessed_candidate(isolated_home, tmp_path, telco_spec, trained):
     import mlflow
+    from include.tasks.onnx_export import convert
 
     from include.lineage import configure_mlflow
 
     configure_mlflow()
     mlflow.set_experiment("unit-register")
+    onnx_bytes = convert(telco_spec, read_model(trained["model_uri"]))
+    skops_bytes = storage.read_bytes(trained["model_uri"])
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "model_card.md").write_text("# card")
     with mlflow.start_run():
         first = register_candidate(
-            telco_spec, trained["model_uri"], trained["splits"]["test"], {"slipway.x": "1"}
+            telco_spec, onnx_bytes, skops_bytes, {"slipway.x": "1"}, _blessing(telco_spec), card
         )
     with mlflow.start_run():
-        second = register_candidate(
-            telco_spec, trained["model_uri"], trained["splits"]["test"], {"slipway.x": "2"}
-        )
+        with pytest.raises(GateFailed, match="blessing failed"):
+            register_candidate(
+                telco_spec, onnx_bytes, skops_bytes, {"slipway.x": "2"}, _blessing(telco_spec, False)
+            )
     client = mlflow.MlflowClient()
-    assert (first["version"], second["version"]) == (1, 2)
+    assert first["version"] == 1
     mv = client.get_model_version_by_alias("telco_churn", "candidate")
-    assert int(mv.version) == 2 and mv.tags["slipway.x"] == "2"
-    # The logged model is skops, never pickle.
-    local = mlflow.artifacts.download_artifacts(second["model_uri"])
-    from pathlib import Path
-
-    files = {p.name for p in Path(local).rglob("*") if p.is_file()}
-    assert "model.skops" in files
+    assert int(mv.version) == 1 and mv.tags["slipway.x"] == "1"
+    assert mv.tags["slipway.blessing"] == "passed" and mv.tags["slipway.blessing.fairness"] == "passed"
+    assert (
+        len(client.search_model_versions("name = 'telco_churn'")) == 1
+    )  # the unblessed one never registered
+    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert "sklearn/model.skops" in files and "blessing.json" in files and "model_card/model_card.md" in files
     assert not {f for f in files if f.endswith((".pkl", ".pickle"))}
-    mlmodel = (Path(local) / "MLmodel").read_text()
-    assert "serialization_format: skops" in mlmodel
+    flavour = Path(mlflow.artifacts.download_artifacts(mv.source))
+    assert "onnx" in (flavour / "MLmodel").read_text()

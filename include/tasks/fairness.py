@@ -1,0 +1,418 @@
+"""Fairness: fairlearn metrics of a candidate's decisions over each sensitive attribute, and the gate.
+
+The sensitive attributes (``spec.sensitive_attributes``) are not model features; they travel with
+the data so that decisions can be compared between groups. For each attribute the report holds
+the demographic parity difference (gap in selection rate), the disparate impact ratio (lowest /
+highest selection rate), the equal opportunity difference (gap in true positive rate) and the
+equalized odds difference (the larger of the true- and false-positive-rate gaps), plus per-group
+counts and rates. Differences are between the best- and worst-off groups.
+
+Undefined metrics are ``None`` and FAIL the gate, with a note that says why. fairlearn itself
+scores a group with no positive labels as true positive rate 0 (and a group with no negative
+labels as false positive rate 0), which would report a gap that does not exist; here the rate is
+``None`` instead, and so is every difference that needs it. A gate cannot bless what it could
+not measure: the fix is more labelled data per group (a larger ``split.test_size`` or more
+batches), not a silent pass. For the same reason an attribute with a single group in the test
+split (nothing to compare) fails all four checks. No minimum group size is enforced beyond that:
+the spec has no field for it, and small groups show up in ``by_group.count`` for a reviewer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from include import storage
+from include.spec import FairnessGate, PipelineSpec
+from include.tasks.gates import GateFailed, check, raise_for_gate  # noqa: F401 (re-exported)
+from include.tasks.ingest import read_parquet
+from include.tasks.train import build_pipeline, feature_frame, labels, read_model
+
+SUMMARY_METRICS = (
+    "demographic_parity_difference",
+    "disparate_impact_ratio",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+)
+_GROUP_METRICS = ("count", "selection_rate", "recall", "precision", "false_positive_rate")
+
+
+def _num(x) -> float | None:
+    """A JSON-safe float: NaN/inf (an undefined metric) becomes None."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else round(x, 6)
+
+
+def _tpr(y_true, y_pred) -> float:
+    # fairlearn returns 0.0 for a group without positives; NaN keeps "undefined" visible.
+    import numpy as np
+    from fairlearn.metrics import true_positive_rate
+
+    return true_positive_rate(y_true, y_pred, pos_label=1) if (np.asarray(y_true) == 1).any() else math.nan
+
+
+def _fpr(y_true, y_pred) -> float:
+    import numpy as np
+    from fairlearn.metrics import false_positive_rate
+
+    return false_positive_rate(y_true, y_pred, pos_label=1) if (np.asarray(y_true) == 0).any() else math.nan
+
+
+def _precision(y_true, y_pred) -> float:
+    from sklearn.metrics import precision_score
+
+    return precision_score(y_true, y_pred, pos_label=1, zero_division=0)
+
+
+def _groups(column):
+    """The attribute as group labels; missing values form their own ``<missing>`` group."""
+    if column.isna().any():
+        return column.astype(str).where(column.notna(), "<missing>")
+    return column
+
+
+def _attribute_report(y_true, y_pred, groups) -> dict:
+    import fairlearn.metrics as flm
+    from fairlearn.metrics import MetricFrame, count, selection_rate
+
+    mf = MetricFrame(
+        metrics={
+            "count": count,
+            "selection_rate": lambda t, p: selection_rate(t, p, pos_label=1),
+            "recall": _tpr,
+            "precision": _precision,
+            "false_positive_rate": _fpr,
+        },
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=groups,
+    )
+    table = mf.by_group
+    by_group = {
+        str(g): {
+            "count": int(row["count"]),
+            **{m: _num(row[m]) for m in _GROUP_METRICS if m != "count"},
+        }
+        for g, row in table.iterrows()
+    }
+    comparable = len(by_group) >= 2
+    all_have_pos = table["recall"].notna().all()
+    all_have_neg = table["false_positive_rate"].notna().all()
+    kw = {"sensitive_features": groups}
+
+    dpd = di = eod = eqodds = None
+    if comparable:
+        dpd = _num(flm.demographic_parity_difference(y_true, y_pred, **kw))
+        # 0/0 when no group gets a positive prediction: the ratio is undefined, _num makes it None.
+        di = _num(flm.demographic_parity_ratio(y_true, y_pred, **kw))
+        if all_have_pos:
+            eo_fn = getattr(flm, "equal_opportunity_difference", None)
+            eod = _num(eo_fn(y_true, y_pred, **kw) if eo_fn else mf.difference()["recall"])
+            if all_have_neg:
+                eqodds = _num(flm.equalized_odds_difference(y_true, y_pred, **kw))
+    return {
+        "demographic_parity_difference": dpd,
+        "disparate_impact_ratio": di,
+        "equal_opportunity_difference": eod,
+        "equalized_odds_difference": eqodds,
+        "by_group": by_group,
+    }
+
+
+def fairness_report(y_true, y_pred, sensitive) -> dict:
+    """fairlearn disparity metrics and per-group rates for each column of ``sensitive``.
+
+    ``y_true``/``y_pred`` are 0/1 arrays; each column of the ``sensitive`` DataFrame is one
+    attribute (0/1 codes or string groups). Undefined values are ``None`` (see module docstring).
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true).astype("int64")
+    y_pred = np.asarray(y_pred).astype("int64")
+    if len(y_true) != len(y_pred) or len(y_true) != len(sensitive):
+        raise ValueError(
+            f"y_true ({len(y_true)}), y_pred ({len(y_pred)}) and sensitive ({len(sensitive)}) "
+            "must have the same number of rows: pass the columns of the same scored frame"
+        )
+    sensitive = sensitive.reset_index(drop=True)
+    return {
+        "attributes": {
+            str(attr): _attribute_report(y_true, y_pred, _groups(sensitive[attr]))
+            for attr in sensitive.columns
+        }
+    }
+
+
+def _notes(attr: str, rep: dict) -> dict[str, str]:
+    """Why each undefined metric of ``attr`` is undefined (shown in the gate failure)."""
+    groups = rep["by_group"]
+    if len(groups) < 2:
+        why = (
+            f"only group {sorted(groups)} of {attr!r} is in the test split, so there is nothing to "
+            "compare; fairness cannot be shown: use more data or a larger split.test_size"
+        )
+        return dict.fromkeys(SUMMARY_METRICS, why)
+    out: dict[str, str] = {}
+    if rep["disparate_impact_ratio"] is None:
+        out["disparate_impact_ratio"] = "no group received a positive prediction, so the ratio is 0/0"
+    no_pos = sorted(g for g, r in groups.items() if r["recall"] is None)
+    no_neg = sorted(g for g, r in groups.items() if r["false_positive_rate"] is None)
+    fix = "more labelled data per group is needed (more batches or a larger split.test_size)"
+    if no_pos:
+        why = f"group(s) {no_pos} of {attr!r} have no positive labels in the test split, so their true positive rate is undefined; {fix}"
+        out["equal_opportunity_difference"] = why
+        out["equalized_odds_difference"] = why
+    elif no_neg:
+        out["equalized_odds_difference"] = (
+            f"group(s) {no_neg} of {attr!r} have no negative labels in the test split, so their false positive rate is undefined; {fix}"
+        )
+    return out
+
+
+def fairness_gate(report: dict, gate: FairnessGate, evidence_uri: str | None = None) -> list[dict]:
+    """Four checks per attribute (every attribute must pass); an undefined metric fails with a note."""
+    limits = {
+        "demographic_parity_difference": (gate.max_demographic_parity_difference, "<="),
+        "disparate_impact_ratio": (gate.min_disparate_impact_ratio, ">="),
+        "equal_opportunity_difference": (gate.max_equal_opportunity_difference, "<="),
+        "equalized_odds_difference": (gate.max_equalized_odds_difference, "<="),
+    }
+    results = []
+    for attr, rep in report["attributes"].items():
+        notes = _notes(attr, rep)
+        for metric, (threshold, comparison) in limits.items():
+            value = rep[metric]
+            results.append(
+                check(
+                    "fairness",
+                    f"{metric}[{attr}]",
+                    value,
+                    threshold,
+                    comparison,
+                    evidence_uri,
+                    note=notes.get(metric) if value is None else None,
+                )
+            )
+    return results
+
+
+def _summary(report: dict) -> dict:
+    """The four headline metrics per attribute, without the per-group table."""
+    return {attr: {m: rep[m] for m in SUMMARY_METRICS} for attr, rep in report["attributes"].items()}
+
+
+def _sensitive_frame(df, spec: PipelineSpec, split: str):
+    missing = [c for c in spec.sensitive_attributes if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"the {split} split lacks sensitive attribute column(s) {missing} listed in spec "
+            f"{spec.name}.yaml sensitive_attributes: ingest must carry them (check the batch export "
+            "and re-run ingest and train), or remove them from sensitive_attributes"
+        )
+    return df[spec.sensitive_attributes].reset_index(drop=True)
+
+
+def _combined(sensitive):
+    """One intersectional group label per row, e.g. ``female=1|senior_citizen=0``."""
+    cols = list(sensitive.columns)
+    return sensitive.astype(str).apply(lambda row: "|".join(f"{c}={row[c]}" for c in cols), axis=1)
+
+
+def _plot(attr: str, rep: dict, path: Path, threshold: float) -> None:
+    """Grouped bars of selection rate / recall / precision per group of one attribute."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = list(rep["by_group"])
+    metrics = ("selection_rate", "recall", "precision")
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)  # Agg without pyplot: no global backend state, safe in a worker.
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    width = 0.8 / len(metrics)
+    for i, m in enumerate(metrics):
+        vals = [rep["by_group"][g][m] for g in groups]
+        ax.bar(x + (i - 1) * width, [np.nan if v is None else v for v in vals], width, label=m)
+    ax.set_xticks(x, [f"{g}\n(n={rep['by_group'][g]['count']})" for g in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(attr)
+    ax.set_title(
+        f"{attr} at threshold {threshold:g}: DPD={rep['demographic_parity_difference']}, "
+        f"DI={rep['disparate_impact_ratio']}",
+        fontsize=9,
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _mitigate(spec: PipelineSpec, model, test, y_test, y_pred, report: dict, train_uri: str | None) -> dict:
+    """Fit the spec's mitigation on the train split and compare its test decisions with the candidate's."""
+    import numpy as np
+
+    method = spec.gates.fairness.mitigation
+    if train_uri is None:
+        raise ValueError(
+            f"spec {spec.name}.yaml sets gates.fairness.mitigation: {method}, which is fitted on a "
+            "labelled split: pass train_uri (the train split written by train_model), or set "
+            "mitigation: none"
+        )
+    train = read_parquet(train_uri)
+    sens_train = _sensitive_frame(train, spec, "train")
+    sens_test = _sensitive_frame(test, spec, "test")
+    groups_train = _combined(sens_train)
+    groups_test = _combined(sens_test)
+    y_train = labels(train, spec)
+    one_class = sorted(g for g in set(groups_train) if len(set(y_train[groups_train.to_numpy() == g])) < 2)
+    if one_class:
+        raise ValueError(
+            f"mitigation {method} needs both classes of {spec.target.column!r} in every group of "
+            f"{spec.sensitive_attributes}, but the train split has one class only in {one_class}: "
+            "train on more batches, or set gates.fairness.mitigation: none"
+        )
+    unseen = sorted(set(groups_test) - set(groups_train))
+    if unseen:
+        raise ValueError(
+            f"mitigation {method}: test groups {unseen} never occur in the train split, so no "
+            "group threshold exists for them; train on more batches, or set mitigation: none"
+        )
+    X_train = feature_frame(train, spec)
+    X_test = feature_frame(test, spec)
+    seed = spec.split.random_state
+
+    if method == "threshold_optimizer":
+        from fairlearn.postprocessing import ThresholdOptimizer
+
+        mitigator = ThresholdOptimizer(
+            estimator=model,
+            constraints="equalized_odds",
+            objective="balanced_accuracy_score",
+            prefit=True,
+            predict_method="predict_proba",
+        )
+        mitigator.fit(X_train, y_train, sensitive_features=groups_train)
+        mitigated = mitigator.predict(X_test, sensitive_features=groups_test, random_state=seed)
+    else:  # exponentiated_gradient
+        from fairlearn.reductions import EqualizedOdds, ExponentiatedGradient
+
+        estimator = build_pipeline(spec)
+        # The reduction encodes its costs as sample weights on relabelled targets; a "balanced"
+        # class_weight would re-weight those relabelled classes and distort the best response.
+        if "class_weight" in estimator.named_steps["model"].get_params():
+            estimator.set_params(model__class_weight=None)
+        mitigator = ExponentiatedGradient(
+            estimator, EqualizedOdds(), sample_weight_name="model__sample_weight"
+        )
+        mitigator.fit(X_train, y_train, sensitive_features=groups_train)
+        mitigated = mitigator.predict(X_test, random_state=seed)
+
+    mitigated = np.asarray(mitigated).astype("int64")
+    after = fairness_report(y_test, mitigated, sens_test)
+    return {
+        "method": method,
+        "constraints": "equalized_odds",
+        "sensitive_feature": "|".join(spec.sensitive_attributes),
+        "fitted_on": train_uri,
+        "before": _summary(report),
+        "after": _summary(after),
+        "accuracy_before": _num((y_pred == y_test).mean()),
+        "accuracy_after": _num((mitigated == y_test).mean()),
+        "selection_rate_before": _num(y_pred.mean()),
+        "selection_rate_after": _num(mitigated.mean()),
+        "gate_passed_after": all(r["passed"] for r in fairness_gate(after, spec.gates.fairness)),
+    }
+
+
+def _slug(attr: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", attr)
+
+
+def assess_fairness(
+    spec: PipelineSpec,
+    model_uri: str,
+    test_uri: str,
+    threshold: float,
+    out_dir: str | Path,
+    train_uri: str | None = None,
+) -> dict:
+    """Score the candidate on the test split, report fairness per sensitive attribute, gate it.
+
+    Writes ``out_dir/fairness.json`` (the report; the gate results point at it), one bar chart
+    ``out_dir/fairness_<attr>.png`` per attribute and, when a mitigation ran,
+    ``out_dir/fairness_mitigation.json``. Returns ``{report, gates, artifacts, mitigation,
+    threshold, note}``. ``gates.fairness.enabled`` is not consulted: whether to run the gate is
+    the DAG's decision. A spec without sensitive attributes gives an empty report, no gate
+    results and a ``note`` saying fairness was not assessed.
+
+    Mitigation (``gates.fairness.mitigation``) is evidence, not a change to the candidate: the
+    gate is always computed on the unmitigated model, because the unmitigated pipeline is the
+    artifact that would be registered and served (neither mitigator is a plain scikit-learn
+    pipeline that converts to ONNX, and both need the sensitive attribute at prediction time,
+    which serving does not receive). The record shows what a mitigation would buy and cost
+    (fairness and accuracy before/after) so that a reviewer can decide to change the model.
+
+    * ``threshold_optimizer``: fairlearn's ThresholdOptimizer with ``prefit=True`` on the trained
+      pipeline and ``constraints="equalized_odds"``. Equalized odds, not demographic parity,
+      because base rates differ between groups (seniors churn more): demographic parity would
+      force equal offer rates and so withhold offers from at-risk groups or hand them out at
+      random, while equalized odds equalises what matters here (churners in every group are as
+      likely to get an offer; non-churners as unlikely) and bounds both the equal opportunity and
+      equalized odds metrics the gate checks. The objective is balanced accuracy, matching the
+      class-balanced training. Groups are the intersection of all sensitive attributes
+      (``female=1|senior_citizen=0``): equal rates in every intersection imply equal rates in
+      every marginal group, so one mitigator covers every attribute the gate checks, where the
+      first attribute alone would leave the others unconstrained.
+    * ``exponentiated_gradient``: fairlearn's ExponentiatedGradient (EqualizedOdds, same
+      intersectional groups) around a fresh ``build_pipeline(spec)``; fairlearn hands the raw
+      DataFrame to each fit, so the whole pipeline is refitted with ``model__sample_weight``.
+
+    Both are fitted on ``train_uri`` (required when a mitigation is set); their predictions are
+    randomised and seeded with ``split.random_state``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = read_parquet(test_uri)
+    sensitive = _sensitive_frame(test, spec, "test")
+    model = read_model(model_uri)
+    proba = model.predict_proba(feature_frame(test, spec))[:, 1]
+    y_true = labels(test, spec)
+    y_pred = (proba >= threshold).astype("int64")
+
+    report = fairness_report(y_true, y_pred, sensitive)
+    report_path = out / "fairness.json"
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False), encoding="utf-8")
+    evidence = storage.path_to_uri(report_path)
+    artifacts = [str(report_path)]
+    for attr, rep in report["attributes"].items():
+        png = out / f"fairness_{_slug(attr)}.png"
+        _plot(attr, rep, png, threshold)
+        artifacts.append(str(png))
+
+    note = None
+    mitigation = None
+    if not spec.sensitive_attributes:
+        note = (
+            f"spec {spec.name}.yaml lists no sensitive_attributes: fairness was not assessed and "
+            "the fairness gate has no checks"
+        )
+    elif spec.gates.fairness.mitigation != "none":
+        mitigation = _mitigate(spec, model, test, y_true, y_pred, report, train_uri)
+        mit_path = out / "fairness_mitigation.json"
+        mit_path.write_text(
+            json.dumps(mitigation, indent=2, sort_keys=True, allow_nan=False), encoding="utf-8"
+        )
+        artifacts.append(str(mit_path))
+
+    return {
+        "report": report,
+        "gates": fairness_gate(report, spec.gates.fairness, evidence),
+        "artifacts": artifacts,
+        "mitigation": mitigation,
+        "threshold": threshold,
+        "note": note,
+    }
