@@ -11,6 +11,7 @@ help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
 	@echo "make test   install what is missing, run linters and the whole test suite"
 	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
+	@echo "make bench  scikit-learn vs onnxruntime: single-row latency and batch throughput, one run"
 	@echo "make clean  remove the embedded state folder (.slipway/)"
 
 # Locked install: two installs from uv.lock get the same versions. uv is bootstrapped with pip.
@@ -35,7 +36,8 @@ up: install
 	$(BIN)/python -m include.stack
 
 bench: install
-	@echo "benchmarks arrive with the ONNX optimisation stage"; exit 1
+	$(BIN)/python -m include.bench
+	$(BIN)/python -m include.bench --estimator gradient_boosting
 
 clean:
 	rm -rf .slipway

@@ -23,12 +23,16 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from include import storage
 from include.spec import FairnessGate, PipelineSpec
 from include.tasks.gates import GateFailed, check, raise_for_gate  # noqa: F401 (re-exported)
 from include.tasks.ingest import read_parquet
 from include.tasks.train import build_pipeline, feature_frame, labels, read_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUMMARY_METRICS = (
     "demographic_parity_difference",
@@ -123,7 +127,7 @@ def _attribute_report(y_true, y_pred, groups) -> dict:
     }
 
 
-def fairness_report(y_true, y_pred, sensitive) -> dict:
+def fairness_report(y_true, y_pred, sensitive: pd.DataFrame) -> dict:
     """fairlearn disparity metrics and per-group rates for each column of ``sensitive``.
 
     ``y_true``/``y_pred`` are 0/1 arrays; each column of the ``sensitive`` DataFrame is one
@@ -222,6 +226,10 @@ def _combined(sensitive):
     return sensitive.astype(str).apply(lambda row: "|".join(f"{c}={row[c]}" for c in cols), axis=1)
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _plot(attr: str, rep: dict, path: Path, threshold: float) -> None:
     """Grouped bars of selection rate / recall / precision per group of one attribute."""
     import numpy as np
@@ -242,8 +250,8 @@ def _plot(attr: str, rep: dict, path: Path, threshold: float) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel(attr)
     ax.set_title(
-        f"{attr} at threshold {threshold:g}: DPD={rep['demographic_parity_difference']}, "
-        f"DI={rep['disparate_impact_ratio']}",
+        f"{attr} at threshold {threshold:g}: DPD={_fmt(rep['demographic_parity_difference'])}, "
+        f"DI={_fmt(rep['disparate_impact_ratio'])}",
         fontsize=9,
     )
     ax.legend(loc="upper right", fontsize=8)

@@ -169,3 +169,24 @@ def test_spec_without_sensitive_attributes_has_no_checks(tmp_path, telco_spec, t
     out = assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "fair")
     assert out["report"] == {"attributes": {}} and out["gates"] == []
     assert "not assessed" in out["note"]
+
+
+def test_exponentiated_gradient_records_before_and_after(tmp_path, telco_spec, trained):
+    gates = telco_spec.gates.model_copy(
+        update={
+            "fairness": telco_spec.gates.fairness.model_copy(update={"mitigation": "exponentiated_gradient"})
+        }
+    )
+    spec = telco_spec.model_copy(update={"gates": gates})
+    out = assess_fairness(
+        spec,
+        trained["model_uri"],
+        trained["splits"]["test"],
+        0.5,
+        tmp_path / "fair",
+        train_uri=trained["splits"]["train"],
+    )
+    mit = out["mitigation"]
+    assert mit["method"] == "exponentiated_gradient"
+    assert set(mit["after"]["female"]) == set(mit["before"]["female"])
+    assert mit["accuracy_before"] != mit["accuracy_after"] or mit["after"] != mit["before"]

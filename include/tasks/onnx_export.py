@@ -1,0 +1,463 @@
+"""ONNX export: the whole fitted Pipeline as one ONNX graph, optimised, checked against scikit-learn.
+
+One graph holds preprocessing and the estimator, with one named input per feature column, so
+serving needs onnxruntime and nothing else. Parity is measured on every row of the test split
+(max |p_onnx - p_sklearn| and label agreement at 0.5) and single-row latency is recorded; the
+``onnx`` gate turns those numbers into blessing entries.
+
+Input types: numeric and binary columns are ``tensor(float)``, categoricals ``tensor(string)``.
+Double inputs were tried first and do not run: onnxruntime 1.32 has no double kernel for
+``ai.onnx.ml.Imputer`` ("Could not find an implementation for Imputer(1)") and rejects the double
+``probabilities`` skl2onnx declares for ``TreeEnsembleClassifier``. Float loses nothing for trees:
+scikit-learn itself casts tree inputs to float32 and skl2onnx adjusts each threshold so that
+``(float)x <= t`` decides the same branch; ``build_pipeline`` puts no scaler before trees, so
+the values reaching a tree are the ones scikit-learn sees. Linear models lose ~1e-7.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from include import storage
+from include.spec import OnnxGate, PipelineSpec
+from include.tasks.gates import check
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# Requested opsets. skl2onnx lowers each domain to the highest version the graph actually uses
+# (the record keeps both). 18 / ml 3 are supported by every onnxruntime since 1.14, so the
+# artifact is not tied to this machine's newer runtime.
+TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
+OPTIMISATION_LEVEL = "ORT_ENABLE_ALL"
+# Layout transforms for the machine's SIMD width: onnxruntime warns that a model saved with
+# them "should only be used in the same environment", and the artifact is served elsewhere.
+DISABLED_OPTIMISERS = ["NchwcTransformer"]
+PROBABILITIES = "probabilities"
+QUANTISABLE = {"MatMul", "Gemm"}
+LABEL_THRESHOLD = 0.5
+# A forest of 100 fully grown trees gives exactly 0.5 when the votes split evenly; onnxruntime's
+# float32 sum gives 0.4999998 (seen on 6 of 1,409 test rows). Such ties are not label flips.
+TIE_TOLERANCE = 1e-6
+# Standard operators that only move or reshape tensors around the ai.onnx.ml ones.
+_PLUMBING = {"Concat", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Shape"}
+
+
+class ConversionError(RuntimeError):
+    """The fitted model cannot be expressed as an ONNX graph that onnxruntime runs."""
+
+
+def _estimator(model):
+    return model.steps[-1][1] if hasattr(model, "steps") else model
+
+
+def _describe(model) -> str:
+    if hasattr(model, "steps"):
+        steps = ", ".join(f"{name}={type(step).__name__}" for name, step in model.steps)
+        return f"{type(_estimator(model)).__name__} (Pipeline: {steps})"
+    return type(model).__name__
+
+
+def _root_cause(exc: BaseException, limit: int = 300) -> str:
+    """First line of the exception and of its innermost cause (skl2onnx dumps whole attribute tables)."""
+
+    def first(e: BaseException) -> str:
+        text = (str(e).strip().splitlines() or [""])[0]
+        text = text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"{type(e).__name__}: {text}"
+
+    inner, seen = exc, {id(exc)}
+    while (nxt := inner.__cause__ or inner.__context__) is not None and id(nxt) not in seen:
+        inner = nxt
+        seen.add(id(nxt))
+    return first(exc) if inner is exc else f"{first(exc)} (caused by {first(inner)})"
+
+
+def _numeric(spec: PipelineSpec) -> list[str]:
+    return [*spec.features.numeric, *spec.features.binary]
+
+
+def _session(onnx_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # warnings such as the hardware-specific one would go to stderr
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def convert(spec: PipelineSpec, model) -> bytes:
+    """The whole fitted Pipeline (preprocessing + estimator) as ONNX bytes, one input per feature column."""
+    from skl2onnx import __version__ as skl2onnx_version
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    initial_types = [(c, FloatTensorType([None, 1])) for c in _numeric(spec)] + [
+        (c, StringTensorType([None, 1])) for c in spec.features.categorical
+    ]
+    what = _describe(model)
+    try:
+        onx = convert_sklearn(
+            model,
+            initial_types=initial_types,
+            options={id(_estimator(model)): {"zipmap": False}},
+            target_opset=TARGET_OPSET,
+        )
+    except Exception as exc:  # skl2onnx raises anything from RuntimeError to TypeError
+        raise ConversionError(
+            f"skl2onnx {skl2onnx_version} cannot convert {what}: {_root_cause(exc)}; "
+            "choose an estimator skl2onnx supports (see ESTIMATORS in include/spec.py) or turn off "
+            "gates.onnx in the spec and accept no ONNX artifact"
+        ) from exc
+    data = onx.SerializeToString()
+    try:
+        _session(data)
+    except Exception as exc:
+        raise ConversionError(
+            f"skl2onnx {skl2onnx_version} converted {what}, but onnxruntime cannot load the graph: "
+            f"{_root_cause(exc)}"
+        ) from exc
+    return data
+
+
+def optimise(onnx_bytes: bytes) -> bytes:
+    """The graph after onnxruntime's offline optimisations (ORT_ENABLE_ALL), checked to load again."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="slipway-ort-") as tmp:
+        target = Path(tmp) / "optimised.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMISATION_LEVEL)
+        so.optimized_model_filepath = str(target)
+        so.log_severity_level = 3
+        ort.InferenceSession(
+            onnx_bytes, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMISERS
+        )
+        data = target.read_bytes()
+    try:
+        _session(data)
+    except Exception as exc:
+        raise ConversionError(f"the optimised graph no longer loads: {_root_cause(exc)}") from exc
+    return data
+
+
+def onnx_inputs(spec: PipelineSpec, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """One named input per feature column, shape (n, 1): float32 for numeric/binary, str for categoricals."""
+    import numpy as np
+
+    feeds: dict[str, np.ndarray] = {}
+    for col in _numeric(spec):
+        feeds[col] = X[col].astype("float64").to_numpy().astype(np.float32).reshape(-1, 1)
+    for col in spec.features.categorical:
+        feeds[col] = X[col].astype(str).to_numpy(dtype=object).reshape(-1, 1)
+    return feeds
+
+
+def _proba_index(session) -> int:
+    names = [o.name for o in session.get_outputs()]
+    return names.index(PROBABILITIES) if PROBABILITIES in names else len(names) - 1
+
+
+def predict_proba_onnx(session, spec: PipelineSpec, X: pd.DataFrame) -> np.ndarray:
+    """Positive-class probabilities from an onnxruntime session (labels are 0/1, so column 1)."""
+    import numpy as np
+
+    out = session.run(None, onnx_inputs(spec, X))[_proba_index(session)]
+    return np.asarray(out, dtype=np.float64)[:, 1]
+
+
+def latency(fn, rows: list, repeats: int) -> dict:
+    """Single-call latency in ms: ``repeats`` timed calls of ``fn(row)`` cycling through ``rows``.
+
+    The first ``min(len(rows), 20)`` calls warm caches and are not timed.
+    """
+    import time
+
+    import numpy as np
+
+    if not rows or repeats < 1:
+        raise ValueError("latency needs at least one row and one repeat")
+    warmup = min(len(rows), 20)
+    for row in rows[:warmup]:
+        fn(row)
+    times = np.empty(repeats)
+    clock = time.perf_counter_ns
+    for i in range(repeats):
+        row = rows[i % len(rows)]
+        t0 = clock()
+        fn(row)
+        times[i] = clock() - t0
+    ms = times / 1e6
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 4),
+        "p99": round(float(np.percentile(ms, 99)), 4),
+        "mean": round(float(ms.mean()), 4),
+        "calls": repeats,
+        "warmup_calls": warmup,
+    }
+
+
+def _parity(p_onnx, p_ref) -> dict:
+    """Max |dp| and label agreement at 0.5; a row whose reference probability *is* 0.5 (to float32
+    resolution) is a tie that rounding sends either way, counted apart rather than as a flip."""
+    import numpy as np
+
+    differ = (p_onnx >= LABEL_THRESHOLD) != (p_ref >= LABEL_THRESHOLD)
+    ties = np.abs(p_ref - LABEL_THRESHOLD) <= TIE_TOLERANCE
+    return {
+        "max_abs_diff": float(np.max(np.abs(p_onnx - p_ref))),
+        "label_agreement": float(1 - np.mean(differ & ~ties)),
+        "label_agreement_raw": float(1 - np.mean(differ)),
+        "label_ties": int(ties.sum()),
+        "rows": int(len(p_ref)),
+    }
+
+
+def _within(parity: dict, gate: OnnxGate) -> bool:
+    return (
+        parity["max_abs_diff"] <= gate.max_abs_diff and parity["label_agreement"] >= gate.min_label_agreement
+    )
+
+
+def _operators(onnx_bytes: bytes) -> dict[str, list[str]]:
+    import onnx
+
+    ops: dict[str, set[str]] = {}
+    for node in onnx.load_from_string(onnx_bytes).graph.node:
+        ops.setdefault(node.domain or "ai.onnx", set()).add(node.op_type)
+    return {domain: sorted(names) for domain, names in sorted(ops.items())}
+
+
+def _single_rows(spec: PipelineSpec, X, n: int) -> list[dict]:
+    feeds = onnx_inputs(spec, X)
+    return [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(min(n, len(X)))]
+
+
+def quantise_if_useful(onnx_bytes: bytes, spec: PipelineSpec, X, y_proba_ref, gate: OnnxGate) -> dict:
+    """Dynamic int8 quantisation, only for graphs with MatMul/Gemm; kept only if faster and still in parity.
+
+    Returns ``{"applies", "kept", "reason", "operators", ...}``; when kept, ``model_bytes`` holds
+    the quantised graph (callers pop it before recording the dict).
+    """
+    import tempfile
+
+    ops = _operators(onnx_bytes)
+    standard = set(ops.get("ai.onnx", []))
+    found = sorted(standard & QUANTISABLE)
+    if not found:
+        ml = ", ".join(ops.get("ai.onnx.ml", [])) or "none"
+        if standard <= _PLUMBING:
+            reason = (
+                f"graph has only ai.onnx.ml operators ({ml}) besides tensor plumbing "
+                f"({', '.join(sorted(standard)) or 'none'}); dynamic quantisation applies to MatMul/Gemm "
+                "and would not help"
+            )
+        else:
+            reason = (
+                f"graph has no MatMul/Gemm operators (ai.onnx.ml: {ml}; standard: "
+                f"{', '.join(sorted(standard))}); dynamic quantisation applies to MatMul/Gemm and would not help"
+            )
+        return {"applies": False, "kept": False, "reason": reason, "operators": ops}
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out: dict = {"applies": True, "kept": False, "operators": ops, "quantised_operators": found}
+    with tempfile.TemporaryDirectory(prefix="slipway-quant-") as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            q_bytes = dst.read_bytes()
+            q_session = _session(q_bytes)
+        except Exception as exc:
+            return {**out, "reason": f"quantize_dynamic failed, float graph kept: {_root_cause(exc)}"}
+    base_session = _session(onnx_bytes)
+    parity = _parity(predict_proba_onnx(q_session, spec, X), y_proba_ref)
+    rows = _single_rows(spec, X, 200)
+    base = latency(lambda r: base_session.run(None, r), rows, 200)
+    quant = latency(lambda r: q_session.run(None, r), rows, 200)
+    out.update(
+        max_abs_diff=parity["max_abs_diff"],
+        label_agreement=parity["label_agreement"],
+        latency_ms={"float": base, "quantised": quant},
+    )
+    in_parity, faster = _within(parity, gate), quant["p50"] < base["p50"]
+    if in_parity and faster:
+        out.update(kept=True, model_bytes=q_bytes)
+        out["reason"] = f"int8 graph is faster (p50 {quant['p50']} ms vs {base['p50']} ms) and within parity"
+    elif not in_parity:
+        out["reason"] = (
+            f"int8 graph leaves parity (max |dp| {parity['max_abs_diff']:.3g} vs allowed {gate.max_abs_diff}, "
+            f"label agreement {parity['label_agreement']:.4f} vs required {gate.min_label_agreement}); "
+            "float graph kept"
+        )
+    else:
+        out["reason"] = (
+            f"int8 graph is not faster (p50 {quant['p50']} ms vs {base['p50']} ms); float graph kept"
+        )
+    return out
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {pkg: version(pkg) for pkg in ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")}
+
+
+def _write(base: str, name: str, data: bytes) -> str:
+    uri = storage.join(base, name)
+    storage.write_bytes(uri, data)
+    return uri
+
+
+def export_and_check(
+    spec: PipelineSpec,
+    model_uri: str,
+    test_uri: str,
+    out_dir: str | Path,
+    *,
+    onnx_calls: int = 300,
+    sklearn_calls: int = 100,
+) -> dict:
+    """Convert, optimise, measure parity on the full test split and single-row latency; write the evidence.
+
+    Writes ``model.onnx`` (the deployable graph) and ``onnx_report.json`` under ``out_dir``. When
+    the model does not convert, returns ``{"converted": False, "error": ...}`` (and writes the
+    report) so the gate fails with the reason instead of the task crashing.
+    """
+    import onnx
+
+    from include.tasks.ingest import read_parquet
+    from include.tasks.train import feature_frame, read_model
+
+    remote = "://" in str(out_dir)
+    base = str(out_dir) if remote else storage.path_to_uri(out_dir)
+    model = read_model(model_uri)
+    test = read_parquet(test_uri)
+    if len(test) == 0:
+        raise ValueError(f"test split {test_uri} has no rows: parity cannot be measured; re-run train_model")
+    X = feature_frame(test, spec)
+    versions = _versions()
+    try:
+        converted = convert(spec, model)
+        optimised = optimise(converted)
+    except ConversionError as exc:
+        failed = {"converted": False, "error": str(exc), "estimator": type(_estimator(model)).__name__}
+        _write(base, "onnx_report.json", json.dumps({**failed, "versions": versions}, indent=2).encode())
+        return failed
+
+    p_sklearn = model.predict_proba(X)[:, 1]
+    quant = quantise_if_useful(optimised, spec, X, p_sklearn, spec.gates.onnx)
+    deployable = optimise(quant.pop("model_bytes")) if quant["kept"] else optimised
+    session = _session(deployable)
+    parity = _parity(predict_proba_onnx(session, spec, X), p_sklearn)
+
+    rows = _single_rows(spec, X, onnx_calls)
+    onnx_latency = latency(lambda r: session.run(None, r), rows, onnx_calls)
+    frames = [X.iloc[[i]] for i in range(min(sklearn_calls, len(X)))]
+    sklearn_latency = latency(model.predict_proba, frames, sklearn_calls)
+
+    conv_model = onnx.load_from_string(converted)
+    opset = {(o.domain or "ai.onnx"): int(o.version) for o in conv_model.opset_import}
+    n_before, n_after = len(conv_model.graph.node), len(onnx.load_from_string(deployable).graph.node)
+    type_names = {v.name: v.type for v in session.get_inputs()}
+    inputs = [{"name": name, "type": type_names[name]} for name in spec.features.all]
+    onnx_uri = _write(base, "model.onnx", deployable)
+    result = {
+        "converted": True,
+        "onnx_path": onnx_uri if remote else str(Path(out_dir) / "model.onnx"),
+        "model_sha256": hashlib.sha256(deployable).hexdigest(),
+        "max_abs_diff": parity["max_abs_diff"],
+        "label_agreement": parity["label_agreement"],
+        "label_agreement_raw": parity["label_agreement_raw"],
+        "label_ties": parity["label_ties"],
+        "rows": parity["rows"],
+        "latency_ms": {"onnx": onnx_latency, "sklearn": sklearn_latency},
+        "speedup_p50": round(sklearn_latency["p50"] / max(onnx_latency["p50"], 1e-9), 1),
+        "quantisation": quant,
+        "inputs": inputs,
+        "opset": opset,
+        "optimisation": (
+            f"onnxruntime {OPTIMISATION_LEVEL} without {', '.join(DISABLED_OPTIMISERS)} "
+            f"(hardware-specific layouts); nodes {n_before} -> {n_after}"
+            + ("; int8 dynamic quantisation kept" if quant["kept"] else "")
+        ),
+    }
+    report = {
+        **result,
+        "estimator": _describe(model),
+        "target_opset": {(k or "ai.onnx"): v for k, v in TARGET_OPSET.items()},
+        "label_threshold": LABEL_THRESHOLD,
+        "tie_tolerance": TIE_TOLERANCE,
+        "timing": (
+            f"single-row calls on different test rows; onnxruntime session.run on prebuilt (1, 1) inputs "
+            f"with intra_op_num_threads=1; scikit-learn predict_proba on a prebuilt one-row DataFrame; "
+            f"first {onnx_latency['warmup_calls']} calls are warm-up and not timed"
+        ),
+        "versions": versions,
+    }
+    _write(base, "onnx_report.json", json.dumps(report, indent=2, default=str).encode())
+    return result
+
+
+def onnx_gate(result: dict, gate: OnnxGate, evidence_uri: str | None = None) -> list[dict]:
+    """Blessing entries: converted, parity (max |dp|, label agreement), p99 single-row latency, quantisation."""
+    if not result.get("converted", True):
+        missing = "not measured: the model did not convert to ONNX"
+        return [
+            check(
+                "onnx", "converted", 0, 1, ">=", evidence_uri, note=result.get("error", "conversion failed")
+            ),
+            check("onnx", "max_abs_diff", None, gate.max_abs_diff, "<=", evidence_uri, note=missing),
+            check(
+                "onnx", "label_agreement", None, gate.min_label_agreement, ">=", evidence_uri, note=missing
+            ),
+            check("onnx", "p99_latency_ms", None, gate.max_p99_latency_ms, "<=", evidence_uri, note=missing),
+        ]
+    rows, ties = result.get("rows"), result.get("label_ties", 0)
+    results = [
+        check("onnx", "converted", 1, 1, ">=", evidence_uri),
+        # check() rounds values to 6 decimals (1.7e-7 shows as 0.0): the exact figure goes in the note.
+        check(
+            "onnx",
+            "max_abs_diff",
+            result["max_abs_diff"],
+            gate.max_abs_diff,
+            "<=",
+            evidence_uri,
+            note=f"max |p_onnx - p_sklearn| = {result['max_abs_diff']:.3g} over {rows} test rows",
+        ),
+        check(
+            "onnx",
+            "label_agreement",
+            result["label_agreement"],
+            gate.min_label_agreement,
+            ">=",
+            evidence_uri,
+            note=f"labels at {LABEL_THRESHOLD} over {rows} test rows; {ties} exact ties not counted as flips",
+        ),
+        check(
+            "onnx",
+            "p99_latency_ms",
+            result["latency_ms"]["onnx"]["p99"],
+            gate.max_p99_latency_ms,
+            "<=",
+            evidence_uri,
+            note=f"single-row, {result['latency_ms']['onnx']['calls']} calls",
+        ),
+    ]
+    quant = result.get("quantisation")
+    if quant is not None:
+        # Quantisation is an optimisation, not a requirement: on record, never failing.
+        entry = check(
+            "onnx", "quantisation_kept", int(quant["kept"]), 0, ">=", evidence_uri, note=quant["reason"]
+        )
+        results.append({**entry, "applies": bool(quant["applies"])})
+    return results
