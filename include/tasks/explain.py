@@ -146,6 +146,7 @@ def feature_origins(preprocess) -> list[tuple[str, str]]:
 
     Uses the fitted transformers, not the names: a one-hot block is attributed to its input
     columns by the encoder's categories; any other transformer must keep its input names.
+    A name scikit-learn produces twice gets `` [<column>]`` appended.
     """
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
@@ -177,6 +178,10 @@ def feature_origins(preprocess) -> list[tuple[str, str]]:
             f"the preprocessor outputs {len(names)} features but {len(origins)} could be traced to "
             "input columns; check the ColumnTransformer's blocks"
         )
+    # scikit-learn does not keep names unique: category "type_a" of "plan" and category "a" of
+    # "plan_type" are both "cat__plan_type_a". Suffix the column so no importance is overwritten.
+    repeated = {n for n in names if names.count(n) > 1}
+    names = [f"{n} [{col}]" if n in repeated else n for n, col in zip(names, origins, strict=True)]
     return list(zip(names, origins, strict=True))
 
 
@@ -259,7 +264,11 @@ def _explain_agnostic(est, background, sample, pos: int, seed: int):
 
 def _output_space(kind: str, est) -> str:
     """What one unit of the SHAP values is: the space the explainer decomposes."""
-    boosted = hasattr(est, "loss") or type(est).__module__.split(".")[0] in {"xgboost", "lightgbm", "catboost"}
+    boosted = hasattr(est, "loss") or type(est).__module__.split(".")[0] in {
+        "xgboost",
+        "lightgbm",
+        "catboost",
+    }
     if kind == "permutation" or (kind == "tree" and not boosted):
         return "probability"  # forests and trees average leaf class frequencies
     if kind == "tree" or type(est).__name__.startswith("LogisticRegression"):
