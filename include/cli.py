@@ -221,6 +221,21 @@ def lineage_record(ref: str) -> dict:
             if k.startswith("slipway.metric.")
         },
         "gates": json.loads(tags.get("slipway.gates", "{}")),
+        "blessing": {
+            "state": tags.get("slipway.blessing"),
+            "by_gate": {
+                k.removeprefix("slipway.blessing."): v
+                for k, v in tags.items()
+                if k.startswith("slipway.blessing.") and k != "slipway.blessing_uri"
+            },
+            "uri": tags.get("slipway.blessing_uri"),
+        },
+        "decision_threshold": float(tags["slipway.decision_threshold"])
+        if "slipway.decision_threshold" in tags
+        else None,
+        "value_per_1000": float(tags["slipway.value_per_1000"]) if "slipway.value_per_1000" in tags else None,
+        "model_card": tags.get("slipway.model_card_uri"),
+        "artifacts": {"onnx": tags.get("slipway.onnx_uri"), "sklearn_skops": tags.get("slipway.sklearn_uri")},
         "code_version": tags.get("slipway.code_version"),
     }
 
@@ -241,6 +256,20 @@ def print_lineage(rec: dict) -> None:
     )
     print(f"code       {rec['code_version']}")
     print("metrics    " + "  ".join(f"{k}={val:.4f}" for k, val in sorted(rec["metrics"].items())))
+    if rec.get("decision_threshold") is not None:
+        print(
+            f"business   threshold {rec['decision_threshold']:.2f}, expected value per 1,000: {rec['value_per_1000']:.2f}"
+        )
+    b = rec.get("blessing") or {}
+    if b.get("state"):
+        gates = ", ".join(f"{g} {s}" for g, s in b["by_gate"].items())
+        print(f"blessing   {b['state']}: {gates}  ({b['uri']})")
+    if rec.get("model_card"):
+        print(f"card       {rec['model_card']}")
+    if (rec.get("artifacts") or {}).get("onnx"):
+        print(
+            f"artifacts  ONNX {rec['artifacts']['onnx']}  scikit-learn (skops) {rec['artifacts']['sklearn_skops']}"
+        )
     print("tasks:")
     for t in rec["tasks"]:
         print(

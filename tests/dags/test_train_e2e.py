@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from include import storage
-from tests.dags.e2e import clean_env, lineage, mlflow_client, slipway, task_runs
+from tests.dags.e2e import ROOT, clean_env, lineage, mlflow_client, slipway, task_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,64 @@ def test_run_registers_a_candidate_with_full_lineage(embedded):
     assert rec["metrics"]["roc_auc"] > 0.8
     assert set(rec["metrics"]) >= {"roc_auc", "pr_auc", "f1", "precision", "recall", "brier"}
     assert rec["code_version"] not in (None, "", "unknown")
+    # Issue-3 gates: a complete, passing blessing, a model card, ONNX as the deployable artifact.
+    assert rec["blessing"]["state"] == "passed"
+    assert set(rec["blessing"]["by_gate"]) == {
+        "data_validation",
+        "evaluation",
+        "champion",
+        "business",
+        "fairness",
+        "explainability",
+        "robustness",
+        "onnx",
+    }
+    assert set(rec["blessing"]["by_gate"].values()) == {"passed"}
+    assert rec["model_card"].endswith("/model_card/model_card.html")
+    assert 0 < rec["decision_threshold"] < 1 and rec["value_per_1000"] > 0
+
+
+def test_blessing_record_model_card_and_onnx_artifact(embedded, monkeypatch):
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded["tracking"])
+    mlflow.set_tracking_uri(embedded["tracking"])
+    client = mlflow_client(embedded["tracking"])
+    mv = client.get_model_version_by_alias("telco_churn", "candidate")
+    root = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, tracking_uri=embedded["tracking"]))
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert {
+        "blessing.json",
+        "sklearn/model.skops",
+        "model_card/model_card.md",
+        "model_card/model_card.html",
+    } <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
+    blessing = json.loads((root / "blessing.json").read_text())
+    assert blessing["complete"] and blessing["passed"] and not blessing["missing"]
+    for r in blessing["results"]:
+        assert {"gate", "metric", "threshold", "value", "passed", "evidence_uri"} <= set(r)
+    card = (root / "model_card" / "model_card.md").read_text()
+    for section in (
+        "Intended use",
+        "Training data",
+        "Business value",
+        "Fairness",
+        "Explainability (SHAP)",
+        "Robustness",
+        "ONNX",
+        "Limitations",
+        "Ethical considerations",
+        "Blessing",
+    ):
+        assert f"## {section}" in card
+    assert "senior_citizen" in card and "![SHAP importance]" in card
+    onnx_model = Path(mlflow.artifacts.download_artifacts(mv.source, tracking_uri=embedded["tracking"]))
+    assert "onnx" in (onnx_model / "MLmodel").read_text()
+    assert list(onnx_model.rglob("*.onnx"))
 
 
 def test_one_nested_mlflow_run_per_task_instance(embedded):
@@ -184,3 +242,68 @@ def test_failing_suite_stops_before_training(embedded):
     # The listener plugin closed the DAG run's parent run as failed.
     parent = client.get_run(feb[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED" and parent.data.tags["slipway.state"] == "failed"
+
+
+def test_unfair_candidate_moves_no_alias_and_leaves_the_champion_alone(embedded, tmp_path, monkeypatch):
+    """A spec with impossibly tight fairness: the run fails at check_fairness, nothing moves."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    env = embedded["env"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded["tracking"])
+    mlflow.set_tracking_uri(embedded["tracking"])
+    client = mlflow_client(embedded["tracking"])
+    current = client.get_model_version_by_alias("telco_churn", "candidate")
+    client.set_registered_model_alias("telco_churn", "champion", current.version)  # as a promotion would
+    champion_tags = dict(client.get_model_version("telco_churn", current.version).tags)
+    versions = len(client.search_model_versions("name = 'telco_churn'"))
+
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    raw = yaml.safe_load((ROOT / "include" / "pipelines" / "telco_churn.yaml").read_text())
+    raw["gates"]["fairness"]["max_demographic_parity_difference"] = 0.0001
+    (specs / "telco_churn.yaml").write_text(yaml.safe_dump(raw))
+    strict = {**env, "SLIPWAY_PIPELINES_DIR": str(specs)}
+    proc = slipway(strict, "run", "telco_churn", "--month", "2025-12", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "fairness: demographic_parity_difference[" in out and "required <= 0.0001" in out
+
+    model = client.get_registered_model("telco_churn")
+    assert dict(model.aliases) == {"candidate": current.version, "champion": current.version}
+    assert len(client.search_model_versions("name = 'telco_churn'")) == versions
+    assert dict(client.get_model_version("telco_churn", current.version).tags) == champion_tags
+    # The failed blessing is on record on the DAG run's parent run, and the champion was compared.
+    runs = task_runs(client, "telco_churn", "telco_churn__train")
+    latest = max(
+        (r for r in runs if r.data.tags["slipway.task_id"] == "check_fairness"),
+        key=lambda r: r.info.start_time,
+    )
+    assert latest.info.status == "FAILED"
+    parent = client.get_run(latest.data.tags["mlflow.parentRunId"])
+    assert (
+        parent.data.tags["slipway.blessing"] == "failed"
+        and parent.data.tags["slipway.blessing.failed_gate"] == "fairness"
+    )
+    blessing = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=parent.info.run_id, artifact_path="blessing.json", tracking_uri=embedded["tracking"]
+            )
+        ).read_text()
+    )
+    assert not blessing["passed"] and any(
+        r["gate"] == "fairness" and not r["passed"] for r in blessing["failed"]
+    )
+    compared = [
+        r
+        for r in runs
+        if r.data.tags["slipway.task_id"] == "compare_champion"
+        and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    ]
+    assert compared and compared[0].data.tags["slipway.gate.champion"] == "passed"
+    shutil.rmtree(specs)
