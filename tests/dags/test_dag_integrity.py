@@ -53,6 +53,11 @@ def test_every_dag_is_well_formed(bag):
                 "validate",
                 "train",
                 "evaluate",
+                "compare",
+                "check",
+                "explain",
+                "optimise",
+                "write",
                 "register",
                 "profile",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
