@@ -85,3 +85,23 @@ def s3_env(moto_s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return moto_s3
+
+
+def make_snapshot(frame, spec, path: Path) -> str:
+    """A training snapshot (as ingest would write it) of ``frame`` at ``path``; returns its URI."""
+    from include import storage
+    from include.tasks.ingest import conform_batch, to_parquet_bytes
+
+    raw = frame.astype(str).replace({"nan": None})
+    df = conform_batch(raw, spec, "mem://", "2025-01", b"k")
+    return storage.write_bytes(storage.path_to_uri(path), to_parquet_bytes(df))
+
+
+@pytest.fixture
+def telco_trained(tmp_path, telco_spec, wa_churn):
+    """The telco logistic regression trained on the first 1,500 customers (model, splits under tmp_path)."""
+    from include import storage
+    from include.tasks.train import train_model
+
+    snap = make_snapshot(wa_churn.iloc[:1500], telco_spec, tmp_path / "snap.parquet")
+    return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))

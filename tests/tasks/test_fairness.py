@@ -12,8 +12,7 @@ from include import storage
 from include.spec import FairnessGate
 from include.tasks.fairness import assess_fairness, fairness_gate, fairness_report
 from include.tasks.gates import GateFailed, raise_for_gate
-from include.tasks.ingest import conform_batch, read_parquet, to_parquet_bytes
-from include.tasks.train import train_model
+from include.tasks.ingest import read_parquet, to_parquet_bytes
 
 # Eight people, four per group, two positives and two negatives in each group.
 GROUP = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -103,11 +102,8 @@ def test_single_group_cannot_pass():
 
 
 @pytest.fixture
-def trained(tmp_path, telco_spec, wa_churn):
-    raw = wa_churn.iloc[:1500].astype(str).replace({"nan": None})
-    df = conform_batch(raw, telco_spec, "mem://", "2025-01", b"k")
-    snap = storage.write_bytes(storage.path_to_uri(tmp_path / "snap.parquet"), to_parquet_bytes(df))
-    return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
+def trained(telco_trained):
+    return telco_trained
 
 
 def test_assess_fairness_end_to_end(tmp_path, telco_spec, trained):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from include import storage
 from include.spec import Business, BusinessGate, RobustnessGate
 from include.tasks.blessing import make_blessing, raise_unless_blessed, required_gates
 from include.tasks.business import business_gate, choose_threshold, value_per_1000
 from include.tasks.champion import compare_with_champion
 from include.tasks.gates import GateFailed, check, raise_for_gate
-from include.tasks.ingest import conform_batch, to_parquet_bytes
 from include.tasks.model_card import write_model_card
 from include.tasks.robustness import check_robustness, perturbed, robustness_gate
-from include.tasks.train import read_model, train_model
+from include.tasks.train import read_model
 
 CHURN = Business(value_of_true_positive=500, cost_of_action=50, offer_acceptance_rate=0.3)
 
@@ -65,11 +63,8 @@ def test_business_gate_against_champion():
 
 
 @pytest.fixture
-def trained(tmp_path, telco_spec, wa_churn):
-    raw = wa_churn.iloc[:1500].astype(str).replace({"nan": None})
-    df = conform_batch(raw, telco_spec, "mem://", "2025-01", b"k")
-    snap = storage.write_bytes(storage.path_to_uri(tmp_path / "snap.parquet"), to_parquet_bytes(df))
-    return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
+def trained(telco_trained):
+    return telco_trained
 
 
 def test_champion_comparison_same_test_set(telco_spec, trained):

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from include import storage
 from include.spec import OnnxGate, load_spec
 from include.tasks.gates import GateFailed, raise_for_gate
-from include.tasks.ingest import conform_batch, read_parquet, to_parquet_bytes
+from include.tasks.ingest import read_parquet
 from include.tasks.onnx_export import (
     ConversionError,
     _session,
@@ -24,7 +24,7 @@ from include.tasks.onnx_export import (
     quantise_if_useful,
 )
 from include.tasks.train import build_pipeline, feature_frame, labels, read_model, save_model, train_model
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, make_snapshot
 
 # Fewer timed calls than production: latency is only recorded here, never asserted.
 FAST = {"onnx_calls": 50, "sklearn_calls": 10}
@@ -42,10 +42,7 @@ def _spec(kind: str, **params):
 @pytest.fixture(scope="module")
 def snapshot_uri(tmp_path_factory, wa_churn):
     spec = _spec("logistic_regression")
-    raw = wa_churn.iloc[:1500].astype(str).replace({"nan": None})
-    df = conform_batch(raw, spec, "mem://", "2025-01", b"k")
-    path = tmp_path_factory.mktemp("onnx") / "snap.parquet"
-    return storage.write_bytes(storage.path_to_uri(path), to_parquet_bytes(df))
+    return make_snapshot(wa_churn.iloc[:1500], spec, tmp_path_factory.mktemp("onnx") / "snap.parquet")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from include import storage
-from include.tasks.ingest import conform_batch, read_parquet, to_parquet_bytes
+from include.tasks.ingest import read_parquet, to_parquet_bytes
 from include.tasks.train import (
     TrainingError,
     build_pipeline,
@@ -15,13 +15,12 @@ from include.tasks.train import (
     split_frame,
     train_model,
 )
+from tests.conftest import make_snapshot
 
 
 @pytest.fixture
 def snapshot_uri(tmp_path, telco_spec, wa_churn):
-    raw = wa_churn.iloc[:1200].astype(str).replace({"nan": None})
-    df = conform_batch(raw, telco_spec, "mem://", "2025-01", b"k")
-    return storage.write_bytes(storage.path_to_uri(tmp_path / "snap.parquet"), to_parquet_bytes(df))
+    return make_snapshot(wa_churn.iloc[:1200], telco_spec, tmp_path / "snap.parquet")
 
 
 def _spec(telco_spec, **estimator):
