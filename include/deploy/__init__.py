@@ -1,0 +1,1 @@
+"""Deployment helpers used by docker-compose.yaml."""

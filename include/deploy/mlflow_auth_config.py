@@ -1,0 +1,31 @@
+"""Write MLflow's basic-auth configuration from the environment (no password in any file in git).
+
+Used by the ``mlflow`` service of docker-compose.yaml: the user store lives in PostgreSQL, every
+request needs a user, and new users get no access until granted (``default_permission = NO_PERMISSIONS``).
+The admin password is read by MLflow itself from ``MLFLOW_AUTH_ADMIN_PASSWORD`` on first start.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+
+
+def main() -> None:
+    """Write the INI file named by ``MLFLOW_AUTH_CONFIG_PATH``."""
+    path = os.environ["MLFLOW_AUTH_CONFIG_PATH"]
+    password = os.environ["POSTGRES_PASSWORD"]
+    config = configparser.ConfigParser()
+    config["mlflow"] = {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": f"postgresql+psycopg2://slipway:{password}@postgres:5432/mlflow_auth",
+        "admin_username": "admin",
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        config.write(fh)
+
+
+if __name__ == "__main__":
+    main()

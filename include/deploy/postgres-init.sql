@@ -1,0 +1,3 @@
+-- Databases beside Airflow's: the MLflow backend store and MLflow's user store (basic auth).
+CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;
