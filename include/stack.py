@@ -47,6 +47,11 @@ def main() -> None:
             env=os.environ,
         ),
     ]
+    def _stop(signum, frame):  # SIGTERM (e.g. from a supervisor) stops the children too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     _say(f"Airflow UI http://127.0.0.1:{port}  (login printed by 'standalone' below)")
     _say(f"MLflow UI  http://127.0.0.1:{os.environ.get('SLIPWAY_MLFLOW_PORT', '5000')}")
     try:
