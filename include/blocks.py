@@ -465,7 +465,6 @@ def optimise_onnx(pipeline: str, **task_kwargs):
         """skl2onnx + onnxruntime graph optimisations; parity on the full test set; p99 single-row latency."""
         import mlflow
 
-        from include import storage
         from include.spec import load_pipeline
         from include.tasks.onnx_export import export_and_check, onnx_gate
 
@@ -489,15 +488,8 @@ def optimise_onnx(pipeline: str, **task_kwargs):
             if not spec.gates.onnx.enabled:
                 gates = []
             record = {k: v for k, v in out.items() if k != "onnx_path"}
-            digest = storage.read_bytes(onnx_uri) if onnx_uri else b""
             step = _gate(spec, "onnx", previous, gates, records=record) if gates else previous
-            import hashlib
-
-            refs = (
-                [data_ref("onnx_model", onnx_uri, hashlib.sha256(digest).hexdigest(), "model")]
-                if onnx_uri
-                else []
-            )
+            refs = [data_ref("onnx_model", onnx_uri, out["model_sha256"], "model")] if onnx_uri else []
             return {**step, "onnx_uri": onnx_uri, "outputs": refs}
 
     return optimise_onnx

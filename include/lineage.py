@@ -217,7 +217,7 @@ def track(pipeline: str, context, inputs: Any = None):
         result_box["result"] = result
         return result
 
-    with mlflow.start_run(run_id=child.info.run_id) as run:
+    with mlflow.start_run(run_id=child.info.run_id):
         status = "FINISHED"
         try:
             _log_refs(mlflow, _refs(inputs), "read")
@@ -234,7 +234,6 @@ def track(pipeline: str, context, inputs: Any = None):
             mlflow.log_metric("task_duration_s", round(time.monotonic() - started, 3))
             mlflow.set_tag(f"{TAG}state", {"FINISHED": "success", "FAILED": "failed"}.get(status, "deferred"))
             mlflow.end_run(status=RunStatus.to_string(RunStatus.from_string(status)))
-    _ = run
 
 
 def close_parent(pipeline: str, dag_id: str, run_id: str, state: str) -> None:

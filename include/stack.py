@@ -47,6 +47,7 @@ def main() -> None:
             env=os.environ,
         ),
     ]
+
     def _stop(signum, frame):  # SIGTERM (e.g. from a supervisor) stops the children too
         raise KeyboardInterrupt
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from include.spec import EvaluationGate, PipelineSpec
-from include.tasks.gates import GateFailed, check, raise_for_gate  # noqa: F401 (re-exported)
+from include.tasks.gates import check
 from include.tasks.ingest import read_parquet
 from include.tasks.train import feature_frame, labels, read_model
 

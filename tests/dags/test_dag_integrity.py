@@ -65,7 +65,6 @@ def test_every_dag_is_well_formed(bag):
 
 def test_train_dag_shape(bag):
     dag = bag.dags["telco_churn__train"]
-    order = [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else None
     ids = {t.task_id for t in dag.tasks}
     assert ids == {
         "wait_for_batch",
@@ -88,7 +87,6 @@ def test_train_dag_shape(bag):
     assert ids - {"register_model"} <= {t.task_id for t in register.get_flat_relatives(upstream=True)}
     assert [o.name for o in register.outlets] == ["telco_churn__candidate"]
     assert dag.get_task("wait_for_batch").deferrable
-    del order
 
 
 _PARSE_PROBE = r"""

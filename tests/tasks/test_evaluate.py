@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from include.spec import EvaluationGate
-from include.tasks.evaluate import GateFailed, compute_metrics, evaluation_gate, raise_for_gate
+from include.tasks.evaluate import compute_metrics, evaluation_gate
+from include.tasks.gates import GateFailed, raise_for_gate
 
 
 def test_metrics_on_a_known_case():
