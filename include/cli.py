@@ -221,6 +221,7 @@ def lineage_record(ref: str) -> dict:
             if k.startswith("slipway.metric.")
         },
         "gates": json.loads(tags.get("slipway.gates", "{}")),
+        "gate_results": _blessing_results(tags.get("slipway.blessing_uri")),
         "blessing": {
             "state": tags.get("slipway.blessing"),
             "by_gate": {
@@ -238,6 +239,26 @@ def lineage_record(ref: str) -> dict:
         "artifacts": {"onnx": tags.get("slipway.onnx_uri"), "sklearn_skops": tags.get("slipway.sklearn_uri")},
         "code_version": tags.get("slipway.code_version"),
     }
+
+
+def _blessing_results(uri: str | None) -> list[dict]:
+    """Every gate result (value, threshold, state, note) from the version's blessing record."""
+    if not uri:
+        return []
+    import mlflow
+
+    return mlflow.artifacts.load_dict(uri).get("results", [])
+
+
+def print_gates(results: list[dict]) -> None:
+    """One line a gate check: state, value against threshold, and the note."""
+    for r in results:
+        if r["status"] == "not_applicable":
+            shown = f"not applicable: {r.get('note', '')}"
+        else:
+            value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
+            shown = f"{value} (required {r['comparison']} {r['threshold']:.4g})"
+        print(f"  {r['status']:<15} {r['gate'] + '.' + r['metric']:<48} {shown}")
 
 
 def print_lineage(rec: dict) -> None:
@@ -264,6 +285,9 @@ def print_lineage(rec: dict) -> None:
     if b.get("state"):
         gates = ", ".join(f"{g} {s}" for g, s in b["by_gate"].items())
         print(f"blessing   {b['state']}: {gates}  ({b['uri']})")
+    if rec.get("gate_results"):
+        print("gates:")
+        print_gates(rec["gate_results"])
     if rec.get("model_card"):
         print(f"card       {rec['model_card']}")
     if (rec.get("artifacts") or {}).get("onnx"):
@@ -279,13 +303,30 @@ def print_lineage(rec: dict) -> None:
 
 def status_record() -> dict:
     """Pipelines (valid and invalid specs), registered versions and aliases."""
+    from mlflow.exceptions import MlflowException
+
+    from include.settings import get_settings
     from include.spec import discover
 
     specs, errors = discover()
+    s = get_settings()
     client = _client()
-    out = {"pipelines": [], "invalid_specs": errors}
+    out = {
+        "locations": {
+            "landing_zone": s.landing_uri,
+            "lake": s.lake_uri,
+            "dvc_remote": s.dvc_remote_uri,
+            "mlflow": _redact(s.mlflow_tracking_uri),
+        },
+        "mlflow_error": None,
+        "pipelines": [],
+        "invalid_specs": errors,
+    }
     for spec in specs:
         entry = {"name": spec.name, "dags": [spec.dag_id("train")], "versions": [], "aliases": {}}
+        if out["mlflow_error"]:
+            out["pipelines"].append(entry)
+            continue
         try:
             model = client.get_registered_model(spec.name)
             entry["aliases"] = {a: int(v) for a, v in model.aliases.items()}
@@ -298,15 +339,42 @@ def status_record() -> dict:
                         "roc_auc": mv.tags.get("slipway.metric.roc_auc"),
                     }
                 )
-        except Exception:  # not registered yet
-            pass
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # anything else: the registry is not answering
+                out["mlflow_error"] = _mlflow_error(exc)
+        except Exception as exc:  # connection refused, DNS, timeouts: MLflow is unreachable
+            out["mlflow_error"] = _mlflow_error(exc)
         entry["versions"].sort(key=lambda v: v["version"], reverse=True)
         out["pipelines"].append(entry)
     return out
 
 
+def _redact(url: str) -> str:
+    """A URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _mlflow_error(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
 def print_status(rec: dict) -> None:
     """Human-readable status."""
+    for what, where in rec.get("locations", {}).items():
+        print(f"{what:<13} {where}")
+    if rec.get("mlflow_error"):
+        print(
+            f"MLflow at {rec['locations']['mlflow']} is unreachable ({rec['mlflow_error']}); "
+            "registered versions and aliases are unknown, not empty. Start MLflow or check MLFLOW_TRACKING_URI."
+        )
+    print()
     for p in rec["pipelines"]:
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(p["aliases"].items())) or "none"
         print(f"{p['name']}: dags {', '.join(p['dags'])}; aliases {aliases}")
@@ -315,7 +383,7 @@ def print_status(rec: dict) -> None:
                 f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<12} data {v['data_version']}  "
                 f"roc_auc {v['roc_auc']}"
             )
-        if not p["versions"]:
+        if not p["versions"] and not rec.get("mlflow_error"):
             print("  no registered versions yet")
     for path, err in rec["invalid_specs"].items():
         print(f"INVALID {path}:\n  {err}")
@@ -338,10 +406,66 @@ def cmd_run(args) -> None:
 
     spec = load_pipeline(args.pipeline)
     migrate_airflow_db()
+    t1 = time.monotonic()
     dr = run_dag(spec.dag_id(args.purpose), args.month, quiet=not args.verbose)
-    _say(f"{spec.dag_id(args.purpose)} finished: {dr.state}")
+    _say(f"{spec.dag_id(args.purpose)} run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
+    summarise_run(spec.name, spec.dag_id(args.purpose), dr.run_id)
     if str(dr.state) != "success":
         raise SystemExit(1)
+
+
+def _registered_version(pipeline: str, dag_id: str, run_id: str) -> int | None:
+    """The model version the DAG run's ``register_model`` registered or reused (latest try), if any."""
+    client = _client()
+    exp = client.get_experiment_by_name(pipeline)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`slipway.dag_id` = '{dag_id}' and tags.`slipway.run_id` = '{run_id}' "
+        "and tags.`slipway.task_id` = 'register_model' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    version = runs[0].data.tags.get("slipway.registered_version") if runs else None
+    return int(version) if version else None
+
+
+def _run_blessing(pipeline: str, dag_id: str, run_id: str) -> dict | None:
+    """The blessing recorded on a DAG run's parent run (also when the candidate was refused)."""
+    import mlflow
+
+    from include.lineage import find_parent
+
+    parent = find_parent(pipeline, dag_id, run_id)
+    if parent is None or "slipway.blessing" not in parent.data.tags:
+        return None
+    return mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/blessing.json")
+
+
+def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
+    """The end of `slipway run` and `slipway demo`: the version and its lineage, or why there is none."""
+    version = _registered_version(pipeline, dag_id, run_id)
+    print()
+    print("=" * 78)
+    if version is not None:
+        rec = lineage_record(f"{pipeline}/{version}")
+        aliases = ", ".join(f"'{a}'" for a in rec["model"]["aliases"]) or "no alias"
+        print(f"{pipeline} version {version} ({aliases})")
+        print("=" * 78)
+        print_lineage(rec)
+        return
+    blessing = _run_blessing(pipeline, dag_id, run_id)
+    if blessing is None:
+        print(f"No model version from {dag_id} / {run_id}: the run stopped before the gates (see above).")
+        print("=" * 78)
+        return
+    print(f"No model version from {dag_id} / {run_id}: the candidate's blessing {blessing['state']}.")
+    print("=" * 78)
+    if blessing.get("missing"):
+        print(f"missing gates: {', '.join(blessing['missing'])}")
+    print("gates:")
+    print_gates(blessing["results"])
 
 
 def cmd_demo(args) -> None:
@@ -357,14 +481,9 @@ def cmd_demo(args) -> None:
     t1 = time.monotonic()
     dr = run_dag("telco_churn__train", "2025-12")
     _say(f"DAG run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
+    summarise_run("telco_churn", "telco_churn__train", dr.run_id)
     if str(dr.state) != "success":
         raise SystemExit("the training run failed; see the task logs above")
-    rec = lineage_record("telco_churn@candidate")
-    print()
-    print("=" * 78)
-    print(f"Registered {rec['model']['name']} version {rec['model']['version']} as 'candidate'")
-    print("=" * 78)
-    print_lineage(rec)
     print()
     _say(f"demo finished in {time.monotonic() - t0:.1f} s; MLflow store: {s.mlflow_tracking_uri}")
     _say(
@@ -404,8 +523,12 @@ def cmd_check_spec(args) -> None:
 
 
 def cmd_env(args) -> None:
-    from include.settings import airflow_environment
+    from include.settings import airflow_environment, get_settings
 
+    s = get_settings()
+    print(f"# landing zone (each batch lands as <pipeline>/<source.batch_name of its spec>): {s.landing_uri}")
+    print(f"# lake (ingested batches, snapshots, run outputs): {s.lake_uri}")
+    print(f"# DVC remote: {s.dvc_remote_uri}")
     for k, v in airflow_environment().items():
         print(f"export {k}={json.dumps(v)}")
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from include.settings import PROJECT_ROOT, get_settings
@@ -39,9 +41,17 @@ def configure_mlflow():
     return mlflow
 
 
+# Where a change changes what runs: a new, uncommitted spec or suite makes the code version dirty.
+_CODE_PATHS = ("dags", "include", "plugins", "pyproject.toml", "uv.lock")
+
+
 @functools.cache
 def code_version() -> str:
-    """The git commit of the code that runs (``SLIPWAY_CODE_VERSION`` wins), ``+dirty`` if modified."""
+    """The git commit of the code that runs (``SLIPWAY_CODE_VERSION`` wins), ``+dirty`` if modified.
+
+    Dirty means a tracked file differs from the commit, or an untracked file sits among the code,
+    specs or suites (a new pipeline that was never committed is not the commit's code).
+    """
     configured = get_settings().code_version
     if configured:
         return configured
@@ -54,7 +64,7 @@ def code_version() -> str:
         )
         sha = proc.stdout.strip() if proc.returncode == 0 else ""
         dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=all", "--", *_CODE_PATHS],
             capture_output=True,
             text=True,
             timeout=5,
@@ -103,8 +113,42 @@ def parent_run(pipeline: str, dag_id: str, run_id: str, extra_tags: dict[str, st
     found = _search_one(client, exp_id, keys)
     if found is not None:
         return found
-    tags = {**keys, f"{TAG}pipeline": pipeline, f"{TAG}code_version": code_version(), **(extra_tags or {})}
-    return client.create_run(exp_id, tags=tags, run_name=f"{dag_id} {run_id}")
+    tags = {
+        **keys,
+        f"{TAG}pipeline": pipeline,
+        f"{TAG}code_version": code_version(),
+        **_definition_tags(pipeline),
+        **(extra_tags or {}),
+    }
+    run = client.create_run(exp_id, tags=tags, run_name=f"{dag_id} {run_id}")
+    _log_definition(client, run.info.run_id, pipeline)
+    return run
+
+
+def _definition_files(pipeline: str) -> dict[str, Path]:
+    """The spec and the expectation suite that define ``pipeline`` (those that exist)."""
+    s = get_settings()
+    files = {"spec": s.pipelines_dir / f"{pipeline}.yaml"}
+    try:
+        from include.spec import load_spec
+
+        files["suite"] = s.expectations_dir / load_spec(files["spec"]).suite_file
+    except Exception:  # an invalid spec fails its task with the reason; lineage records what exists
+        files["suite"] = s.expectations_dir / f"{pipeline}.json"
+    return {k: p for k, p in files.items() if p.is_file()}
+
+
+def _definition_tags(pipeline: str) -> dict[str, str]:
+    return {
+        f"{TAG}{kind}_sha256": hashlib.sha256(path.read_bytes()).hexdigest()
+        for kind, path in _definition_files(pipeline).items()
+    }
+
+
+def _log_definition(client, run_id: str, pipeline: str) -> None:
+    """The spec and suite a DAG run used, as artifacts of its parent run (their digests are tags)."""
+    for kind, path in _definition_files(pipeline).items():
+        client.log_artifact(run_id, str(path), f"definition/{kind}")
 
 
 def _refs(value: Any) -> list[dict]:
@@ -236,16 +280,21 @@ def track(pipeline: str, context, inputs: Any = None):
             mlflow.end_run(status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
-def close_parent(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
-    """End the DAG run's parent run with the DAG run's final state (called by the listener plugin)."""
-    mlflow = configure_mlflow()
-    client = mlflow.MlflowClient()
+def find_parent(pipeline: str, dag_id: str, run_id: str):
+    """The MLflow parent run of a DAG run, or None (never creates one)."""
+    client = configure_mlflow().MlflowClient()
     exp = client.get_experiment_by_name(pipeline)
     if exp is None:
-        return
-    parent = _search_one(
+        return None
+    return _search_one(
         client, exp.experiment_id, {f"{TAG}dag_id": dag_id, f"{TAG}run_id": run_id, f"{TAG}level": "dag_run"}
     )
+
+
+def close_parent(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
+    """End the DAG run's parent run with the DAG run's final state (called by the listener plugin)."""
+    client = configure_mlflow().MlflowClient()
+    parent = find_parent(pipeline, dag_id, run_id)
     if parent is None:
         return
     client.set_tag(parent.info.run_id, f"{TAG}state", state)

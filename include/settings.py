@@ -12,13 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.uri import path_to_uri
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _file_uri(path: Path) -> str:
-    from include.storage import path_to_uri
-
-    return path_to_uri(path)
 
 
 @dataclass(frozen=True)
@@ -45,12 +41,12 @@ def get_settings() -> Settings:
     mlflow_dir = home / "mlflow"
     return Settings(
         home=home,
-        landing_uri=env.get("SLIPWAY_LANDING_URI", _file_uri(home / "landing")).rstrip("/"),
-        lake_uri=env.get("SLIPWAY_LAKE_URI", _file_uri(home / "lake")).rstrip("/"),
+        landing_uri=env.get("SLIPWAY_LANDING_URI", path_to_uri(home / "landing")).rstrip("/"),
+        lake_uri=env.get("SLIPWAY_LAKE_URI", path_to_uri(home / "lake")).rstrip("/"),
         dvc_remote_uri=env.get("SLIPWAY_DVC_REMOTE_URI", str(home / "dvc-remote")).rstrip("/"),
         dvc_workdir=Path(env.get("SLIPWAY_DVC_WORKDIR", home / "dvc")).resolve(),
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"),
-        mlflow_artifact_uri=env.get("SLIPWAY_MLFLOW_ARTIFACT_URI", _file_uri(mlflow_dir / "artifacts")),
+        mlflow_artifact_uri=env.get("SLIPWAY_MLFLOW_ARTIFACT_URI", path_to_uri(mlflow_dir / "artifacts")),
         s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("SLIPWAY_S3_ENDPOINT_URL") or None,
         pipelines_dir=Path(
             env.get("SLIPWAY_PIPELINES_DIR", PROJECT_ROOT / "include" / "pipelines")

@@ -155,6 +155,11 @@ class BusinessGate(_Strict):
     enabled: bool = True
     min_value_per_1000: float | None = None
     max_drop_vs_champion_per_1000: float = Field(0.0, ge=0)
+    not_applicable_because: str | None = Field(
+        default=None,
+        description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
+        "gate's not_applicable reason. Required when the spec gives the gate nothing to check.",
+    )
 
 
 class FairnessGate(_Strict):
@@ -165,7 +170,19 @@ class FairnessGate(_Strict):
     min_disparate_impact_ratio: float = Field(0.6, ge=0, le=1)
     max_equal_opportunity_difference: float = Field(0.2, ge=0, le=1)
     max_equalized_odds_difference: float = Field(0.25, ge=0, le=1)
+    max_predictive_parity_difference: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Largest allowed difference in precision (positive predictive value) between "
+        "groups; reported always, gated when set.",
+    )
     mitigation: Literal["none", "threshold_optimizer", "exponentiated_gradient"] = "none"
+    not_applicable_because: str | None = Field(
+        default=None,
+        description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
+        "gate's not_applicable reason. Required when the spec gives the gate nothing to check.",
+    )
 
 
 class ExplainabilityGate(_Strict):
@@ -175,6 +192,18 @@ class ExplainabilityGate(_Strict):
     top_k: int = Field(5, ge=1, le=100)
     forbidden_features: list[str] = Field(default_factory=list)
     sample_size: int = Field(300, ge=20, le=5000)
+    max_proxy_roc_auc: float = Field(
+        0.8,
+        ge=0.5,
+        le=1,
+        description="Proxy probe: the largest ROC AUC with which the model's top-k features may "
+        "predict a sensitive attribute (0.5 = no information).",
+    )
+    not_applicable_because: str | None = Field(
+        default=None,
+        description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
+        "gate's not_applicable reason. Required when the spec gives the gate nothing to check.",
+    )
 
 
 class Perturbation(_Strict):
@@ -190,6 +219,11 @@ class RobustnessGate(_Strict):
     enabled: bool = True
     max_flip_rate: float = Field(0.05, ge=0, le=1)
     perturbations: dict[str, Perturbation] = Field(default_factory=dict)
+    not_applicable_because: str | None = Field(
+        default=None,
+        description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
+        "gate's not_applicable reason. Required when the spec gives the gate nothing to check.",
+    )
 
 
 class OnnxGate(_Strict):

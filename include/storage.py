@@ -10,7 +10,23 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+
+from include.uri import is_s3, join, local_path, path_to_uri, split_s3
+
+__all__ = [
+    "StorageError",
+    "delete",
+    "ensure_bucket",
+    "exists",
+    "is_s3",
+    "join",
+    "list_uris",
+    "path_to_uri",
+    "read_bytes",
+    "s3_client",
+    "split_s3",
+    "write_bytes",
+]
 
 
 class StorageError(RuntimeError):
@@ -18,50 +34,25 @@ class StorageError(RuntimeError):
 
 
 def _local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "":
-        return Path(uri)
-    raise StorageError(f"{uri}: not a local path")
+    try:
+        return local_path(uri)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from None
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
-def path_to_uri(path: str | Path) -> str:
-    """``file://`` URI of a local path, keeping ``=`` readable (Hive-style partition keys)."""
-    return "file://" + quote(str(Path(path).resolve()), safe="/=:@+,-_.~")
-
-
-def is_s3(uri: str) -> bool:
-    """True for ``s3://`` URIs."""
-    return uri.startswith("s3://")
-
-
-def join(base: str, *parts: str) -> str:
-    """Join URI path segments with single slashes."""
-    out = base.rstrip("/")
-    for part in parts:
-        out += "/" + part.strip("/")
-    return out
-
-
-def s3_client():
-    """A boto3 S3 client honouring ``AWS_ENDPOINT_URL`` (MinIO, moto, or AWS when unset)."""
+def s3_client(endpoint_url: str | None = None):
+    """The one boto3 S3 client factory: ``endpoint_url``, else ``AWS_ENDPOINT_URL`` (MinIO, moto), else AWS."""
     import boto3
 
     from include.settings import get_settings
 
-    return boto3.client("s3", endpoint_url=get_settings().s3_endpoint_url)
+    return boto3.client("s3", endpoint_url=endpoint_url or get_settings().s3_endpoint_url)
 
 
 def write_bytes(uri: str, data: bytes) -> str:
     """Write ``data`` at ``uri`` atomically; return the URI."""
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return uri
     path = _local_path(uri)
@@ -84,7 +75,7 @@ def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         from botocore.exceptions import ClientError
 
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         try:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
@@ -102,7 +93,7 @@ def exists(uri: str) -> bool:
     if is_s3(uri):
         from botocore.exceptions import ClientError
 
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         try:
             s3_client().head_object(Bucket=bucket, Key=key)
             return True
@@ -116,7 +107,7 @@ def exists(uri: str) -> bool:
 def list_uris(prefix_uri: str) -> list[str]:
     """Sorted URIs of the objects directly or indirectly under ``prefix_uri`` (temp files excluded)."""
     if is_s3(prefix_uri):
-        bucket, prefix = _split_s3(prefix_uri.rstrip("/") + "/")
+        bucket, prefix = split_s3(prefix_uri.rstrip("/") + "/")
         client = s3_client()
         out: list[str] = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -135,7 +126,7 @@ def list_uris(prefix_uri: str) -> list[str]:
 def delete(uri: str) -> None:
     """Remove the object at ``uri`` if it exists."""
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         s3_client().delete_object(Bucket=bucket, Key=key)
         return
     _local_path(uri).unlink(missing_ok=True)
@@ -147,7 +138,7 @@ def ensure_bucket(uri: str) -> None:
         return
     from botocore.exceptions import ClientError
 
-    bucket, _ = _split_s3(uri)
+    bucket, _ = split_s3(uri)
     client = s3_client()
     try:
         client.head_bucket(Bucket=bucket)

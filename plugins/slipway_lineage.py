@@ -2,12 +2,16 @@
 
 Task-level lineage (one nested MLflow run per task instance) is recorded by the tasks themselves
 (see ``include/lineage.py``); this listener completes the picture at the DAG-run level. It runs in
-the scheduler, so it must never raise: a tracking-store hiccup is logged, not propagated.
+the scheduler, so it must never raise and never hold the scheduler up: the MLflow call runs in a
+daemon thread that the scheduler waits on for at most ``CLOSE_TIMEOUT_S`` seconds. With MLflow
+down the parent run stays open (logged as a warning) and is closed by the next sweep or re-run;
+the scheduler loses a few seconds, not minutes of MLflow's HTTP retries.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
@@ -19,16 +23,40 @@ def _pipeline(dag_id: str) -> str | None:
     return dag_id.split("__", 1)[0] if "__" in dag_id else None
 
 
-def _close(dag_run, state: str) -> None:
-    pipeline = _pipeline(dag_run.dag_id)
-    if pipeline is None:
-        return
+CLOSE_TIMEOUT_S = 5.0
+
+
+def _close_now(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
     try:
         from include.lineage import close_parent
 
-        close_parent(pipeline, dag_run.dag_id, dag_run.run_id, state)
+        close_parent(pipeline, dag_id, run_id, state)
     except Exception:  # the scheduler must keep going; lineage can be completed later
-        log.exception("could not close the MLflow parent run of %s/%s", dag_run.dag_id, dag_run.run_id)
+        log.exception("could not close the MLflow parent run of %s/%s", dag_id, run_id)
+
+
+def _close(dag_run, state: str, timeout: float | None = None) -> bool:
+    """Close the parent run in a daemon thread; True if it finished within the timeout."""
+    pipeline = _pipeline(dag_run.dag_id)
+    if pipeline is None:
+        return True
+    worker = threading.Thread(
+        target=_close_now,
+        args=(pipeline, dag_run.dag_id, dag_run.run_id, state),
+        name=f"slipway-close-{dag_run.run_id}",
+        daemon=True,
+    )
+    worker.start()
+    worker.join(CLOSE_TIMEOUT_S if timeout is None else timeout)
+    if worker.is_alive():
+        log.warning(
+            "MLflow did not answer within %.0f s: the parent run of %s/%s stays open for now",
+            CLOSE_TIMEOUT_S if timeout is None else timeout,
+            dag_run.dag_id,
+            dag_run.run_id,
+        )
+        return False
+    return True
 
 
 class _DagRunListener:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,40 @@ from include.settings import airflow_environment  # noqa: E402
 os.environ.update(airflow_environment())
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stray_files() -> set[str]:
+    """Untracked or ignored files in the checkout, except caches and the embedded state folder."""
+    proc = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+    )
+    keep_out = ("__pycache__/", ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", ".venv/", ".slipway/")
+    return {
+        line[3:]
+        for line in proc.stdout.splitlines()
+        if line[:2] in ("??", "!!") and not any(part in line[3:] for part in keep_out)
+    }
+
+
+_STRAY_AT_START = _stray_files()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The working-tree check runs last, after every test that could have left something behind."""
+    last = [i for i in items if i.name == "test_the_suite_leaves_no_files_in_the_checkout"]
+    items[:] = [i for i in items if i not in last] + last
+
+
+@pytest.fixture(scope="session")
+def stray_files_at_start() -> set[str]:
+    return _STRAY_AT_START
+
+
+@pytest.fixture(scope="session")
+def stray_files():
+    return _stray_files
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -58,6 +93,8 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIPWAY_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     home.mkdir()
+    # MLflow puts the artifacts of a database-backed store under ./mlruns: keep them in the test's folder.
+    monkeypatch.chdir(home)
     return home
 
 

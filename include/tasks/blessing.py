@@ -1,13 +1,15 @@
 """The blessing: every gate's results for one candidate, in one record.
 
 A candidate is blessed when the record is *complete* (every gate the spec turns on has reported)
-and every check passed. Only then may an alias point at it.
+and no check failed. A gate whose checks were all ``not_applicable`` (no champion yet, a gate the
+spec declares not applicable, with its reason) is shown as such, never as passed. Only a blessed
+candidate may get an alias.
 """
 
 from __future__ import annotations
 
 from include.spec import PipelineSpec
-from include.tasks.gates import GateFailed, check
+from include.tasks.gates import FAILED, PASSED, GateFailed, check, failures, status_of
 
 ORDER = [
     "data_validation",
@@ -40,18 +42,14 @@ def make_blessing(spec: PipelineSpec, results: list[dict]) -> dict:
     required = required_gates(spec)
     present = {r["gate"] for r in results}
     missing = [g for g in required if g not in present]
-    failed = [r for r in results if not r["passed"]]
-    by_gate = {
-        g: ("passed" if all(r["passed"] for r in results if r["gate"] == g) else "failed")
-        for g in required
-        if g in present
-    }
+    failed = failures(results)
+    by_gate = {g: status_of([r for r in results if r["gate"] == g]) for g in required if g in present}
     return {
         "pipeline": spec.name,
         "required": required,
         "missing": missing,
         "complete": not missing,
-        "passed": not missing and not failed,
+        "state": PASSED if not missing and not failed else FAILED,
         "by_gate": by_gate,
         "failed": failed,
         "results": results,
@@ -60,7 +58,7 @@ def make_blessing(spec: PipelineSpec, results: list[dict]) -> dict:
 
 def blessing_tags(b: dict) -> dict[str, str]:
     """Model-version tags summarising a blessing."""
-    tags = {"slipway.blessing": "passed" if b["passed"] else "failed"}
+    tags = {"slipway.blessing": b["state"]}
     tags.update({f"slipway.blessing.{g}": state for g, state in b["by_gate"].items()})
     return tags
 

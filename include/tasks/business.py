@@ -15,7 +15,7 @@ the value is reported per 1,000 customers next to the ML metrics.
 from __future__ import annotations
 
 from include.spec import Business, BusinessGate
-from include.tasks.gates import check
+from include.tasks.gates import check, not_applicable
 
 
 def value_per_1000(y_true, proba, threshold: float, business: Business) -> float:
@@ -59,6 +59,8 @@ def business_gate(
     candidate_value: float, champion_value: float | None, gate: BusinessGate, evidence_uri: str | None = None
 ) -> list[dict]:
     """Floor on value per 1,000 customers, and the largest drop allowed against the champion."""
+    if gate.not_applicable_because:  # the spec says why (e.g. no value model for this use case)
+        return [not_applicable("business", "value_per_1000", gate.not_applicable_because, evidence_uri)]
     results = []
     if gate.min_value_per_1000 is not None:
         results.append(
@@ -66,14 +68,8 @@ def business_gate(
         )
     if champion_value is None:
         results.append(
-            check(
-                "business",
-                "value_vs_champion_per_1000",
-                0.0,
-                -gate.max_drop_vs_champion_per_1000,
-                ">=",
-                evidence_uri,
-                note="no champion yet: nothing to compare against",
+            not_applicable(
+                "business", "value_vs_champion_per_1000", "no champion yet: nothing to compare against", evidence_uri
             )
         )
     else:

@@ -1,14 +1,24 @@
 """The one shape every gate result has, and the failure every gate raises.
 
-A gate result is ``{gate, metric, comparison, threshold, value, passed, evidence_uri}``; the
-blessing of a candidate is the list of all of them. ``comparison`` is ``>=`` (a floor) or ``<=``
-(a ceiling); ``applies`` false records a check that does not apply (e.g. quantisation of a tree
-model) without failing.
+A gate result is ``{gate, metric, comparison, threshold, value, status, evidence_uri}`` (plus an
+optional ``note``); the blessing of a candidate is the list of all of them. ``status`` is one of
+three states:
+
+* ``passed``: the value was measured and is within the threshold;
+* ``failed``: the value is outside the threshold, or could not be measured (missing, NaN);
+* ``not_applicable``: there was nothing to check, and ``note`` says why (no champion yet, a
+  quantisation that does not apply to tree models, a gate the spec declares not applicable).
+
+A check that checked nothing is never ``passed``: an auditor reading the blessing must be able to
+tell a measured pass from an empty one. ``comparison`` is ``>=`` (a floor) or ``<=`` (a ceiling).
 """
 
 from __future__ import annotations
 
 import math
+
+PASSED, FAILED, NOT_APPLICABLE = "passed", "failed", "not_applicable"
+STATUSES = (PASSED, FAILED, NOT_APPLICABLE)
 
 
 class GateFailed(RuntimeError):
@@ -28,7 +38,7 @@ def check(
     evidence_uri: str | None = None,
     note: str | None = None,
 ) -> dict:
-    """One gate result. A missing or NaN value never passes."""
+    """One measured gate result: ``passed`` or ``failed``. A missing or NaN value never passes."""
     if comparison not in (">=", "<="):
         raise ValueError(f"comparison must be '>=' or '<=', got {comparison!r}")
     ok = value is not None and not math.isnan(value)
@@ -40,7 +50,7 @@ def check(
         "comparison": comparison,
         "threshold": threshold,
         "value": None if value is None else round(float(value), 6),
-        "passed": bool(ok),
+        "status": PASSED if ok else FAILED,
         "evidence_uri": evidence_uri,
     }
     if note:
@@ -48,25 +58,61 @@ def check(
     return out
 
 
+def not_applicable(gate: str, metric: str, reason: str, evidence_uri: str | None = None) -> dict:
+    """A check with nothing to measure, and why (never counted as passed)."""
+    if not reason or not reason.strip():
+        raise ValueError("a not-applicable gate result needs a reason")
+    return {
+        "gate": gate,
+        "metric": metric,
+        "comparison": None,
+        "threshold": None,
+        "value": None,
+        "status": NOT_APPLICABLE,
+        "evidence_uri": evidence_uri,
+        "note": reason.strip(),
+    }
+
+
+def status_of(results: list[dict]) -> str:
+    """The state of a group of results: failed if any failed, passed if any passed, else not_applicable."""
+    states = {r["status"] for r in results}
+    unknown = states - set(STATUSES)
+    if unknown:
+        raise ValueError(f"unknown gate status {sorted(unknown)}; expected one of {STATUSES}")
+    if FAILED in states:
+        return FAILED
+    if PASSED in states:
+        return PASSED
+    return NOT_APPLICABLE
+
+
+def failures(results: list[dict]) -> list[dict]:
+    """The results that failed."""
+    return [r for r in results if r["status"] == FAILED]
+
+
 def with_evidence(results: list[dict], evidence_uri: str) -> list[dict]:
     """The same results pointing at ``evidence_uri``."""
     return [{**r, "evidence_uri": evidence_uri} for r in results]
 
 
+def describe(r: dict) -> str:
+    """One line for an operator: ``gate: metric = value, required >= threshold (note)``."""
+    if r["status"] == NOT_APPLICABLE:
+        return f"{r['gate']}: {r['metric']} not applicable ({r.get('note', '')})"
+    value = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+    line = f"{r['gate']}: {r['metric']} = {value}, required {r['comparison']} {r['threshold']}"
+    return line + (f" ({r['note']})" if r.get("note") else "")
+
+
 def raise_for_gate(results: list[dict]) -> None:
     """Raise :class:`GateFailed` naming every failed check."""
-    failed = [r for r in results if not r["passed"]]
+    failed = failures(results)
     if failed:
-        lines = [
-            f"  - {r['gate']}: {r['metric']} = "
-            + ("n/a" if r["value"] is None else f"{r['value']:.4f}")
-            + f", required {r['comparison']} {r['threshold']}"
-            + (f" ({r['note']})" if r.get("note") else "")
-            for r in failed
-        ]
         raise GateFailed(
             f"{len(failed)} gate check(s) failed:\n"
-            + "\n".join(lines)
+            + "\n".join(f"  - {describe(r)}" for r in failed)
             + "\nThe candidate is not registered and no alias moved. Improve the model or revisit the "
             "thresholds in the pipeline spec.",
             results,

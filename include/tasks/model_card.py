@@ -171,18 +171,18 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
         card.ethical_considerations or "_Not stated in the spec._",
         "",
         "## Blessing",
-        f"**{'PASSED' if blessing.get('passed') else 'NOT PASSED'}**"
+        f"**{'PASSED' if blessing.get('state') == 'passed' else 'NOT PASSED'}**"
         + (f" (missing: {', '.join(blessing['missing'])})" if blessing.get("missing") else ""),
         "",
         _table(
-            ["gate", "metric", "value", "threshold", "passed"],
+            ["gate", "metric", "value", "threshold", "result"],
             [
                 [
                     r["gate"],
                     r["metric"],
                     r["value"],
-                    f"{r['comparison']} {r['threshold']}",
-                    "yes" if r["passed"] else "NO",
+                    f"{r['comparison']} {r['threshold']}" if r["status"] != "not_applicable" else "",
+                    {"passed": "passed", "failed": "FAILED"}.get(r["status"], f"not applicable: {r.get('note', '')}"),
                 ]
                 for r in blessing.get("results", [])
             ],

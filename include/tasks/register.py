@@ -21,6 +21,27 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("onnx", "onnxruntime", "numpy")]
 
 
+def _interval_key(tags: dict[str, str]) -> str:
+    """Sortable key of the data interval a version was trained for ('' when unknown)."""
+    return tags.get("slipway.interval_end") or tags.get("slipway.month") or ""
+
+
+def find_registered(client, name: str, data_version: str, sklearn_sha256: str):
+    """The version already registered for this data version and model digest, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.`slipway.data_version` = '{data_version}' "
+            f"and tags.`slipway.sklearn_sha256` = '{sklearn_sha256}'"
+        )
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
 def register_candidate(
     spec: PipelineSpec,
     onnx_bytes: bytes,
@@ -30,49 +51,95 @@ def register_candidate(
     card_dir: str | Path | None = None,
     alias: str = "candidate",
 ) -> dict:
-    """Log the artifacts in the active MLflow run, register a version named after the pipeline, set ``alias``.
+    """Register a version named after the pipeline (or reuse it), then move ``alias`` forward only.
 
-    The caller has checked the blessing; this function refuses an unblessed one all the same,
-    and sets the alias only after everything else is stored.
+    Idempotent: a version already registered for the same data version and model digest (a retry,
+    a cleared run, the same interval run again) is reused, never duplicated. The alias moves only
+    to a version whose data interval is not older than the one it points at, so a backfill
+    registers its version but leaves ``alias`` on the newest. The caller has checked the blessing;
+    this function refuses an unblessed one all the same, and sets the alias after everything else.
     """
+    import hashlib
+    import tempfile
+
     import mlflow
     import onnx
 
     from include.tasks.blessing import blessing_tags, raise_unless_blessed
 
     raise_unless_blessed(blessing)
-    run = mlflow.active_run()
-    info = mlflow.onnx.log_model(
-        onnx.load_from_string(onnx_bytes), name="model", pip_requirements=pip_requirements()
-    )
     client = mlflow.MlflowClient()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.skops"
-        path.write_bytes(skops_bytes)
-        mlflow.log_artifact(str(path), "sklearn")
-    mlflow.log_dict(blessing, "blessing.json")
-    if card_dir:
-        mlflow.log_artifacts(str(card_dir), "model_card")
-    try:
-        client.get_registered_model(spec.name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(
-            spec.name, description=spec.description, tags={"slipway.pipeline": spec.name}
+    sklearn_sha256 = hashlib.sha256(skops_bytes).hexdigest()
+    data_version = tags.get("slipway.data_version", "")
+    mv = find_registered(client, spec.name, data_version, sklearn_sha256) if data_version else None
+    registration = "reused" if mv is not None else "new"
+    if mv is None:
+        run = mlflow.active_run()
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(onnx_bytes), name="model", pip_requirements=pip_requirements()
         )
-    base = f"runs:/{run.info.run_id}"
-    all_tags = {
-        **tags,
-        **blessing_tags(blessing),
-        "slipway.blessing_uri": f"{base}/blessing.json",
-        "slipway.onnx_uri": info.model_uri,
-        "slipway.sklearn_uri": f"{base}/sklearn/model.skops",
-        "slipway.model_card_uri": f"{base}/model_card/model_card.html" if card_dir else "",
-        "slipway.gates": json.dumps({f"{r['gate']}.{r['metric']}": r["passed"] for r in blessing["results"]})[
-            :4900
-        ],
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.skops"
+            path.write_bytes(skops_bytes)
+            mlflow.log_artifact(str(path), "sklearn")
+        mlflow.log_dict(blessing, "blessing.json")
+        if card_dir:
+            mlflow.log_artifacts(str(card_dir), "model_card")
+        try:
+            client.get_registered_model(spec.name)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            client.create_registered_model(
+                spec.name, description=spec.description, tags={"slipway.pipeline": spec.name}
+            )
+        base = f"runs:/{run.info.run_id}"
+        all_tags = {
+            **tags,
+            **blessing_tags(blessing),
+            "slipway.sklearn_sha256": sklearn_sha256,
+            "slipway.onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+            "slipway.blessing_uri": f"{base}/blessing.json",
+            "slipway.onnx_uri": info.model_uri,
+            "slipway.sklearn_uri": f"{base}/sklearn/model.skops",
+            "slipway.model_card_uri": f"{base}/model_card/model_card.html" if card_dir else "",
+            "slipway.gates": json.dumps(
+                {f"{r['gate']}.{r['metric']}": r["status"] for r in blessing["results"]}
+            )[:4900],
+        }
+        mv = mlflow.register_model(
+            info.model_uri, spec.name, tags={k: str(v) for k, v in all_tags.items()}
+        )
+    version = int(mv.version)
+    moved, why = _move_forward(client, spec.name, alias, version, _interval_key(dict(mv.tags) or tags))
+    verb = "registered" if registration == "new" else "reused already registered"
+    return {
+        "name": spec.name,
+        "version": version,
+        "alias": alias,
+        "alias_moved": moved,
+        "registration": registration,
+        "model_uri": f"models:/{spec.name}/{version}",
+        "message": f"{verb} {spec.name} version {version}; {why}",
     }
-    mv = mlflow.register_model(info.model_uri, spec.name, tags={k: str(v) for k, v in all_tags.items()})
-    client.set_registered_model_alias(spec.name, alias, mv.version)
-    return {"name": spec.name, "version": int(mv.version), "alias": alias, "model_uri": info.model_uri}
+
+
+def _move_forward(client, name: str, alias: str, version: int, interval: str) -> tuple[bool, str]:
+    """Point ``alias`` at ``version`` unless it points at a version of a newer data interval."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        current = None
+    if current is not None and int(current.version) == version:
+        return True, f"'{alias}' already points at it"
+    if current is not None and _interval_key(dict(current.tags)) > interval:
+        return False, (
+            f"'{alias}' stays on version {current.version}, trained for a newer data interval "
+            f"({_interval_key(dict(current.tags))} > {interval})"
+        )
+    client.set_registered_model_alias(name, alias, version)
+    return True, f"'{alias}' now points at it"

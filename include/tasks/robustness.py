@@ -13,7 +13,7 @@ the question asked here is about plausible data changes, not a worst-case advers
 from __future__ import annotations
 
 from include.spec import PipelineSpec, RobustnessGate
-from include.tasks.gates import check
+from include.tasks.gates import check, not_applicable
 from include.tasks.ingest import read_parquet
 from include.tasks.train import feature_frame, read_model
 
@@ -55,17 +55,8 @@ def check_robustness(spec: PipelineSpec, model_uri: str, test_uri: str, threshol
 
 
 def robustness_gate(result: dict, gate: RobustnessGate, evidence_uri: str | None = None) -> list[dict]:
-    """The flip rate must stay under the spec's ceiling (nothing to check without perturbations)."""
+    """The flip rate must stay under the spec's ceiling; not applicable without perturbations (with the reason)."""
     if not gate.perturbations:
-        return [
-            check(
-                "robustness",
-                "flip_rate",
-                0.0,
-                gate.max_flip_rate,
-                "<=",
-                evidence_uri,
-                note="no perturbations declared in the spec",
-            )
-        ]
+        reason = gate.not_applicable_because or "no perturbations declared in the spec"
+        return [not_applicable("robustness", "flip_rate", reason, evidence_uri)]
     return [check("robustness", "flip_rate", result["flip_rate"], gate.max_flip_rate, "<=", evidence_uri)]

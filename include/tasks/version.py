@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from include import storage
+from include.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def version_snapshot(
     if storage.is_s3(remote):
         # Resolved once so the bucket check and DVC talk to the same endpoint, also when it
         # only comes from SLIPWAY_S3_ENDPOINT_URL, which botocore does not read.
-        endpoint = _s3_endpoint(s3_endpoint_url)
+        endpoint = s3_endpoint_url or get_settings().s3_endpoint_url
         _check_s3_remote(remote, endpoint)
 
     try:
@@ -161,8 +162,8 @@ def fetch_version(
     uri = _object_uri(remote, data_version)
     try:
         if storage.is_s3(uri):
-            bucket, key = _split_s3(uri)
-            data = _boto_client(s3_endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read()
+            bucket, key = storage.split_s3(uri)
+            data = storage.s3_client(s3_endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read()
         else:
             data = storage.read_bytes(uri)
     except FileNotFoundError as exc:
@@ -208,7 +209,7 @@ def _normalise_remote(remote_uri: str) -> str:
     if not remote_uri:
         raise ValueError("DVC remote is empty; set SLIPWAY_DVC_REMOTE_URI")
     if storage.is_s3(remote_uri):
-        bucket, _ = _split_s3(remote_uri)
+        bucket, _ = storage.split_s3(remote_uri)
         if not bucket:
             raise ValueError(f"DVC remote {remote_uri!r} names no bucket; use s3://bucket/prefix")
         return remote_uri.rstrip("/")
@@ -232,21 +233,6 @@ def _object_uri(remote: str, md5: str) -> str:
     return Path(remote, *tail).as_uri()
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
-def _s3_endpoint(s3_endpoint_url: str | None) -> str | None:
-    from include.settings import get_settings
-
-    return s3_endpoint_url or get_settings().s3_endpoint_url
-
-
-def _boto_client(s3_endpoint_url: str | None):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=_s3_endpoint(s3_endpoint_url))
 
 
 def _s3_error_code(exc: BaseException) -> str | None:
@@ -272,9 +258,9 @@ def _describe_s3(exc: BaseException) -> str:
 def _check_s3_remote(remote: str, s3_endpoint_url: str | None) -> None:
     # DVC reports a missing bucket or a dead endpoint only as "N files failed to upload" after
     # retries; one HEAD up front turns that into an error that says what to do.
-    bucket, _ = _split_s3(remote)
+    bucket, _ = storage.split_s3(remote)
     try:
-        _boto_client(s3_endpoint_url).head_bucket(Bucket=bucket)
+        storage.s3_client(s3_endpoint_url).head_bucket(Bucket=bucket)
     except Exception as exc:
         if _s3_error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
             raise VersioningError(

@@ -59,6 +59,7 @@ def test_every_dag_is_well_formed(bag):
                 "optimise",
                 "write",
                 "register",
+                "bless",
                 "profile",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
@@ -78,9 +79,15 @@ def test_train_dag_shape(bag):
         "explain_model",
         "check_robustness",
         "optimise_onnx",
+        "bless_candidate",
         "write_model_card",
         "register_model",
     }
+    # The gates run side by side after evaluation, and one step judges them all.
+    gates = {"compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx"}
+    for gate in gates:
+        assert dag.get_task(gate).upstream_task_ids == {"train_model", "evaluate_model"}
+    assert dag.get_task("bless_candidate").upstream_task_ids == gates | {"evaluate_model"}
     register = dag.get_task("register_model")
     # Registration depends (transitively) on every other task, with the all_success rule.
     assert register.trigger_rule == "all_success"
@@ -146,9 +153,8 @@ def test_bad_spec_is_an_import_error_and_other_pipelines_still_load(tmp_path, mo
     bag = _bag()
     assert "telco_churn__train" in bag.dags
     assert not any(k.startswith("broken_one") for k in bag.dags)
-    assert "slipway__invalid_specs" not in bag.dags
     [(path, message)] = bag.import_errors.items()
-    assert path.endswith("pipelines.py")
+    assert path.endswith("spec_errors.py")
     assert "spec broken_one.yaml: gates.evaluation.min_roc_auc" in message
     assert "less than or equal to 1" in message
 
@@ -161,7 +167,7 @@ def test_second_pipeline_from_a_spec_alone(tmp_path, monkeypatch):
     assert bag.import_errors == {}
     dag = bag.dags["credit_default__train"]
     assert dag.default_args["owner"] == "risk-analytics"
-    assert len(dag.tasks) == 13
+    assert len(dag.tasks) == 14
 
 
 def test_lint_airflow_rules():

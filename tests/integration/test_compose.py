@@ -66,3 +66,56 @@ def test_mlflow_auth_config_written_from_environment(tmp_path, monkeypatch):
     assert cfg["mlflow"]["default_permission"] == "NO_PERMISSIONS"
     assert cfg["mlflow"]["database_uri"].endswith("@postgres:5432/mlflow_auth")
     assert oct(path.stat().st_mode)[-3:] == "600"
+
+
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "MINIO_ROOT_USER",
+    "SLIPWAY_PII_KEY",
+    "SLIPWAY_S3_SECRET_KEY",
+    "MLFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+)
+
+
+def test_no_secret_on_a_command_line():
+    for name, service in _compose()["services"].items():
+        command = service.get("command") or []
+        text = " ".join(command) if isinstance(command, list) else str(command)
+        for secret in SECRETS:
+            # Passed through stdin (`printf ... |`) is allowed; an argument is not.
+            args = text.split("|")[-1] if secret == "SLIPWAY_S3_SECRET_KEY" else text
+            assert secret not in args, f"{name}: {secret} on the command line"
+        assert "://slipway:" not in text, f"{name}: a database password in a URL on the command line"
+
+
+def test_workers_use_scoped_s3_credentials_not_minio_root():
+    env = _compose()["services"]["airflow-worker"]["environment"]
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${SLIPWAY_S3_ACCESS_KEY")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${SLIPWAY_S3_SECRET_KEY")
+    mlflow_env = _compose()["services"]["mlflow"]["environment"]
+    assert "MINIO_ROOT" not in str(mlflow_env)
+    import json
+
+    policy = json.loads((ROOT / "include" / "deploy" / "minio-slipway-policy.json").read_text())
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    assert resources and all(r.split(":::")[1].split("/")[0] in {"landing", "lake", "dvc", "mlflow"} for r in resources)
+    assert not any("admin" in a for st in policy["Statement"] for a in st["Action"])
+
+
+def test_images_are_pinned_and_the_code_version_is_built_in():
+    for name, service in _compose()["services"].items():
+        image = service.get("image", "")
+        if image.startswith("slipway:"):
+            assert image == "slipway:${SLIPWAY_CODE_VERSION}", name
+            continue
+        repo, _, tag = image.partition(":")
+        assert tag and tag != "latest" and re.search(r"\d", tag), f"{name}: image {image!r} is not pinned"
+    build = _compose()["x-slipway-image"]["build"]
+    assert build["args"]["SLIPWAY_CODE_VERSION"].startswith("${SLIPWAY_CODE_VERSION:?")
+    assert "ENV " in build["dockerfile_inline"] and "SLIPWAY_CODE_VERSION=$SLIPWAY_CODE_VERSION" in build[
+        "dockerfile_inline"
+    ]
+    assert re.search(r"^\s*FROM python:3\.11\.\d+-slim", build["dockerfile_inline"], re.M)

@@ -1,0 +1,80 @@
+"""
+### Training: `<pipeline>__train`, one DAG per valid spec in `include/pipelines/`
+
+Every month (the spec's `schedule.cron`) the DAG waits for the month's batch in the landing zone,
+ingests it (identifiers hashed), versions the training snapshot with DVC, validates it with the
+pipeline's Great Expectations suite and trains the spec's scikit-learn estimator. Then the gates
+run side by side (champion and business value, fairness, SHAP explanations and the proxy probe,
+robustness, ONNX parity and latency) and `bless_candidate` judges them all at once: it fails
+with **every** failed check listed, or the model card is written and the ONNX graph is registered
+as a model version with the alias `candidate` (never moved back to an older interval).
+
+**Operating it**
+- A red `bless_candidate` is a refused candidate, not an outage: its log lists each failed check
+  with value and threshold; each gate task's MLflow run holds the evidence.
+- Retries: 2, with exponential backoff from 1 minute, capped at 10 minutes. Deterministic
+  failures (bad batch, failed suite, bad spec, a model file that fails its checksum) fail at once.
+- Re-running a month reuses the version it registered; `slipway lineage <pipeline>@candidate`
+  prints the whole trail.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from include import assets
+from include.blocks import train as b
+from include.blocks.adapter import DEFAULT_ARGS
+from include.spec import PipelineSpec, discover
+
+DOC = """\
+### {name}: training
+
+{description}
+
+Estimator `{estimator}`, expectation suite `{suite}`, spec `include/pipelines/{name}.yaml`.
+"""
+
+
+def training_dag(spec: PipelineSpec) -> DAG:
+    """``<pipeline>__train``: batch -> lake -> DVC -> suite -> model -> gates -> blessing -> registry."""
+    name = spec.name
+    candidate = assets.for_pipeline(name).candidate
+    with DAG(
+        dag_id=spec.dag_id("train"),
+        description=f"Train, gate and register a candidate for {name}",
+        schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone="UTC"),
+        start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
+        catchup=spec.schedule.catchup,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        tags=["slipway", "train", *spec.tags],
+        doc_md=DOC.format(
+            name=name, description=spec.description, estimator=spec.estimator.import_path, suite=spec.suite_file
+        )
+        + __doc__,
+    ) as dag:
+        landed = b.wait_for_batch(name)
+        ingested = b.ingest_batch(name)(landed.output)
+        versioned = b.version_snapshot(name)(ingested)
+        validated = b.validate_snapshot(name)(versioned)
+        trained = b.train_model(name)(versioned, validated)
+        evaluated = b.evaluate_model(name)(trained, validated)
+        blessed = b.bless_candidate(name)(
+            evaluated,
+            b.compare_champion(name)(trained, evaluated),
+            b.check_fairness(name)(trained, evaluated),
+            b.explain_model(name)(trained, evaluated),
+            b.check_robustness(name)(trained, evaluated),
+            b.optimise_onnx(name)(trained, evaluated),
+        )
+        carded = b.write_model_card(name)(trained, versioned, validated, blessed)
+        b.register_model(name, outlets=[candidate])(trained, versioned, validated, carded)
+    return dag
+
+
+# Invalid specs are skipped here and reported by dags/spec_errors.py, so they never break this file.
+for _spec in discover()[0]:
+    globals()[_spec.dag_id("train")] = training_dag(_spec)

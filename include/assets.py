@@ -1,0 +1,28 @@
+"""The Airflow assets of every pipeline, in one place: what each DAG family produces and consumes.
+
+``for_pipeline("telco_churn").candidate`` is updated by ``telco_churn__train`` when it registers a
+new candidate version (and will schedule the rollout family). The DAG files name these in
+``outlets=`` and ``schedule=``; the blocks set the event payload on the same objects.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from airflow.sdk import Asset
+
+
+@dataclass(frozen=True)
+class PipelineAssets:
+    """The assets of one pipeline, by purpose."""
+
+    candidate: Asset
+
+
+@functools.cache
+def for_pipeline(pipeline: str) -> PipelineAssets:
+    """The assets of ``pipeline`` (the same objects on every call)."""
+    return PipelineAssets(
+        candidate=Asset(name=f"{pipeline}__candidate", uri=f"slipway://{pipeline}/candidate", group="model"),
+    )

@@ -1,0 +1,9 @@
+"""Building blocks of Slipway's DAGs: one module per DAG family, one adapter for them all.
+
+* :mod:`include.blocks.adapter`: ``@block`` turns a pure :mod:`include.tasks` function into a
+  tracked TaskFlow task; ``custom_task`` does the same for an author's plain function.
+* :mod:`include.blocks.train`: the training family (``dags/train.py``).
+
+Hand-written DAGs import a family's module (``from include.blocks import train``) and the
+adapter, exactly as the generated DAGs in ``dags/`` do.
+"""

@@ -1,0 +1,176 @@
+"""One adapter from a pure :mod:`include.tasks` function to a tracked Airflow TaskFlow task.
+
+Every block of every DAG family is written as ``@block def verb_noun(step, *upstream) -> dict``.
+:func:`block` turns it into a factory, ``verb_noun(pipeline, **task_kwargs)``, that returns the
+TaskFlow task. Around the body the adapter provides, so no block repeats it:
+
+* the task instance's nested MLflow run (:func:`include.lineage.track`): tags, data refs read
+  (found in the upstream results) and written (found in the return value), the outcome;
+* the pipeline's spec and settings, loaded lazily on :class:`Step`;
+* expected failures: the product's deterministic errors (a bad spec, batch or model, a failed
+  suite or gate) become ``AirflowFailException``, failed at once without retries, with the message
+  the operator reads in the UI. Anything else (an unreachable store) is retried by Airflow.
+
+Heavy libraries are imported inside bodies only: importing a block module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import task
+
+from include.lineage import data_ref, track, tracked
+
+# Retries with a capped exponential backoff: 1, 2, 4 ... minutes, never more than 10.
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+__all__ = ["DEFAULT_ARGS", "Step", "block", "custom_task", "data_ref", "expected_failures"]
+
+
+def _deterministic_errors() -> tuple[type[BaseException], ...]:
+    """The product's errors that a retry cannot fix (imported lazily: some pull in pandas)."""
+    from include.spec import SpecError
+    from include.tasks.explain import ExplainError
+    from include.tasks.fairness import FairnessInputError
+    from include.tasks.gates import GateFailed
+    from include.tasks.ingest import BatchError
+    from include.tasks.train import TrainingError
+    from include.tasks.validate import DataValidationError
+
+    return (
+        SpecError,
+        BatchError,
+        DataValidationError,
+        GateFailed,
+        TrainingError,
+        ExplainError,
+        FairnessInputError,
+    )
+
+
+@contextlib.contextmanager
+def expected_failures():
+    """Turn the product's known, deterministic failures into a non-retried task failure."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except _deterministic_errors() as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+class Step:
+    """What a block body gets besides its upstream results: the pipeline, its spec, the context."""
+
+    def __init__(self, pipeline: str, context: Any):
+        self.pipeline = pipeline
+        self.context = context
+
+    @cached_property
+    def spec(self):
+        """The pipeline's validated spec (read when first used)."""
+        from include.spec import load_pipeline
+
+        return load_pipeline(self.pipeline)
+
+    @cached_property
+    def settings(self):
+        """Where things live (see :mod:`include.settings`)."""
+        from include.settings import get_settings
+
+        return get_settings()
+
+    @property
+    def mlflow(self):
+        """The ``mlflow`` module, with this task instance's run active."""
+        import mlflow
+
+        return mlflow
+
+    @property
+    def run_id(self) -> str:
+        """This task instance's MLflow run id."""
+        return self.mlflow.active_run().info.run_id
+
+    def evidence(self, path: str) -> str:
+        """``runs:/`` URI of an artifact of this task instance's MLflow run."""
+        return f"runs:/{self.run_id}/{path}"
+
+    def lake(self, month: str, *parts: str) -> str:
+        """URI under the interval's run prefix in the lake: ``<lake>/<pipeline>/runs/month=M/...``."""
+        from include.uri import join
+
+        return join(self.settings.lake_uri, self.pipeline, "runs", f"month={month}", *parts)
+
+    def publish(self, local_dir: str | Path, prefix_uri: str) -> dict[str, str]:
+        """Copy a folder's files under ``prefix_uri`` (for later tasks); return ``{relative name: URI}``."""
+        from include import storage
+
+        out = {}
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(local_dir).as_posix()
+                out[rel] = storage.write_bytes(storage.join(prefix_uri, rel), path.read_bytes())
+        return out
+
+
+def block(fn=None, **fixed_task_kwargs):
+    """Decorator: ``fn(step, *upstream)`` becomes a factory ``fn(pipeline, **task_kwargs)`` of a tracked task.
+
+    ``fixed_task_kwargs`` (e.g. ``trigger_rule``) are defaults of every task the factory makes;
+    ``task_kwargs`` given to the factory win (``task_id``, ``outlets``, ``retries`` ...).
+    """
+    if fn is None:
+        return functools.partial(block, **fixed_task_kwargs)
+
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].name != "step":
+        raise TypeError(f"block {fn.__name__}: the first parameter must be `step`")
+    upstream_signature = inspect.Signature(params[1:])
+
+    def factory(pipeline: str, **task_kwargs):
+        def body(*args, **kwargs):
+            from airflow.sdk import get_current_context
+
+            context = get_current_context()
+            with track(pipeline, context, inputs=[args, kwargs]) as record, expected_failures():
+                return record(fn(Step(pipeline, context), *args, **kwargs))
+
+        body.__name__ = body.__qualname__ = fn.__name__
+        body.__doc__ = fn.__doc__
+        body.__signature__ = upstream_signature  # TaskFlow binds XCom arguments by this signature
+        kwargs = {**fixed_task_kwargs, **task_kwargs}
+        return task(task_id=kwargs.pop("task_id", fn.__name__), **kwargs)(body)
+
+    factory.__name__ = factory.__qualname__ = fn.__name__
+    factory.__doc__ = fn.__doc__
+    factory.__wrapped_block__ = fn
+    return factory
+
+
+def custom_task(pipeline: str, fn, **task_kwargs):
+    """Task: a plain Python function of the upstream results, with Slipway's lineage around it.
+
+    ``fn`` receives the upstream tasks' return values (small dicts of URIs and versions) and
+    returns a small JSON-serialisable dict; include data refs (:func:`data_ref`) in it to have what
+    it wrote recorded as lineage. Slipway's deterministic errors fail it without retries.
+    """
+
+    @functools.wraps(fn)
+    def body(*args, **kwargs):
+        with expected_failures():
+            return fn(*args, **kwargs)
+
+    return task(task_id=task_kwargs.pop("task_id", fn.__name__), **task_kwargs)(tracked(pipeline)(body))

@@ -1,0 +1,461 @@
+"""Blocks of the training family: from a landed batch to a registered, blessed candidate.
+
+Each block is a pure :mod:`include.tasks` function behind :func:`include.blocks.adapter.block`;
+``dags/train.py`` wires them. The gates after evaluation run side by side and do not fail on a
+bad result: each measures, records its results (``blessing/<gate>.json`` and the tag
+``slipway.gate.<gate>`` on its MLflow run) and hands them on. ``bless_candidate`` then judges them
+all at once and fails with every failed check listed, so an author sees every reason a candidate
+was refused in one run. Only a complete, passing blessing reaches ``register_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from include.blocks.adapter import Step, block, data_ref
+from include.sensors import BatchSensor, interval_month
+
+log = logging.getLogger(__name__)
+
+# The gates run between evaluation and the blessing, in the order the blessing lists them.
+SIDE_BY_SIDE_GATES = ("compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx")
+
+
+def wait_for_batch(pipeline: str, **kwargs) -> BatchSensor:
+    """Deferrable sensor: wait until the interval's batch is in the landing zone."""
+    return BatchSensor(task_id=kwargs.pop("task_id", "wait_for_batch"), pipeline=pipeline, **kwargs)
+
+
+@block
+def ingest_batch(step: Step, landed: dict | None = None) -> dict:
+    """Check the batch against the spec, hash PII, write Parquet to the lake (earlier landed months too)."""
+    from include.settings import pii_key
+    from include.tasks.ingest import ingest_batches
+
+    s = step.settings
+    out = ingest_batches(step.spec, interval_month(step.context), s.landing_uri, s.lake_uri, pii_key(s))
+    step.mlflow.log_metric("rows", out["rows"])
+    step.mlflow.set_tag("slipway.batches_written", ",".join(out["written"]) or "none")
+    refs = [data_ref(f"batch-{b['month']}", b["uri"], b["sha256"], "lake") for b in out["batches"]]
+    return {"month": out["month"], "batch_uris": out["batch_uris"], "rows": out["rows"], "outputs": refs}
+
+
+@block
+def version_snapshot(step: Step, ingested: dict) -> dict:
+    """Snapshot = every batch up to the interval, added to DVC and pushed; its md5 is the data version."""
+    from include.tasks.version import build_snapshot
+    from include.tasks.version import version_snapshot as dvc_version
+    from include.uri import join
+
+    s, month = step.settings, ingested["month"]
+    snap_uri = join(s.lake_uri, step.pipeline, "snapshots", f"month={month}", "snapshot.parquet")
+    snap = build_snapshot(ingested["batch_uris"], snap_uri)
+    ver = dvc_version(snap_uri, step.pipeline, s.dvc_workdir, s.dvc_remote_uri, s.s3_endpoint_url)
+    step.mlflow.log_params({"data_version": ver["data_version"], "snapshot_rows": snap["rows"]})
+    step.mlflow.set_tag("slipway.data_version", ver["data_version"])
+    return {
+        "month": month,
+        "snapshot_uri": snap_uri,
+        "rows": snap["rows"],
+        "data_version": ver["data_version"],
+        "dvc_uri": ver["dvc_uri"],
+        "outputs": [data_ref("training_snapshot", ver["dvc_uri"], ver["data_version"], "dvc")],
+    }
+
+
+@block
+def validate_snapshot(step: Step, versioned: dict) -> dict:
+    """Great Expectations suite on the snapshot; result JSON and Data Docs to MLflow; a failed suite stops here."""
+    from include.tasks.validate import raise_for_failures
+    from include.tasks.validate import validate_snapshot as run_suite
+
+    mlflow = step.mlflow
+    suite = step.settings.expectations_dir / step.spec.suite_file
+    with tempfile.TemporaryDirectory(prefix="slipway-gx-") as tmp:
+        result = run_suite(versioned["snapshot_uri"], suite, tmp)
+        mlflow.log_artifact(result["result_path"], "validation")
+        mlflow.log_artifacts(str(Path(result["docs_path"]).parent), "validation/data_docs")
+    mlflow.log_metrics(
+        {"expectations_evaluated": result["evaluated"], "expectations_failed": len(result["failed"])}
+    )
+    mlflow.set_tag("slipway.validation", "passed" if result["success"] else "failed")
+    mlflow.log_dict({"failed": result["failed"]}, "validation/failed_expectations.json")
+    raise_for_failures(result, step.spec.name)
+    return {
+        "success": result["success"],
+        "evaluated": result["evaluated"],
+        "successful": result["successful"],
+        "suite": result["suite"],
+        "run_id": step.run_id,
+    }
+
+
+@block
+def train_model(step: Step, versioned: dict, validated: dict | None = None) -> dict:
+    """Seeded fit of the spec's Pipeline; model (skops, no pickle, digest-pinned URI) and splits in the lake."""
+    from include.tasks.train import train_model as fit
+
+    spec = step.spec
+    out = fit(spec, versioned["snapshot_uri"], step.lake(versioned["month"]))
+    step.mlflow.log_params({f"model.{k}": v for k, v in out["params"].items()})
+    step.mlflow.log_params(
+        {
+            "estimator": out["estimator"],
+            "class_imbalance": spec.class_imbalance,
+            "split_method": out.get("split_method", "random"),
+        }
+    )
+    step.mlflow.log_metrics(
+        {f"rows_{k}": v for k, v in out["rows"].items()} | {"positive_rate": out["positive_rate"]}
+    )
+    step.mlflow.set_tag("slipway.model_sha256", out["model_sha256"])
+    return {
+        "month": versioned["month"],
+        "model_uri": out["model_uri"],
+        "model_sha256": out["model_sha256"],
+        "splits": out["splits"],
+        "rows": out["rows"],
+        "positive_rate": out["positive_rate"],
+        "data_version": versioned["data_version"],
+        "outputs": [data_ref("model", out["model_uri"], out["model_sha256"], "model")],
+    }
+
+
+def _gates(step: Step, records: dict[str, dict], results: dict[str, list[dict]], **extra) -> dict:
+    """What a gate task hands on: its results per gate, its records; logged and tagged on its run.
+
+    A failed gate does not fail the task: ``bless_candidate`` judges every gate at once. The task
+    log and the MLflow tag say which checks failed, for whoever opens this task first.
+    """
+    from include.tasks.gates import describe, failures, status_of
+
+    for gate, own in results.items():
+        step.mlflow.log_dict({"gate": gate, "results": own}, f"blessing/{gate}.json")
+        state = status_of(own)
+        step.mlflow.set_tag(f"slipway.gate.{gate}", state)
+        for r in own:
+            (log.warning if r in failures(own) else log.info)("gate %s", describe(r))
+    return {"gates": results, "records": records, **extra}
+
+
+def _disabled(gate: str) -> dict:
+    return {"gates": {}, "records": {}, "disabled": [gate]}
+
+
+@block
+def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
+    """Decision threshold for expected value on validation data; held-out metrics against the spec's floors."""
+    from include.tasks.blessing import validation_result
+    from include.tasks.evaluate import evaluate_model as score
+    from include.tasks.evaluate import evaluation_gate
+
+    spec, mlflow = step.spec, step.mlflow
+    out = score(spec, trained["model_uri"], trained["splits"]["test"], trained["splits"]["validation"])
+    mlflow.log_metrics({f"test_{k}": v for k, v in out["metrics"].items()})
+    mlflow.log_metrics({"decision_threshold": out["threshold"], "value_per_1000": out["value_per_1000"]})
+    mlflow.log_dict({"curve": out["value_curve"], "chosen": out["threshold"]}, "business/value_curve.json")
+    oot = out.get("out_of_time")
+    if oot:
+        mlflow.log_dict(oot, "evaluation/out_of_time.json")
+        mlflow.log_metrics({f"oot_{k}": v for k, v in (oot.get("metrics") or {}).items()})
+    mlflow.log_dict(out["metrics"], "blessing/evaluation_metrics.json")
+    return _gates(
+        step,
+        {"evaluation": {"metrics": out["metrics"], "metrics_at_0_5": out["metrics_at_0_5"], "out_of_time": oot}},
+        {
+            "data_validation": [validation_result(validated, f"runs:/{validated['run_id']}/validation")],
+            "evaluation": evaluation_gate(out["metrics"], spec.gates.evaluation, step.evidence("blessing")),
+        },
+        threshold=out["threshold"],
+        value_per_1000=out["value_per_1000"],
+        metrics=out["metrics"],
+        evaluation_run_id=step.run_id,
+    )
+
+
+@block
+def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
+    """Candidate vs the champion on the candidate's test split: maximum regressions and the business value."""
+    from include.tasks.business import business_gate
+    from include.tasks.champion import compare_with_champion, load_champion
+
+    spec, gates = step.spec, step.spec.gates
+    if not (gates.champion.enabled or gates.business.enabled):
+        return {**_disabled("champion"), "disabled": ["champion", "business"]}
+    evidence = step.evidence("champion/comparison.json")
+    # An unreachable registry raises here and the task is retried: never "no champion".
+    champion = load_champion(spec.name)
+    cmp = compare_with_champion(
+        spec, trained["model_uri"], trained["splits"]["test"], evaluated["threshold"], champion, evidence
+    )
+    step.mlflow.log_dict({k: v for k, v in cmp.items() if k != "gates"}, "champion/comparison.json")
+    champ = cmp["champion"]
+    business = {
+        "threshold": evaluated["threshold"],
+        "value_per_1000": cmp["candidate"]["value_per_1000"],
+        "champion_version": champ["version"] if champ else None,
+        "champion_threshold": champ["threshold"] if champ else None,
+        "champion_value_per_1000": champ["value_per_1000"] if champ else None,
+    }
+    step.mlflow.log_metrics({"value_per_1000": business["value_per_1000"]})
+    results, records = {}, {}
+    if gates.champion.enabled:
+        results["champion"], records["champion"] = cmp["gates"], cmp
+    if gates.business.enabled:
+        results["business"] = business_gate(
+            business["value_per_1000"], business["champion_value_per_1000"], gates.business, evidence
+        )
+        records["business"] = business
+    return _gates(step, records, results)
+
+
+@block
+def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
+    """fairlearn metrics over each sensitive attribute at the decision threshold; per-group rates and plots."""
+    from include.tasks.fairness import assess_fairness
+
+    spec = step.spec
+    if not spec.gates.fairness.enabled:
+        return _disabled("fairness")
+    with tempfile.TemporaryDirectory(prefix="slipway-fair-") as tmp:
+        out = assess_fairness(
+            spec,
+            trained["model_uri"],
+            trained["splits"]["test"],
+            evaluated["threshold"],
+            tmp,
+            train_uri=trained["splits"]["train"],
+        )
+        step.mlflow.log_artifacts(tmp, "fairness")
+    evidence = step.evidence("fairness/fairness.json")
+    results = [{**g, "evidence_uri": evidence} for g in out["gates"]]
+    return _gates(
+        step, {"fairness": {**out["report"], "mitigation": out.get("mitigation")}}, {"fairness": results}
+    )
+
+
+@block
+def explain_model(step: Step, trained: dict, evaluated: dict) -> dict:
+    """SHAP explanations (global and local), forbidden features and the sensitive-attribute proxy probe."""
+    from include.tasks.explain import explain_model as explain
+    from include.tasks.explain import explainability_gate
+
+    spec = step.spec
+    if not spec.gates.explainability.enabled:
+        return _disabled("explainability")
+    with tempfile.TemporaryDirectory(prefix="slipway-shap-") as tmp:
+        out = explain(spec, trained["model_uri"], trained["splits"]["train"], trained["splits"]["test"], tmp)
+        step.mlflow.log_artifacts(tmp, "explain")
+        published = step.publish(tmp, step.lake(trained["month"], "explain"))
+    results = explainability_gate(
+        out["global_importance"],
+        spec.gates.explainability,
+        out.get("proxy"),
+        step.evidence("explain/shap_importance.json"),
+    )
+    record = {
+        "explainer": out["explainer"],
+        "top_k": out["top_k"],
+        "global_importance": out["global_importance"],
+        "proxy": out.get("proxy"),
+        "plots": {k: v for k, v in published.items() if k.endswith(".png")},
+    }
+    return _gates(step, {"explainability": record}, {"explainability": results})
+
+
+@block
+def check_robustness(step: Step, trained: dict, evaluated: dict) -> dict:
+    """Decision flip rate under the spec's realistic perturbations, per feature and overall."""
+    from include.tasks.robustness import check_robustness as flips
+    from include.tasks.robustness import robustness_gate
+
+    spec = step.spec
+    if not spec.gates.robustness.enabled:
+        return _disabled("robustness")
+    out = flips(spec, trained["model_uri"], trained["splits"]["test"], evaluated["threshold"])
+    step.mlflow.log_dict(out, "robustness/flip_rates.json")
+    step.mlflow.log_metric("flip_rate", out["flip_rate"])
+    results = robustness_gate(out, spec.gates.robustness, step.evidence("robustness/flip_rates.json"))
+    return _gates(step, {"robustness": out}, {"robustness": results})
+
+
+@block
+def optimise_onnx(step: Step, trained: dict, evaluated: dict) -> dict:
+    """Whole pipeline to ONNX, onnxruntime graph optimisations; parity at the decision threshold; p99 latency."""
+    from include.tasks.onnx_export import export_and_check, onnx_gate
+
+    spec = step.spec
+    with tempfile.TemporaryDirectory(prefix="slipway-onnx-") as tmp:
+        out = export_and_check(
+            spec, trained["model_uri"], trained["splits"]["test"], tmp, threshold=evaluated["threshold"]
+        )
+        step.mlflow.log_artifacts(tmp, "onnx")
+        published = step.publish(tmp, step.lake(trained["month"], "onnx"))
+    onnx_uri = published.get("model.onnx")
+    if out.get("converted", True):
+        step.mlflow.log_metrics(
+            {
+                "onnx_max_abs_diff": out["max_abs_diff"],
+                "onnx_label_agreement": out["label_agreement"],
+                "onnx_p99_ms": out["latency_ms"]["onnx"]["p99"],
+            }
+        )
+    refs = [data_ref("onnx_model", onnx_uri, out["model_sha256"], "model")] if onnx_uri else []
+    extra = {"onnx_uri": onnx_uri, "onnx_sha256": out.get("model_sha256"), "outputs": refs}
+    record = {k: v for k, v in out.items() if k != "onnx_path"}
+    if not spec.gates.onnx.enabled:
+        return {**_disabled("onnx"), "records": {"onnx": record}, **extra}
+    results = onnx_gate(out, spec.gates.onnx, step.evidence("onnx/onnx_report.json"))
+    return _gates(step, {"onnx": record}, {"onnx": results}, **extra)
+
+
+@block
+def bless_candidate(
+    step: Step,
+    evaluated: dict,
+    compared: dict,
+    fair: dict,
+    explained: dict,
+    robust: dict,
+    optimised: dict,
+) -> dict:
+    """Judge every gate at once: the blessing is complete and passing, or the run fails naming every failed check.
+
+    The blessing goes to this task's run and to the DAG run's parent run (tag
+    ``slipway.blessing``), so the verdict is on record even when no version is registered.
+    """
+    from include.tasks.blessing import make_blessing, raise_unless_blessed
+
+    results: list[dict] = []
+    records: dict = {}
+    extra: dict = {}
+    for part in (evaluated, compared, fair, explained, robust, optimised):
+        for own in part["gates"].values():
+            results.extend(own)
+        records.update(part["records"])
+        extra.update({k: v for k, v in part.items() if k not in {"gates", "records", "disabled", "outputs"}})
+    blessing = make_blessing(step.spec, results)
+    mlflow = step.mlflow
+    mlflow.log_dict(blessing, "blessing.json")
+    mlflow.set_tag("slipway.blessing", blessing["state"])
+    parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent:
+        client = mlflow.MlflowClient()
+        client.log_dict(parent, blessing, "blessing.json")
+        client.set_tag(parent, "slipway.blessing", blessing["state"])
+        failed_gates = sorted({r["gate"] for r in blessing["failed"]} | set(blessing["missing"]))
+        client.set_tag(parent, "slipway.blessing.failed_gates", ",".join(failed_gates) or "none")
+    raise_unless_blessed(blessing)
+    return {**extra, "blessing": blessing, "records": records}
+
+
+@block
+def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict, blessed: dict) -> dict:
+    """Model card (Markdown + HTML): intended use and limits from the spec, everything else from the records."""
+    from include import storage
+    from include.lineage import code_version
+    from include.tasks.model_card import write_model_card as write
+
+    spec, rec = step.spec, blessed["records"]
+    card = {
+        "dag_id": step.context["ti"].dag_id,
+        "run_id": step.context["ti"].run_id,
+        "code_version": code_version(),
+        "data_version": versioned["data_version"],
+        "dvc_uri": versioned["dvc_uri"],
+        "rows": trained.get("rows", {}),
+        "positive_rate": trained.get("positive_rate"),
+        "validation": f"{validated['evaluated']} expectations, all passed",
+        "metrics": blessed.get("metrics", {}),
+        "business": rec.get(
+            "business", {"threshold": blessed.get("threshold"), "value_per_1000": blessed.get("value_per_1000")}
+        ),
+        "fairness": rec.get("fairness", {}),
+        "explain": rec.get("explainability", {}),
+        "robustness": rec.get("robustness", {}),
+        "onnx": rec.get("onnx", {}),
+        "blessing": blessed["blessing"],
+    }
+    with tempfile.TemporaryDirectory(prefix="slipway-card-") as tmp:
+        images = []
+        for name, uri in (card["explain"].get("plots") or {}).items():
+            img = Path(tmp) / "img" / Path(name).name
+            img.parent.mkdir(exist_ok=True)
+            img.write_bytes(storage.read_bytes(uri))
+            images.append(str(img))
+        if images:
+            card["shap_plot"] = Path(sorted(images)[0]).name
+        out_dir = Path(tmp) / "card"
+        write(spec, card, out_dir, images=images)
+        step.mlflow.log_artifacts(str(out_dir), "model_card")
+        published = step.publish(out_dir, step.lake(trained["month"], "model_card"))
+    return {**blessed, "model_card": published}
+
+
+@block
+def register_model(step: Step, trained: dict, versioned: dict, validated: dict, carded: dict) -> dict:
+    """Register the blessed ONNX graph as a version (reused on a re-run) and move ``candidate`` forward only."""
+    from include import assets, storage
+    from include.lineage import code_version
+    from include.tasks.register import register_candidate
+    from include.tasks.train import read_model_bytes
+
+    ti = step.context["ti"]
+    dag_run = step.context["dag_run"]
+    onnx_uri = carded.get("onnx_uri")
+    if not onnx_uri:
+        from include.tasks.gates import GateFailed
+
+        raise GateFailed("no ONNX model to register: optimise_onnx did not produce one", [])
+    tags = {
+        "slipway.pipeline": step.pipeline,
+        "slipway.dag_id": ti.dag_id,
+        "slipway.run_id": ti.run_id,
+        "slipway.interval_start": str(getattr(dag_run, "data_interval_start", "") or ""),
+        "slipway.interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
+        "slipway.month": trained["month"],
+        "slipway.data_version": versioned["data_version"],
+        "slipway.dvc_uri": versioned["dvc_uri"],
+        "slipway.snapshot_uri": versioned["snapshot_uri"],
+        "slipway.code_version": code_version(),
+        "slipway.validation": "passed" if validated["success"] else "failed",
+        "slipway.validation_run_id": validated["run_id"],
+        "slipway.evaluation_run_id": carded.get("evaluation_run_id", ""),
+        "slipway.decision_threshold": str(carded["threshold"]),
+        "slipway.value_per_1000": f"{carded.get('value_per_1000', 0.0):.2f}",
+        **{f"slipway.metric.{k}": f"{v:.6f}" for k, v in carded["metrics"].items() if k != "rows"},
+    }
+    with tempfile.TemporaryDirectory(prefix="slipway-reg-") as tmp:
+        card_dir = None
+        if carded.get("model_card"):
+            card_dir = Path(tmp) / "card"
+            for name, uri in carded["model_card"].items():
+                (card_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                (card_dir / name).write_bytes(storage.read_bytes(uri))
+        out = register_candidate(
+            step.spec,
+            storage.read_bytes(onnx_uri),
+            read_model_bytes(trained["model_uri"]),
+            tags,
+            carded["blessing"],
+            card_dir,
+        )
+    step.mlflow.set_tags(
+        {
+            "slipway.blessing": "passed",
+            "slipway.registered_version": str(out["version"]),
+            "slipway.registration": out["registration"],
+            "slipway.alias_moved": str(out["alias_moved"]).lower(),
+        }
+    )
+    log.info("%s", out["message"])
+    candidate = assets.for_pipeline(step.pipeline).candidate
+    step.context["outlet_events"][candidate].extra = {
+        "model": step.pipeline,
+        "version": out["version"],
+        "data_version": versioned["data_version"],
+        "alias_moved": out["alias_moved"],
+    }
+    return {k: v for k, v in out.items() if k != "message"}

@@ -1,0 +1,44 @@
+"""Object addresses: ``file://`` and ``s3://`` URIs, with no I/O and no imports of the project.
+
+The leaf that :mod:`include.settings` (where things live) and :mod:`include.storage` (reading and
+writing them) both build on, so neither has to import the other to spell a location.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+
+def path_to_uri(path: str | Path) -> str:
+    """``file://`` URI of a local path, keeping ``=`` readable (Hive-style partition keys)."""
+    return "file://" + quote(str(Path(path).resolve()), safe="/=:@+,-_.~")
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://`` URIs."""
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI path segments with single slashes."""
+    out = base.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://`` URI."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a ``file://`` URI or a plain path; ``ValueError`` for anything else."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(uri)
+    raise ValueError(f"{uri}: not a local path")

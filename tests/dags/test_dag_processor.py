@@ -1,0 +1,117 @@
+"""A broken spec beside a valid one, on the real components: Airflow's dag-processor writes what it
+parsed to the metadata database (PostgreSQL) and the scheduler schedules from there.
+
+The valid pipeline's DAG must stay fresh (not stale), carry no import error, and accept and start
+a triggered run, while the broken spec shows as the import error of ``dags/spec_errors.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dags.e2e import ROOT, clean_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+
+def _admin():
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def _airflow(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def metadata(tmp_path_factory):
+    """A fresh PostgreSQL metadata database and an Airflow home that uses it (dropped afterwards)."""
+    name = f"slipway_dagproc_{uuid.uuid4().hex[:8]}"
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    home = tmp_path_factory.mktemp("dagproc")
+    pipelines = home / "pipelines"
+    pipelines.mkdir()
+    shutil.copy(ROOT / "include" / "pipelines" / "telco_churn.yaml", pipelines)
+    env = clean_env(
+        SLIPWAY_HOME=str(home / "state"),
+        SLIPWAY_PIPELINES_DIR=str(pipelines),
+        AIRFLOW_HOME=str(home / "airflow"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        PYTHONPATH=str(ROOT),
+    )
+    _airflow(env, "db", "migrate")
+    yield {"env": env, "db": name, "pipelines": pipelines}
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()
+
+
+def _query(db: str, sql: str, *params) -> list[tuple]:
+    import psycopg2
+
+    with psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=db) as conn:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+
+def _dag_state(db: str, dag_id: str) -> tuple:
+    rows = _query(db, "SELECT is_stale, has_import_errors, fileloc FROM dag WHERE dag_id = %s", dag_id)
+    assert rows, f"{dag_id} is not in the metadata database"
+    return rows[0]
+
+
+def test_a_broken_spec_leaves_the_valid_pipeline_scheduled(metadata):
+    env, db = metadata["env"], metadata["db"]
+    _airflow(env, "dag-processor", "--num-runs", "1")
+    assert _dag_state(db, "telco_churn__train")[:2] == (False, False)
+
+    raw = yaml.safe_load((metadata["pipelines"] / "telco_churn.yaml").read_text())
+    raw["name"] = "broken_one"
+    raw["schedule"]["cron"] = "0 0 32 * *"  # day 32: Airflow would reject it
+    (metadata["pipelines"] / "broken_one.yaml").write_text(yaml.safe_dump(raw))
+    _airflow(env, "dag-processor", "--num-runs", "1")
+
+    stale, import_errors, fileloc = _dag_state(db, "telco_churn__train")
+    assert (stale, import_errors) == (False, False)
+    assert Path(fileloc).name == "train.py"
+    errors = dict(_query(db, "SELECT filename, stacktrace FROM import_error"))
+    [(path, trace)] = errors.items()
+    assert path.endswith("spec_errors.py")
+    assert "spec broken_one.yaml: schedule.cron" in trace
+    assert _query(db, "SELECT dag_id FROM dag WHERE dag_id LIKE 'broken_one%%'") == []
+
+    _airflow(env, "dags", "unpause", "telco_churn__train")
+    _airflow(env, "dags", "trigger", "telco_churn__train", "--run-id", "manual__broken_spec_beside")
+    # The scheduler takes the run up: it starts and its first task is handed to the executor.
+    _airflow(env, "scheduler", "--num-runs", "3", timeout=300)
+    [(state,)] = _query(db, "SELECT state FROM dag_run WHERE run_id = 'manual__broken_spec_beside'")
+    assert state in ("running", "success", "failed"), state
+    tis = dict(
+        _query(db, "SELECT task_id, state FROM task_instance WHERE run_id = 'manual__broken_spec_beside'")
+    )
+    assert tis.get("wait_for_batch") not in (None, "none"), tis
