@@ -507,17 +507,45 @@ def cmd_status(args) -> None:
         print_status(rec)
 
 
+def _suite_for_spec_file(spec_file, suite_file: str):
+    """The suite a spec file is checked against: the configured folder for a spec in the configured
+    pipelines folder (what the DAGs use), else ``expectations/`` beside the spec's folder if it has it."""
+    from pathlib import Path
+
+    from include.settings import get_settings
+
+    settings = get_settings()
+    folder = Path(spec_file).resolve().parent
+    sibling = folder.parent / "expectations" / suite_file
+    if folder != settings.pipelines_dir.resolve() and sibling.is_file():
+        return sibling
+    return settings.expectations_dir / suite_file
+
+
 def cmd_check_spec(args) -> None:
+    """Validate each spec file, and cross-check its expectation suite against the columns ingest writes."""
     from include.spec import SpecError, load_spec
+    from include.tasks.suite_check import check_suite_columns
 
     failed = False
     for path in args.paths:
         try:
             spec = load_spec(path)
-            print(f"{path}: ok ({spec.name}, {len(spec.features.all)} features, {spec.estimator.kind})")
         except (SpecError, OSError) as exc:
             failed = True
             print(str(exc), file=sys.stderr)
+            continue
+        suite = _suite_for_spec_file(path, spec.suite_file)
+        problems = check_suite_columns(spec, suite)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            failed = True
+            continue
+        print(
+            f"{path}: ok ({spec.name}, {len(spec.features.all)} features, {spec.estimator.kind}; "
+            f"suite {suite} agrees with the columns ingest writes)"
+        )
     if failed:
         raise SystemExit(1)
 

@@ -8,12 +8,20 @@ the gate thresholds. Loading never imports heavy libraries: it runs at DAG-parse
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Estimators a spec may name, mapped to their import paths. Each converts to ONNX with skl2onnx.
 ESTIMATORS: dict[str, str] = {
@@ -25,6 +33,17 @@ ESTIMATORS: dict[str, str] = {
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+# Airflow's cron presets (airflow.utils.dates.cron_presets, repeated in the Task SDK's timetables):
+# CronDataIntervalTimetable maps these before handing the expression to croniter.
+_CRON_PRESETS: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
 
 
 class SpecError(ValueError):
@@ -43,6 +62,13 @@ class Source(_Strict):
         default="{month}.csv",
         description="File name of one batch inside the landing zone's <pipeline>/ folder; "
         "{month} is the data interval's month as YYYY-MM.",
+    )
+
+    recurring_entities: bool = Field(
+        default=False,
+        description="An entity id may appear once in every batch, e.g. monthly customer snapshots; "
+        "within one batch it must still be unique. When false, an id already ingested in another "
+        "month refuses the batch as a duplicate delivery.",
     )
 
     @field_validator("batch_name")
@@ -117,9 +143,42 @@ class Schedule(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        if len(v.split()) != 5 and not v.startswith("@"):
+        # Validated as Airflow's CronDataIntervalTimetable does (airflow/timetables/_cron.py,
+        # CronMixin.validate): presets mapped to their expressions, then croniter(expression).
+        # croniter is imported here, not at module level: specs load at DAG-parse time.
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+        expression = _CRON_PRESETS.get(v, v)
+        if len(expression.split()) != 5 and not expression.startswith("@"):
+            # Stricter than croniter, which also takes 6-7 fields (seconds, years): data intervals
+            # of a batch pipeline are minutes at the finest, and Airflow cannot describe those.
             raise ValueError(f"must be a 5-field cron expression such as '0 0 1 * *', got {v!r}")
+        try:
+            schedule = croniter(expression, start_time=datetime(2000, 1, 1))
+        except (CroniterBadCronError, CroniterBadDateError) as exc:
+            raise ValueError(
+                f"is not a cron expression Airflow accepts ({exc}), got {v!r}; use five fields "
+                "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), "
+                "e.g. '0 0 1 * *', or a preset such as '@daily'"
+            ) from None
+        try:
+            schedule.get_next(datetime)
+        except CroniterBadDateError:
+            raise ValueError(
+                f"never fires (no date matches it), got {v!r}; check the day-of-month and month fields"
+            ) from None
         return v
+
+
+class _SkippableGate(_Strict):
+    """A gate the spec may declare not applicable (``not_applicable_because``) when it has nothing to check."""
+
+    @field_validator("not_applicable_because", check_fields=False)
+    @classmethod
+    def _reason_says_something(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must say why the gate has nothing to check, got an empty text")
+        return v.strip() if v is not None else None
 
 
 class EvaluationGate(_Strict):
@@ -149,7 +208,7 @@ class ChampionGate(_Strict):
         return v
 
 
-class BusinessGate(_Strict):
+class BusinessGate(_SkippableGate):
     """Expected value per 1,000 customers: floor, and maximum drop relative to the champion."""
 
     enabled: bool = True
@@ -162,7 +221,7 @@ class BusinessGate(_Strict):
     )
 
 
-class FairnessGate(_Strict):
+class FairnessGate(_SkippableGate):
     """fairlearn metrics over each sensitive attribute; the worst attribute must pass."""
 
     enabled: bool = True
@@ -185,8 +244,9 @@ class FairnessGate(_Strict):
     )
 
 
-class ExplainabilityGate(_Strict):
-    """SHAP global importance: none of the forbidden features among the top-k."""
+class ExplainabilityGate(_SkippableGate):
+    """SHAP global importance (no forbidden feature among the top-k) and a proxy probe (the top-k
+    features must not predict a sensitive attribute)."""
 
     enabled: bool = True
     top_k: int = Field(5, ge=1, le=100)
@@ -213,7 +273,7 @@ class Perturbation(_Strict):
     delta: float = Field(gt=0)
 
 
-class RobustnessGate(_Strict):
+class RobustnessGate(_SkippableGate):
     """Prediction flip rate under small realistic perturbations of numeric features."""
 
     enabled: bool = True
@@ -329,6 +389,16 @@ class PipelineSpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _authored_rules(self, info: ValidationInfo) -> PipelineSpec:
+        # Rules about what a spec *file* may say (see parse_spec). A spec built in code with
+        # model_validate (a unit test's minimal spec, a re-validated copy) skips them.
+        if (info.context or {}).get("spec_file"):
+            problems = _authoring_problems(self)
+            if problems:
+                raise ValueError("\n".join(problems))
+        return self
+
     @property
     def suite_file(self) -> str:
         """File name of the expectation suite."""
@@ -345,11 +415,122 @@ class PipelineSpec(_Strict):
         return f"{self.name}__{purpose}"
 
 
+# Type names as a Great Expectations suite spells them for a pandas batch (type_ of
+# expect_column_values_to_be_of_type): the numpy dtype of a typed column, ``str`` for text held in
+# an object column. ``int64|str``: int64 when every value of the batch is a whole number, else str.
+SENSITIVE_TYPE = "int64|str"
+
+
+def post_ingest_schema(spec: PipelineSpec) -> dict[str, str]:
+    """The columns ingest writes to the lake, in order, and their types (see ``conform_batch``).
+
+    Dropped identifiers are absent; hashed identifiers are hex strings; numeric features are
+    float64 and binary ones int64; categorical features and the target are str; sensitive
+    attributes are int64 when every value is a whole number, else str; ``batch_month`` (YYYY-MM)
+    is added last.
+    """
+    schema: dict[str, str] = {}
+    # Same precedence as conform_batch: identifier, numeric/binary feature, sensitive attribute,
+    # target, categorical feature.
+    for col in spec.required_columns:
+        if col in spec.identifiers:
+            if spec.identifiers[col] == "hash":
+                schema[col] = "str"
+        elif col in spec.features.numeric:
+            schema[col] = "float64"
+        elif col in spec.features.binary:
+            schema[col] = "int64"
+        elif col in spec.sensitive_attributes:
+            schema[col] = SENSITIVE_TYPE
+        else:  # the target (written as text) or a categorical feature
+            schema[col] = "str"
+    schema["batch_month"] = "str"
+    return schema
+
+
+def _vacuous_gates(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
+    """Gates with nothing to check under this spec: name -> (why, what would give it something)."""
+    g = spec.gates
+    out: dict[str, tuple[str, str]] = {}
+    if not spec.sensitive_attributes:
+        out["fairness"] = ("the spec lists no sensitive_attributes", "list them under sensitive_attributes")
+    if not g.explainability.forbidden_features and not spec.sensitive_attributes:
+        out["explainability"] = (
+            "no gates.explainability.forbidden_features, and no sensitive_attributes for the proxy probe",
+            "list sensitive_attributes or forbidden_features",
+        )
+    if not g.robustness.perturbations:
+        out["robustness"] = (
+            "no gates.robustness.perturbations",
+            "declare perturbations of numeric features under gates.robustness.perturbations",
+        )
+    no_value_model = spec.business.value_of_true_positive == 0 and spec.business.cost_of_action == 0
+    if no_value_model and g.business.min_value_per_1000 is None:
+        out["business"] = (
+            "no value model (business.value_of_true_positive and business.cost_of_action are 0) "
+            "and no gates.business.min_value_per_1000",
+            "declare the value model under business",
+        )
+    return out
+
+
+def _authoring_problems(spec: PipelineSpec) -> list[str]:
+    """What a spec file must not say; each line is ``<field path> <problem>; <fix>``."""
+    problems: list[str] = []
+    vacuous = _vacuous_gates(spec)
+    for name in ("business", "fairness", "explainability", "robustness"):
+        gate = getattr(spec.gates, name)
+        if name in vacuous and gate.enabled and gate.not_applicable_because is None:
+            why, add = vacuous[name]
+            problems.append(
+                f"gates.{name} is enabled but has nothing to check: {why}; {add}, or set "
+                f"gates.{name}.enabled: false, or keep it and record why with "
+                f'gates.{name}.not_applicable_because: "<why>"'
+            )
+        elif name not in vacuous and gate.not_applicable_because is not None:
+            problems.append(
+                f"gates.{name}.not_applicable_because is set, but the gate has something to check "
+                "under this spec; remove it"
+            )
+    features = spec.features.all
+    non_inputs = [f for f in spec.gates.explainability.forbidden_features if f not in features]
+    if non_inputs:
+        problems.append(
+            f"gates.explainability.forbidden_features lists {non_inputs}, which are not model inputs "
+            "(not under features), so their SHAP rank can never fail the gate; remove them from "
+            "forbidden_features (sensitive attributes are covered by the proxy probe: list them under "
+            "sensitive_attributes)"
+        )
+    both = [c for c in spec.sensitive_attributes if c in features]
+    if both:
+        problems.append(
+            f"sensitive_attributes {both} are also listed as features; remove them from features "
+            "(the model must not see them) or from sensitive_attributes"
+        )
+    ids = [c for c in spec.sensitive_attributes if c in spec.identifiers]
+    if ids:
+        problems.append(
+            f"sensitive_attributes {ids} are identifiers, which ingest hashes or drops, so no group "
+            "survives to be compared; remove them from sensitive_attributes or from identifiers"
+        )
+    if spec.target.column in spec.sensitive_attributes:
+        problems.append(
+            f"sensitive_attributes lists the target column {spec.target.column!r}; remove it from "
+            "sensitive_attributes"
+        )
+    return problems
+
+
 def _format_error(file: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc:
+            # A rule over several fields: its message starts with the field path, and the input
+            # is the whole spec (not worth echoing).
+            lines.extend(f"spec {file}: {line}" for line in msg.splitlines())
+            continue
         if err["type"] == "missing":
             msg = "is required but missing"
         elif err["type"] == "extra_forbidden":
@@ -360,10 +541,56 @@ def _format_error(file: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_spec(text: str, file: str = "<string>") -> PipelineSpec:
-    """Validate YAML text into a :class:`PipelineSpec`, or raise :class:`SpecError`."""
+# YAML 1.1 (PyYAML's dialect) reads these plain words as booleans. true/false are meant as booleans.
+_YAML11_TRUE = {"y", "Y", "yes", "Yes", "YES", "on", "On", "ON"}
+_YAML11_FALSE = {"n", "N", "no", "No", "NO", "off", "Off", "OFF"}
+
+
+def _mapping_value(node: Any, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def _load_yaml(text: str) -> tuple[Any, Any]:
+    """The document's node tree and its value, from one parse (what ``yaml.safe_load`` does inside)."""
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_booleans(root: Any, file: str) -> None:
+    """``positive_label: Yes`` unquoted is YAML's boolean true, never the label text ``"Yes"``."""
+    node = _mapping_value(_mapping_value(root, "target"), "positive_label")
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return  # absent, or quoted (or a block scalar): taken as written
+    word = node.value
+    if word not in _YAML11_TRUE | _YAML11_FALSE:
+        return
+    truth = "true" if word in _YAML11_TRUE else "false"
+    # PyYAML resolves yes/no/on/off as booleans; y/n it keeps as text, but YAML 1.1 (and other tools
+    # reading the same file) take them as booleans too.
+    reader = "YAML" if node.tag == "tag:yaml.org,2002:bool" else "YAML 1.1"
+    raise SpecError(
+        f"spec {file}: target.positive_label is the unquoted YAML word {word!r}, which {reader} reads "
+        f'as the boolean {truth}; quote it: positive_label: "{word}"'
+    )
+
+
+def parse_spec(text: str, file: str = "<string>") -> PipelineSpec:
+    """Validate YAML text into a :class:`PipelineSpec`, or raise :class:`SpecError`.
+
+    Beyond the typed model, a spec file must not contain vacuous gates (an enabled gate with nothing
+    to check, unless ``not_applicable_because`` says why), forbidden features that are not model
+    inputs, sensitive attributes that are features, or an unquoted ``positive_label: Yes``.
+    """
+    try:
+        root, raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise SpecError(
             f"spec {file}: not valid YAML ({exc}); fix the syntax at the position shown"
@@ -372,8 +599,9 @@ def parse_spec(text: str, file: str = "<string>") -> PipelineSpec:
         raise SpecError(
             f"spec {file}: expected a mapping of fields at the top level, got {type(raw).__name__}"
         )
+    _check_yaml_booleans(root, file)
     try:
-        spec = PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw, context={"spec_file": True})
     except ValidationError as exc:
         raise SpecError(_format_error(file, exc)) from None
     stem = Path(file).stem

@@ -40,7 +40,8 @@ def evaluate_model(
     """Choose the decision threshold on the validation split (business value), score the test split.
 
     Threshold-free metrics (ROC AUC, PR AUC, Brier) do not depend on it; F1, precision, recall and
-    accuracy are reported at the chosen threshold, and at 0.5 for reference.
+    accuracy are reported at the chosen threshold, and at 0.5 for reference. ``out_of_time`` scores
+    the test rows of the latest ``batch_month`` alone (reported, not gated).
     """
     from include.tasks.business import choose_threshold, value_per_1000
 
@@ -63,7 +64,30 @@ def evaluate_model(
         "value_per_1000": value_per_1000(y, proba, threshold, spec.business),
         "validation_value_per_1000": chosen["value_per_1000"],
         "value_curve": chosen["curve"],
+        "out_of_time": out_of_time_slice(test, y, proba, threshold),
     }
+
+
+def out_of_time_slice(test, y, proba, threshold: float) -> dict:
+    """Metrics on the test rows of the latest ``batch_month``: the nearest thing to next month's data.
+
+    Metrics need both classes in the slice; otherwise ``note`` says why there are none.
+    """
+    if "batch_month" not in test.columns or not len(test):
+        return {
+            "month": None,
+            "rows": 0,
+            "note": "the test split has no rows or no batch_month column: nothing to slice",
+        }
+    months = test["batch_month"].astype(str)
+    month = months.max()  # YYYY-MM sorts chronologically as text
+    mask = (months == month).to_numpy()
+    out = {"month": month, "rows": int(mask.sum())}
+    if len(set(y[mask])) < 2:
+        out["note"] = f"the {month} test rows hold one class only: no metrics for this slice"
+    else:
+        out["metrics"] = compute_metrics(y[mask], proba[mask], threshold)
+    return out
 
 
 def evaluation_gate(metrics: dict, gate: EvaluationGate, evidence_uri: str | None = None) -> list[dict]:

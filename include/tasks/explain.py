@@ -21,6 +21,19 @@ The positive class is ``classes_[1]`` (label 1 of :func:`include.tasks.train.lab
 SHAP values of one-hot columns are mapped back to their categorical column through the fitted
 ColumnTransformer and OneHotEncoder categories, so importance is reported per original column
 (the sum of the mean |SHAP| of its one-hot columns) as well as per transformed column.
+
+Keeping a sensitive attribute out of the features does not keep it out of the model: other
+columns can encode it (a proxy). The *proxy probe* measures that directly. Two small seeded
+classifiers, a logistic regression and a depth-3 decision tree, learn each sensitive attribute
+from the model's ``top_k`` most important input columns on the train split; their ROC AUC on the
+test split says how well the model's main inputs reveal the attribute (0.5: not at all, 1.0:
+perfectly). The larger of the two AUCs is the value gated against ``max_proxy_roc_auc``: the
+linear probe finds monotone proxies, the tree finds thresholds and interactions, and both are
+scored on held-out rows. An attribute with more than two groups is scored one-vs-rest, macro
+averaged: every group counts the same, so a small group that the features single out is not
+hidden by the large ones (the per-group AUCs are on record). The explainability gate is the
+rank checks of forbidden features that are model inputs plus one proxy check per sensitive
+attribute.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import time
 from pathlib import Path
 
 from include.spec import ESTIMATORS, ExplainabilityGate, PipelineSpec
-from include.tasks.gates import check
+from include.tasks.gates import check, not_applicable
 from include.tasks.ingest import read_parquet
 from include.tasks.train import feature_frame, read_model
 
@@ -46,6 +59,10 @@ _TREE_MAX_INTERVENTIONAL_DEPTH = 8
 _AGNOSTIC_MAX_BACKGROUND = 50
 _AGNOSTIC_MAX_ROWS = 100
 _LOCAL_TOP = 5
+# The proxy probe's classifiers: small enough to run in well under a second on ~5,000 rows.
+_PROBE_TREE_DEPTH = 3
+_PROBE_TREE_MIN_LEAF = 20
+_PROBE_C = 1.0
 
 
 class ExplainError(ValueError):
@@ -397,11 +414,12 @@ def _local(explained: dict, sample, proba) -> list[dict]:
     return out
 
 
-def _plots(explained: dict, global_importance: dict, out: Path) -> list[Path]:
+def _plots(explained: dict, global_importance: dict, out: Path, seed: int = 0) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # tasks run headless; never open a window
     import matplotlib.pyplot as plt
+    import numpy as np
     import shap
 
     summary, bars = out / SUMMARY_PLOT, out / IMPORTANCE_PLOT
@@ -412,12 +430,17 @@ def _plots(explained: dict, global_importance: dict, out: Path) -> list[Path]:
         feature_names=[name for name, _ in explained["features"]],
     )
     plt.figure()
+    # shap 0.51's beeswarm jitters the dots with numpy's global RNG and takes no rng argument:
+    # seed it for the plot only (same bytes on a re-run) and hand the caller's state back.
+    rng_state = np.random.get_state()
+    np.random.seed(seed)
     try:
         shap.plots.beeswarm(explanation, max_display=15, show=False)
         fig = plt.gcf()
         fig.tight_layout()
         fig.savefig(summary, dpi=100)
     finally:
+        np.random.set_state(rng_state)
         plt.close("all")
 
     items = list(global_importance.items())[:20][::-1]
@@ -434,6 +457,142 @@ def _plots(explained: dict, global_importance: dict, out: Path) -> list[Path]:
     return [summary, bars]
 
 
+def _attribute_groups(column):
+    """Group labels of a sensitive attribute as strings; missing values form a ``<missing>`` group."""
+    return column.astype(str).where(column.notna(), "<missing>").to_numpy()
+
+
+def _probe_preprocessor(spec: PipelineSpec, columns: list[str]):
+    """The model's kind of preprocessing, for ``columns`` only: median-imputed and standardised
+    numeric/binary columns, one-hot categoricals (unknown categories ignored)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in columns if c in spec.features.numeric or c in spec.features.binary]
+    categorical = [c for c in columns if c in spec.features.categorical]
+    blocks = []
+    if numeric:
+        blocks.append(
+            ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)
+        )
+    if categorical:
+        blocks.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical))
+    return ColumnTransformer(blocks, remainder="drop")
+
+
+def _macro_ovr_auc(y_test, classes, proba) -> tuple[float, dict[str, float]]:
+    """One-vs-rest ROC AUC per group present in ``y_test`` and their mean (equal to the plain AUC
+    for two groups). A group the probe never saw in training scores 0 for every row."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    column = {c: i for i, c in enumerate(classes)}
+    per_group = {}
+    for group in sorted(set(y_test)):
+        score = proba[:, column[group]] if group in column else np.zeros(len(y_test))
+        per_group[group] = float(roc_auc_score(y_test == group, score))
+    return float(np.mean(list(per_group.values()))), per_group
+
+
+def proxy_probe(spec: PipelineSpec, train, test, features: list[str]) -> dict:
+    """How well ``features`` (the model's top-k input columns) predict each sensitive attribute.
+
+    ``train``/``test`` are the train and test splits with the sensitive columns. For each
+    attribute, a logistic regression and a depth-3 decision tree (seeded with
+    ``split.random_state``) are fitted on the train split over ``features`` and scored on the
+    test split. Returns ``{features, probes, train_rows, test_rows, roc_auc: {attr: value},
+    attributes: {attr: {roc_auc, method, by_probe, by_group, groups, note}}}``; ``roc_auc`` is the
+    larger AUC of the two probes, ``None`` with a ``note`` when it cannot be measured (one group
+    only in either split). Raises :class:`ExplainError` when a sensitive column is missing.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    seed = spec.split.random_state
+    missing = {
+        name: [c for c in spec.sensitive_attributes if c not in frame.columns]
+        for name, frame in (("train", train), ("test", test))
+    }
+    for name, cols in missing.items():
+        if cols:
+            raise ExplainError(
+                f"the {name} split lacks sensitive attribute column(s) {cols} listed in spec "
+                f"{spec.name}.yaml sensitive_attributes, so the proxy probe cannot run: ingest must "
+                "carry them (check the batch export and re-run ingest and train), or remove them "
+                "from sensitive_attributes"
+            )
+    unknown = [c for c in features if c not in spec.features.all]
+    if unknown or not features:
+        raise ExplainError(
+            f"the proxy probe needs model input columns of spec {spec.name}.yaml, got {features}: "
+            "pass the top-k columns of the model's SHAP importance"
+        )
+    out = {
+        "features": list(features),
+        "probes": {
+            "logistic_regression": f"LogisticRegression(C={_PROBE_C}), standardised numerics",
+            "decision_tree": (
+                f"DecisionTreeClassifier(max_depth={_PROBE_TREE_DEPTH}, "
+                f"min_samples_leaf={_PROBE_TREE_MIN_LEAF}, random_state={seed})"
+            ),
+        },
+        "fitted_on": "train split",
+        "scored_on": "test split",
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "roc_auc": {},
+        "attributes": {},
+    }
+    if not spec.sensitive_attributes:
+        return out
+    pre = _probe_preprocessor(spec, list(features))
+    X_train = pre.fit_transform(feature_frame(train, spec)[features])
+    X_test = pre.transform(feature_frame(test, spec)[features])
+    for attr in spec.sensitive_attributes:
+        y_train, y_test = _attribute_groups(train[attr]), _attribute_groups(test[attr])
+        groups = sorted(set(y_train) | set(y_test))
+        entry: dict = {
+            "method": "binary" if len(groups) == 2 else "one_vs_rest_macro",
+            "groups": {g: {"train": int((y_train == g).sum()), "test": int((y_test == g).sum())} for g in groups},
+            "roc_auc": None,
+            "by_probe": {},
+            "by_group": {},
+        }
+        lone = [name for name, y in (("train", y_train), ("test", y_test)) if len(set(y)) < 2]
+        if lone:
+            entry["note"] = (
+                f"the {' and '.join(lone)} split(s) hold one group of {attr!r} only "
+                f"({sorted(set(y_train)) if 'train' in lone else sorted(set(y_test))}), so no probe can "
+                "be fitted or scored: use more data or a larger split.test_size"
+            )
+        else:
+            probes = {
+                "logistic_regression": LogisticRegression(C=_PROBE_C, max_iter=2000),
+                "decision_tree": DecisionTreeClassifier(
+                    max_depth=_PROBE_TREE_DEPTH, min_samples_leaf=_PROBE_TREE_MIN_LEAF, random_state=seed
+                ),
+            }
+            for name, probe in probes.items():
+                with warnings.catch_warnings():
+                    # An unconverged probe still gives a valid (if slightly low) held-out AUC.
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    probe.fit(X_train, y_train)
+                auc, per_group = _macro_ovr_auc(y_test, list(probe.classes_), probe.predict_proba(X_test))
+                entry["by_probe"][name] = round(auc, 6)
+                entry["by_group"][name] = {g: round(v, 6) for g, v in per_group.items()}
+            best = max(entry["by_probe"], key=lambda k: (entry["by_probe"][k], k))
+            entry["roc_auc"] = entry["by_probe"][best]
+            entry["probe"] = best
+        out["attributes"][attr] = entry
+        out["roc_auc"][attr] = entry["roc_auc"]
+    return out
+
+
 def _sample(df, n: int, seed: int):
     return df.sample(n=min(n, len(df)), random_state=seed) if len(df) > n else df
 
@@ -441,11 +600,15 @@ def _sample(df, n: int, seed: int):
 def explain_model(
     spec: PipelineSpec, model_uri: str, train_uri: str, test_uri: str, out_dir: str | Path
 ) -> dict:
-    """SHAP explanation of the model at ``model_uri``; writes the JSON and two plots into ``out_dir``.
+    """SHAP explanation of the model at ``model_uri`` and its proxy probe; writes the JSON and two plots.
 
-    Returns ``{explainer, global_importance, top_k, artifacts, local, seconds}``: importance per
-    original column sorted by decreasing mean |SHAP|, the ``gates.explainability.top_k`` most
-    important columns, the paths written, and local explanations of up to five test rows.
+    ``train_uri``/``test_uri`` are the splits written by ``train_model`` (with the sensitive columns,
+    which ingest keeps). Returns ``{explainer, global_importance, top_k, proxy, artifacts, local,
+    seconds}``: importance per original column sorted by decreasing mean |SHAP|, the
+    ``gates.explainability.top_k`` most important columns, the proxy probe over those columns on the
+    full train and test splits (see :func:`proxy_probe`), the paths written, and local explanations
+    of up to five test rows. ``out_dir/shap_importance.json`` holds the same, the probe under
+    ``proxy_probe``.
     """
     started = time.perf_counter()
     cfg, seed = spec.gates.explainability, spec.split.random_state
@@ -464,6 +627,8 @@ def explain_model(
     transformed, global_importance = aggregate_importance(explained["values"], explained["features"])
     proba = model.predict_proba(sample)[:, 1]
     local = _local(explained, sample, proba)
+    top_k = list(global_importance)[: cfg.top_k]
+    proxy = proxy_probe(spec, train, test, top_k)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -476,15 +641,18 @@ def explain_model(
         "background_size": explained["background_size"],
         "global_importance": global_importance,
         "transformed_importance": transformed,
+        "top_k": top_k,
+        "proxy_probe": proxy,
         "local": local,
     }
     json_path = out / IMPORTANCE_FILE
     json_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    artifacts = [json_path, *_plots(explained, global_importance, out)]
+    artifacts = [json_path, *_plots(explained, global_importance, out, seed)]
     return {
         "explainer": explained["explainer"],
         "global_importance": global_importance,
-        "top_k": list(global_importance)[: cfg.top_k],
+        "top_k": top_k,
+        "proxy": proxy,
         "artifacts": [str(p) for p in artifacts],
         "local": local,
         "seconds": round(time.perf_counter() - started, 3),
@@ -492,23 +660,36 @@ def explain_model(
 
 
 def explainability_gate(
-    importance: dict[str, float], gate: ExplainabilityGate, evidence_uri: str | None = None
+    importance: dict[str, float], gate: ExplainabilityGate, proxy: dict, evidence_uri: str | None = None
 ) -> list[dict]:
-    """One check per forbidden feature: its importance rank must be outside the top-k.
+    """Rank checks for forbidden model inputs, and one proxy check per sensitive attribute.
 
-    Shape: ``metric = "rank[<feature>]"``, ``value`` = the feature's 1-based position in the
-    original-column importance (decreasing mean |SHAP|), ``threshold = top_k + 1`` with ``>=``, so
-    the check passes exactly when the feature is not among the ``top_k`` most important. A feature
-    with zero importance, or that is not a model input at all (noted), gets the rank
-    ``max(len(importance), top_k) + 1``, which always passes. No forbidden features, or a disabled
-    gate, gives an empty list.
+    * ``rank[<feature>]`` for each forbidden feature that is a model input (a key of
+      ``importance``): ``value`` = its 1-based position in the original-column importance
+      (decreasing mean |SHAP|), ``threshold = top_k + 1`` with ``>=``, so it passes exactly when the
+      feature is not among the ``top_k`` most important. A model input with zero importance ranks
+      after every other (``max(len(importance), top_k) + 1``). Forbidden names that are not model
+      inputs have nothing to rank and get no entry (spec validation rejects them).
+    * ``proxy_roc_auc[<attr>]`` for each attribute of ``proxy`` (:func:`proxy_probe`): the probe's
+      held-out ROC AUC must be ``<= max_proxy_roc_auc``; an AUC that could not be measured fails.
+
+    With neither, one ``not_applicable`` entry (metric ``checks``) with the spec's
+    ``not_applicable_because`` or a default reason. A disabled gate gives an empty list. ``proxy``
+    is required (explain_model's ``proxy``): anything else raises :class:`ExplainError`.
     """
     if not gate.enabled:
         return []
+    if not isinstance(proxy, dict) or "attributes" not in proxy:
+        # Without the probe the gate would silently drop every proxy check.
+        raise ExplainError(
+            f"explainability_gate needs the proxy probe result (explain_model's 'proxy'), got {proxy!r}"
+        )
     ranking = [f for f, v in sorted(importance.items(), key=lambda kv: (-kv[1], kv[0])) if v > 0]
     unranked = max(len(importance), gate.top_k) + 1
     results = []
     for feature in gate.forbidden_features:
+        if feature not in importance:
+            continue
         if feature in ranking:
             rank = ranking.index(feature) + 1
             note = (
@@ -516,11 +697,38 @@ def explainability_gate(
                 if rank <= gate.top_k
                 else None
             )
-        elif feature in importance:
-            rank, note = unranked, f"{feature!r} has zero SHAP importance"
         else:
-            rank, note = unranked, f"{feature!r} is not a model input"
+            rank, note = unranked, f"{feature!r} has zero SHAP importance"
         results.append(
             check("explainability", f"rank[{feature}]", rank, gate.top_k + 1, ">=", evidence_uri, note=note)
         )
+    features = proxy.get("features", [])
+    for attr, entry in proxy["attributes"].items():
+        value = entry.get("roc_auc")
+        if value is None:
+            note = entry.get("note") or f"the proxy probe could not measure {attr!r}"
+        else:
+            note = (
+                f"the top-{len(features)} features {features} predict {attr!r} with ROC AUC {value:.3f} "
+                f"on {proxy.get('test_rows')} held-out rows ({entry.get('probe')} probe; 0.5 = no information)"
+            )
+            if value > gate.max_proxy_roc_auc:
+                note += ": they act as a proxy for it; drop or transform the proxy features, or revisit the bound"
+        results.append(
+            check(
+                "explainability",
+                f"proxy_roc_auc[{attr}]",
+                value,
+                gate.max_proxy_roc_auc,
+                "<=",
+                evidence_uri,
+                note=note,
+            )
+        )
+    if not results:
+        reason = gate.not_applicable_because or (
+            "no forbidden feature is a model input and the spec lists no sensitive_attributes to probe "
+            "for: nothing to check"
+        )
+        results.append(not_applicable("explainability", "checks", reason, evidence_uri))
     return results

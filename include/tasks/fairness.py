@@ -3,18 +3,29 @@
 The sensitive attributes (``spec.sensitive_attributes``) are not model features; they travel with
 the data so that decisions can be compared between groups. For each attribute the report holds
 the demographic parity difference (gap in selection rate), the disparate impact ratio (lowest /
-highest selection rate), the equal opportunity difference (gap in true positive rate) and the
-equalized odds difference (the larger of the true- and false-positive-rate gaps), plus per-group
-counts and rates. Differences are between the best- and worst-off groups.
+highest selection rate), the equal opportunity difference (gap in true positive rate), the
+equalized odds difference (the larger of the true- and false-positive-rate gaps) and the
+predictive parity difference (gap in precision: of the customers flagged, how many are real
+positives), plus per-group counts and rates. Differences are between the best- and worst-off
+groups. Predictive parity is always reported and gated only when
+``max_predictive_parity_difference`` is set: with different base rates between groups it cannot
+hold together with equalized odds (Chouldechova 2017; Kleinberg et al. 2016), so its bound is a
+per-pipeline decision.
 
 Undefined metrics are ``None`` and FAIL the gate, with a note that says why. fairlearn itself
 scores a group with no positive labels as true positive rate 0 (and a group with no negative
 labels as false positive rate 0), which would report a gap that does not exist; here the rate is
-``None`` instead, and so is every difference that needs it. A gate cannot bless what it could
-not measure: the fix is more labelled data per group (a larger ``split.test_size`` or more
+``None`` instead, and so is every difference that needs it; likewise the precision of a group
+that received no positive prediction (scikit-learn would score it 0) and the predictive parity
+difference of its attribute. A gate cannot bless what it could not measure: the fix is more labelled data per group (a larger ``split.test_size`` or more
 batches), not a silent pass. For the same reason an attribute with a single group in the test
-split (nothing to compare) fails all four checks. No minimum group size is enforced beyond that:
-the spec has no field for it, and small groups show up in ``by_group.count`` for a reviewer.
+split (nothing to compare) fails every check. No minimum group size is enforced beyond that:
+the spec has no field for it, and small groups show up in ``by_group.count`` for a reviewer. A
+spec without sensitive attributes gets one ``not_applicable`` result, never an empty pass.
+
+Bad input (rows that do not line up, a missing sensitive column, a mitigation that cannot be
+fitted on the train split) raises :class:`FairnessInputError`: re-running the task on the same data
+fails the same way, so callers should not retry it.
 """
 
 from __future__ import annotations
@@ -27,7 +38,13 @@ from typing import TYPE_CHECKING
 
 from include import storage
 from include.spec import FairnessGate, PipelineSpec
-from include.tasks.gates import GateFailed, check, raise_for_gate  # noqa: F401 (re-exported)
+from include.tasks.gates import (  # noqa: F401 (GateFailed, raise_for_gate re-exported)
+    GateFailed,
+    check,
+    not_applicable,
+    raise_for_gate,
+    status_of,
+)
 from include.tasks.ingest import read_parquet
 from include.tasks.train import build_pipeline, feature_frame, labels, read_model
 
@@ -39,8 +56,16 @@ SUMMARY_METRICS = (
     "disparate_impact_ratio",
     "equal_opportunity_difference",
     "equalized_odds_difference",
+    "predictive_parity_difference",
 )
 _GROUP_METRICS = ("count", "selection_rate", "recall", "precision", "false_positive_rate")
+
+
+class FairnessInputError(ValueError):
+    """The data given to the fairness assessment cannot be assessed; the message names the fix.
+
+    Deterministic: a retry on the same inputs fails the same way.
+    """
 
 
 def _num(x) -> float | None:
@@ -67,9 +92,13 @@ def _fpr(y_true, y_pred) -> float:
 
 
 def _precision(y_true, y_pred) -> float:
+    # scikit-learn scores "no positive prediction" as 0 (zero_division); that is undefined, not 0.
+    import numpy as np
     from sklearn.metrics import precision_score
 
-    return precision_score(y_true, y_pred, pos_label=1, zero_division=0)
+    if not (np.asarray(y_pred) == 1).any():
+        return math.nan
+    return precision_score(y_true, y_pred, pos_label=1)
 
 
 def _groups(column):
@@ -106,9 +135,10 @@ def _attribute_report(y_true, y_pred, groups) -> dict:
     comparable = len(by_group) >= 2
     all_have_pos = table["recall"].notna().all()
     all_have_neg = table["false_positive_rate"].notna().all()
+    all_have_pred_pos = table["precision"].notna().all()
     kw = {"sensitive_features": groups}
 
-    dpd = di = eod = eqodds = None
+    dpd = di = eod = eqodds = ppd = None
     if comparable:
         dpd = _num(flm.demographic_parity_difference(y_true, y_pred, **kw))
         # 0/0 when no group gets a positive prediction: the ratio is undefined, _num makes it None.
@@ -118,11 +148,14 @@ def _attribute_report(y_true, y_pred, groups) -> dict:
             eod = _num(eo_fn(y_true, y_pred, **kw) if eo_fn else mf.difference()["recall"])
             if all_have_neg:
                 eqodds = _num(flm.equalized_odds_difference(y_true, y_pred, **kw))
+        if all_have_pred_pos:
+            ppd = _num(table["precision"].max() - table["precision"].min())
     return {
         "demographic_parity_difference": dpd,
         "disparate_impact_ratio": di,
         "equal_opportunity_difference": eod,
         "equalized_odds_difference": eqodds,
+        "predictive_parity_difference": ppd,
         "by_group": by_group,
     }
 
@@ -131,24 +164,25 @@ def fairness_report(y_true, y_pred, sensitive: pd.DataFrame) -> dict:
     """fairlearn disparity metrics and per-group rates for each column of ``sensitive``.
 
     ``y_true``/``y_pred`` are 0/1 arrays; each column of the ``sensitive`` DataFrame is one
-    attribute (0/1 codes or string groups). Undefined values are ``None`` (see module docstring).
+    attribute (0/1 codes or string groups). Returns ``{"attributes": {attr: {<SUMMARY_METRICS>,
+    "by_group": {group: {count, selection_rate, recall, precision, false_positive_rate}},
+    "notes": {metric: why it is undefined}}}}``. Undefined values are ``None`` (see module docstring).
     """
     import numpy as np
 
     y_true = np.asarray(y_true).astype("int64")
     y_pred = np.asarray(y_pred).astype("int64")
     if len(y_true) != len(y_pred) or len(y_true) != len(sensitive):
-        raise ValueError(
+        raise FairnessInputError(
             f"y_true ({len(y_true)}), y_pred ({len(y_pred)}) and sensitive ({len(sensitive)}) "
             "must have the same number of rows: pass the columns of the same scored frame"
         )
     sensitive = sensitive.reset_index(drop=True)
-    return {
-        "attributes": {
-            str(attr): _attribute_report(y_true, y_pred, _groups(sensitive[attr]))
-            for attr in sensitive.columns
-        }
-    }
+    attributes = {}
+    for attr in sensitive.columns:
+        rep = _attribute_report(y_true, y_pred, _groups(sensitive[attr]))
+        attributes[str(attr)] = {**rep, "notes": _notes(str(attr), rep)}
+    return {"attributes": attributes}
 
 
 def _notes(attr: str, rep: dict) -> dict[str, str]:
@@ -166,6 +200,12 @@ def _notes(attr: str, rep: dict) -> dict[str, str]:
     no_pos = sorted(g for g, r in groups.items() if r["recall"] is None)
     no_neg = sorted(g for g, r in groups.items() if r["false_positive_rate"] is None)
     fix = "more labelled data per group is needed (more batches or a larger split.test_size)"
+    no_pred_pos = sorted(g for g, r in groups.items() if r["precision"] is None)
+    if no_pred_pos:
+        out["predictive_parity_difference"] = (
+            f"group(s) {no_pred_pos} of {attr!r} received no positive prediction in the test split, so "
+            f"their precision is undefined; {fix}"
+        )
     if no_pos:
         why = f"group(s) {no_pos} of {attr!r} have no positive labels in the test split, so their true positive rate is undefined; {fix}"
         out["equal_opportunity_difference"] = why
@@ -178,16 +218,27 @@ def _notes(attr: str, rep: dict) -> dict[str, str]:
 
 
 def fairness_gate(report: dict, gate: FairnessGate, evidence_uri: str | None = None) -> list[dict]:
-    """Four checks per attribute (every attribute must pass); an undefined metric fails with a note."""
+    """Four checks per attribute, five with ``max_predictive_parity_difference`` set (every attribute
+    must pass); an undefined metric fails with a note. A report without attributes (the spec lists no
+    sensitive attributes) gives one ``not_applicable`` result with the spec's reason.
+    """
+    if not report["attributes"]:
+        reason = gate.not_applicable_because or (
+            "the spec lists no sensitive_attributes, so there are no groups whose decisions could be "
+            "compared; fairness was not assessed"
+        )
+        return [not_applicable("fairness", "sensitive_attributes", reason, evidence_uri)]
     limits = {
         "demographic_parity_difference": (gate.max_demographic_parity_difference, "<="),
         "disparate_impact_ratio": (gate.min_disparate_impact_ratio, ">="),
         "equal_opportunity_difference": (gate.max_equal_opportunity_difference, "<="),
         "equalized_odds_difference": (gate.max_equalized_odds_difference, "<="),
     }
+    if gate.max_predictive_parity_difference is not None:
+        limits["predictive_parity_difference"] = (gate.max_predictive_parity_difference, "<=")
     results = []
     for attr, rep in report["attributes"].items():
-        notes = _notes(attr, rep)
+        notes = rep["notes"] if "notes" in rep else _notes(attr, rep)
         for metric, (threshold, comparison) in limits.items():
             value = rep[metric]
             results.append(
@@ -205,14 +256,14 @@ def fairness_gate(report: dict, gate: FairnessGate, evidence_uri: str | None = N
 
 
 def _summary(report: dict) -> dict:
-    """The four headline metrics per attribute, without the per-group table."""
+    """The headline metrics per attribute, without the per-group table."""
     return {attr: {m: rep[m] for m in SUMMARY_METRICS} for attr, rep in report["attributes"].items()}
 
 
 def _sensitive_frame(df, spec: PipelineSpec, split: str):
     missing = [c for c in spec.sensitive_attributes if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise FairnessInputError(
             f"the {split} split lacks sensitive attribute column(s) {missing} listed in spec "
             f"{spec.name}.yaml sensitive_attributes: ingest must carry them (check the batch export "
             "and re-run ingest and train), or remove them from sensitive_attributes"
@@ -251,7 +302,7 @@ def _plot(attr: str, rep: dict, path: Path, threshold: float) -> None:
     ax.set_xlabel(attr)
     ax.set_title(
         f"{attr} at threshold {threshold:g}: DPD={_fmt(rep['demographic_parity_difference'])}, "
-        f"DI={_fmt(rep['disparate_impact_ratio'])}",
+        f"DI={_fmt(rep['disparate_impact_ratio'])}, PPD={_fmt(rep['predictive_parity_difference'])}",
         fontsize=9,
     )
     ax.legend(loc="upper right", fontsize=8)
@@ -265,7 +316,7 @@ def _mitigate(spec: PipelineSpec, model, test, y_test, y_pred, report: dict, tra
 
     method = spec.gates.fairness.mitigation
     if train_uri is None:
-        raise ValueError(
+        raise FairnessInputError(
             f"spec {spec.name}.yaml sets gates.fairness.mitigation: {method}, which is fitted on a "
             "labelled split: pass train_uri (the train split written by train_model), or set "
             "mitigation: none"
@@ -278,14 +329,14 @@ def _mitigate(spec: PipelineSpec, model, test, y_test, y_pred, report: dict, tra
     y_train = labels(train, spec)
     one_class = sorted(g for g in set(groups_train) if len(set(y_train[groups_train.to_numpy() == g])) < 2)
     if one_class:
-        raise ValueError(
+        raise FairnessInputError(
             f"mitigation {method} needs both classes of {spec.target.column!r} in every group of "
             f"{spec.sensitive_attributes}, but the train split has one class only in {one_class}: "
             "train on more batches, or set gates.fairness.mitigation: none"
         )
     unseen = sorted(set(groups_test) - set(groups_train))
     if unseen:
-        raise ValueError(
+        raise FairnessInputError(
             f"mitigation {method}: test groups {unseen} never occur in the train split, so no "
             "group threshold exists for them; train on more batches, or set mitigation: none"
         )
@@ -332,7 +383,8 @@ def _mitigate(spec: PipelineSpec, model, test, y_test, y_pred, report: dict, tra
         "accuracy_after": _num((mitigated == y_test).mean()),
         "selection_rate_before": _num(y_pred.mean()),
         "selection_rate_after": _num(mitigated.mean()),
-        "gate_passed_after": all(r["passed"] for r in fairness_gate(after, spec.gates.fairness)),
+        # What the gate would say about the mitigated decisions: passed, failed (or not_applicable).
+        "gate_status_after": status_of(fairness_gate(after, spec.gates.fairness)),
     }
 
 
@@ -354,8 +406,9 @@ def assess_fairness(
     ``out_dir/fairness_<attr>.png`` per attribute and, when a mitigation ran,
     ``out_dir/fairness_mitigation.json``. Returns ``{report, gates, artifacts, mitigation,
     threshold, note}``. ``gates.fairness.enabled`` is not consulted: whether to run the gate is
-    the DAG's decision. A spec without sensitive attributes gives an empty report, no gate
-    results and a ``note`` saying fairness was not assessed.
+    the DAG's decision. A spec without sensitive attributes gives an empty report, one
+    ``not_applicable`` gate result (``gates.fairness.not_applicable_because``, or a default reason)
+    and a ``note`` saying fairness was not assessed. Input problems raise :class:`FairnessInputError`.
 
     Mitigation (``gates.fairness.mitigation``) is evidence, not a change to the candidate: the
     gate is always computed on the unmitigated model, because the unmitigated pipeline is the
@@ -406,7 +459,7 @@ def assess_fairness(
     if not spec.sensitive_attributes:
         note = (
             f"spec {spec.name}.yaml lists no sensitive_attributes: fairness was not assessed and "
-            "the fairness gate has no checks"
+            "the fairness gate is recorded as not applicable"
         )
     elif spec.gates.fairness.mitigation != "none":
         mitigation = _mitigate(spec, model, test, y_true, y_pred, report, train_uri)

@@ -4,6 +4,13 @@ Lake layout: ``<lake>/<pipeline>/batches/month=<YYYY-MM>/batch.parquet``, one ke
 interval. Writing is deterministic (same batch -> same bytes) and atomic, so re-running an
 interval rewrites the same key with the same content, and a batch whose content changed after
 it was ingested is refused rather than silently overwriting what training already used.
+
+Beside the batches, a small id index per month, ``<lake>/<pipeline>/_ids/month=<YYYY-MM>.parquet``,
+holds what duplicate detection needs (the hashed entity ids, truncated to 128 bits, and digests of
+the batch), so a new month is checked against the index rather than by re-reading every earlier
+batch. The index is written before its batch: an index without a batch (a crash between the two
+writes) is ignored and rewritten by the re-run, and a batch without an index (a lake from before
+the index existed) gets its index rebuilt from the batch.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import hmac
 import io
 import re
+from dataclasses import dataclass
 
 from include import storage
 from include.spec import PipelineSpec
@@ -63,8 +71,8 @@ def _read(uri: str, fmt: str):
         ) from None
 
 
-def _examples(values) -> list:
-    return sorted({str(v) for v in values})[:5]
+def _examples(values, n: int = 5) -> list:
+    return sorted({str(v) for v in values})[:n]
 
 
 def _hash(value: str, key: bytes) -> str:
@@ -96,31 +104,41 @@ def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes)
                 continue
             dupes = s[s.duplicated()]
             if len(dupes):
+                # Never the raw value (it is PII): the file's line numbers and the keyed hash the lake uses.
+                rows = [int(i) + 1 for i in dupes.index[:3]]  # 1-based data rows, header not counted
+                hashed = sorted({_hash(str(v), pii_key)[:12] for v in dupes})[:2]
                 problems.append(
-                    f"identifier {col!r} repeats in {len(dupes)} rows (e.g. {_examples(dupes)[:2]}); "
-                    "each record must appear once per batch"
+                    f"identifier {col!r} repeats in {len(dupes)} rows (e.g. data rows {rows}, keyed hashes "
+                    f"{hashed}); each record must appear once per batch"
                 )
                 continue
             if spec.identifiers[col] == "hash":
                 out[col] = [_hash(str(v), pii_key) for v in s]
             continue  # "drop": the column never reaches the lake
-        if col in spec.features.numeric or col in spec.features.binary:
+        if col in spec.features.binary:
+            num = pd.to_numeric(s, errors="coerce")
+            off = s[s.notna() & ~num.isin([0, 1])]  # text such as yes/no, or numbers other than 0/1
+            if len(off):
+                problems.append(
+                    f"column {col!r} is declared binary and must be 0 or 1, got {_examples(off, 3)} in "
+                    f"{len(off)} rows; declare it under features.categorical, or map it to 0/1 before "
+                    "it lands"
+                )
+                continue
+            if s.isna().any():
+                problems.append(
+                    f"column {col!r} is declared binary and must be 0 or 1 in every row, got blanks in "
+                    f"{int(s.isna().sum())} rows; fill them with 0 or 1 in the export"
+                )
+                continue
+            out[col] = num.astype("int64")
+        elif col in spec.features.numeric:
             num = pd.to_numeric(s, errors="coerce")
             bad = s[num.isna() & s.notna()]
             if len(bad):
                 problems.append(f"column {col!r} must be numeric, got {_examples(bad)} in {len(bad)} rows")
                 continue
-            if col in spec.features.binary:
-                off = num[num.notna() & ~num.isin([0, 1])]
-                if len(off) or num.isna().any():
-                    problems.append(
-                        f"column {col!r} must be 0 or 1 in every row, got "
-                        f"{_examples(off) if len(off) else 'blanks'}"
-                    )
-                    continue
-                out[col] = num.astype("int64")
-            else:
-                out[col] = num.astype("float64")
+            out[col] = num.astype("float64")
         elif col in spec.sensitive_attributes:
             num = pd.to_numeric(s, errors="coerce")
             is_int = num.notna().all() and (num == num.round()).all()
@@ -156,27 +174,127 @@ def read_parquet(uri: str):
     return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
-def _check_not_duplicate(df, spec: PipelineSpec, lake_uri: str, month: str, uri: str) -> None:
-    hashed = [c for c, action in spec.identifiers.items() if action == "hash"]
-    for other in storage.list_uris(storage.join(lake_uri, spec.name, "batches")):
-        if f"/month={month}/" in other or not other.endswith(".parquet"):
+def id_index_uri(lake_uri: str, spec: PipelineSpec, month: str) -> str:
+    """The lake key of the id index of ``month`` (what duplicate detection reads)."""
+    return storage.join(lake_uri, spec.name, "_ids", f"month={month}.parquet")
+
+
+@dataclass(frozen=True)
+class IdIndex:
+    """What duplicate detection knows about one ingested month, without reading its batch."""
+
+    ids: frozenset[bytes]  # first 128 bits of each hashed entity id (empty without a hashed identifier)
+    content_sha256: str  # the rows without batch_month: the same rows under another month match
+    batch_sha256: str  # the batch object's bytes: a re-run of the month compares against this
+
+
+def _hashed_key(spec: PipelineSpec) -> str | None:
+    return next((c for c, action in spec.identifiers.items() if action == "hash"), None)
+
+
+def _build_index(df, spec: PipelineSpec, batch_sha256: str) -> IdIndex:
+    import pandas as pd
+
+    key = _hashed_key(spec)
+    ids = frozenset(bytes.fromhex(v[:32]) for v in df[key]) if key else frozenset()
+    body = df.drop(columns="batch_month")
+    content = hashlib.sha256("\x1f".join(body.columns).encode())
+    # NaN and None hash alike, so a frame and its Parquet round trip give the same digest.
+    content.update(pd.util.hash_pandas_object(body, index=False).to_numpy().tobytes())
+    return IdIndex(ids, content.hexdigest(), batch_sha256)
+
+
+def _index_bytes(index: IdIndex) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": pa.array(sorted(index.ids), pa.binary(16))}).replace_schema_metadata(
+        {"content_sha256": index.content_sha256, "batch_sha256": index.batch_sha256}
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy")
+    return buf.getvalue()
+
+
+def _read_index(uri: str) -> IdIndex:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    meta = table.schema.metadata
+    return IdIndex(
+        frozenset(table.column("id").to_pylist()),
+        meta[b"content_sha256"].decode(),
+        meta[b"batch_sha256"].decode(),
+    )
+
+
+def _month_of(uri: str) -> str | None:
+    m = re.search(r"/month=(\d{4}-\d{2})(?:/batch|)\.parquet$", uri)
+    return m.group(1) if m else None
+
+
+def load_id_indexes(spec: PipelineSpec, lake_uri: str) -> dict[str, IdIndex]:
+    """The id index of every month that has a batch in the lake.
+
+    An index without its batch is ignored (the batch write never happened); a batch without an
+    index gets one rebuilt from the batch and written, so the next run reads the index only.
+    """
+    import pandas as pd
+
+    batches = {
+        m: u
+        for u in storage.list_uris(storage.join(lake_uri, spec.name, "batches"))
+        if u.endswith("/batch.parquet") and (m := _month_of(u))
+    }
+    indexed = {m for u in storage.list_uris(storage.join(lake_uri, spec.name, "_ids")) if (m := _month_of(u))}
+    out: dict[str, IdIndex] = {}
+    for month, uri in sorted(batches.items()):
+        if month in indexed:
+            out[month] = _read_index(id_index_uri(lake_uri, spec, month))
             continue
-        prev = read_parquet(other)
-        if hashed:
-            key = hashed[0]
-            overlap = set(df[key]) & set(prev[key])
+        data = storage.read_bytes(uri)
+        index = _build_index(pd.read_parquet(io.BytesIO(data)), spec, hashlib.sha256(data).hexdigest())
+        storage.write_bytes(id_index_uri(lake_uri, spec, month), _index_bytes(index))
+        out[month] = index
+    return out
+
+
+def _check_not_duplicate(
+    index: IdIndex, spec: PipelineSpec, lake_uri: str, month: str, uri: str, known: dict[str, IdIndex]
+) -> None:
+    """Refuse a batch that repeats another month's records (or its whole content)."""
+    for other, prev in sorted(known.items()):
+        if other == month:
+            continue
+        where = lake_batch_uri(lake_uri, spec, other)
+        if not spec.source.recurring_entities:
+            overlap = len(index.ids & prev.ids)
             if overlap:
                 raise BatchError(
-                    f"batch {uri} repeats {len(overlap)} records already ingested in {other}: "
+                    f"batch {uri} repeats {overlap} records already ingested in {where}: "
                     "the same data seems to have been delivered twice; remove the duplicate file "
-                    "from the landing zone (or correct its contents) and re-run"
+                    "from the landing zone (or correct its contents) and re-run, or set "
+                    "source.recurring_entities: true in the spec if the same entity legitimately "
+                    "appears in every batch"
                 )
-        elif df.drop(columns="batch_month").equals(prev.drop(columns="batch_month")):
-            raise BatchError(f"batch {uri} is identical to {other}: remove the duplicate file and re-run")
+        if index.content_sha256 == prev.content_sha256:
+            raise BatchError(f"batch {uri} is identical to {where}: remove the duplicate file and re-run")
 
 
-def ingest_month(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: str, pii_key: bytes) -> dict:
-    """Ingest the batch of one month; return its lake URI, row count and whether it was written."""
+def ingest_month(
+    spec: PipelineSpec,
+    month: str,
+    landing_uri: str,
+    lake_uri: str,
+    pii_key: bytes,
+    indexes: dict[str, IdIndex] | None = None,
+) -> dict:
+    """Ingest the batch of one month; return its lake URI, row count and whether it was written.
+
+    ``indexes`` are the lake's id indexes (:func:`load_id_indexes`), loaded here when not given;
+    :func:`ingest_batches` loads them once for all the months it catches up, and this function
+    adds the month it writes.
+    """
     if not _MONTH.match(month):
         raise BatchError(f"month must be YYYY-MM, got {month!r}")
     src = landing_batch_uri(landing_uri, spec, month)
@@ -185,23 +303,27 @@ def ingest_month(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: str
             f"batch for {month} not found at {src}: drop the file into the landing zone and re-run"
         )
     df = conform_batch(_read(src, spec.source.format), spec, src, month, pii_key)
-    _check_not_duplicate(df, spec, lake_uri, month, src)
     data = to_parquet_bytes(df)
     digest = hashlib.sha256(data).hexdigest()
     dest = lake_batch_uri(lake_uri, spec, month)
-    status = "written"
-    if storage.exists(dest):
-        if hashlib.sha256(storage.read_bytes(dest)).hexdigest() == digest:
-            status = "unchanged"
-        else:
-            raise BatchError(
-                f"the lake already holds a different batch for {month} at {dest}, and the landed file "
-                f"{src} has changed since it was ingested; models may have been trained on the old one. "
-                "If the correction is intended, archive and delete the lake object, then re-run"
-            )
-    if status == "written":
-        storage.write_bytes(dest, data)
-    return {"month": month, "uri": dest, "rows": int(len(df)), "sha256": digest, "status": status}
+    if indexes is None:
+        indexes = load_id_indexes(spec, lake_uri)
+    result = {"month": month, "uri": dest, "rows": int(len(df)), "sha256": digest}
+    if month in indexes:  # the lake holds this month's batch (an index is only kept beside its batch)
+        if indexes[month].batch_sha256 == digest:
+            return {**result, "status": "unchanged"}
+        raise BatchError(
+            f"the lake already holds a different batch for {month} at {dest}, and the landed file "
+            f"{src} has changed since it was ingested; models may have been trained on the old one. "
+            "If the correction is intended, archive and delete the lake object, then re-run"
+        )
+    index = _build_index(df, spec, digest)
+    _check_not_duplicate(index, spec, lake_uri, month, src, indexes)
+    # Index first: a crash before the batch write leaves an index without a batch, which is ignored.
+    storage.write_bytes(id_index_uri(lake_uri, spec, month), _index_bytes(index))
+    storage.write_bytes(dest, data)
+    indexes[month] = index
+    return {**result, "status": "written"}
 
 
 def ingest_batches(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: str, pii_key: bytes) -> dict:
@@ -215,7 +337,8 @@ def ingest_batches(spec: PipelineSpec, month: str, landing_uri: str, lake_uri: s
         raise BatchError(
             f"batch for {month} not found at {src}: drop the file into the landing zone and re-run"
         )
-    results = [ingest_month(spec, m, landing_uri, lake_uri, pii_key) for m in months]
+    indexes = load_id_indexes(spec, lake_uri)
+    results = [ingest_month(spec, m, landing_uri, lake_uri, pii_key, indexes) for m in months]
     return {
         "month": month,
         "batches": results,

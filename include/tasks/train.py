@@ -5,6 +5,10 @@ models do not (scaling changes nothing for a tree and costs float32 precision in
 Categorical columns are one-hot encoded with unknown categories ignored. Class imbalance is
 handled as the spec says (``balanced``: class weights, or sample weights for estimators without
 ``class_weight``). Everything is seeded from ``split.random_state``.
+
+The model URI that ``train_model`` returns is pinned with the digest of the bytes it wrote
+(``<uri>#sha256=<hex>``); every later read goes through :func:`read_model` or
+:func:`read_model_bytes`, which refuse a model whose bytes are not the ones that were trained.
 """
 
 from __future__ import annotations
@@ -12,16 +16,33 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import re
 
 from include import storage
-from include.spec import PipelineSpec
+from include.spec import PipelineSpec, Split
 from include.tasks.ingest import read_parquet, to_parquet_bytes
 
 _LINEAR = {"logistic_regression"}
 
 
+# skops types a Slipway model may need beyond skops' own defaults. Derived by fitting every kind in
+# include/spec.py ESTIMATORS inside build_pipeline's Pipeline (numeric-only, categorical-only and
+# mixed features; balanced and unweighted; several parameter sets each) and taking the union of
+# skops.io.get_untrusted_types (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes,
+# every tree model keeps sklearn's Cython Tree. Anything else (builtins.eval, a foreign class) is
+# refused; add a type here only after the same check shows a shipped estimator needs it.
+TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"numpy.dtype", "sklearn.tree._tree.Tree"})
+
+_PIN = "#sha256="
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
 class TrainingError(ValueError):
     """Training could not run; the message names the problem and the fix."""
+
+
+class ModelIntegrityError(TrainingError):
+    """A model's bytes are not the ones recorded when it was trained (or nothing was recorded)."""
 
 
 def feature_frame(df, spec: PipelineSpec):
@@ -39,17 +60,73 @@ def labels(df, spec: PipelineSpec):
     return (df[spec.target.column].astype(str) == str(spec.target.positive_label)).astype("int64").to_numpy()
 
 
-def split_frame(df, spec: PipelineSpec):
-    """Deterministic (train, validation, test) split, stratified on the label when the spec says so."""
-    from sklearn.model_selection import train_test_split
+def entity_column(spec: PipelineSpec) -> str | None:
+    """The column splits are keyed on: the spec's first identifier with action ``hash``, or None."""
+    return next((col for col, action in spec.identifiers.items() if action == "hash"), None)
 
+
+def assign_splits(ids, split: Split) -> list[str]:
+    """``train``/``validation``/``test`` per entity id, from a salted sha256 of the id alone.
+
+    The same id always gets the same split for the same ``random_state``, whatever else is in the
+    snapshot, so a customer never moves between splits as monthly snapshots grow.
+    """
+    salt = f"slipway-split:{split.random_state}:".encode()
+    test_cut = split.test_size
+    val_cut = split.test_size + split.validation_size
+    out = []
+    for value in ids:
+        digest = hashlib.sha256(salt + str(value).encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        out.append("test" if u < test_cut else "validation" if u < val_cut else "train")
+    return out
+
+
+def split_frame(df, spec: PipelineSpec):
+    """Deterministic (train, validation, test) split.
+
+    With a hashed identifier in the spec (see :func:`entity_column`) rows go by a stable hash of
+    the entity id: every row of a customer lands in one split, in every snapshot, so a candidate
+    is never tested on customers its champion trained on. Hashing cannot stratify: class shares
+    and split sizes match ``split`` only approximately (``split.stratify`` is ignored). Without a
+    hashed identifier the split is random, seeded, and stratified on the label when the spec says.
+    Raises :class:`TrainingError` when the snapshot or the training split has only one class.
+    """
     y = labels(df, spec)
-    sp = spec.split
     if len(set(y)) < 2:
         raise TrainingError(
             f"the snapshot has only one class of {spec.target.column!r}: check target.positive_label "
             f"({spec.target.positive_label!r}) against the data"
         )
+    key = entity_column(spec)
+    if key is None:
+        train, val, test = _random_split(df, y, spec)
+    else:
+        if key not in df.columns:
+            raise TrainingError(
+                f"the snapshot has no column {key!r}, the hashed identifier that spec {spec.name}.yaml "
+                "splits on; re-ingest the batches with this spec"
+            )
+        import numpy as np
+
+        where = np.asarray(assign_splits(df[key], spec.split))
+        train, val, test = (
+            df[where == part].reset_index(drop=True) for part in ("train", "validation", "test")
+        )
+    for name, part in (("training", train), ("test", test)):
+        if len(set(labels(part, spec))) < 2:
+            raise TrainingError(
+                f"the {name} split has only one class of {spec.target.column!r} ({len(part)} rows of "
+                f"{len(df)}): the snapshot is too small or too imbalanced to split; add data or adjust "
+                f"split.test_size / split.validation_size in spec {spec.name}.yaml"
+            )
+    return train, val, test
+
+
+def _random_split(df, y, spec: PipelineSpec):
+    from sklearn.model_selection import train_test_split
+
+    sp = spec.split
     strat = y if sp.stratify else None
     rest, test = train_test_split(df, test_size=sp.test_size, random_state=sp.random_state, stratify=strat)
     if sp.validation_size == 0:
@@ -112,28 +189,130 @@ def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
 
 
 def save_model(pipeline) -> bytes:
-    """Serialise with skops (no pickle)."""
+    """Serialise with skops (no pickle), byte-deterministic (see :func:`canonical_skops`)."""
     import skops.io as sio
 
-    return sio.dumps(pipeline)
+    return canonical_skops(sio.dumps(pipeline))
+
+
+def canonical_skops(data: bytes) -> bytes:
+    """The same skops archive with every run-dependent byte made canonical.
+
+    skops names array members and memo ids after ``id()`` of the objects (memory addresses) and
+    stamps members with the current time, so the same model serialises differently in every
+    process. Renumbering ids and members in order of first appearance (shared objects keep one
+    id, so references survive) and fixing timestamps and member order makes equal models equal
+    bytes: the model digest then identifies the model, and a re-run of an interval reuses the
+    version it registered.
+    """
+    import io
+    import json
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(data))
+    schema = json.loads(src.read("schema.json"))
+    ids: dict[int, int] = {}
+    files: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "__id__" and isinstance(value, int):
+                    out[key] = ids.setdefault(value, len(ids) + 1)
+                elif key == "file" and isinstance(value, str) and value in src.namelist():
+                    suffix = value[value.rfind(".") :] if "." in value else ""
+                    out[key] = files.setdefault(value, f"{len(files) + 1:06d}{suffix}")
+                else:
+                    out[key] = walk(value)
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    canonical = walk(schema)
+    unreferenced = set(src.namelist()) - set(files) - {"schema.json"}
+    if unreferenced:
+        raise TrainingError(f"skops archive has members the schema never references: {sorted(unreferenced)}")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+
+        def put(name: str, payload: bytes, compress_type: int) -> None:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = compress_type
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, payload)
+
+        for old, new in sorted(files.items(), key=lambda kv: kv[1]):
+            put(new, src.read(old), src.getinfo(old).compress_type)
+        put(
+            "schema.json",
+            json.dumps(canonical, indent=2).encode(),
+            src.getinfo("schema.json").compress_type,
+        )
+    return buf.getvalue()
 
 
 def load_model(data: bytes):
-    """Load a skops model, trusting only scikit-learn/numpy types (refuses anything else)."""
-    import skops.io as sio
+    """Load a skops model whose types are all skops defaults or on :data:`TRUSTED_SKOPS_TYPES`.
 
-    untrusted = sio.get_untrusted_types(data=data)
-    foreign = [t for t in untrusted if not t.startswith(("sklearn.", "numpy.", "builtins."))]
+    Anything else is refused before any object in the file is constructed, so a crafted file
+    cannot run code (skops' reduce nodes call whatever type they name).
+    """
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # a truncated zip, a missing schema, a newer skops protocol...
+        raise TrainingError(f"not a readable skops model file ({exc}); re-run train_model") from None
+    foreign = sorted(set(untrusted) - TRUSTED_SKOPS_TYPES)
     if foreign:
-        raise TrainingError(f"refusing to load a model that contains non-scikit-learn types: {foreign}")
-    return sio.loads(data, trusted=untrusted)
+        raise TrainingError(
+            f"refusing to load a model that contains types not on Slipway's allowlist: {foreign} "
+            f"(allowed beyond skops' defaults: {sorted(TRUSTED_SKOPS_TYPES)}); the file was not "
+            "produced by train_model or has been tampered with"
+        )
+    try:
+        # Only allowlisted names ever reach trusted=; skops audits the whole tree again on load.
+        return sio.loads(data, trusted=sorted(set(untrusted) & TRUSTED_SKOPS_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise TrainingError(f"refusing to load a model with untrusted types: {exc}") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def pin(uri: str, digest: str) -> str:
+    """``uri`` pinned to the sha256 of its content: ``<uri>#sha256=<hex>``."""
+    return f"{uri}{_PIN}{digest}"
+
+
+def unpin(model_uri: str) -> tuple[str, str | None]:
+    """``(plain uri, sha256 or None)`` of a possibly pinned model URI."""
+    base, sep, digest = model_uri.partition(_PIN)
+    return base, (digest if sep else None)
+
+
+def verify_sha256(data: bytes, expected: str, source: str, fix: str) -> None:
+    """Raise :class:`ModelIntegrityError` unless ``data`` hashes to ``expected``."""
+    actual = sha256_hex(data)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"model {source} has sha256 {actual}, but {expected} was recorded when it was produced: "
+            f"the file was replaced or corrupted since; {fix}"
+        )
 
 
 def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
     """Split the snapshot, fit the pipeline, write model and splits under ``out_uri``.
 
     Keys are fixed (``model.skops``, ``train.parquet``, ``validation.parquet``, ``test.parquet``)
-    so a re-run for the same interval rewrites the same objects.
+    so a re-run for the same interval rewrites the same objects. ``model_uri`` comes back pinned
+    (``<uri>#sha256=<hex>``); ``split_method`` says whether rows were split by ``entity_hash`` of
+    ``split_entity`` or at ``random`` (no hashed identifier in the spec).
     """
     from sklearn.utils.class_weight import compute_sample_weight
 
@@ -154,10 +333,14 @@ def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
     uris = {}
     for name, frame in (("train", train), ("validation", val), ("test", test)):
         uris[name] = storage.write_bytes(storage.join(out_uri, f"{name}.parquet"), to_parquet_bytes(frame))
+    digest = sha256_hex(model_bytes)
     model_uri = storage.write_bytes(storage.join(out_uri, "model.skops"), model_bytes)
+    key = entity_column(spec)
     return {
-        "model_uri": model_uri,
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "model_uri": pin(model_uri, digest),
+        "model_sha256": digest,
+        "split_method": "random" if key is None else "entity_hash",
+        "split_entity": key,
         "splits": uris,
         "rows": {"train": len(train), "validation": len(val), "test": len(test)},
         "positive_rate": round(float(y.mean()), 4),
@@ -170,6 +353,20 @@ def _plain(v) -> bool:
     return v is None or isinstance(v, str | int | float | bool)
 
 
+def read_model_bytes(model_uri: str) -> bytes:
+    """The bytes of the model at a pinned ``model_uri``, checked against its sha256 pin."""
+    uri, expected = unpin(model_uri)
+    if expected is None or not _HEX64.match(expected):
+        raise ModelIntegrityError(
+            f"model URI {model_uri} is not pinned to a digest ('{_PIN}<64 hex digits>'), so the model "
+            "cannot be proven to be the one trained; pass the model_uri that train_model returned, "
+            "or re-run train_model"
+        )
+    data = storage.read_bytes(uri)
+    verify_sha256(data, expected, uri, "re-run train_model to train and pin a new model")
+    return data
+
+
 def read_model(model_uri: str):
-    """Load the skops model stored at ``model_uri``."""
-    return load_model(storage.read_bytes(model_uri))
+    """Load the skops model at a pinned ``model_uri`` (digest and types checked)."""
+    return load_model(read_model_bytes(model_uri))

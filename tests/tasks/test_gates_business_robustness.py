@@ -25,11 +25,11 @@ def test_check_shape_and_missing_values_never_pass():
         "comparison": "<=",
         "threshold": 0.2,
         "value": 0.1,
-        "passed": True,
+        "status": "passed",
         "evidence_uri": "runs:/x/f.json",
     }
-    assert not check("x", "m", None, 0, ">=")["passed"]
-    assert not check("x", "m", float("nan"), 0, ">=")["passed"]
+    assert check("x", "m", None, 0, ">=")["status"] == "failed"
+    assert check("x", "m", float("nan"), 0, ">=")["status"] == "failed"
     with pytest.raises(GateFailed, match="x: m = n/a, required >= 0"):
         raise_for_gate([check("x", "m", None, 0, ">=")])
 
@@ -55,11 +55,13 @@ def test_threshold_maximises_validation_value():
 
 def test_business_gate_against_champion():
     gate = BusinessGate(min_value_per_1000=0, max_drop_vs_champion_per_1000=100)
-    assert all(r["passed"] for r in business_gate(5000, 5050, gate))
-    failed = [r for r in business_gate(5000, 5200, gate) if not r["passed"]]
+    assert all(r["status"] == "passed" for r in business_gate(5000, 5050, gate))
+    failed = [r for r in business_gate(5000, 5200, gate) if r["status"] == "failed"]
     assert [r["metric"] for r in failed] == ["value_vs_champion_per_1000"]
     assert failed[0]["value"] == -200
-    assert business_gate(-1, None, gate)[0]["passed"] is False
+    floor, vs_champion = business_gate(-1, None, gate)
+    assert floor["status"] == "failed"
+    assert vs_champion["metric"] == "value_vs_champion_per_1000" and vs_champion["status"] == "not_applicable"
 
 
 @pytest.fixture
@@ -77,7 +79,7 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
         {"model": model, "threshold": 0.5, "version": 1},
     )
     assert same["champion"]["roc_auc"] == pytest.approx(same["candidate"]["roc_auc"])
-    assert all(r["passed"] for r in same["gates"])
+    assert all(r["status"] == "passed" for r in same["gates"])
     assert {r["metric"] for r in same["gates"]} == {"roc_auc_delta", "pr_auc_delta", "brier_delta"}
 
     class Perfect:
@@ -100,12 +102,13 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
         0.5,
         {"model": Perfect(y), "threshold": 0.5, "version": 7},
     )
-    failed = {r["metric"] for r in worse["gates"] if not r["passed"]}
+    failed = {r["metric"] for r in worse["gates"] if r["status"] == "failed"}
     assert {"roc_auc_delta", "brier_delta"} <= failed
     none = compare_with_champion(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5, None)
-    assert (
-        none["champion"] is None and none["gates"][0]["passed"] and "no champion" in none["gates"][0]["note"]
-    )
+    # Nothing was compared: recorded as not applicable, never as a pass.
+    assert none["champion"] is None and len(none["gates"]) == 1
+    assert none["gates"][0]["status"] == "not_applicable" and none["gates"][0]["value"] is None
+    assert none["gates"][0]["metric"] == "champion_present" and "no champion" in none["gates"][0]["note"]
 
 
 def test_robustness_flip_rate(telco_spec, trained):
@@ -116,14 +119,18 @@ def test_robustness_flip_rate(telco_spec, trained):
         "total_charges",
     }
     assert res["flip_rate"] >= max(res["per_feature"].values())
-    assert robustness_gate(
-        res, RobustnessGate(max_flip_rate=1.0, perturbations=telco_spec.gates.robustness.perturbations)
-    )[0]["passed"]
+    assert (
+        robustness_gate(
+            res, RobustnessGate(max_flip_rate=1.0, perturbations=telco_spec.gates.robustness.perturbations)
+        )[0]["status"]
+        == "passed"
+    )
     tight = robustness_gate(
         {"flip_rate": 0.03},
         RobustnessGate(max_flip_rate=0.0, perturbations={"tenure": {"kind": "absolute", "delta": 1}}),
     )
-    assert not tight[0]["passed"]
+    assert tight[0]["status"] == "failed"
+    assert robustness_gate({"flip_rate": 0.0}, RobustnessGate())[0]["status"] == "not_applicable"
 
 
 def test_perturbation_is_realistic():
@@ -141,14 +148,14 @@ def test_blessing_complete_and_passed_only_with_every_gate(telco_spec):
     assert required[0] == "data_validation" and "onnx" in required
     results = [check(g, "m", 1, 0, ">=") for g in required]
     b = make_blessing(telco_spec, results)
-    assert b["complete"] and b["passed"]
+    assert b["complete"] and b["state"] == "passed"
     raise_unless_blessed(b)
     partial = make_blessing(telco_spec, results[:-1])
     assert not partial["complete"] and partial["missing"] == [required[-1]]
     with pytest.raises(GateFailed, match="blessing incomplete"):
         raise_unless_blessed(partial)
     failing = make_blessing(telco_spec, results + [check("fairness", "dpd[female]", 0.5, 0.2, "<=")])
-    assert failing["complete"] and not failing["passed"] and failing["by_gate"]["fairness"] == "failed"
+    assert failing["complete"] and failing["state"] == "failed" and failing["by_gate"]["fairness"] == "failed"
     with pytest.raises(GateFailed, match=r"fairness.dpd\[female\]"):
         raise_unless_blessed(failing)
 

@@ -7,7 +7,14 @@ import hashlib
 import pytest
 
 from include import storage
-from include.tasks.ingest import BatchError, ingest_batches, ingest_month, lake_batch_uri, read_parquet
+from include.tasks.ingest import (
+    BatchError,
+    id_index_uri,
+    ingest_batches,
+    ingest_month,
+    lake_batch_uri,
+    read_parquet,
+)
 
 KEY = b"unit-test-key"
 
@@ -106,8 +113,20 @@ def test_wrong_types(zones_with_history, telco_spec, wa_churn):
     bad.iloc[5, bad.columns.get_loc("partner")] = 7
     msg = _assert_refused(zones_with_history, telco_spec, bad, "2025-02", "does not match spec")
     assert "'monthly_charges' must be numeric, got ['twenty']" in msg
-    assert "'partner' must be 0 or 1" in msg
+    assert "'partner' is declared binary and must be 0 or 1, got ['7'] in 1 rows" in msg
     assert "nothing was written to the lake" in msg
+
+
+def test_binary_column_holding_yes_no_suggests_categorical(zones_with_history, telco_spec, wa_churn):
+    bad = wa_churn.iloc[100:200].copy()
+    bad["partner"] = bad["partner"].map({1: "Yes", 0: "No"})
+    bad.iloc[0, bad.columns.get_loc("partner")] = "maybe"
+    bad.iloc[1, bad.columns.get_loc("partner")] = "2"
+    msg = _assert_refused(zones_with_history, telco_spec, bad, "2025-02", "does not match spec")
+    assert (
+        "column 'partner' is declared binary and must be 0 or 1, got ['2', 'No', 'Yes'] in 100 rows; "
+        "declare it under features.categorical, or map it to 0/1 before it lands"
+    ) in msg
 
 
 def test_empty_batch(zones_with_history, telco_spec, wa_churn):
@@ -126,6 +145,168 @@ def test_duplicate_batch_delivered_under_another_month(zones_with_history, telco
         zones_with_history, telco_spec, wa_churn.iloc[:100], "2025-02", "repeats 100 records"
     )
     assert "delivered twice" in msg
+    assert "set source.recurring_entities: true in the spec if the same entity legitimately appears" in msg
+
+
+def _recurring(spec):
+    return spec.model_copy(update={"source": spec.source.model_copy(update={"recurring_entities": True})})
+
+
+def _next_snapshot(frame):
+    """The same customers a month later: one more month of tenure and charges."""
+    later = frame.copy()
+    later["tenure"] = later["tenure"] + 1
+    later["total_charges"] = later["total_charges"] + later["monthly_charges"]
+    return later
+
+
+def test_recurring_entities_are_refused_without_the_option(zones_with_history, telco_spec, wa_churn):
+    msg = _assert_refused(
+        zones_with_history, telco_spec, _next_snapshot(wa_churn.iloc[:100]), "2025-02", "repeats 100 records"
+    )
+    assert "source.recurring_entities: true" in msg
+
+
+def test_recurring_entities_pass_with_the_option(zones_with_history, telco_spec, wa_churn):
+    landing, lake = zones_with_history
+    spec = _recurring(telco_spec)
+    _land(landing, "2025-02", _next_snapshot(wa_churn.iloc[:100]))
+    out = ingest_month(spec, "2025-02", landing, lake, KEY)
+    assert out["status"] == "written" and out["rows"] == 100
+    jan = read_parquet(lake_batch_uri(lake, spec, "2025-01"))
+    feb = read_parquet(out["uri"])
+    assert set(jan["customer_id"]) == set(feb["customer_id"])  # the same customers, pseudonymised alike
+
+
+def test_recurring_entities_still_unique_within_a_batch_and_not_delivered_twice(
+    zones_with_history, telco_spec, wa_churn
+):
+    spec = _recurring(telco_spec)
+    frame = _next_snapshot(wa_churn.iloc[:100])
+    _assert_refused(zones_with_history, spec, frame._append(frame.iloc[:2]), "2025-02", "repeats in 2 rows")
+    # The very same snapshot again under another month is still a double delivery.
+    msg = _assert_refused(zones_with_history, spec, wa_churn.iloc[:100], "2025-02", "is identical to")
+    assert "month=2025-01/batch.parquet" in msg
+
+
+def _count_batch_reads(monkeypatch):
+    """Count reads of lake batch objects (not of the landing zone or the id index)."""
+    from include.tasks import ingest
+
+    reads: list[str] = []
+    real_read_bytes, real_read_parquet = storage.read_bytes, ingest.read_parquet
+
+    def read_bytes(uri):
+        if uri.endswith("/batch.parquet"):
+            reads.append(uri)
+        return real_read_bytes(uri)
+
+    def read_parquet_counted(uri):
+        reads.append(uri)
+        return real_read_parquet(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(ingest, "read_parquet", read_parquet_counted)
+    return reads
+
+
+def test_duplicate_detection_reads_the_id_index_not_earlier_batches(monkeypatch, zones, telco_spec, wa_churn):
+    landing, lake = zones
+    for i, month in enumerate(["2025-01", "2025-02", "2025-03"]):
+        _land(landing, month, wa_churn.iloc[i * 100 : (i + 1) * 100])
+    ingest_batches(telco_spec, "2025-02", landing, lake, KEY)
+    assert storage.exists(id_index_uri(lake, telco_spec, "2025-01"))
+    assert storage.exists(id_index_uri(lake, telco_spec, "2025-02"))
+
+    reads = _count_batch_reads(monkeypatch)
+    out = ingest_batches(telco_spec, "2025-03", landing, lake, KEY)  # a new month, and two re-runs
+    assert [b["status"] for b in out["batches"]] == ["unchanged", "unchanged", "written"]
+    assert reads == [], "no earlier batch is re-read: the index answers"
+    # ...and the index still catches a duplicate of an earlier month.
+    _land(landing, "2025-04", wa_churn.iloc[100:200])
+    with pytest.raises(BatchError, match="repeats 100 records already ingested in .*month=2025-02"):
+        ingest_month(telco_spec, "2025-04", landing, lake, KEY)
+    assert reads == []
+
+
+def test_missing_index_is_rebuilt_from_the_batch(zones_with_history, telco_spec, wa_churn):
+    landing, lake = zones_with_history
+    index = id_index_uri(lake, telco_spec, "2025-01")
+    kept = storage.read_bytes(index)
+    storage.delete(index)  # a lake written before the index existed
+    _land(landing, "2025-02", wa_churn.iloc[:100])
+    with pytest.raises(BatchError, match="repeats 100 records"):
+        ingest_month(telco_spec, "2025-02", landing, lake, KEY)
+    assert storage.read_bytes(index) == kept, "rebuilt from the batch: the same index as written at ingest"
+
+
+def test_identical_batch_without_hashed_ids_is_caught_from_a_rebuilt_index(zones, wa_churn):
+    # No hashed identifier: the content digest alone catches a batch delivered twice, and a digest
+    # rebuilt from the Parquet (blanks read back as None) equals the one computed at ingest (NaN).
+    from include.spec import PipelineSpec
+
+    landing, lake = zones
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "tiny",
+            "description": "x",
+            "target": {"column": "churn", "positive_label": "Yes"},
+            "features": {"numeric": ["total_charges"], "categorical": ["contract"]},
+            "identifiers": {"customer_id": "drop"},
+            "estimator": {"kind": "logistic_regression"},
+        }
+    )
+    frame = wa_churn.iloc[:50].copy()
+    frame.iloc[0, frame.columns.get_loc("contract")] = None
+    _land(landing, "2025-01", frame, name="tiny")
+    ingest_month(spec, "2025-01", landing, lake, KEY)
+    storage.delete(id_index_uri(lake, spec, "2025-01"))
+    _land(landing, "2025-02", frame, name="tiny")
+    with pytest.raises(BatchError, match="is identical to .*month=2025-01"):
+        ingest_month(spec, "2025-02", landing, lake, KEY)
+
+
+def _crash_on_batch_write(monkeypatch):
+    """Make the lake write of any batch object fail as if the task were killed; return the undo."""
+    real_write = storage.write_bytes
+
+    def write_bytes(uri, data):
+        if uri.endswith("/batch.parquet"):
+            raise OSError("killed")
+        return real_write(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", write_bytes)
+    return lambda: monkeypatch.setattr(storage, "write_bytes", real_write)
+
+
+def test_crash_between_index_and_batch_writes(monkeypatch, zones, telco_spec, wa_churn):
+    landing, lake = zones
+    _land(landing, "2025-01", wa_churn.iloc[:100])
+    undo = _crash_on_batch_write(monkeypatch)
+    with pytest.raises(OSError, match="killed"):
+        ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+    undo()
+    assert storage.exists(id_index_uri(lake, telco_spec, "2025-01"))
+    assert not storage.exists(lake_batch_uri(lake, telco_spec, "2025-01"))
+
+    # The orphan index does not make January's customers "already ingested" elsewhere...
+    _land(landing, "2025-02", wa_churn.iloc[:100])
+    assert ingest_month(telco_spec, "2025-02", landing, lake, KEY)["status"] == "written"
+    # ...and once February holds them, the re-run of January is refused as their duplicate.
+    with pytest.raises(BatchError, match="repeats 100 records already ingested in .*month=2025-02"):
+        ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+
+
+def test_rerun_after_a_crash_writes_the_batch(monkeypatch, zones, telco_spec, wa_churn):
+    landing, lake = zones
+    _land(landing, "2025-01", wa_churn.iloc[:100])
+    undo = _crash_on_batch_write(monkeypatch)
+    with pytest.raises(OSError, match="killed"):
+        ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+    undo()
+    out = ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+    assert out["status"] == "written" and storage.exists(out["uri"])
+    assert ingest_month(telco_spec, "2025-01", landing, lake, KEY)["status"] == "unchanged"
 
 
 def test_duplicate_rows_inside_a_batch(zones_with_history, telco_spec, wa_churn):
@@ -147,3 +328,17 @@ def test_missing_batch_names_where_to_drop_it(zones, telco_spec):
     landing, lake = zones
     with pytest.raises(BatchError, match="not found at .*2025-05.csv: drop the file"):
         ingest_batches(telco_spec, "2025-05", landing, lake, KEY)
+
+
+def test_refusals_never_show_a_raw_identifier(zones_with_history, telco_spec, wa_churn):
+    """A planted customer id repeated within and across batches: messages name counts and keyed hashes only."""
+    planted = "CUST-PLANTED-0042"
+    frame = wa_churn.iloc[100:160].copy()
+    frame["customer_id"] = [f"CUST-NEW-{i}" for i in range(len(frame))]
+    frame.iloc[0, frame.columns.get_loc("customer_id")] = planted
+    frame.iloc[1, frame.columns.get_loc("customer_id")] = planted
+    within = _assert_refused(zones_with_history, telco_spec, frame, "2025-02", "repeats in 1 rows")
+    assert planted not in within and "PLANTED" not in within
+    assert "data rows [2]" in within
+    across = _assert_refused(zones_with_history, telco_spec, wa_churn.iloc[:5], "2025-03", "repeats 5 records")
+    assert not any(cid in across for cid in wa_churn.iloc[:5]["customer_id"].astype(str))

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from include import storage
 from include.tasks.blessing import make_blessing, required_gates
 from include.tasks.gates import GateFailed, check
 from include.tasks.register import register_candidate
-from include.tasks.train import read_model
+from include.tasks.train import read_model, read_model_bytes
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def test_register_blessed_candidate(isolated_home, tmp_path, telco_spec, trained
     configure_mlflow()
     mlflow.set_experiment("unit-register")
     onnx_bytes = convert(telco_spec, read_model(trained["model_uri"]))
-    skops_bytes = storage.read_bytes(trained["model_uri"])
+    skops_bytes = read_model_bytes(trained["model_uri"])
     card = tmp_path / "card"
     card.mkdir()
     (card / "model_card.md").write_text("# card")
@@ -61,3 +60,37 @@ def test_register_blessed_candidate(isolated_home, tmp_path, telco_spec, trained
     assert not {f for f in files if f.endswith((".pkl", ".pickle"))}
     flavour = Path(mlflow.artifacts.download_artifacts(mv.source))
     assert "onnx" in (flavour / "MLmodel").read_text()
+
+
+def test_registration_is_idempotent_and_the_alias_only_moves_forward(isolated_home, telco_spec, trained):
+    """Retry / re-run of an interval reuses its version; a backfill registers but leaves the alias alone."""
+    import mlflow
+
+    from include.lineage import configure_mlflow
+    from include.tasks.onnx_export import convert
+
+    configure_mlflow()
+    mlflow.set_experiment("unit-register-idempotent")
+    onnx_bytes = convert(telco_spec, read_model(trained["model_uri"]))
+    skops_bytes = read_model_bytes(trained["model_uri"])
+    dec = {"slipway.data_version": "d" * 32, "slipway.interval_end": "2026-01-01 00:00:00+00:00"}
+    nov = {"slipway.data_version": "e" * 32, "slipway.interval_end": "2025-12-01 00:00:00+00:00"}
+
+    def register(tags):
+        with mlflow.start_run():
+            return register_candidate(telco_spec, onnx_bytes, skops_bytes, tags, _blessing(telco_spec))
+
+    first = register(dec)
+    again = register(dec)  # a retry, or the same interval run again: same data, same model
+    backfill = register(nov)  # an older interval, registered after the newer one
+    client = mlflow.MlflowClient()
+    assert (first["registration"], first["version"], first["alias_moved"]) == ("new", 1, True)
+    assert (again["registration"], again["version"], again["alias_moved"]) == ("reused", 1, True)
+    assert (backfill["registration"], backfill["version"], backfill["alias_moved"]) == ("new", 2, False)
+    assert "stays on version 1" in backfill["message"]
+    assert len(client.search_model_versions("name = 'telco_churn'")) == 2
+    assert int(client.get_model_version_by_alias("telco_churn", "candidate").version) == 1
+    import hashlib
+
+    mv = client.get_model_version("telco_churn", "1")
+    assert mv.tags["slipway.sklearn_sha256"] == hashlib.sha256(skops_bytes).hexdigest()

@@ -1,17 +1,32 @@
-"""Train: deterministic splits, the spec's estimator inside one Pipeline, imbalance handled, skops only."""
+"""Train: entity-stable splits, the spec's estimator inside one Pipeline, skops with an allowlist, pinned models."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import zipfile
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from include import storage
-from include.tasks.ingest import read_parquet, to_parquet_bytes
+from include.spec import ESTIMATORS
+from include.tasks.ingest import conform_batch, read_parquet, to_parquet_bytes
 from include.tasks.train import (
+    TRUSTED_SKOPS_TYPES,
+    ModelIntegrityError,
     TrainingError,
+    assign_splits,
     build_pipeline,
+    feature_frame,
+    labels,
     load_model,
     needs_sample_weight,
+    read_model,
+    read_model_bytes,
+    save_model,
     split_frame,
     train_model,
 )
@@ -27,32 +42,110 @@ def _spec(telco_spec, **estimator):
     return telco_spec.model_copy(update={"estimator": telco_spec.estimator.model_copy(update=estimator)})
 
 
-def test_split_is_deterministic_and_stratified(snapshot_uri, telco_spec):
+def _conform(frame, spec, month):
+    return conform_batch(frame.astype(str).replace({"nan": None}), spec, "mem://", month, b"k")
+
+
+def _split_of(parts) -> dict[str, str]:
+    """customer_id -> split name; fails if one id landed in two splits."""
+    out: dict[str, str] = {}
+    for name, part in zip(("train", "validation", "test"), parts, strict=True):
+        for cid in part["customer_id"]:
+            assert out.setdefault(cid, name) == name, f"{cid} is in both {out[cid]} and {name}"
+    return out
+
+
+def test_entity_split_is_stable_as_the_snapshot_grows(telco_spec, wa_churn):
+    january = _conform(wa_churn.iloc[:1000], telco_spec, "2025-01")
+    # February brings new customers and 150 recurring ones (same id, a month more tenure).
+    recurring = wa_churn.iloc[:150].assign(tenure=wa_churn.iloc[:150]["tenure"] + 1)
+    february = _conform(pd.concat([wa_churn.iloc[1000:1500], recurring]), telco_spec, "2025-02")
+    first = split_frame(january, telco_spec)
+    second = split_frame(pd.concat([january, february], ignore_index=True), telco_spec)
+
+    before, after = _split_of(first), _split_of(second)
+    assert all(after[cid] == split for cid, split in before.items())  # nobody changes split
+    train, _, test = second
+    assert not set(train["customer_id"]) & set(test["customer_id"])
+    # Each recurring customer's two rows sit in one split (checked by _split_of) and both are there.
+    assert len(train) + len(second[1]) + len(test) == 1650
+    assert 0.15 < len(test) / 1650 < 0.25 and 0.15 < len(second[1]) / 1650 < 0.25
+    # Deterministic, and the salt comes from split.random_state.
+    assert _split_of(split_frame(january, telco_spec)) == before
+    other_seed = telco_spec.model_copy(
+        update={"split": telco_spec.split.model_copy(update={"random_state": 7})}
+    )
+    assert _split_of(split_frame(january, other_seed)) != before
+
+
+def test_random_split_without_a_hashed_identifier_is_seeded_and_stratified(snapshot_uri, telco_spec):
+    spec = telco_spec.model_copy(update={"identifiers": {}})
     df = read_parquet(snapshot_uri)
-    a = split_frame(df, telco_spec)
-    b = split_frame(df, telco_spec)
+    a, b = split_frame(df, spec), split_frame(df, spec)
     for x, y in zip(a, b, strict=True):
         assert x["customer_id"].tolist() == y["customer_id"].tolist()
     train, val, test = a
-    assert len(train) + len(val) + len(test) == len(df)
+    assert len(train) + len(val) + len(test) == len(df) and len(test) == 240
     assert not set(train["customer_id"]) & set(test["customer_id"])
     rates = [(part["churn"] == "Yes").mean() for part in a]
     assert max(rates) - min(rates) < 0.02
 
 
-def test_train_writes_model_and_splits_and_is_seeded(tmp_path, snapshot_uri, telco_spec):
+def test_train_reports_the_split_method(tmp_path, snapshot_uri, telco_spec):
+    out = train_model(telco_spec, snapshot_uri, storage.path_to_uri(tmp_path / "hash"))
+    assert out["split_method"] == "entity_hash" and out["split_entity"] == "customer_id"
+    assert sum(out["rows"].values()) == 1200
+    no_ids = telco_spec.model_copy(update={"identifiers": {}})
+    out = train_model(no_ids, snapshot_uri, storage.path_to_uri(tmp_path / "random"))
+    assert out["split_method"] == "random" and out["split_entity"] is None
+    assert out["rows"]["test"] == 240
+
+
+def test_a_single_class_train_split_is_refused(tmp_path, telco_spec, wa_churn):
+    df = _conform(wa_churn.iloc[:400], telco_spec, "2025-01")
+    where = dict(zip(df["customer_id"], assign_splits(df["customer_id"], telco_spec.split), strict=True))
+    # Keep only the churners that hash outside the training split: training would see one class.
+    churn = df["churn"] == "Yes"
+    kept = df[~churn | (df["customer_id"].map(where) != "train")]
+    assert labels(kept, telco_spec).sum() > 0
+    uri = storage.write_bytes(storage.path_to_uri(tmp_path / "s.parquet"), to_parquet_bytes(kept))
+    with pytest.raises(TrainingError, match="training split has only one class"):
+        train_model(telco_spec, uri, storage.path_to_uri(tmp_path / "x"))
+
+
+def test_train_writes_a_pinned_model_and_splits_and_is_seeded(tmp_path, snapshot_uri, telco_spec):
     out1 = train_model(telco_spec, snapshot_uri, storage.path_to_uri(tmp_path / "run1"))
     out2 = train_model(telco_spec, snapshot_uri, storage.path_to_uri(tmp_path / "run2"))
-    assert out1["rows"]["test"] == 240 and out1["params"]["class_weight"] == "balanced"
-    m1 = load_model(storage.read_bytes(out1["model_uri"]))
-    m2 = load_model(storage.read_bytes(out2["model_uri"]))
-    test = read_parquet(out1["splits"]["test"])
-    from include.tasks.train import feature_frame
-
-    X = feature_frame(test, telco_spec)
+    assert out1["params"]["class_weight"] == "balanced"
+    assert out1["model_uri"].endswith(f"/run1/model.skops#sha256={out1['model_sha256']}")
+    data = read_model_bytes(out1["model_uri"])
+    assert hashlib.sha256(data).hexdigest() == out1["model_sha256"]
+    assert not data.startswith(b"\x80")  # not a pickle stream
+    m1, m2 = read_model(out1["model_uri"]), read_model(out2["model_uri"])
+    X = feature_frame(read_parquet(out1["splits"]["test"]), telco_spec)
     np.testing.assert_array_equal(m1.predict_proba(X), m2.predict_proba(X))
-    assert out1["model_uri"].endswith("/run1/model.skops")
-    assert not storage.read_bytes(out1["model_uri"]).startswith(b"\x80")  # not a pickle stream
+
+
+def test_a_model_swapped_after_training_is_refused(tmp_path, snapshot_uri, telco_spec):
+    out = train_model(telco_spec, snapshot_uri, storage.path_to_uri(tmp_path / "run"))
+    other = train_model(
+        _spec(telco_spec, kind="decision_tree", params={"max_depth": 2}),
+        snapshot_uri,
+        storage.path_to_uri(tmp_path / "other"),
+    )
+    plain_uri = out["model_uri"].split("#")[0]
+    # Another valid model written at the same key between tasks.
+    storage.write_bytes(plain_uri, read_model_bytes(other["model_uri"]))
+    for read in (read_model, read_model_bytes):
+        with pytest.raises(ModelIntegrityError) as err:
+            read(out["model_uri"])
+        msg = str(err.value)
+        assert plain_uri in msg and out["model_sha256"] in msg and other["model_sha256"] in msg
+        assert "re-run train_model" in msg
+    with pytest.raises(ModelIntegrityError, match="not pinned"):
+        read_model(plain_uri)
+    with pytest.raises(ModelIntegrityError, match="not pinned"):
+        read_model(plain_uri + "#sha256=nothex")
 
 
 def test_tree_models_get_sample_weights_and_no_scaler(telco_spec):
@@ -93,6 +186,16 @@ def test_single_class_snapshot_is_refused(tmp_path, snapshot_uri, telco_spec):
         train_model(telco_spec, only_no, storage.path_to_uri(tmp_path / "x"))
 
 
+@pytest.mark.parametrize("kind", sorted(ESTIMATORS))
+def test_every_shipped_estimator_loads_under_the_allowlist(telco_spec, wa_churn, kind):
+    params = {"n_estimators": 3} if kind in {"gradient_boosting", "random_forest", "extra_trees"} else {}
+    spec = _spec(telco_spec, kind=kind, params=params)
+    df = _conform(wa_churn.iloc[:200], spec, "2025-01")
+    pipe = build_pipeline(spec).fit(feature_frame(df, spec), labels(df, spec))
+    X = feature_frame(df, spec)
+    np.testing.assert_array_equal(load_model(save_model(pipe)).predict_proba(X), pipe.predict_proba(X))
+
+
 class Foreign:
     """Stands for code someone slipped into a model file."""
 
@@ -104,5 +207,101 @@ def test_model_with_foreign_types_is_refused():
     import skops.io as sio
 
     data = sio.dumps({"payload": Foreign()})
-    with pytest.raises(TrainingError, match="non-scikit-learn types"):
+    with pytest.raises(TrainingError, match=r"not on Slipway's allowlist.*test_train.Foreign"):
         load_model(data)
+
+
+def _with_reduce(model_bytes: bytes, module: str, name: str, arg: str) -> bytes:
+    """``model_bytes`` with a ``module.name(arg)`` call (skops' reduce node) hidden in the model's state."""
+    src = zipfile.ZipFile(io.BytesIO(model_bytes))
+    schema = json.loads(src.read("schema.json"))
+    attrs = schema["content"]  # the Pipeline's __dict__: keys are zipped with their types on load
+    attrs["key_types"]["content"].append(attrs["key_types"]["content"][0])
+    attrs["content"]["_payload"] = {
+        "__class__": name,
+        "__module__": module,
+        "__loader__": "ConstructorFromReduceNode",
+        "content": {
+            "__class__": "tuple",
+            "__module__": "builtins",
+            "__loader__": "TupleNode",
+            "content": [
+                {
+                    "__class__": "str",
+                    "__module__": "builtins",
+                    "__loader__": "JsonNode",
+                    "content": json.dumps(arg),
+                    "is_json": True,
+                }
+            ],
+        },
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for item in src.namelist():
+            data = json.dumps(schema).encode() if item == "schema.json" else src.read(item)
+            dst.writestr(item, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("module", "name"), [("builtins", "eval"), ("builtins", "exec")])
+def test_a_model_file_cannot_run_code(tmp_path, telco_spec, wa_churn, module, name):
+    spec = _spec(telco_spec, kind="decision_tree", params={"max_depth": 2})
+    df = _conform(wa_churn.iloc[:200], spec, "2025-01")
+    pipe = build_pipeline(spec).fit(feature_frame(df, spec), labels(df, spec))
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
+    crafted = _with_reduce(save_model(pipe), module, name, payload)
+    with pytest.raises(TrainingError, match=rf"builtins\.{name}") as err:
+        load_model(crafted)
+    assert "not on Slipway's allowlist" in str(err.value)
+    assert not marker.exists()
+    # Stored and pinned like a real model, the read path refuses it the same way.
+    uri = storage.write_bytes(storage.path_to_uri(tmp_path / "model.skops"), crafted)
+    with pytest.raises(TrainingError, match=rf"builtins\.{name}"):
+        read_model(f"{uri}#sha256={hashlib.sha256(crafted).hexdigest()}")
+    assert not marker.exists()
+
+
+def test_the_allowlist_is_small_and_exact():
+    assert TRUSTED_SKOPS_TYPES == frozenset({"numpy.dtype", "sklearn.tree._tree.Tree"})
+
+
+_FIT_AND_DUMP = r"""
+import hashlib, sys
+import numpy as np
+from include.spec import load_spec
+from include.tasks.train import build_pipeline, save_model, load_model
+spec = load_spec(sys.argv[1])
+for kind in ("logistic_regression", "random_forest"):
+    s = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"kind": kind, "params": {}})})
+    import pandas as pd
+    rng = np.random.RandomState(0)
+    X = pd.DataFrame({c: rng.rand(80) for c in s.features.numeric + s.features.binary})
+    for c in s.features.categorical:
+        X[c] = rng.choice(["a", "b"], 80)
+    pipe = build_pipeline(s).fit(X, np.arange(80) % 2)
+    data = save_model(pipe)
+    assert (load_model(data).predict_proba(X) == pipe.predict_proba(X)).all()
+    print(kind, hashlib.sha256(data).hexdigest())
+"""
+
+
+def test_the_same_model_serialises_to_the_same_bytes_in_every_process(project_root, tmp_path):
+    """skops names members after memory addresses and stamps times; the saved model must not."""
+    import subprocess
+    import sys
+
+    spec = str(project_root / "include" / "pipelines" / "telco_churn.yaml")
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _FIT_AND_DUMP, spec],
+            cwd=project_root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
