@@ -258,7 +258,7 @@ def print_gates(results: list[dict]) -> None:
         else:
             value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
             shown = f"{value} (required {r['comparison']} {r['threshold']:.4g})"
-        print(f"  {r['status']:<15} {r['gate'] + '.' + r['metric']:<48} {shown}")
+        print(f"  {r['status']:<15} {r['gate'] + '.' + r['metric']:<55} {shown}")
 
 
 def print_lineage(rec: dict) -> None:
@@ -500,6 +500,10 @@ def cmd_lineage(args) -> None:
 
 
 def cmd_status(args) -> None:
+    # An operator's question, not a pipeline step: a down MLflow is reported in seconds, not after
+    # MLflow's default minutes of HTTP retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     rec = status_record()
     if args.json:
         print(json.dumps(rec, indent=2, default=str))
@@ -598,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_env)
 
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in summaries
     args.func(args)
 
 

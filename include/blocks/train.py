@@ -215,6 +215,7 @@ def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
 def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
     """fairlearn metrics over each sensitive attribute at the decision threshold; per-group rates and plots."""
     from include.tasks.fairness import assess_fairness
+    from include.tasks.gates import with_evidence
 
     spec = step.spec
     if not spec.gates.fairness.enabled:
@@ -229,8 +230,7 @@ def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
             train_uri=trained["splits"]["train"],
         )
         step.mlflow.log_artifacts(tmp, "fairness")
-    evidence = step.evidence("fairness/fairness.json")
-    results = [{**g, "evidence_uri": evidence} for g in out["gates"]]
+    results = with_evidence(out["gates"], step.evidence("fairness/fairness.json"))
     return _gates(
         step, {"fairness": {**out["report"], "mitigation": out.get("mitigation")}}, {"fairness": results}
     )

@@ -61,6 +61,16 @@ def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
                 f"build_snapshot: batch {uri} does not exist; re-run the task that lands it "
                 "or drop it from the batch list"
             ) from exc
+    # A column can come out as int64 in one month and as text in another (a sensitive attribute is
+    # written as int64 only when every value of that batch is a whole number): the snapshot keeps
+    # such a column as text in every row, where concatenating would mix types Parquet refuses.
+    kinds: dict[str, set[str]] = {}
+    for frame in frames:
+        for col, dtype in frame.dtypes.items():
+            kinds.setdefault(col, set()).add("text" if dtype == object else str(dtype))
+    mixed = [c for c, k in kinds.items() if "text" in k and len(k) > 1]
+    if mixed:
+        frames = [f.assign(**{c: f[c].astype("string").astype(object) for c in mixed if c in f}) for f in frames]
     snapshot = pd.concat(frames, ignore_index=True)
 
     buf = io.BytesIO()

@@ -336,3 +336,29 @@ def test_refused_candidate_names_every_failed_gate_and_moves_nothing(embedded, t
     ]
     assert compared and compared[0].data.tags["slipway.gate.champion"] == "passed"  # measured against v1
     shutil.rmtree(specs)
+
+
+def test_a_planted_identifier_never_leaves_the_process(embedded):
+    """A raw customer id in a refused batch: not in the output, the task logs, or any MLflow tag or param."""
+    import pandas as pd
+
+    env, home = embedded["env"], embedded["home"]
+    planted = "CUST-PLANTED-7319"
+    landing = home / "landing" / "telco_churn"
+    batch = pd.read_csv(landing / "2025-12.csv").head(40)
+    batch["customer_id"] = [f"CUST-APR-{i}" for i in range(len(batch))]
+    batch.loc[[3, 7], "customer_id"] = planted
+    batch.to_csv(landing / "2026-04.csv", index=False)
+    proc = slipway(env, "run", "telco_churn", "--month", "2026-04", check=False)
+    (landing / "2026-04.csv").unlink()
+    assert proc.returncode != 0 and "repeats in 1 rows" in proc.stdout + proc.stderr
+    assert planted not in proc.stdout + proc.stderr
+    for log in (home / "logs").rglob("*"):
+        if log.is_file():
+            assert planted not in log.read_text(errors="replace"), log
+    client = mlflow_client(embedded["tracking"])
+    exp = client.get_experiment_by_name("telco_churn")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert any(r.data.tags.get("slipway.task_id") == "ingest_batch" and r.info.status == "FAILED" for r in runs)
+    for r in runs:
+        assert planted not in str(r.data.tags) + str(r.data.params), r.info.run_id

@@ -234,3 +234,23 @@ def test_version_snapshot_with_s3_lake_and_s3_remote(s3_env: str, tmp_path: Path
 
     restored = fetch_version(md5, f"s3://{dvc}/remote", tmp_path / "restored.parquet", moto_s3)
     assert restored.read_bytes() == data
+
+
+def test_build_snapshot_of_a_column_typed_differently_by_month(tmp_path: Path, telco_spec, wa_churn) -> None:
+    """A sensitive attribute written as int64 one month and as text (a blank) the next still snapshots."""
+    from include.tasks.ingest import conform_batch, to_parquet_bytes
+
+    raw = wa_churn.iloc[:20].astype(str).replace({"nan": None})
+    later = raw.copy()
+    later["customer_id"] = [f"X-{i}" for i in range(len(later))]
+    later.loc[later.index[0], "senior_citizen"] = None
+    uris = []
+    for month, frame in (("2025-01", raw), ("2025-02", later)):
+        df = conform_batch(frame, telco_spec, "mem://", month, b"k")
+        uris.append(storage.write_bytes(storage.path_to_uri(tmp_path / f"{month}.parquet"), to_parquet_bytes(df)))
+    assert pd.read_parquet(uris[0])["senior_citizen"].dtype == "int64"
+    out = build_snapshot(uris, storage.path_to_uri(tmp_path / "snap.parquet"))
+    snap = pd.read_parquet(out["snapshot_uri"])
+    assert out["rows"] == 40
+    assert snap["senior_citizen"].isna().sum() == 1
+    assert set(snap["senior_citizen"].dropna()) <= {"0", "1"}
