@@ -67,7 +67,7 @@ def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
     kinds: dict[str, set[str]] = {}
     for frame in frames:
         for col, dtype in frame.dtypes.items():
-            kinds.setdefault(col, set()).add("text" if dtype == object else str(dtype))
+            kinds.setdefault(col, set()).add("text" if dtype.kind == "O" else str(dtype))
     mixed = [c for c, k in kinds.items() if "text" in k and len(k) > 1]
     if mixed:
         frames = [f.assign(**{c: f[c].astype("string").astype(object) for c in mixed if c in f}) for f in frames]
