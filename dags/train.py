@@ -12,8 +12,13 @@ as a model version with the alias `candidate` (never moved back to an older inte
 **Operating it**
 - A red `bless_candidate` is a refused candidate, not an outage: its log lists each failed check
   with value and threshold; each gate task's MLflow run holds the evidence.
-- Retries: 2, with exponential backoff from 1 minute, capped at 10 minutes. Deterministic
-  failures (bad batch, failed suite, bad spec, a model file that fails its checksum) fail at once.
+- A month whose batch has not landed waits (in the triggerer, no worker slot) until the spec's
+  `source.deadline_days` after the month ends, then the run is **skipped** with "no batch for
+  YYYY-MM". Up to `schedule.max_active_runs` (3) runs are active at once, so a past month can be
+  run while the current one waits; registrations are serialised.
+- Retries: 2, after 1 then 2 minutes (exponential backoff, capped at 5 minutes also when a
+  cleared run's try numbers are high). Deterministic failures (bad batch, failed suite, bad spec, a
+  model file that fails its checksum) fail at once.
 - Re-running a month reuses the version it registered; `slipway lineage <pipeline>@candidate`
   prints the whole trail.
 """
@@ -48,7 +53,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone="UTC"),
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=spec.schedule.catchup,
-        max_active_runs=1,
+        max_active_runs=spec.schedule.max_active_runs,
         default_args={**DEFAULT_ARGS, "owner": spec.owner},
         tags=["slipway", "train", *spec.tags],
         doc_md=DOC.format(
@@ -71,7 +76,8 @@ def training_dag(spec: PipelineSpec) -> DAG:
             b.optimise_onnx(name)(trained, evaluated),
         )
         carded = b.write_model_card(name)(trained, versioned, validated, blessed)
-        b.register_model(name, outlets=[candidate])(trained, versioned, validated, carded)
+        # One registration at a time per pipeline: the alias check-then-move is not atomic in MLflow.
+        b.register_model(name, outlets=[candidate], max_active_tis_per_dag=1)(trained, versioned, validated, carded)
     return dag
 
 

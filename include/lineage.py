@@ -262,21 +262,25 @@ def track(pipeline: str, context, inputs: Any = None):
         return result
 
     with mlflow.start_run(run_id=child.info.run_id):
-        status = "FINISHED"
+        status, state = "FINISHED", "success"
         try:
             _log_refs(mlflow, _refs(inputs), "read")
             yield record
             _log_refs(mlflow, _refs(result_box.get("result")), "written")
         except BaseException as exc:
-            if type(exc).__name__ in {"TaskDeferred", "AirflowRescheduleException"}:
-                status = "SCHEDULED"  # waiting, not failed; resumed by the same try
+            name = type(exc).__name__
+            if name in {"TaskDeferred", "AirflowRescheduleException"}:
+                status, state = "SCHEDULED", "deferred"  # waiting, not failed; resumed by the same try
+            elif name == "AirflowSkipException":
+                status, state = "FINISHED", "skipped"
+                mlflow.set_tag(f"{TAG}reason", str(exc)[:4000])
             else:
-                status = "FAILED"
-                mlflow.set_tag(f"{TAG}error", f"{type(exc).__name__}: {exc}"[:4000])
+                status, state = "FAILED", "failed"
+                mlflow.set_tag(f"{TAG}error", f"{name}: {exc}"[:4000])
             raise
         finally:
             mlflow.log_metric("task_duration_s", round(time.monotonic() - started, 3))
-            mlflow.set_tag(f"{TAG}state", {"FINISHED": "success", "FAILED": "failed"}.get(status, "deferred"))
+            mlflow.set_tag(f"{TAG}state", state)
             mlflow.end_run(status=RunStatus.to_string(RunStatus.from_string(status)))
 
 

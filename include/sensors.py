@@ -7,11 +7,16 @@ The sensor checks once; if the batch is not there it hands the wait to the trigg
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    TaskDeferralTimeout,
+)
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
@@ -46,30 +51,46 @@ class BatchArrivedTrigger(BaseTrigger):
 
 
 class BatchSensor(BaseSensorOperator):
-    """Wait for the landed batch of the run's data interval; deferrable by default."""
+    """Wait for the landed batch of the run's data interval, until the spec's deadline; deferrable.
+
+    The deadline is ``source.deadline_days`` after the interval ends. Before it, the sensor waits in
+    the triggerer (no worker slot); at or after it, the run is skipped with "no batch for YYYY-MM",
+    so a month whose batch never comes neither fails nor holds the pipeline up. A past month whose
+    batch is missing is therefore skipped at once.
+    """
 
     ui_color = "#e8f4fd"
 
-    def __init__(
-        self,
-        *,
-        pipeline: str,
-        deferrable: bool = True,
-        poke_interval: float = 60,
-        timeout: float = timedelta(days=7).total_seconds(),
-        **kwargs,
-    ):
-        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+    def __init__(self, *, pipeline: str, deferrable: bool = True, poke_interval: float = 60, **kwargs):
+        # The timeout is the deadline's, computed per run; this one only bounds a non-deferrable wait.
+        kwargs.setdefault("timeout", timedelta(days=400).total_seconds())
+        super().__init__(poke_interval=poke_interval, **kwargs)
         self.pipeline = pipeline
         self.deferrable = deferrable
 
+    def _spec(self):
+        from include.spec import load_pipeline
+
+        return load_pipeline(self.pipeline)
+
     def _uri(self, context) -> str:
         from include.settings import get_settings
-        from include.spec import load_pipeline
         from include.tasks.ingest import landing_batch_uri
 
-        return landing_batch_uri(
-            get_settings().landing_uri, load_pipeline(self.pipeline), interval_month(context)
+        return landing_batch_uri(get_settings().landing_uri, self._spec(), interval_month(context))
+
+    def deadline(self, context) -> datetime:
+        """When the interval's batch must have landed: the interval's end plus ``source.deadline_days``."""
+        end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
+        return end + timedelta(days=self._spec().source.deadline_days)
+
+    def _skip(self, context, uri: str) -> AirflowSkipException:
+        month = interval_month(context)
+        return AirflowSkipException(
+            f"no batch for {month}: nothing landed at {uri} by its deadline "
+            f"{self.deadline(context):%Y-%m-%d %H:%M} UTC (source.deadline_days after the month ended); "
+            f"this run is skipped and trains nothing. If the batch arrives later, land it and clear "
+            f"this DAG run to train on {month}."
         )
 
     def poke(self, context) -> bool:
@@ -84,16 +105,35 @@ class BatchSensor(BaseSensorOperator):
             uri = self._uri(context)
             if self.poke(context):
                 return record({"uri": uri, "month": interval_month(context)})
+            remaining = (self.deadline(context) - datetime.now(UTC)).total_seconds()
+            if remaining <= 0:
+                raise self._skip(context, uri)
             if not self.deferrable:
+                self.timeout = remaining
+                self.soft_fail = True
                 super().execute(context)
                 return record({"uri": uri, "month": interval_month(context)})
-            self.log.info("Batch not landed yet at %s; deferring until it does", uri)
+            self.log.info(
+                "Batch not landed yet at %s; waiting in the triggerer until it does or until %s",
+                uri,
+                self.deadline(context).isoformat(),
+            )
             self.defer(
                 trigger=BatchArrivedTrigger(uri=uri, poll_interval=float(self.poke_interval)),
                 method_name="execute_complete",
-                timeout=timedelta(seconds=self.timeout) if self.timeout else None,
+                timeout=timedelta(seconds=remaining),
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def resume_execution(self, next_method: str, next_kwargs: dict | None, context):
+        """The deadline passed while deferred: skip the run (with its reason) instead of failing it."""
+        from include.lineage import track
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except (AirflowSensorTimeout, TaskDeferralTimeout):
+            with track(self.pipeline, context):
+                raise self._skip(context, self._uri(context)) from None
 
     def execute_complete(self, context, event: dict | None = None) -> dict:
         from include.lineage import track

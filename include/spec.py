@@ -71,6 +71,15 @@ class Source(_Strict):
         "month refuses the batch as a duplicate delivery.",
     )
 
+    deadline_days: int = Field(
+        default=7,
+        ge=0,
+        le=366,
+        description="Days after its month ends by which a batch must have landed. Until then the "
+        "month's run waits in the triggerer (no worker slot); past it the run is skipped with "
+        "'no batch for YYYY-MM', so a missing month never blocks the others.",
+    )
+
     @field_validator("batch_name")
     @classmethod
     def _has_month(cls, v: str) -> str:
@@ -139,6 +148,14 @@ class Schedule(_Strict):
     cron: str = "0 0 1 * *"
     start_date: date = date(2025, 1, 1)
     catchup: bool = False
+    max_active_runs: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="DAG runs of the pipeline that may be active at once, so an operator can run a past "
+        "month while the current one waits for its batch. Safe: every task reads and writes its own "
+        "month's keys, and registrations are serialised (one register_model at a time per pipeline).",
+    )
 
     @field_validator("cron")
     @classmethod

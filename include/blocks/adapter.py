@@ -28,12 +28,14 @@ from airflow.sdk import task
 
 from include.lineage import data_ref, track, tracked
 
-# Retries with a capped exponential backoff: 1, 2, 4 ... minutes, never more than 10.
+# Retries with a capped exponential backoff: 1, then 2 minutes. Airflow computes the backoff from
+# the try number, which keeps counting across clears (a third clear's first retry would wait 2^5
+# minutes): the cap keeps every wait under 5 minutes.
 DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=5),
 }
 
 __all__ = ["DEFAULT_ARGS", "Step", "block", "custom_task", "data_ref", "expected_failures"]

@@ -45,6 +45,10 @@ def test_every_dag_is_well_formed(bag):
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id}: set an owner"
             assert t.retries >= 2, f"{dag_id}.{t.task_id}: retries must be >= 2"
+            # Try numbers keep counting across clears: the backoff must stay capped.
+            from datetime import timedelta
+
+            assert t.max_retry_delay and t.max_retry_delay <= timedelta(minutes=5), f"{dag_id}.{t.task_id}"
             verb = t.task_id.split("_")[0]
             assert verb in {
                 "wait",
@@ -93,6 +97,8 @@ def test_train_dag_shape(bag):
     assert register.trigger_rule == "all_success"
     assert ids - {"register_model"} <= {t.task_id for t in register.get_flat_relatives(upstream=True)}
     assert [o.name for o in register.outlets] == ["telco_churn__candidate"]
+    assert register.max_active_tis_per_dag == 1  # registrations of one pipeline never race
+    assert dag.max_active_runs == 3  # a past month can run while the current one waits for its batch
     assert dag.get_task("wait_for_batch").deferrable
 
 
