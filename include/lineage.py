@@ -236,6 +236,9 @@ def track(pipeline: str, context, inputs: Any = None):
         f"{TAG}map_index": str(ids["map_index"]),
     }
     exp_id = parent.info.experiment_id
+    if parent.info.status != "RUNNING":  # the DAG run was cleared and runs again: its record is open again
+        reopen_parent(client, parent)
+    close_superseded_tries(client, exp_id, ids)
     child = _search_one(client, exp_id, key)  # a resumed deferrable task reuses its run
     if child is None:
         child = client.create_run(
@@ -295,12 +298,113 @@ def find_parent(pipeline: str, dag_id: str, run_id: str):
     )
 
 
-def close_parent(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
-    """End the DAG run's parent run with the DAG run's final state (called by the listener plugin)."""
+_OPEN = ("RUNNING", "SCHEDULED")
+
+
+def _open_runs(client, exp_id: str, filters: dict[str, str]) -> list:
+    """Runs matching the tags that are still RUNNING or SCHEDULED (status filtered here: no OR in MLflow)."""
+    clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    return [r for r in client.search_runs([exp_id], filter_string=clause, max_results=1000) if r.info.status in _OPEN]
+
+
+def _end(client, run, status: str, state: str, why: str) -> None:
+    client.set_tag(run.info.run_id, f"{TAG}state", state)
+    client.set_tag(run.info.run_id, f"{TAG}error" if status == "FAILED" else f"{TAG}reason", why[:4000])
+    client.set_terminated(run.info.run_id, status=status)
+
+
+def close_superseded_tries(client, exp_id: str, ids: dict) -> list[str]:
+    """End the still-open runs of earlier tries of this task instance (their process was killed).
+
+    A SIGKILLed task never reaches its ``finally``: its run would stay RUNNING forever. The next try
+    is the first to notice, and closes it as ``killed``. Returns the run ids it closed.
+    """
+    closed = []
+    for run in _open_runs(
+        client,
+        exp_id,
+        {
+            f"{TAG}dag_id": ids["dag_id"],
+            f"{TAG}run_id": ids["run_id"],
+            f"{TAG}task_id": ids["task_id"],
+            f"{TAG}map_index": str(ids["map_index"]),
+            f"{TAG}level": "task",
+        },
+    ):
+        earlier = int(run.data.tags.get(f"{TAG}try_number", 0))
+        if earlier < ids["try_number"]:
+            _end(
+                client,
+                run,
+                "FAILED",
+                "killed",
+                f"try {earlier} ended without closing its run (its process was killed or lost); "
+                f"try {ids['try_number']} took over",
+            )
+            closed.append(run.info.run_id)
+    return closed
+
+
+def reopen_parent(client, parent) -> None:
+    """Mark a DAG run's ended parent run RUNNING again (a cleared run), keeping what it ended as."""
+    tags = parent.data.tags
+    attempt = int(tags.get(f"{TAG}attempt", "1")) + 1
+    previous = f"{tags.get(f'{TAG}state', parent.info.status.lower())} (attempt {attempt - 1})"
+    client.update_run(parent.info.run_id, status="RUNNING")
+    client.set_tag(parent.info.run_id, f"{TAG}attempt", str(attempt))
+    client.set_tag(parent.info.run_id, f"{TAG}state", "running")
+    history = ", ".join(x for x in (tags.get(f"{TAG}previous_states"), previous) if x)
+    client.set_tag(parent.info.run_id, f"{TAG}previous_states", history[-4000:])
+
+
+def reopen_parent_of(pipeline: str, dag_id: str, run_id: str) -> bool:
+    """Reopen the parent run of a DAG run that runs again (called by the listener plugin)."""
+    parent = find_parent(pipeline, dag_id, run_id)
+    if parent is None or parent.info.status == "RUNNING":
+        return False
+    reopen_parent(configure_mlflow().MlflowClient(), parent)
+    return True
+
+
+_TI_TO_RUN = {"success": ("FINISHED", "success"), "skipped": ("FINISHED", "skipped")}
+
+
+def close_parent(
+    pipeline: str, dag_id: str, run_id: str, state: str, task_states: dict[str, tuple[str, int]] | None = None
+) -> None:
+    """End the DAG run's parent run with its final state, and every task run left open under it.
+
+    ``task_states`` maps task_id to Airflow's (state, try_number) for the DAG run (the listener
+    reads them from the metadata database). A nested run still open when its DAG run ends belongs to
+    a try that was killed, or to a sensor that was still deferred: it is ended to match Airflow's
+    task instance (``success``/``skipped`` if Airflow says so, otherwise failed as ``killed``).
+    """
     client = configure_mlflow().MlflowClient()
     parent = find_parent(pipeline, dag_id, run_id)
     if parent is None:
         return
+    task_states = task_states or {}
+    for run in _open_runs(
+        client,
+        parent.info.experiment_id,
+        {f"{TAG}dag_id": dag_id, f"{TAG}run_id": run_id, f"{TAG}level": "task"},
+    ):
+        task_id = run.data.tags.get(f"{TAG}task_id", "")
+        try_number = int(run.data.tags.get(f"{TAG}try_number", 0))
+        ti_state, ti_try = task_states.get(task_id, ("unknown", try_number))
+        if ti_try == try_number and ti_state in _TI_TO_RUN:
+            status, tag = _TI_TO_RUN[ti_state]
+            _end(client, run, status, tag, f"closed when the DAG run ended: Airflow has the task {ti_state}")
+        else:
+            _end(
+                client,
+                run,
+                "FAILED",
+                "killed",
+                f"try {try_number} never closed its run before the DAG run ended {state} (Airflow has the "
+                f"task {ti_state}{'' if ti_try == try_number else f' at try {ti_try}'}): its process was "
+                "killed or lost, or it was still waiting",
+            )
     client.set_tag(parent.info.run_id, f"{TAG}state", state)
     client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
 

@@ -1,5 +1,8 @@
 """Airflow plugin: closes each DAG run's MLflow parent run with the DAG run's final state.
 
+It also ends any task run a killed try left open under it (matching Airflow's task instance), and
+reopens the parent run when a cleared DAG run starts again.
+
 Task-level lineage (one nested MLflow run per task instance) is recorded by the tasks themselves
 (see ``include/lineage.py``); this listener completes the picture at the DAG-run level. It runs in
 the scheduler, so it must never raise and never hold the scheduler up: the MLflow call runs in a
@@ -26,24 +29,39 @@ def _pipeline(dag_id: str) -> str | None:
 CLOSE_TIMEOUT_S = 5.0
 
 
-def _close_now(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
+def _close_now(pipeline: str, dag_id: str, run_id: str, state: str, task_states: dict) -> None:
     try:
-        from include.lineage import close_parent
+        from include.lineage import close_parent, reopen_parent_of
 
-        close_parent(pipeline, dag_id, run_id, state)
+        if state == "running":
+            reopen_parent_of(pipeline, dag_id, run_id)
+        else:
+            close_parent(pipeline, dag_id, run_id, state, task_states)
     except Exception:  # the scheduler must keep going; lineage can be completed later
-        log.exception("could not close the MLflow parent run of %s/%s", dag_id, run_id)
+        log.exception("could not update the MLflow parent run of %s/%s", dag_id, run_id)
+
+
+def _task_states(dag_run) -> dict[str, tuple[str, int]]:
+    """Airflow's (state, try_number) of each task of the DAG run, read from the metadata database."""
+    try:
+        return {
+            ti.task_id: (str(getattr(ti.state, "value", ti.state) or "none"), int(ti.try_number or 0))
+            for ti in dag_run.get_task_instances()
+        }
+    except Exception:  # no database here (e.g. a stand-in run): close by what MLflow knows
+        return {}
 
 
 def _close(dag_run, state: str, timeout: float | None = None) -> bool:
-    """Close the parent run in a daemon thread; True if it finished within the timeout."""
+    """Close (or, for ``running``, reopen) the parent run in a daemon thread; True if done in time."""
     pipeline = _pipeline(dag_run.dag_id)
     if pipeline is None:
         return True
+    task_states = _task_states(dag_run) if state != "running" else {}
     worker = threading.Thread(
         target=_close_now,
-        args=(pipeline, dag_run.dag_id, dag_run.run_id, state),
-        name=f"slipway-close-{dag_run.run_id}",
+        args=(pipeline, dag_run.dag_id, dag_run.run_id, state, task_states),
+        name=f"slipway-lineage-{dag_run.run_id}",
         daemon=True,
     )
     worker.start()
@@ -60,6 +78,10 @@ def _close(dag_run, state: str, timeout: float | None = None) -> bool:
 
 
 class _DagRunListener:
+    @hookimpl
+    def on_dag_run_running(self, dag_run, msg: str):
+        _close(dag_run, "running")  # a cleared run starts again: its parent run must not read finished
+
     @hookimpl
     def on_dag_run_success(self, dag_run, msg: str):
         _close(dag_run, "success")
