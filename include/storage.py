@@ -7,8 +7,11 @@ killed task never leaves half an object. An S3 PUT is atomic by the service's ow
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from include.uri import is_s3, join, local_path, path_to_uri, split_s3
@@ -25,6 +28,7 @@ __all__ = [
     "read_bytes",
     "s3_client",
     "split_s3",
+    "sweep_temporaries",
     "write_bytes",
 ]
 
@@ -49,15 +53,87 @@ def s3_client(endpoint_url: str | None = None):
     return boto3.client("s3", endpoint_url=endpoint_url or get_settings().s3_endpoint_url)
 
 
+# A local write goes to ".<name>.<host>-<pid>.<random>.tmp" beside its key: the writer is in the
+# name, so the next write of the key can tell a killed writer's leftover from a live one's.
+_HOST = socket.gethostname().replace(".", "_")[:40]
+STALE_AFTER_S = 3600.0
+
+
+def _temp_owner_gone(tmp: Path, max_age_s: float) -> bool:
+    """A temporary file whose writer is gone: on this host its pid is dead; from elsewhere it is old."""
+    try:
+        age = time.time() - tmp.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    owner = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 4 else ""
+    host, _, pid = owner.rpartition("-")
+    if host == _HOST and pid.isdigit():  # written here: its writer's pid says whether it is still at it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return age > max_age_s  # another host's (or an old-style) temporary file: by age
+
+
+def _clean_local_temporaries(path: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _temp_owner_gone(tmp, max_age_s):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _abort_incomplete_uploads(client, bucket: str, prefix: str, exact: bool, older_than_s: float = 0) -> int:
+    """Abort multipart uploads a killed writer left (for one key, or under a prefix by age)."""
+    import datetime as dt
+
+    aborted = 0
+    now = dt.datetime.now(dt.UTC)
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            if exact and upload["Key"] != prefix:
+                continue
+            if (now - upload["Initiated"]).total_seconds() < older_than_s:
+                continue
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+    return aborted
+
+
+def sweep_temporaries(prefix_uri: str, older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove what killed writers left under ``prefix_uri``: temporary files, incomplete S3 uploads."""
+    if is_s3(prefix_uri):
+        bucket, prefix = split_s3(prefix_uri)
+        return _abort_incomplete_uploads(s3_client(), bucket, prefix, exact=False, older_than_s=older_than_s)
+    root = _local_path(prefix_uri)
+    removed = 0
+    for tmp in root.rglob(".*.tmp") if root.is_dir() else []:
+        if _temp_owner_gone(tmp, older_than_s):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_bytes(uri: str, data: bytes) -> str:
-    """Write ``data`` at ``uri`` atomically; return the URI."""
+    """Write ``data`` at ``uri`` atomically; return the URI.
+
+    What a killed earlier write of the same key left behind is removed first: its temporary file
+    (locally) or its incomplete multipart upload (S3).
+    """
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        client = s3_client()
+        _abort_incomplete_uploads(client, bucket, key, exact=True)
+        client.put_object(Bucket=bucket, Key=key, Body=data)
         return uri
     path = _local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _clean_local_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -47,3 +47,77 @@ def test_s3_roundtrip(s3_env):
     assert storage.list_uris("s3://lake-test/p") == [uri]
     with pytest.raises(FileNotFoundError):
         storage.read_bytes("s3://lake-test/missing")
+
+
+_KILLED_WRITE = r"""
+import os, sys, time
+from include import storage
+def hang(fd):
+    print("writing", flush=True)
+    time.sleep(600)
+os.fsync = hang
+storage.write_bytes(sys.argv[1], b"x" * 1_000_000)
+"""
+
+
+def test_a_write_killed_midway_leaves_debris_that_the_next_write_removes(tmp_path, project_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    uri = storage.path_to_uri(tmp_path / "lake" / "batch.parquet")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITE, uri], cwd=project_root, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    debris = [p for p in (tmp_path / "lake").iterdir() if p.name.endswith(".tmp")]
+    assert len(debris) == 1 and not (tmp_path / "lake" / "batch.parquet").exists()
+    assert storage.list_uris(storage.path_to_uri(tmp_path / "lake")) == []  # never listed as data
+
+    storage.write_bytes(uri, b"whole")
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["batch.parquet"]
+    assert storage.read_bytes(uri) == b"whole"
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    import os
+
+    from include.storage import _HOST
+
+    target = tmp_path / "model.skops"
+    live = tmp_path / f".model.skops.{_HOST}-{os.getpid()}.abcd1234.tmp"  # this process: alive
+    live.write_bytes(b"in progress")
+    storage.write_bytes(storage.path_to_uri(target), b"done")
+    assert live.exists()
+    assert storage.sweep_temporaries(storage.path_to_uri(tmp_path), older_than_s=3600) == 0
+    os.utime(live, (0, 0))  # a day-old leftover from another host would look like this
+    assert storage.sweep_temporaries(storage.path_to_uri(tmp_path), older_than_s=3600) == 0  # still alive
+    other = tmp_path / ".model.skops.otherhost-1.efgh5678.tmp"
+    other.write_bytes(b"left by a killed writer elsewhere")
+    os.utime(other, (0, 0))
+    assert storage.sweep_temporaries(storage.path_to_uri(tmp_path), older_than_s=3600) == 1
+    assert not other.exists()
+
+
+def test_incomplete_multipart_uploads_are_aborted_on_s3(s3_env):
+    import uuid
+
+    client = storage.s3_client()
+    bucket = f"debris-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    key = "slipway/telco_churn/runs/month=2025-12/model.skops"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024)
+    other = client.create_multipart_upload(Bucket=bucket, Key="slipway/other/object")
+    assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 2
+    assert storage.list_uris(f"s3://{bucket}/slipway") == []  # a partial upload is never data
+
+    storage.write_bytes(f"s3://{bucket}/{key}", b"whole")
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [other["UploadId"]]  # only that key's debris went
+    assert storage.read_bytes(f"s3://{bucket}/{key}") == b"whole"
+    assert storage.sweep_temporaries(f"s3://{bucket}/slipway", older_than_s=0) == 1
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
