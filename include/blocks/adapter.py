@@ -116,14 +116,18 @@ class Step:
 
         return join(self.settings.lake_uri, self.pipeline, "runs", f"month={month}", *parts)
 
-    def publish(self, local_dir: str | Path, prefix_uri: str) -> dict[str, str]:
-        """Copy a folder's files under ``prefix_uri`` (for later tasks); return ``{relative name: URI}``."""
+    def publish(self, local_dir: str | Path, prefix_uri: str, only: tuple[str, ...] = ()) -> dict[str, str]:
+        """Copy a folder's files (or ``only`` those) under ``prefix_uri``; return ``{relative name: URI}``.
+
+        The lake holds content-addressed outputs that a re-run rewrites byte for byte: publish what
+        later tasks read, never run-dependent measurements (those stay in the MLflow run).
+        """
         from include import storage
 
         out = {}
         for path in sorted(Path(local_dir).rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(local_dir).as_posix()
+            rel = path.relative_to(local_dir).as_posix()
+            if path.is_file() and (not only or rel in only):
                 out[rel] = storage.write_bytes(storage.join(prefix_uri, rel), path.read_bytes())
         return out
 

@@ -292,7 +292,8 @@ def optimise_onnx(step: Step, trained: dict, evaluated: dict) -> dict:
             spec, trained["model_uri"], trained["splits"]["test"], tmp, threshold=evaluated["threshold"]
         )
         step.mlflow.log_artifacts(tmp, "onnx")
-        published = step.publish(tmp, step.lake(trained["month"], "onnx"))
+        # Only the graph goes to the lake: the report holds this run's latency measurements.
+        published = step.publish(tmp, step.lake(trained["month"], "onnx"), only=("model.onnx",))
     onnx_uri = published.get("model.onnx")
     if out.get("converted", True):
         step.mlflow.log_metrics(
@@ -389,9 +390,9 @@ def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict
             card["shap_plot"] = Path(sorted(images)[0]).name
         out_dir = Path(tmp) / "card"
         write(spec, card, out_dir, images=images)
+        # The card names this run and its latencies: it lives in MLflow, not in the lake.
         step.mlflow.log_artifacts(str(out_dir), "model_card")
-        published = step.publish(out_dir, step.lake(trained["month"], "model_card"))
-    return {**blessed, "model_card": published}
+    return {**blessed, "model_card": f"runs:/{step.run_id}/model_card"}
 
 
 @block
@@ -430,10 +431,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     with tempfile.TemporaryDirectory(prefix="slipway-reg-") as tmp:
         card_dir = None
         if carded.get("model_card"):
-            card_dir = Path(tmp) / "card"
-            for name, uri in carded["model_card"].items():
-                (card_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                (card_dir / name).write_bytes(storage.read_bytes(uri))
+            card_dir = step.mlflow.artifacts.download_artifacts(carded["model_card"], dst_path=tmp)
         out = register_candidate(
             step.spec,
             storage.read_bytes(onnx_uri),

@@ -109,6 +109,8 @@ def convert(spec: PipelineSpec, model) -> bytes:
             initial_types=initial_types,
             options={id(_estimator(model)): {"zipmap": False}},
             target_opset=TARGET_OPSET,
+            # skl2onnx names the graph with a random uuid: a fixed name keeps equal models equal bytes.
+            name=spec.name,
         )
     except Exception as exc:  # skl2onnx raises anything from RuntimeError to TypeError
         raise ConversionError(

@@ -179,13 +179,11 @@ def test_rerun_of_the_same_interval_reuses_its_version(embedded):
     before = _lake(embedded["home"])
     proc = slipway(embedded["env"], "run", "telco_churn", "--month", "2025-12")
     after = _lake(embedded["home"])
-    assert set(after) == set(before)
-    data = [
-        u
-        for u in before
-        if "/batches/" in u or "/snapshots/" in u or u.endswith(("train.parquet", "test.parquet", "model.skops"))
-    ]
-    assert data and all(before[u] == after[u] for u in data)
+    # Every object, byte for byte: data, splits, model (canonical skops), ONNX graph, SHAP plots and
+    # importance. Run-dependent measurements (latencies, the model card) live in MLflow, not the lake.
+    assert before == after, sorted(u for u in set(before) | set(after) if before.get(u) != after.get(u))
+    assert any(u.endswith("/model.skops") for u in before) and any(u.endswith("/model.onnx") for u in before)
+    assert not any("/model_card/" in u or u.endswith("onnx_report.json") for u in before)
     rec = lineage(embedded["env"], "telco_churn@candidate")
     assert rec["model"]["version"] == 1, "the same interval, data and model must reuse version 1"
     client = mlflow_client(embedded["tracking"])
