@@ -452,6 +452,11 @@ def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
         rec = lineage_record(f"{pipeline}/{version}")
         aliases = ", ".join(f"'{a}'" for a in rec["model"]["aliases"]) or "no alias"
         print(f"{pipeline} version {version} ({aliases})")
+        if rec["dag_run"]["run_id"] != run_id:
+            print(
+                f"already registered by {rec['dag_run']['run_id']} for the same data and model: "
+                "this run reused it (its lineage follows)"
+            )
         print("=" * 78)
         print_lineage(rec)
         return
