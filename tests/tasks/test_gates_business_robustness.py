@@ -156,7 +156,7 @@ def test_blessing_complete_and_passed_only_with_every_gate(telco_spec):
         raise_unless_blessed(partial)
     failing = make_blessing(telco_spec, results + [check("fairness", "dpd[female]", 0.5, 0.2, "<=")])
     assert failing["complete"] and failing["state"] == "failed" and failing["by_gate"]["fairness"] == "failed"
-    with pytest.raises(GateFailed, match=r"fairness.dpd\[female\]"):
+    with pytest.raises(GateFailed, match=r"fairness: dpd\[female\] = 0\.5000, required <= 0\.2"):
         raise_unless_blessed(failing)
 
 

@@ -1,0 +1,67 @@
+"""On the real scheduler (api-server, scheduler, dag-processor, triggerer; PostgreSQL): the training
+DAG as an operator runs it, through the REST API with a real login.
+
+The current month's batch has not landed, so its scheduled run waits in the triggerer; an operator
+runs a past month meanwhile, and it trains, gates (side by side) and registers without queueing
+behind the waiting month.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dags.e2e import mlflow_client, task_runs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+DAG = "telco_churn__train"
+
+
+def _runs(stack, run_type: str) -> list[dict]:
+    return stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns?run_type={run_type}")["dag_runs"]
+
+
+def test_a_past_month_runs_while_the_current_month_waits_for_its_batch(live_stack):
+    stack = live_stack
+    stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+    [current] = stack.wait_for(lambda: _runs(stack, "scheduled"), 180, "the scheduled run of the current month")
+    waiting = current["dag_run_id"]
+    stack.wait_for(
+        lambda: stack.task_states(DAG, waiting).get("wait_for_batch") == "deferred", 240, "the sensor to defer"
+    )
+
+    stack.api(
+        "POST",
+        f"/api/v2/dags/{DAG}/dagRuns",
+        {"dag_run_id": "manual__past_2025_12", "logical_date": "2026-01-01T00:00:00Z"},
+    )
+    final = stack.wait_for(
+        lambda: stack.run_state(DAG, "manual__past_2025_12") in ("success", "failed")
+        and stack.run_state(DAG, "manual__past_2025_12"),
+        1200,
+        "the past month's run to finish",
+        every=5,
+    )
+    states = stack.task_states(DAG, "manual__past_2025_12")
+    assert final == "success", states
+    assert set(states.values()) == {"success"} and len(states) == 14
+    # The current month still waits, in the triggerer: it never held the past month up.
+    assert stack.run_state(DAG, waiting) == "running"
+    assert stack.task_states(DAG, waiting)["wait_for_batch"] == "deferred"
+
+    client = mlflow_client(stack.tracking)
+    mv = client.get_model_version_by_alias("telco_churn", "candidate")
+    assert mv.tags["slipway.run_id"] == "manual__past_2025_12" and mv.tags["slipway.month"] == "2025-12"
+    runs = task_runs(client, "telco_churn", DAG, "manual__past_2025_12")
+    assert sorted(r.data.tags["slipway.task_id"] for r in runs) == sorted(states)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["slipway.state"] == "success"
+    # The gates ran side by side: at least two of them overlapped in time.
+    gates = sorted(
+        (r.info.start_time, r.info.end_time)
+        for r in runs
+        if r.data.tags["slipway.task_id"]
+        in {"compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx"}
+    )
+    assert any(b[0] < a[1] for a, b in zip(gates, gates[1:], strict=False)), gates
