@@ -35,6 +35,10 @@ DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
 
 def configure_mlflow():
     """Point MLflow at the configured tracking store; return the module."""
+    import os
+
+    # Progress bars are noise in task logs (they land there as stderr "errors").
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)

@@ -29,26 +29,36 @@ def _pipeline(dag_id: str) -> str | None:
 CLOSE_TIMEOUT_S = 5.0
 
 
-def _close_now(pipeline: str, dag_id: str, run_id: str, state: str, task_states: dict) -> None:
+def _close_now(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
     try:
         from include.lineage import close_parent, reopen_parent_of
 
         if state == "running":
             reopen_parent_of(pipeline, dag_id, run_id)
         else:
-            close_parent(pipeline, dag_id, run_id, state, task_states)
+            close_parent(pipeline, dag_id, run_id, state, _task_states(dag_id, run_id))
     except Exception:  # the scheduler must keep going; lineage can be completed later
         log.exception("could not update the MLflow parent run of %s/%s", dag_id, run_id)
 
 
-def _task_states(dag_run) -> dict[str, tuple[str, int]]:
-    """Airflow's (state, try_number) of each task of the DAG run, read from the metadata database."""
+def _task_states(dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+    """Airflow's (state, try_number) of each task of the DAG run, read as plain values.
+
+    A session of its own and scalar columns only: touching the scheduler's ORM objects from here
+    would detach them from its session and crash its loop.
+    """
     try:
-        return {
-            ti.task_id: (str(getattr(ti.state, "value", ti.state) or "none"), int(ti.try_number or 0))
-            for ti in dag_run.get_task_instances()
-        }
-    except Exception:  # no database here (e.g. a stand-in run): close by what MLflow knows
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            rows = session.execute(
+                select(TI.task_id, TI.state, TI.try_number).where(TI.dag_id == dag_id, TI.run_id == run_id)
+            ).all()
+        return {task: (str(getattr(st, "value", st) or "none"), int(tries or 0)) for task, st, tries in rows}
+    except Exception:  # no metadata database here: close by what MLflow knows
+        log.warning("task states of %s/%s not readable; closing lineage from MLflow alone", dag_id, run_id)
         return {}
 
 
@@ -57,10 +67,9 @@ def _close(dag_run, state: str, timeout: float | None = None) -> bool:
     pipeline = _pipeline(dag_run.dag_id)
     if pipeline is None:
         return True
-    task_states = _task_states(dag_run) if state != "running" else {}
     worker = threading.Thread(
         target=_close_now,
-        args=(pipeline, dag_run.dag_id, dag_run.run_id, state, task_states),
+        args=(pipeline, str(dag_run.dag_id), str(dag_run.run_id), state),
         name=f"slipway-lineage-{dag_run.run_id}",
         daemon=True,
     )
