@@ -65,3 +65,63 @@ def test_a_past_month_runs_while_the_current_month_waits_for_its_batch(live_stac
         in {"compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx"}
     )
     assert any(b[0] < a[1] for a, b in zip(gates, gates[1:], strict=False)), gates
+
+
+def _open_try(client, run_id: str, task_id: str):
+    runs = [
+        r
+        for r in task_runs(client, "telco_churn", DAG, run_id)
+        if r.data.tags["slipway.task_id"] == task_id and r.info.status == "RUNNING"
+    ]
+    return runs[0] if runs else None
+
+
+def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
+    """SIGKILL of a running task under the scheduler, then the whole DAG run cleared and run again."""
+    import os
+    import signal
+
+    stack = live_stack
+    client = mlflow_client(stack.tracking)
+    run_id = "manual__past_2025_11"
+    stack.api("POST", f"/api/v2/dags/{DAG}/dagRuns", {"dag_run_id": run_id, "logical_date": "2025-12-01T00:00:00Z"})
+    # validate_snapshot has opened its MLflow run and is inside Great Expectations: kill its process.
+    stack.wait_for(lambda: _open_try(client, run_id, "validate_snapshot"), 600, "validate_snapshot to run", every=0.5)
+    ti = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/validate_snapshot")
+    assert ti["pid"], ti
+    os.kill(ti["pid"], signal.SIGKILL)
+
+    final = stack.wait_for(
+        lambda: stack.run_state(DAG, run_id) in ("success", "failed") and stack.run_state(DAG, run_id),
+        900,
+        "the run to finish after the kill",
+        every=5,
+    )
+    assert final == "success", stack.task_states(DAG, run_id)
+    tries = {
+        int(r.data.tags["slipway.try_number"]): r
+        for r in task_runs(client, "telco_churn", DAG, run_id)
+        if r.data.tags["slipway.task_id"] == "validate_snapshot"
+    }
+    assert tries[1].info.status == "FAILED" and tries[1].data.tags["slipway.state"] == "killed"
+    assert tries[2].info.status == "FINISHED" and tries[2].data.tags["slipway.state"] == "success"
+    assert not [r for r in task_runs(client, "telco_churn", DAG, run_id) if r.info.status in ("RUNNING", "SCHEDULED")]
+
+    # Cleared by an operator and run again: the parent reopens, then ends again; every try stays on record.
+    stack.api("POST", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/clear", {"dry_run": False})
+    stack.wait_for(lambda: stack.run_state(DAG, run_id) in ("queued", "running"), 120, "the cleared run to start")
+    final = stack.wait_for(
+        lambda: stack.run_state(DAG, run_id) in ("success", "failed") and stack.run_state(DAG, run_id),
+        900,
+        "the cleared run to finish",
+        every=5,
+    )
+    assert final == "success"
+    runs = task_runs(client, "telco_churn", DAG, run_id)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["slipway.state"] == "success"
+    assert int(parent.data.tags["slipway.attempt"]) >= 2 and "success" in parent.data.tags["slipway.previous_states"]
+    train_tries = sorted(int(r.data.tags["slipway.try_number"]) for r in runs if r.data.tags["slipway.task_id"] == "train_model")
+    assert len(train_tries) == 2 and train_tries[0] < train_tries[1]
+    # The backfill registered its own version and left candidate on the newer month.
+    assert client.get_model_version_by_alias("telco_churn", "candidate").tags["slipway.month"] == "2025-12"
