@@ -559,6 +559,66 @@ def cmd_check_spec(args) -> None:
         raise SystemExit(1)
 
 
+def sweep_lineage(days: int = 14) -> list[str]:
+    """Close the lineage of finished DAG runs that MLflow missed (e.g. it was down when they ended).
+
+    Reads Airflow's metadata database for the Slipway DAG runs that ended in the last ``days`` days
+    and, where the MLflow parent run is still open or a task run under it is, closes them to match
+    Airflow's states. Returns ``dag_id/run_id`` of each DAG run it closed.
+    """
+    from datetime import timedelta
+
+    _use_airflow_env()
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from include.lineage import TAG, close_parent, find_parent
+
+    client = _client()
+    since = datetime.now(UTC) - timedelta(days=days)
+    with create_session() as session:
+        ended = session.execute(
+            select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
+                DagRun.state.in_(["success", "failed"]), DagRun.end_date >= since
+            )
+        ).all()
+    closed = []
+    for dag_id, run_id, state in ended:
+        pipeline = dag_id.split("__", 1)[0] if "__" in dag_id else None
+        parent = find_parent(pipeline, dag_id, run_id) if pipeline else None
+        if parent is None:
+            continue
+        open_tasks = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
+            f"and tags.`{TAG}level` = 'task' and attributes.status = 'RUNNING'",
+            max_results=1,
+        ) + client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
+            f"and tags.`{TAG}level` = 'task' and attributes.status = 'SCHEDULED'",
+            max_results=1,
+        )
+        if parent.info.status == "RUNNING" or open_tasks:
+            with create_session() as session:
+                rows = session.execute(
+                    select(TI.task_id, TI.state, TI.try_number).where(TI.dag_id == dag_id, TI.run_id == run_id)
+                ).all()
+            states = {t: (str(getattr(st, "value", st) or "none"), int(n or 0)) for t, st, n in rows}
+            close_parent(pipeline, dag_id, run_id, str(getattr(state, "value", state)), states)
+            closed.append(f"{dag_id}/{run_id}")
+    return closed
+
+
+def cmd_sweep(args) -> None:
+    closed = sweep_lineage(args.days)
+    for name in closed:
+        _say(f"closed the lineage of {name}")
+    _say(f"swept DAG runs that ended in the last {args.days} days: {len(closed)} needed closing")
+
+
 def cmd_env(args) -> None:
     from include.settings import airflow_environment, get_settings
 
@@ -605,6 +665,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("env", help="print the environment of the embedded stack as shell exports")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser(
+        "sweep", help="close MLflow lineage that finished DAG runs left open (e.g. MLflow was down at their end)"
+    )
+    p.add_argument("--days", type=int, default=14, help="look at DAG runs that ended in the last N days")
+    p.set_defaults(func=cmd_sweep)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in summaries

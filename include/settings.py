@@ -94,9 +94,23 @@ def pii_key(settings: Settings | None = None) -> bytes:
     path = s.home / "secrets" / "pii.key"
     if not path.exists():
         import secrets
+        import tempfile
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        # Written whole, then linked into place: a concurrent first run never reads a half-written
+        # (or empty) key, and the first link wins.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pii.key.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"the PII key file {path} is empty: delete it to have a new one generated")
+    return key.encode()

@@ -7,8 +7,8 @@ Task-level lineage (one nested MLflow run per task instance) is recorded by the 
 (see ``include/lineage.py``); this listener completes the picture at the DAG-run level. It runs in
 the scheduler, so it must never raise and never hold the scheduler up: the MLflow call runs in a
 daemon thread that the scheduler waits on for at most ``CLOSE_TIMEOUT_S`` seconds. With MLflow
-down the parent run stays open (logged as a warning) and is closed by the next sweep or re-run;
-the scheduler loses a few seconds, not minutes of MLflow's HTTP retries.
+down the parent run stays open (logged as a warning) until ``slipway sweep`` (or a re-run) closes
+it; the scheduler loses a few seconds, not minutes of MLflow's HTTP retries.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def _close(dag_run, state: str, timeout: float | None = None) -> bool:
 class _DagRunListener:
     @hookimpl
     def on_dag_run_running(self, dag_run, msg: str):
-        _close(dag_run, "running")  # a cleared run starts again: its parent run must not read finished
+        # Only a cleared run has a parent run to reopen; a fresh run costs the scheduler nothing here.
+        if getattr(dag_run, "clear_number", 0):
+            _close(dag_run, "running")
 
     @hookimpl
     def on_dag_run_success(self, dag_run, msg: str):

@@ -19,9 +19,6 @@ from include.sensors import BatchSensor, interval_month
 
 log = logging.getLogger(__name__)
 
-# The gates run between evaluation and the blessing, in the order the blessing lists them.
-SIDE_BY_SIDE_GATES = ("compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx")
-
 
 def wait_for_batch(pipeline: str, **kwargs) -> BatchSensor:
     """Deferrable sensor: wait until the interval's batch is in the landing zone."""
@@ -95,9 +92,21 @@ def validate_snapshot(step: Step, versioned: dict) -> dict:
 @block
 def train_model(step: Step, versioned: dict, validated: dict | None = None) -> dict:
     """Seeded fit of the spec's Pipeline; model (skops, no pickle, digest-pinned URI) and splits in the lake."""
+    import hashlib
+
+    from include import storage
+    from include.tasks.train import TrainingError
     from include.tasks.train import train_model as fit
 
     spec = step.spec
+    # Runs of the same month share the snapshot key: train on exactly the data version on record.
+    md5 = hashlib.md5(storage.read_bytes(versioned["snapshot_uri"])).hexdigest()
+    if md5 != versioned["data_version"]:
+        raise TrainingError(
+            f"snapshot {versioned['snapshot_uri']} has md5 {md5}, not the data version "
+            f"{versioned['data_version']} this run versioned: another run of the month rewrote it; "
+            "re-run version_snapshot and the tasks after it"
+        )
     out = fit(spec, versioned["snapshot_uri"], step.lake(versioned["month"]))
     step.mlflow.log_params({f"model.{k}": v for k, v in out["params"].items()})
     step.mlflow.log_params(
@@ -401,7 +410,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     from include import assets, storage
     from include.lineage import code_version
     from include.tasks.register import register_candidate
-    from include.tasks.train import read_model_bytes
+    from include.tasks.train import read_model_bytes, verify_sha256
 
     ti = step.context["ti"]
     dag_run = step.context["dag_run"]
@@ -428,13 +437,16 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
         "slipway.value_per_1000": f"{carded.get('value_per_1000', 0.0):.2f}",
         **{f"slipway.metric.{k}": f"{v:.6f}" for k, v in carded["metrics"].items() if k != "rows"},
     }
+    onnx_bytes = storage.read_bytes(onnx_uri)
+    # The graph registered (and served) is the one optimise_onnx measured, not a later rewrite of the key.
+    verify_sha256(onnx_bytes, carded["onnx_sha256"], onnx_uri, "re-run optimise_onnx and the tasks after it")
     with tempfile.TemporaryDirectory(prefix="slipway-reg-") as tmp:
         card_dir = None
         if carded.get("model_card"):
             card_dir = step.mlflow.artifacts.download_artifacts(carded["model_card"], dst_path=tmp)
         out = register_candidate(
             step.spec,
-            storage.read_bytes(onnx_uri),
+            onnx_bytes,
             read_model_bytes(trained["model_uri"]),
             tags,
             carded["blessing"],

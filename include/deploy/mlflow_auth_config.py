@@ -14,7 +14,10 @@ import os
 def main() -> None:
     """Write the INI file named by ``MLFLOW_AUTH_CONFIG_PATH``."""
     path = os.environ["MLFLOW_AUTH_CONFIG_PATH"]
-    password = os.environ["POSTGRES_PASSWORD"]
+    from urllib.parse import quote
+
+    # URL-quoted for the database URL (@ / : in a password), then %-escaped for configparser.
+    password = quote(os.environ["POSTGRES_PASSWORD"], safe="").replace("%", "%%")
     config = configparser.ConfigParser()
     config["mlflow"] = {
         "default_permission": "NO_PERMISSIONS",

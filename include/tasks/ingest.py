@@ -309,15 +309,17 @@ def ingest_month(
     if indexes is None:
         indexes = load_id_indexes(spec, lake_uri)
     result = {"month": month, "uri": dest, "rows": int(len(df)), "sha256": digest}
+    index = _build_index(df, spec, digest)
     if month in indexes:  # the lake holds this month's batch (an index is only kept beside its batch)
-        if indexes[month].batch_sha256 == digest:
-            return {**result, "status": "unchanged"}
+        # Compared by content, not Parquet bytes: those also carry the writer's pandas/pyarrow
+        # versions, and an upgrade must not turn every earlier month into a "changed" batch.
+        if indexes[month].content_sha256 == index.content_sha256:
+            return {**result, "sha256": indexes[month].batch_sha256, "status": "unchanged"}
         raise BatchError(
             f"the lake already holds a different batch for {month} at {dest}, and the landed file "
             f"{src} has changed since it was ingested; models may have been trained on the old one. "
             "If the correction is intended, archive and delete the lake object, then re-run"
         )
-    index = _build_index(df, spec, digest)
     _check_not_duplicate(index, spec, lake_uri, month, src, indexes)
     # Index first: a crash before the batch write leaves an index without a batch, which is ignored.
     storage.write_bytes(id_index_uri(lake_uri, spec, month), _index_bytes(index))

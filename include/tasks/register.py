@@ -22,8 +22,8 @@ def pip_requirements() -> list[str]:
 
 
 def _interval_key(tags: dict[str, str]) -> str:
-    """Sortable key of the data interval a version was trained for ('' when unknown)."""
-    return tags.get("slipway.interval_end") or tags.get("slipway.month") or ""
+    """Sortable key of the data interval a version was trained for: its month, YYYY-MM ('' when unknown)."""
+    return tags.get("slipway.month") or ""
 
 
 def find_registered(client, name: str, data_version: str, sklearn_sha256: str):

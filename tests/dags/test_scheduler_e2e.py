@@ -125,3 +125,24 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     assert len(train_tries) == 2 and train_tries[0] < train_tries[1]
     # The backfill registered its own version and left candidate on the newer month.
     assert client.get_model_version_by_alias("telco_churn", "candidate").tags["slipway.month"] == "2025-12"
+
+
+def test_a_sweep_closes_lineage_that_mlflow_missed_at_the_end(live_stack):
+    """MLflow down when a DAG run ended: its parent and a task run stayed open; `slipway sweep` closes them."""
+    from tests.dags.e2e import slipway
+
+    stack = live_stack
+    client = mlflow_client(stack.tracking)
+    runs = task_runs(client, "telco_churn", DAG, "manual__past_2025_12")
+    parent_id = runs[0].data.tags["mlflow.parentRunId"]
+    left_open = next(r for r in runs if r.data.tags["slipway.task_id"] == "optimise_onnx")
+    for run_id in (parent_id, left_open.info.run_id):  # what a missed close leaves behind
+        client.update_run(run_id, status="RUNNING")
+
+    out = slipway(stack.env, "sweep", "--days", "2").stdout
+    assert f"closed the lineage of {DAG}/manual__past_2025_12" in out
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    closed = client.get_run(left_open.info.run_id)
+    assert closed.info.status == "FINISHED" and "Airflow has the task success" in closed.data.tags["slipway.reason"]
+    assert "needed closing" in slipway(stack.env, "sweep", "--days", "2").stdout.splitlines()[-1]
+    assert f"{DAG}/manual__past_2025_12" not in slipway(stack.env, "sweep", "--days", "2").stdout

@@ -59,12 +59,16 @@ def test_mlflow_auth_config_written_from_environment(tmp_path, monkeypatch):
 
     path = tmp_path / "auth.ini"
     monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
-    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the-secret-store")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the%secret@store:/x")
     mlflow_auth_config.main()
     cfg = configparser.ConfigParser()
     cfg.read(path)
     assert cfg["mlflow"]["default_permission"] == "NO_PERMISSIONS"
-    assert cfg["mlflow"]["database_uri"].endswith("@postgres:5432/mlflow_auth")
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(cfg["mlflow"]["database_uri"])
+    assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/mlflow_auth")
+    assert unquote(url.password) == "from-the%secret@store:/x"
     assert oct(path.stat().st_mode)[-3:] == "600"
 
 

@@ -342,3 +342,26 @@ def test_refusals_never_show_a_raw_identifier(zones_with_history, telco_spec, wa
     assert "data rows [2]" in within
     across = _assert_refused(zones_with_history, telco_spec, wa_churn.iloc[:5], "2025-03", "repeats 5 records")
     assert not any(cid in across for cid in wa_churn.iloc[:5]["customer_id"].astype(str))
+
+
+def test_a_library_upgrade_is_not_a_changed_batch(monkeypatch, zones, telco_spec, wa_churn):
+    """New pandas/pyarrow write other Parquet bytes for the same rows: earlier months stay 'unchanged'."""
+    import io
+
+    from include.tasks import ingest
+
+    landing, lake = zones
+    _land(landing, "2025-01", wa_churn.iloc[:100])
+    first = ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+
+    def other_writer(df) -> bytes:  # what another library version would write for the same frame
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, engine="pyarrow", compression="gzip")
+        return buf.getvalue()
+
+    monkeypatch.setattr(ingest, "to_parquet_bytes", other_writer)
+    again = ingest_month(telco_spec, "2025-01", landing, lake, KEY)
+    assert again["status"] == "unchanged" and again["sha256"] == first["sha256"]
+    _land(landing, "2025-01", wa_churn.iloc[1:101])  # a real change is still refused
+    with pytest.raises(BatchError, match="already holds a different batch"):
+        ingest_month(telco_spec, "2025-01", landing, lake, KEY)

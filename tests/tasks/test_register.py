@@ -73,8 +73,8 @@ def test_registration_is_idempotent_and_the_alias_only_moves_forward(isolated_ho
     mlflow.set_experiment("unit-register-idempotent")
     onnx_bytes = convert(telco_spec, read_model(trained["model_uri"]))
     skops_bytes = read_model_bytes(trained["model_uri"])
-    dec = {"slipway.data_version": "d" * 32, "slipway.interval_end": "2026-01-01 00:00:00+00:00"}
-    nov = {"slipway.data_version": "e" * 32, "slipway.interval_end": "2025-12-01 00:00:00+00:00"}
+    dec = {"slipway.data_version": "d" * 32, "slipway.month": "2025-12"}
+    nov = {"slipway.data_version": "e" * 32, "slipway.month": "2025-11"}
 
     def register(tags):
         with mlflow.start_run():
