@@ -209,7 +209,8 @@ def _context_ids(context) -> dict[str, Any]:
         "map_index": int(getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1),
         "interval_start": str(getattr(dag_run, "data_interval_start", "") or ""),
         "interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
-        "run_type": str(getattr(dag_run, "run_type", "") or ""),
+        # Enum members print as "DagRunType.MANUAL": record the value an operator knows ("manual").
+        "run_type": str(getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", "")) or ""),
     }
 
 
@@ -281,6 +282,7 @@ def track(pipeline: str, context, inputs: Any = None):
             elif name == "AirflowSkipException":
                 status, state = "FINISHED", "skipped"
                 mlflow.set_tag(f"{TAG}reason", str(exc)[:4000])
+                client.set_tag(parent.info.run_id, f"{TAG}reason", str(exc)[:4000])
             else:
                 status, state = "FAILED", "failed"
                 mlflow.set_tag(f"{TAG}error", f"{name}: {exc}"[:4000])
@@ -410,7 +412,29 @@ def close_parent(
                 "killed or lost, or it was still waiting",
             )
     client.set_tag(parent.info.run_id, f"{TAG}state", state)
+    client.set_tag(parent.info.run_id, "mlflow.note.content", describe_dag_run(client, parent.info.run_id, state))
     client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
+
+
+def describe_dag_run(client, parent_run_id: str, state: str) -> str:
+    """The Markdown description an operator reads on the DAG run's MLflow run: what, which month, outcome."""
+    tags = client.get_run(parent_run_id).data.tags
+    pipeline = tags.get(f"{TAG}pipeline", "?")
+    month = (tags.get(f"{TAG}interval_start") or "")[:7] or "?"
+    lines = [f"**{pipeline}**, `{tags.get(f'{TAG}dag_id', '')}` run `{tags.get(f'{TAG}run_id', '')}`: data month **{month}**, {state}."]
+    blessing = tags.get(f"{TAG}blessing")
+    if blessing == "passed":
+        version = tags.get(f"{TAG}registered_version")
+        lines.append("The candidate's blessing passed" + (f"; model version {version}." if version else "."))
+    elif blessing == "failed":
+        lines.append(f"The candidate was refused: gates {tags.get(f'{TAG}blessing.failed_gates', '?')} failed.")
+        if tags.get(f"{TAG}failure"):
+            lines.append("\n```\n" + tags[f"{TAG}failure"] + "\n```")
+    elif state != "success":
+        lines.append("It stopped before the gates; the failed task's run says why.")
+    if tags.get(f"{TAG}reason"):
+        lines.append(tags[f"{TAG}reason"])
+    return "\n\n".join(lines)
 
 
 def tracked(pipeline: str):

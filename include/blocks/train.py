@@ -337,6 +337,7 @@ def bless_candidate(
     ``slipway.blessing``), so the verdict is on record even when no version is registered.
     """
     from include.tasks.blessing import make_blessing, raise_unless_blessed
+    from include.tasks.gates import GateFailed
 
     results: list[dict] = []
     records: dict = {}
@@ -351,14 +352,37 @@ def bless_candidate(
     mlflow.log_dict(blessing, "blessing.json")
     mlflow.set_tag("slipway.blessing", blessing["state"])
     parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
-    if parent:
+    try:
+        raise_unless_blessed(blessing)
+        failure = None
+    except GateFailed as exc:
+        failure = exc
+    if parent:  # the DAG run's record tells the outcome without opening blessing.json
         client = mlflow.MlflowClient()
         client.log_dict(parent, blessing, "blessing.json")
         client.set_tag(parent, "slipway.blessing", blessing["state"])
         failed_gates = sorted({r["gate"] for r in blessing["failed"]} | set(blessing["missing"]))
         client.set_tag(parent, "slipway.blessing.failed_gates", ",".join(failed_gates) or "none")
-    raise_unless_blessed(blessing)
+        if failure is not None:
+            client.set_tag(parent, "slipway.failure", str(failure)[:4000])
+        metrics = {f"test_{k}": v for k, v in (extra.get("metrics") or {}).items() if k != "rows"}
+        metrics |= {
+            _metric_name(f"gate.{r['gate']}.{r['metric']}"): r["value"]
+            for r in results
+            if r["value"] is not None
+        }
+        for key, value in metrics.items():
+            client.log_metric(parent, key, float(value))
+    if failure is not None:
+        raise failure
     return {**extra, "blessing": blessing, "records": records}
+
+
+def _metric_name(name: str) -> str:
+    """An MLflow metric name (letters, digits, _ - . / and spaces) for a gate check's metric."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name).strip("_")
 
 
 @block
@@ -452,6 +476,9 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
             carded["blessing"],
             card_dir,
         )
+    parent = step.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent:
+        step.mlflow.MlflowClient().set_tag(parent, "slipway.registered_version", str(out["version"]))
     step.mlflow.set_tags(
         {
             "slipway.blessing": "passed",

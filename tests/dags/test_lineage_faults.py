@@ -121,5 +121,6 @@ def test_a_cleared_run_reopens_its_parent_and_keeps_every_attempt(isolated_home)
     close_parent("telco_churn", "telco_churn__train", "manual__clear", "success", {"train_model": ("success", 2)})
     parent = find_parent("telco_churn", "telco_churn__train", "manual__clear")
     assert parent.info.status == "FINISHED" and parent.data.tags["slipway.attempt"] == "2"
+    assert "data month **2025-12**, success" in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags["slipway.previous_states"] == "failed (attempt 1)"
     assert set(_runs("manual__clear")) == {("train_model", 1), ("train_model", 2)}

@@ -317,6 +317,12 @@ def test_refused_candidate_names_every_failed_gate_and_moves_nothing(embedded, t
     assert "write_model_card" not in siblings and "register_model" not in siblings
     assert parent.data.tags["slipway.blessing"] == "failed"
     assert parent.data.tags["slipway.blessing.failed_gates"] == "fairness,robustness"
+    # The DAG run's MLflow run explains itself: description, the failure message, headline values.
+    assert "robustness: flip_rate" in parent.data.tags["slipway.failure"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert "data month **2025-12**, failed" in note and "gates fairness,robustness failed" in note
+    assert parent.data.tags["slipway.run_type"] == "manual"
+    assert parent.data.metrics["gate.robustness.flip_rate"] > 0 and "test_roc_auc" in parent.data.metrics
     blessing = json.loads(
         Path(
             mlflow.artifacts.download_artifacts(
