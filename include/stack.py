@@ -1,74 +1,133 @@
 """``make up``: the embedded stack for interactive use, in the foreground (Ctrl-C stops it).
 
-Airflow ``standalone`` (api-server with the UI, scheduler, dag-processor, triggerer; SQLite and the
-LocalExecutor) on http://127.0.0.1:8080, and the MLflow UI on http://127.0.0.1:5000 over the same
-store the pipelines write to. Both listen on loopback only. Airflow's login is generated on first
-start (user ``admin``; the password is printed and kept in ``<state>/airflow/simple_auth_manager_passwords.json.generated``).
+Airflow's components as separate processes (api-server with the UI, scheduler, dag-processor,
+triggerer; SQLite and the LocalExecutor) on http://127.0.0.1:8080, and the MLflow UI on
+http://127.0.0.1:5000 over the same store the pipelines write to. Every listener is on loopback:
+the scheduler and triggerer run without their task-log servers (which Airflow binds to all
+interfaces), since the api-server reads the task logs from the local log folder. The executor gets
+two workers per core. Airflow's login is user ``admin``; its password is generated on first start,
+printed, and kept in ``<state>/airflow/simple_auth_manager_passwords.json.generated``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
+
+
+def _components(bindir: str) -> dict[str, list[str]]:
+    airflow = os.path.join(bindir, "airflow")
+    return {
+        "api-server": [airflow, "api-server"],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+    }
+
+
+def _stop(procs: dict[str, subprocess.Popen]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print(f"[slipway] {name} did not stop in 30 s; killing it", flush=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def main() -> None:
-    """Start Airflow standalone and the MLflow UI; stop both on Ctrl-C."""
+    """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
     from include.cli import _say, _use_airflow_env, migrate_airflow_db
     from include.settings import get_settings
 
     _use_airflow_env()
     s = get_settings()
     port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")
+    mlflow_port = os.environ.get("SLIPWAY_MLFLOW_PORT", "5000")
     os.environ.setdefault("AIRFLOW__API__PORT", port)
     os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     # Tasks report back to the API server: it must be where the api-server listens.
     os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
+    os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
+    os.environ.setdefault("AIRFLOW__API__WORKERS", "1")
+    os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
     migrate_airflow_db()
     bindir = os.path.dirname(sys.executable)
-    procs = [
-        subprocess.Popen([os.path.join(bindir, "airflow"), "standalone"], env=os.environ),
-        subprocess.Popen(
-            [
-                os.path.join(bindir, "mlflow"),
-                "server",
-                "--backend-store-uri",
-                s.mlflow_tracking_uri,
-                "--default-artifact-root",
-                s.mlflow_artifact_uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                os.environ.get("SLIPWAY_MLFLOW_PORT", "5000"),
-            ],
-            env=os.environ,
-        ),
+    logs = s.home / "logs" / "stack"
+    logs.mkdir(parents=True, exist_ok=True)
+    commands = _components(bindir)
+    commands["mlflow"] = [
+        os.path.join(bindir, "mlflow"),
+        "server",
+        "--backend-store-uri",
+        s.mlflow_tracking_uri,
+        "--default-artifact-root",
+        s.mlflow_artifact_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        mlflow_port,
+        "--workers",
+        "1",  # one machine, one user: MLflow's default of 4 workers would crowd the tasks' cores
     ]
+    procs: dict[str, subprocess.Popen] = {}
 
-    def _stop(signum, frame):  # SIGTERM (e.g. from a supervisor) stops the children too
+    def _on_signal(signum, frame):  # Ctrl-C, SIGTERM (a supervisor), SIGHUP (a closed terminal)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _stop)
-    _say(f"Airflow UI http://127.0.0.1:{port}  (login printed by 'standalone' below)")
-    _say(f"MLflow UI  http://127.0.0.1:{os.environ.get('SLIPWAY_MLFLOW_PORT', '5000')}")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     try:
-        while all(p.poll() is None for p in procs):
+        for name, cmd in commands.items():
+            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            # A session of their own: Ctrl-C reaches this process only, which stops them in order.
+            procs[name] = subprocess.Popen(cmd, env=os.environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _say(f"component logs in {logs}")
+        _wait_for_api(port, procs)
+        _say(f"Airflow UI http://127.0.0.1:{port}  user admin, password {_password(Path(os.environ['AIRFLOW_HOME']))}")
+        _say(f"MLflow UI  http://127.0.0.1:{mlflow_port}")
+        _say("DAGs start paused: unpause a pipeline on its DAG page (or PATCH is_paused=false) to schedule it")
+        _say("Ctrl-C stops everything")
+        while all(p.poll() is None for p in procs.values()):
             time.sleep(1)
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        _say(f"{', '.join(dead)} stopped (see {logs}); stopping the rest")
     except KeyboardInterrupt:
-        pass
+        _say("stopping")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the orderly stop short
+        _stop(procs)
+    _say("stopped")
+
+
+def _wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5):
+                return
+        except OSError:
+            if any(p.poll() is not None for p in procs.values()):
+                return
+            time.sleep(1)
+
+
+def _password(airflow_home: Path) -> str:
+    path = airflow_home / "simple_auth_manager_passwords.json.generated"
+    try:
+        return json.loads(path.read_text())["admin"]
+    except (OSError, ValueError, KeyError):
+        return f"(see {path})"
 
 
 if __name__ == "__main__":
