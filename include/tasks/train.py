@@ -13,10 +13,12 @@ The model URI that ``train_model`` returns is pinned with the digest of the byte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import re
+import warnings
 
 from include import storage
 from include.spec import PipelineSpec, Split
@@ -192,7 +194,21 @@ def save_model(pipeline) -> bytes:
     """Serialise with skops (no pickle), byte-deterministic (see :func:`canonical_skops`)."""
     import skops.io as sio
 
-    return canonical_skops(sio.dumps(pipeline))
+    with quiet_skops():
+        data = sio.dumps(pipeline)
+    return canonical_skops(data)
+
+
+@contextlib.contextmanager
+def quiet_skops():
+    """Silence what skops trips over while it scans every loaded module for an object's home.
+
+    In an Airflow worker that scan touches Airflow's deprecated-import shims, and each touch warns:
+    about 1,160 lines of noise per model dump in the task log, none of them about the task.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def canonical_skops(data: bytes) -> bytes:
@@ -263,7 +279,8 @@ def load_model(data: bytes):
     from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
-        untrusted = sio.get_untrusted_types(data=data)
+        with quiet_skops():
+            untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # a truncated zip, a missing schema, a newer skops protocol...
         raise TrainingError(f"not a readable skops model file ({exc}); re-run train_model") from None
     foreign = sorted(set(untrusted) - TRUSTED_SKOPS_TYPES)
@@ -275,7 +292,8 @@ def load_model(data: bytes):
         )
     try:
         # Only allowlisted names ever reach trusted=; skops audits the whole tree again on load.
-        return sio.loads(data, trusted=sorted(set(untrusted) & TRUSTED_SKOPS_TYPES))
+        with quiet_skops():
+            return sio.loads(data, trusted=sorted(set(untrusted) & TRUSTED_SKOPS_TYPES))
     except UntrustedTypesFoundException as exc:
         raise TrainingError(f"refusing to load a model with untrusted types: {exc}") from None
 
