@@ -192,9 +192,9 @@ def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
 
 def save_model(pipeline) -> bytes:
     """Serialise with skops (no pickle), byte-deterministic (see :func:`canonical_skops`)."""
-    import skops.io as sio
-
     with quiet_skops():
+        import skops.io as sio  # importing it runs the scan once, too
+
         data = sio.dumps(pipeline)
     return canonical_skops(data)
 
@@ -275,8 +275,9 @@ def load_model(data: bytes):
     Anything else is refused before any object in the file is constructed, so a crafted file
     cannot run code (skops' reduce nodes call whatever type they name).
     """
-    import skops.io as sio
-    from skops.io.exceptions import UntrustedTypesFoundException
+    with quiet_skops():
+        import skops.io as sio
+        from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
         with quiet_skops():
