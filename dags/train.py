@@ -9,6 +9,13 @@ robustness, ONNX parity and latency) and `bless_candidate` judges them all at on
 with **every** failed check listed, or the model card is written and the ONNX graph is registered
 as a model version with the alias `candidate` (never moved back to an older interval).
 
+**Which month a run processes.** The month in which its data interval starts: the scheduled run of
+October (interval 2026-10-01 to 2026-11-01, started on 1 November) processes 2026-10. To run a
+month by hand, trigger the DAG and fill in **month** (`YYYY-MM`) in the trigger form, or send
+`{"conf": {"month": "2025-10"}}` with the REST API; without it a manual run processes the period
+that ends at its logical date (logical date 2026-01-01: December 2025). Every run's MLflow record
+carries the month (`slipway.month`).
+
 **Operating it**
 - A red `bless_candidate` is a refused candidate, not an outage: its log lists each failed check
   with value and threshold; each gate task's MLflow run holds the evidence.
@@ -27,11 +34,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import train as b
 from include.blocks.adapter import DEFAULT_ARGS
+from include.months import MONTH_PATTERN
 from include.spec import PipelineSpec, discover
 
 DOC = """\
@@ -56,6 +64,16 @@ def training_dag(spec: PipelineSpec) -> DAG:
         max_active_runs=spec.schedule.max_active_runs,
         default_args={**DEFAULT_ARGS, "owner": spec.owner},
         tags=["slipway", "train", *spec.tags],
+        params={
+            "month": Param(
+                None,
+                type=["null", "string"],
+                pattern=MONTH_PATTERN,
+                title="Month to process (YYYY-MM)",
+                description="For a manual run: the month whose batch to train up to. Empty: the month "
+                "in which the run's data interval starts.",
+            )
+        },
         doc_md=DOC.format(
             name=name, description=spec.description, estimator=spec.estimator.import_path, suite=spec.suite_file
         )

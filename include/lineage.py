@@ -198,6 +198,15 @@ def _log_refs(mlflow, refs: list[dict], context: str) -> None:
         mlflow.set_tag(f"{TAG}data.{context}", json.dumps(refs)[:5000])
 
 
+def _month(context) -> str:
+    from include.months import run_month
+
+    try:
+        return run_month(context)
+    except (KeyError, AttributeError, ValueError):
+        return ""
+
+
 def _context_ids(context) -> dict[str, Any]:
     ti = context["ti"]
     dag_run = context["dag_run"]
@@ -209,6 +218,7 @@ def _context_ids(context) -> dict[str, Any]:
         "map_index": int(getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1),
         "interval_start": str(getattr(dag_run, "data_interval_start", "") or ""),
         "interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
+        "month": _month(context),
         # Enum members print as "DagRunType.MANUAL": record the value an operator knows ("manual").
         "run_type": str(getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", "")) or ""),
     }
@@ -231,6 +241,7 @@ def track(pipeline: str, context, inputs: Any = None):
             f"{TAG}interval_start": ids["interval_start"],
             f"{TAG}interval_end": ids["interval_end"],
             f"{TAG}run_type": ids["run_type"],
+            f"{TAG}month": ids["month"],
         },
     )
     key = {
@@ -420,7 +431,7 @@ def describe_dag_run(client, parent_run_id: str, state: str) -> str:
     """The Markdown description an operator reads on the DAG run's MLflow run: what, which month, outcome."""
     tags = client.get_run(parent_run_id).data.tags
     pipeline = tags.get(f"{TAG}pipeline", "?")
-    month = (tags.get(f"{TAG}interval_start") or "")[:7] or "?"
+    month = tags.get(f"{TAG}month") or (tags.get(f"{TAG}interval_start") or "")[:7] or "?"
     lines = [f"**{pipeline}**, `{tags.get(f'{TAG}dag_id', '')}` run `{tags.get(f'{TAG}run_id', '')}`: data month **{month}**, {state}."]
     blessing = tags.get(f"{TAG}blessing")
     if blessing == "passed":

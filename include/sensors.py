@@ -19,14 +19,12 @@ from airflow.sdk.exceptions import (
 )
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from include.months import month_end, run_month
+
 
 def interval_month(context) -> str:
-    """YYYY-MM of the run's data interval start (logical date or run_after as fallbacks)."""
-    for key in ("data_interval_start", "logical_date"):
-        value = context.get(key)
-        if value is not None:
-            return value.strftime("%Y-%m")
-    return context["dag_run"].run_after.strftime("%Y-%m")
+    """The month the run processes (see :mod:`include.months`)."""
+    return run_month(context)
 
 
 class BatchArrivedTrigger(BaseTrigger):
@@ -80,9 +78,8 @@ class BatchSensor(BaseSensorOperator):
         return landing_batch_uri(get_settings().landing_uri, self._spec(), interval_month(context))
 
     def deadline(self, context) -> datetime:
-        """When the interval's batch must have landed: the interval's end plus ``source.deadline_days``."""
-        end = context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
-        return end + timedelta(days=self._spec().source.deadline_days)
+        """When the month's batch must have landed: the month's end plus ``source.deadline_days``."""
+        return month_end(interval_month(context)) + timedelta(days=self._spec().source.deadline_days)
 
     def _skip(self, context, uri: str) -> AirflowSkipException:
         month = interval_month(context)

@@ -84,7 +84,13 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     stack = live_stack
     client = mlflow_client(stack.tracking)
     run_id = "manual__past_2025_11"
-    stack.api("POST", f"/api/v2/dags/{DAG}/dagRuns", {"dag_run_id": run_id, "logical_date": "2025-12-01T00:00:00Z"})
+    # Named in the trigger form's month parameter, which wins over the logical date (that alone
+    # would mean 2026-02).
+    stack.api(
+        "POST",
+        f"/api/v2/dags/{DAG}/dagRuns",
+        {"dag_run_id": run_id, "logical_date": "2026-03-01T00:00:00Z", "conf": {"month": "2025-11"}},
+    )
     # validate_snapshot has opened its MLflow run and is inside Great Expectations: kill its process.
     stack.wait_for(lambda: _open_try(client, run_id, "validate_snapshot"), 600, "validate_snapshot to run", every=0.5)
     ti = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/validate_snapshot")
@@ -123,8 +129,11 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     assert int(parent.data.tags["slipway.attempt"]) >= 2 and "success" in parent.data.tags["slipway.previous_states"]
     train_tries = sorted(int(r.data.tags["slipway.try_number"]) for r in runs if r.data.tags["slipway.task_id"] == "train_model")
     assert len(train_tries) == 2 and train_tries[0] < train_tries[1]
-    # The backfill registered its own version and left candidate on the newer month.
+    # The backfill registered its own version (for the month named) and left candidate on the newer month.
     assert client.get_model_version_by_alias("telco_churn", "candidate").tags["slipway.month"] == "2025-12"
+    nov = [v for v in client.search_model_versions("name = 'telco_churn'") if v.tags["slipway.run_id"] == run_id]
+    assert [v.tags["slipway.month"] for v in nov] == ["2025-11"]
+    assert parent.data.tags["slipway.month"] == "2025-11"
 
 
 def test_a_sweep_closes_lineage_that_mlflow_missed_at_the_end(live_stack):

@@ -111,3 +111,24 @@ def test_the_deadline_passing_while_deferred_skips_the_run(isolated_home):
         sensor.resume_execution("__fail__", {"error": "Trigger timeout"}, ctx)
     [run] = _sensor_runs("scheduled__waiting")
     assert run.info.status == "FINISHED" and run.data.tags["slipway.state"] == "skipped"
+
+
+def test_one_month_rule_for_scheduled_and_manual_runs():
+    from include.months import month_end, run_month
+
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    scheduled = {"data_interval_start": october, "params": {"month": None}}
+    assert run_month(scheduled) == "2026-10"  # the month the data interval starts in
+    manual = {"data_interval_start": datetime(2025, 12, 1, tzinfo=UTC), "params": {"month": "2025-10"}}
+    assert run_month(manual) == "2025-10"  # the trigger form's month wins
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        run_month({"data_interval_start": october, "params": {"month": "2025-13"}})
+    assert month_end("2025-12") == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_a_named_past_month_is_judged_by_its_own_deadline(isolated_home):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    ctx = {**_context(_this_month(), run_id="manual__named"), "params": {"month": "2024-02"}}
+    with pytest.raises(AirflowSkipException, match="no batch for 2024-02: .* by its deadline 2024-03-08"):
+        BatchSensor(task_id="wait_for_batch", pipeline="telco_churn").execute(ctx)
