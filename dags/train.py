@@ -9,6 +9,13 @@ robustness, ONNX parity and latency) and `bless_candidate` judges them all at on
 with **every** failed check listed, or the model card is written and the ONNX graph is registered
 as a model version with the alias `candidate` (never moved back to an older interval).
 
+**Tasks**, in order: `wait_for_batch` (deferrable sensor) → `ingest_batch` → `version_snapshot`
+(DVC) → `validate_snapshot` (Great Expectations) → `train_model` → `evaluate_model` (threshold,
+metric floors, data validation) → side by side: `compare_champion` (champion and business
+gates), `check_fairness`, `explain_model` (SHAP, forbidden features, proxy probe),
+`check_robustness`, `optimise_onnx` (parity at the decision threshold, latency) →
+`bless_candidate` → `write_model_card` → `register_model` (asset `<pipeline>__candidate`).
+
 **Which month a run processes.** The month in which its data interval starts: the scheduled run of
 October (interval 2026-10-01 to 2026-11-01, started on 1 November) processes 2026-10. To run a
 month by hand, trigger the DAG and fill in **month** (`YYYY-MM`) in the trigger form, or send
@@ -18,7 +25,11 @@ carries the month (`slipway.month`).
 
 **Operating it**
 - A red `bless_candidate` is a refused candidate, not an outage: its log lists each failed check
-  with value and threshold; each gate task's MLflow run holds the evidence.
+  with value and threshold, and so does the DAG run's MLflow run (tag `slipway.failure`); each
+  gate task's MLflow run holds the evidence. Fix the data or the model, or revisit the threshold
+  in the spec (a policy decision: say why in the spec), then re-run the month. Nothing was
+  registered and no alias moved.
+- To re-run a month: clear the DAG run (all its tasks), or trigger a new run with that month.
 - A month whose batch has not landed waits (in the triggerer, no worker slot) until the spec's
   `source.deadline_days` after the month ends, then the run is **skipped** with "no batch for
   YYYY-MM". Up to `schedule.max_active_runs` (3) runs are active at once, so a past month can be
@@ -48,7 +59,17 @@ DOC = """\
 {description}
 
 Estimator `{estimator}`, expectation suite `{suite}`, spec `include/pipelines/{name}.yaml`.
+Lineage: MLflow experiment `{name}`{mlflow_link}, one run per DAG run with a nested run per task;
+`slipway lineage {name}@candidate`.
 """
+
+
+def _mlflow_link(name: str) -> str:
+    """A link to the pipeline's MLflow experiment when the MLflow UI's address is configured."""
+    from include.settings import get_settings
+
+    url = get_settings().mlflow_ui_url
+    return f" ([open in MLflow]({url.rstrip('/')}/#/experiments/search?searchFilter=name%3D%27{name}%27))" if url else ""
 
 
 def training_dag(spec: PipelineSpec) -> DAG:
@@ -75,7 +96,11 @@ def training_dag(spec: PipelineSpec) -> DAG:
             )
         },
         doc_md=DOC.format(
-            name=name, description=spec.description, estimator=spec.estimator.import_path, suite=spec.suite_file
+            name=name,
+            description=spec.description,
+            estimator=spec.estimator.import_path,
+            suite=spec.suite_file,
+            mlflow_link=_mlflow_link(name),
         )
         + __doc__,
     ) as dag:

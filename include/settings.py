@@ -32,6 +32,7 @@ class Settings:
     pipelines_dir: Path
     expectations_dir: Path
     code_version: str | None
+    mlflow_ui_url: str | None
 
 
 def get_settings() -> Settings:
@@ -55,6 +56,8 @@ def get_settings() -> Settings:
             env.get("SLIPWAY_EXPECTATIONS_DIR", PROJECT_ROOT / "include" / "expectations")
         ).resolve(),
         code_version=env.get("SLIPWAY_CODE_VERSION") or None,
+        mlflow_ui_url=env.get("SLIPWAY_MLFLOW_UI_URL")
+        or (env.get("MLFLOW_TRACKING_URI") if env.get("MLFLOW_TRACKING_URI", "").startswith("http") else None),
     )
 
 

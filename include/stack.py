@@ -60,6 +60,7 @@ def main() -> None:
     os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
     os.environ.setdefault("AIRFLOW__API__WORKERS", "1")
     os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    os.environ.setdefault("SLIPWAY_MLFLOW_UI_URL", f"http://127.0.0.1:{mlflow_port}")  # links in DAG docs
     migrate_airflow_db()
     bindir = os.path.dirname(sys.executable)
     logs = s.home / "logs" / "stack"

@@ -186,3 +186,17 @@ def test_lint_airflow_rules():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     json.dumps(proc.stdout)
+
+
+def test_train_dag_docs_list_every_task_the_month_rule_and_link_mlflow(monkeypatch):
+    monkeypatch.setenv("SLIPWAY_MLFLOW_UI_URL", "http://mlflow.internal:5000")
+    dag = _bag().dags["telco_churn__train"]
+    for task in dag.tasks:
+        assert f"`{task.task_id}`" in dag.doc_md, task.task_id
+    assert "Which month a run processes" in dag.doc_md and "fill in **month**" in dag.doc_md
+    assert "http://mlflow.internal:5000/#/experiments/search" in dag.doc_md
+    assert "re-run the month" in dag.doc_md
+    from include.months import MONTH_PATTERN
+
+    assert dag.params["month"] is None  # empty by default: the data interval decides
+    assert dag.params.get_param("month").schema["pattern"] == MONTH_PATTERN
