@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install demo test lint up bench clean
+.PHONY: help install demo test lint up bench policy clean
 
 help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
 	@echo "make test   install what is missing, run linters and the whole test suite"
 	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
 	@echo "make bench  scikit-learn vs onnxruntime: single-row latency and batch throughput, one run"
+	@echo "make policy the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean  remove the embedded state folder (.slipway/)"
 
 # Locked install: two installs from uv.lock get the same versions. uv is bootstrapped with pip.
@@ -41,3 +42,6 @@ bench: install
 
 clean:
 	rm -rf .slipway
+
+policy: install
+	$(BIN)/python -m include.policy
