@@ -417,6 +417,12 @@ class PipelineSpec(_Strict):
         return self
 
     @property
+    def entity_column(self) -> str | None:
+        """The column that identifies an entity (splits and duplicate checks key on it): the first
+        identifier with action ``hash``, or None."""
+        return next((col for col, action in self.identifiers.items() if action == "hash"), None)
+
+    @property
     def suite_file(self) -> str:
         """File name of the expectation suite."""
         return self.expectation_suite or f"{self.name}.json"

@@ -9,7 +9,7 @@ candidate may get an alias.
 from __future__ import annotations
 
 from include.spec import PipelineSpec
-from include.tasks.gates import FAILED, PASSED, GateFailed, check, describe, failures, status_of
+from include.tasks.gates import FAILED, PASSED, GateFailed, check, failure_message, failures, status_of
 
 ORDER = [
     "data_validation",
@@ -72,10 +72,8 @@ def raise_unless_blessed(b: dict) -> None:
             b["results"],
         )
     if b["failed"]:
-        raise GateFailed(
-            f"blessing failed: {len(b['failed'])} gate check(s) failed:\n"
-            + "\n".join(f"  - {describe(r)}" for r in b["failed"])
-            + "\nThe candidate is not registered and no alias moved. Each gate task's MLflow run holds "
-            "the evidence; improve the model or revisit the thresholds in the pipeline spec.",
-            b["results"],
+        advice = (
+            "Each gate task's MLflow run holds the evidence; improve the model or revisit the "
+            "thresholds in the pipeline spec."
         )
+        raise GateFailed("blessing failed: " + failure_message(b["failed"], advice), b["results"])

@@ -7,7 +7,6 @@ by Airflow), never a silent "no champion" that would hold the candidate to the f
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from include.tasks.evaluate import compute_metrics
 from include.tasks.gates import check, not_applicable
 from include.tasks.ingest import read_parquet
 from include.tasks.train import (
+    SHA256_HEX,
     ModelIntegrityError,
     TrainingError,
     feature_frame,
@@ -27,7 +27,6 @@ from include.tasks.train import (
 )
 
 SKLEARN_SHA256_TAG = "slipway.sklearn_sha256"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RegistryUnavailable(RuntimeError):
@@ -77,7 +76,7 @@ def load_champion(name: str, alias: str = "champion", tracking_uri: str | None =
         raise _unavailable(where, exc) from exc
     label = f"{name}@{alias} (version {mv.version})"
     expected = (mv.tags or {}).get(SKLEARN_SHA256_TAG)
-    if not expected or not _HEX64.match(expected):
+    if not expected or not SHA256_HEX.match(expected):
         raise ModelIntegrityError(
             f"{label} has no valid {SKLEARN_SHA256_TAG!r} tag (got {expected!r}), so its skops model "
             "cannot be proven to be the one that was trained and blessed; re-register it (re-run the "

@@ -106,14 +106,20 @@ def describe(r: dict) -> str:
     return line + (f" ({r['note']})" if r.get("note") else "")
 
 
+def failure_message(failed: list[dict], advice: str) -> str:
+    """What an operator reads when checks failed: each one with value and threshold, then what to do."""
+    return (
+        f"{len(failed)} gate check(s) failed:\n"
+        + "\n".join(f"  - {describe(r)}" for r in failed)
+        + f"\nThe candidate is not registered and no alias moved. {advice}"
+    )
+
+
 def raise_for_gate(results: list[dict]) -> None:
     """Raise :class:`GateFailed` naming every failed check."""
     failed = failures(results)
     if failed:
         raise GateFailed(
-            f"{len(failed)} gate check(s) failed:\n"
-            + "\n".join(f"  - {describe(r)}" for r in failed)
-            + "\nThe candidate is not registered and no alias moved. Improve the model or revisit the "
-            "thresholds in the pipeline spec.",
+            failure_message(failed, "Improve the model or revisit the thresholds in the pipeline spec."),
             results,
         )

@@ -188,14 +188,10 @@ class IdIndex:
     batch_sha256: str  # the batch object's bytes: a re-run of the month compares against this
 
 
-def _hashed_key(spec: PipelineSpec) -> str | None:
-    return next((c for c, action in spec.identifiers.items() if action == "hash"), None)
-
-
 def _build_index(df, spec: PipelineSpec, batch_sha256: str) -> IdIndex:
     import pandas as pd
 
-    key = _hashed_key(spec)
+    key = spec.entity_column
     ids = frozenset(bytes.fromhex(v[:32]) for v in df[key]) if key else frozenset()
     body = df.drop(columns="batch_month")
     content = hashlib.sha256("\x1f".join(body.columns).encode())

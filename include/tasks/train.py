@@ -36,7 +36,7 @@ _LINEAR = {"logistic_regression"}
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"numpy.dtype", "sklearn.tree._tree.Tree"})
 
 _PIN = "#sha256="
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TrainingError(ValueError):
@@ -63,8 +63,8 @@ def labels(df, spec: PipelineSpec):
 
 
 def entity_column(spec: PipelineSpec) -> str | None:
-    """The column splits are keyed on: the spec's first identifier with action ``hash``, or None."""
-    return next((col for col, action in spec.identifiers.items() if action == "hash"), None)
+    """The column splits are keyed on (:attr:`PipelineSpec.entity_column`)."""
+    return spec.entity_column
 
 
 def assign_splits(ids, split: Split) -> list[str]:
@@ -375,7 +375,7 @@ def _plain(v) -> bool:
 def read_model_bytes(model_uri: str) -> bytes:
     """The bytes of the model at a pinned ``model_uri``, checked against its sha256 pin."""
     uri, expected = unpin(model_uri)
-    if expected is None or not _HEX64.match(expected):
+    if expected is None or not SHA256_HEX.match(expected):
         raise ModelIntegrityError(
             f"model URI {model_uri} is not pinned to a digest ('{_PIN}<64 hex digits>'), so the model "
             "cannot be proven to be the one trained; pass the model_uri that train_model returned, "
