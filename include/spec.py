@@ -444,13 +444,18 @@ class PipelineSpec(_Strict):
 SENSITIVE_TYPE = "int64|str"
 
 
+#: The lake column holding each row's split (train/validation/test), assigned at ingest from the
+#: raw entity id, so every installation splits the same data the same way whatever its PII key.
+SPLIT_COLUMN = "slipway_split"
+
+
 def post_ingest_schema(spec: PipelineSpec) -> dict[str, str]:
     """The columns ingest writes to the lake, in order, and their types (see ``conform_batch``).
 
     Dropped identifiers are absent; hashed identifiers are hex strings; numeric features are
     float64 and binary ones int64; categorical features and the target are str; sensitive
-    attributes are int64 when every value is a whole number, else str; ``batch_month`` (YYYY-MM)
-    is added last.
+    attributes are int64 when every value is a whole number, else str; with an entity identifier,
+    ``slipway_split`` (train/validation/test) follows; ``batch_month`` (YYYY-MM) is added last.
     """
     schema: dict[str, str] = {}
     # Same precedence as conform_batch: identifier, numeric/binary feature, sensitive attribute,
@@ -467,6 +472,8 @@ def post_ingest_schema(spec: PipelineSpec) -> dict[str, str]:
             schema[col] = SENSITIVE_TYPE
         else:  # the target (written as text) or a categorical feature
             schema[col] = "str"
+    if spec.entity_column is not None:
+        schema[SPLIT_COLUMN] = "str"
     schema["batch_month"] = "str"
     return schema
 

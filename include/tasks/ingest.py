@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from include import storage
-from include.spec import PipelineSpec
+from include.spec import SPLIT_COLUMN, PipelineSpec, Split
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -156,8 +156,29 @@ def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes)
             + "\n  - ".join(problems)
             + "\nFix the export in the landing zone and re-run the task; nothing was written to the lake."
         )
+    if spec.entity_column is not None:
+        # From the raw id, before hashing: the split does not depend on the deployment's PII key, so
+        # the same data trains the same model everywhere. Three labels say nothing about the id.
+        out[SPLIT_COLUMN] = assign_splits(raw[spec.entity_column], spec.split)
     out["batch_month"] = month
     return out.reset_index(drop=True)
+
+
+def assign_splits(ids, split: Split) -> list[str]:
+    """``train``/``validation``/``test`` per entity id, from a salted sha256 of the id alone.
+
+    The same id always gets the same split for the same ``random_state``, whatever else is in the
+    batch, so a customer never moves between splits as monthly snapshots grow.
+    """
+    salt = f"slipway-split:{split.random_state}:".encode()
+    test_cut = split.test_size
+    val_cut = split.test_size + split.validation_size
+    out = []
+    for value in ids:
+        digest = hashlib.sha256(salt + str(value).encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        out.append("test" if u < test_cut else "validation" if u < val_cut else "train")
+    return out
 
 
 def to_parquet_bytes(df) -> bytes:

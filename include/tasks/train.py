@@ -21,7 +21,7 @@ import re
 import warnings
 
 from include import storage
-from include.spec import PipelineSpec, Split
+from include.spec import SPLIT_COLUMN, PipelineSpec
 from include.tasks.ingest import read_parquet, to_parquet_bytes
 
 _LINEAR = {"logistic_regression"}
@@ -67,28 +67,13 @@ def entity_column(spec: PipelineSpec) -> str | None:
     return spec.entity_column
 
 
-def assign_splits(ids, split: Split) -> list[str]:
-    """``train``/``validation``/``test`` per entity id, from a salted sha256 of the id alone.
-
-    The same id always gets the same split for the same ``random_state``, whatever else is in the
-    snapshot, so a customer never moves between splits as monthly snapshots grow.
-    """
-    salt = f"slipway-split:{split.random_state}:".encode()
-    test_cut = split.test_size
-    val_cut = split.test_size + split.validation_size
-    out = []
-    for value in ids:
-        digest = hashlib.sha256(salt + str(value).encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        out.append("test" if u < test_cut else "validation" if u < val_cut else "train")
-    return out
-
-
 def split_frame(df, spec: PipelineSpec):
     """Deterministic (train, validation, test) split.
 
-    With a hashed identifier in the spec (see :func:`entity_column`) rows go by a stable hash of
-    the entity id: every row of a customer lands in one split, in every snapshot, so a candidate
+    With a hashed identifier in the spec (see :func:`entity_column`) rows go by the split ingest
+    assigned from a stable hash of the raw entity id (column ``slipway_split``, see
+    :func:`include.tasks.ingest.assign_splits`): every row of a customer lands in one split, in
+    every snapshot and every installation, so a candidate
     is never tested on customers its champion trained on. Hashing cannot stratify: class shares
     and split sizes match ``split`` only approximately (``split.stratify`` is ignored). Without a
     hashed identifier the split is random, seeded, and stratified on the label when the spec says.
@@ -104,14 +89,12 @@ def split_frame(df, spec: PipelineSpec):
     if key is None:
         train, val, test = _random_split(df, y, spec)
     else:
-        if key not in df.columns:
+        if SPLIT_COLUMN not in df.columns:
             raise TrainingError(
-                f"the snapshot has no column {key!r}, the hashed identifier that spec {spec.name}.yaml "
-                "splits on; re-ingest the batches with this spec"
+                f"the snapshot has no column {SPLIT_COLUMN!r}, the split ingest assigns from the identifier "
+                f"{key!r} of spec {spec.name}.yaml; re-ingest the batches with this version of Slipway"
             )
-        import numpy as np
-
-        where = np.asarray(assign_splits(df[key], spec.split))
+        where = df[SPLIT_COLUMN].astype(str).to_numpy()
         train, val, test = (
             df[where == part].reset_index(drop=True) for part in ("train", "validation", "test")
         )

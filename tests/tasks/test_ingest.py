@@ -9,6 +9,8 @@ import pytest
 from include import storage
 from include.tasks.ingest import (
     BatchError,
+    _read,
+    conform_batch,
     id_index_uri,
     ingest_batches,
     ingest_month,
@@ -37,7 +39,7 @@ def _lake_state(lake):
 def test_ingest_writes_typed_parquet_with_hashed_ids(zones, telco_spec, wa_churn):
     landing, lake = zones
     batch = wa_churn.iloc[:300]
-    _land(landing, "2025-01", batch)
+    landed = _land(landing, "2025-01", batch)
     out = ingest_month(telco_spec, "2025-01", landing, lake, KEY)
     assert out["status"] == "written"
     assert out["uri"] == lake_batch_uri(lake, telco_spec, "2025-01")
@@ -51,6 +53,11 @@ def test_ingest_writes_typed_parquet_with_hashed_ids(zones, telco_spec, wa_churn
     assert b"CUST-00001" not in raw
     assert df["customer_id"].str.fullmatch(r"[0-9a-f]{64}").all()
     assert df["customer_id"].is_unique
+    # The split is assigned from the raw id, so it does not depend on the deployment's key.
+    assert set(df["slipway_split"]) == {"train", "validation", "test"}
+    other = conform_batch(_read(landed, "csv"), telco_spec, landed, "2025-01", b"another-key")
+    assert other["slipway_split"].tolist() == df["slipway_split"].tolist()
+    assert other["customer_id"].tolist() != df["customer_id"].tolist()
     # The real blemish survives as a missing value, not as a crash.
     blanks = wa_churn.iloc[:300]["total_charges"].isna().sum()
     assert df["total_charges"].isna().sum() == blanks
@@ -340,7 +347,9 @@ def test_refusals_never_show_a_raw_identifier(zones_with_history, telco_spec, wa
     within = _assert_refused(zones_with_history, telco_spec, frame, "2025-02", "repeats in 1 rows")
     assert planted not in within and "PLANTED" not in within
     assert "data rows [2]" in within
-    across = _assert_refused(zones_with_history, telco_spec, wa_churn.iloc[:5], "2025-03", "repeats 5 records")
+    across = _assert_refused(
+        zones_with_history, telco_spec, wa_churn.iloc[:5], "2025-03", "repeats 5 records"
+    )
     assert not any(cid in across for cid in wa_churn.iloc[:5]["customer_id"].astype(str))
 
 

@@ -26,3 +26,18 @@ def test_policy_replay_marks_the_months_that_fail(tmp_path, telco_spec):
     table = markdown(rows)
     assert table.splitlines()[0].startswith("| month | rows | threshold | ROC AUC | DP[female]")
     assert len(table.splitlines()) == 4 and "**" in table
+
+
+def _with_eod(spec, limit: float):
+    fairness = spec.gates.fairness.model_copy(update={"max_equal_opportunity_difference": limit})
+    return spec.model_copy(update={"gates": spec.gates.model_copy(update={"fairness": fairness})})
+
+
+def test_seed_table_counts_passes_over_other_splits(tmp_path, telco_spec):
+    from include.policy import seed_table
+
+    strict = seed_table(_with_eod(telco_spec, 0.0001), ["2025-01"], 2, tmp_path)
+    row = strict.splitlines()[2]
+    assert row.startswith("| 2025-01 | 0 |") and "equal_opportunity_difference[" in row
+    # Only the split's seed changes: the same months, a header naming how many seeds.
+    assert strict.splitlines()[0] == "| month | passes (of 2 split seeds) | failed checks (times) |"

@@ -18,7 +18,6 @@ from include.tasks.train import (
     TRUSTED_SKOPS_TYPES,
     ModelIntegrityError,
     TrainingError,
-    assign_splits,
     build_pipeline,
     feature_frame,
     labels,
@@ -70,12 +69,19 @@ def test_entity_split_is_stable_as_the_snapshot_grows(telco_spec, wa_churn):
     # Each recurring customer's two rows sit in one split (checked by _split_of) and both are there.
     assert len(train) + len(second[1]) + len(test) == 1650
     assert 0.15 < len(test) / 1650 < 0.25 and 0.15 < len(second[1]) / 1650 < 0.25
-    # Deterministic, and the salt comes from split.random_state.
+    # Deterministic, and the salt comes from split.random_state (applied at ingest).
     assert _split_of(split_frame(january, telco_spec)) == before
     other_seed = telco_spec.model_copy(
         update={"split": telco_spec.split.model_copy(update={"random_state": 7})}
     )
-    assert _split_of(split_frame(january, other_seed)) != before
+    reseeded = _conform(wa_churn.iloc[:1000], other_seed, "2025-01")
+    assert _split_of(split_frame(reseeded, other_seed)) != before
+
+
+def test_a_snapshot_ingested_without_splits_is_refused(telco_spec, wa_churn):
+    old = _conform(wa_churn.iloc[:300], telco_spec, "2025-01").drop(columns="slipway_split")
+    with pytest.raises(TrainingError, match="no column 'slipway_split'.*re-ingest"):
+        split_frame(old, telco_spec)
 
 
 def test_random_split_without_a_hashed_identifier_is_seeded_and_stratified(snapshot_uri, telco_spec):
@@ -103,10 +109,9 @@ def test_train_reports_the_split_method(tmp_path, snapshot_uri, telco_spec):
 
 def test_a_single_class_train_split_is_refused(tmp_path, telco_spec, wa_churn):
     df = _conform(wa_churn.iloc[:400], telco_spec, "2025-01")
-    where = dict(zip(df["customer_id"], assign_splits(df["customer_id"], telco_spec.split), strict=True))
     # Keep only the churners that hash outside the training split: training would see one class.
     churn = df["churn"] == "Yes"
-    kept = df[~churn | (df["customer_id"].map(where) != "train")]
+    kept = df[~churn | (df["slipway_split"] != "train")]
     assert labels(kept, telco_spec).sum() > 0
     uri = storage.write_bytes(storage.path_to_uri(tmp_path / "s.parquet"), to_parquet_bytes(kept))
     with pytest.raises(TrainingError, match="training split has only one class"):

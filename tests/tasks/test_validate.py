@@ -56,6 +56,7 @@ def _valid_frame(n: int = 120) -> pd.DataFrame:
             "monthly_charges": monthly,
             # Like the real data: customers not yet billed (tenure 0) have a blank total.
             "total_charges": float("nan") if tenure == 0 else round(monthly * tenure, 2),
+            "slipway_split": ["train", "train", "train", "validation", "test"][i % 5],
             "batch_month": "2025-01",
         }
         for addon in ADDONS:
@@ -244,11 +245,13 @@ def test_raise_for_failures_message_lists_each_failure():
 
 
 @pytest.mark.parametrize("rows", [587, None], ids=["first_month", "full_table"])
-def test_real_suite_passes_on_the_real_data(tmp_path, rows):
+def test_real_suite_passes_on_the_real_data(tmp_path, rows, telco_spec):
     from include.demo_data import load_wa_churn
+    from include.tasks.ingest import assign_splits
 
     frame = load_wa_churn()
     frame = frame.iloc[:rows].copy() if rows else frame
+    frame["slipway_split"] = assign_splits(frame["customer_id"], telco_spec.split)  # as ingest does
     frame["customer_id"] = frame["customer_id"].map(_hash)  # as ingest does (HMAC there)
     frame["batch_month"] = "2025-01"
 
