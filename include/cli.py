@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
 from datetime import UTC, datetime
 
-
-def _use_airflow_env() -> None:
-    """Embedded defaults for Airflow unless the environment already says otherwise."""
-    from include.settings import airflow_environment
-
-    env = airflow_environment()
-    os.environ.update(env)
-    # Airflow spawns `airflow` subprocesses from PATH: the project's interpreter must come first.
-    bindir = os.path.dirname(sys.executable)
-    if not os.environ.get("PATH", "").startswith(bindir):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    if env["PYTHONPATH"] not in sys.path:
-        sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p]
+from include.local_run import run_dag, use_airflow_env
 
 
 def _say(msg: str) -> None:
@@ -33,100 +20,12 @@ def migrate_airflow_db(quiet: bool = True) -> None:
     """Create or upgrade the Airflow metadata database."""
     import subprocess
 
-    _use_airflow_env()
+    use_airflow_env()
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=quiet, text=True, env=os.environ
     )
     if proc.returncode != 0:
         raise SystemExit(f"airflow db migrate failed:\n{(proc.stderr or '')[-3000:]}")
-
-
-@contextlib.contextmanager
-def _output_to(path):
-    """Send this process's stdout/stderr (file descriptors, so Airflow's loggers too) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def _errors_from_log(path, offset: int, limit: int = 150) -> str:
-    """This run's part of the log, from its first error on (what an operator needs to see)."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        lines = fh.read().decode(errors="replace").splitlines()
-    start = next((i for i, line in enumerate(lines) if "[error" in line), max(0, len(lines) - 40))
-    return "\n".join(lines[start : start + limit])
-
-
-def failed_tasks(dag_id: str, run_id: str) -> list[tuple[str, str]]:
-    """(task_id, error) of the failed task instances of a DAG run, from their MLflow runs."""
-    client = _client()
-    exp = client.get_experiment_by_name(dag_id.split("__", 1)[0])
-    if exp is None:
-        return []
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`slipway.dag_id` = '{dag_id}' and tags.`slipway.run_id` = '{run_id}' "
-        "and tags.`slipway.level` = 'task' and attributes.status = 'FAILED'",
-    )
-    return [(r.data.tags.get("slipway.task_id", "?"), r.data.tags.get("slipway.error", "")) for r in runs]
-
-
-def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
-    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month``; return the DagRun.
-
-    With ``quiet`` the Airflow task logs go to ``<state>/logs/<dag_id>.log`` and only the
-    errors are printed when the run fails.
-    """
-    if quiet:
-        from include.settings import get_settings
-
-        log_path = get_settings().home / "logs" / f"{dag_id}.log"
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        _say(f"task logs: {log_path}")
-        with _output_to(log_path):
-            dr = run_dag(dag_id, month, quiet=False)
-        if str(dr.state) != "success":
-            print(_errors_from_log(log_path, offset), file=sys.stderr)
-            for task_id, error in failed_tasks(dag_id, dr.run_id):
-                print(f"\n[slipway] task {task_id} failed:\n{error}", file=sys.stderr)
-        return dr
-    _use_airflow_env()
-    import logging
-
-    from include.settings import PROJECT_ROOT
-
-    logging.getLogger("airflow").setLevel(logging.WARNING)
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    if dag_id not in bag.dags:
-        errors = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
-        raise SystemExit(
-            f"DAG {dag_id!r} not found in dags/." + (f"\nImport errors:\n{errors}" if errors else "")
-        )
-    dag = bag.dags[dag_id]
-    if month:
-        year, mon = (int(x) for x in month.split("-"))
-        y2, m2 = (year + 1, 1) if mon == 12 else (year, mon + 1)
-        # A monthly data interval [month, next month) is run at its end.
-        logical = datetime(y2, m2, 1, tzinfo=UTC)
-    else:
-        logical = datetime.now(UTC)
-    return dag.test(logical_date=logical)
 
 
 # ---------------------------------------------------------------- lineage / status
@@ -568,7 +467,7 @@ def sweep_lineage(days: int = 14) -> list[str]:
     """
     from datetime import timedelta
 
-    _use_airflow_env()
+    use_airflow_env()
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance as TI
     from airflow.utils.session import create_session
@@ -604,7 +503,9 @@ def sweep_lineage(days: int = 14) -> list[str]:
         if parent.info.status == "RUNNING" or open_tasks:
             with create_session() as session:
                 rows = session.execute(
-                    select(TI.task_id, TI.state, TI.try_number).where(TI.dag_id == dag_id, TI.run_id == run_id)
+                    select(TI.task_id, TI.state, TI.try_number).where(
+                        TI.dag_id == dag_id, TI.run_id == run_id
+                    )
                 ).all()
             states = {t: (str(getattr(st, "value", st) or "none"), int(n or 0)) for t, st, n in rows}
             close_parent(pipeline, dag_id, run_id, str(getattr(state, "value", state)), states)
@@ -667,7 +568,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser(
-        "sweep", help="close MLflow lineage that finished DAG runs left open (e.g. MLflow was down at their end)"
+        "sweep",
+        help="close MLflow lineage that finished DAG runs left open (e.g. MLflow was down at their end)",
     )
     p.add_argument("--days", type=int, default=14, help="look at DAG runs that ended in the last N days")
     p.set_defaults(func=cmd_sweep)

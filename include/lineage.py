@@ -22,12 +22,16 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from include.settings import PROJECT_ROOT, get_settings
+
+log = logging.getLogger(__name__)
 
 TAG = "slipway."
 DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
@@ -68,7 +72,16 @@ def code_version() -> str:
         )
         sha = proc.stdout.strip() if proc.returncode == 0 else ""
         dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=all", "--", *_CODE_PATHS],
+            [
+                "git",
+                "-C",
+                str(PROJECT_ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=all",
+                "--",
+                *_CODE_PATHS,
+            ],
             capture_output=True,
             text=True,
             timeout=5,
@@ -185,7 +198,10 @@ def _log_refs(mlflow, refs: list[dict], context: str) -> None:
             continue
         seen.add(key)
         try:
-            source = resolve_dataset_source(ref["uri"])
+            with warnings.catch_warnings():
+                # MLflow registers its local-artifact source twice and warns that it is ambiguous.
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                source = resolve_dataset_source(ref["uri"])
         except Exception:
             from mlflow.data.http_dataset_source import HTTPDatasetSource
 
@@ -194,6 +210,7 @@ def _log_refs(mlflow, refs: list[dict], context: str) -> None:
         mlflow.log_input(
             dataset, context=context, tags={"kind": ref["kind"], "full_digest": str(ref["digest"])}
         )
+        log.info("%s %s: %s (%s %s)", context, ref["name"], ref["uri"], ref["kind"], str(ref["digest"])[:16])
     if refs:
         mlflow.set_tag(f"{TAG}data.{context}", json.dumps(refs)[:5000])
 
@@ -220,7 +237,9 @@ def _context_ids(context) -> dict[str, Any]:
         "interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
         "month": _month(context),
         # Enum members print as "DagRunType.MANUAL": record the value an operator knows ("manual").
-        "run_type": str(getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", "")) or ""),
+        "run_type": str(
+            getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", "")) or ""
+        ),
     }
 
 
@@ -280,6 +299,12 @@ def track(pipeline: str, context, inputs: Any = None):
         result_box["result"] = result
         return result
 
+    log.info(
+        "MLflow: experiment %r, DAG-run record %s, this task's record %s",
+        pipeline,
+        parent.info.run_id,
+        child.info.run_id,
+    )
     with mlflow.start_run(run_id=child.info.run_id):
         status, state = "FINISHED", "success"
         try:
@@ -321,7 +346,11 @@ _OPEN = ("RUNNING", "SCHEDULED")
 def _open_runs(client, exp_id: str, filters: dict[str, str]) -> list:
     """Runs matching the tags that are still RUNNING or SCHEDULED (status filtered here: no OR in MLflow)."""
     clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
-    return [r for r in client.search_runs([exp_id], filter_string=clause, max_results=1000) if r.info.status in _OPEN]
+    return [
+        r
+        for r in client.search_runs([exp_id], filter_string=clause, max_results=1000)
+        if r.info.status in _OPEN
+    ]
 
 
 def _end(client, run, status: str, state: str, why: str) -> None:
@@ -423,7 +452,9 @@ def close_parent(
                 "killed or lost, or it was still waiting",
             )
     client.set_tag(parent.info.run_id, f"{TAG}state", state)
-    client.set_tag(parent.info.run_id, "mlflow.note.content", describe_dag_run(client, parent.info.run_id, state))
+    client.set_tag(
+        parent.info.run_id, "mlflow.note.content", describe_dag_run(client, parent.info.run_id, state)
+    )
     client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
 
 
@@ -432,13 +463,17 @@ def describe_dag_run(client, parent_run_id: str, state: str) -> str:
     tags = client.get_run(parent_run_id).data.tags
     pipeline = tags.get(f"{TAG}pipeline", "?")
     month = tags.get(f"{TAG}month") or (tags.get(f"{TAG}interval_start") or "")[:7] or "?"
-    lines = [f"**{pipeline}**, `{tags.get(f'{TAG}dag_id', '')}` run `{tags.get(f'{TAG}run_id', '')}`: data month **{month}**, {state}."]
+    lines = [
+        f"**{pipeline}**, `{tags.get(f'{TAG}dag_id', '')}` run `{tags.get(f'{TAG}run_id', '')}`: data month **{month}**, {state}."
+    ]
     blessing = tags.get(f"{TAG}blessing")
     if blessing == "passed":
         version = tags.get(f"{TAG}registered_version")
         lines.append("The candidate's blessing passed" + (f"; model version {version}." if version else "."))
     elif blessing == "failed":
-        lines.append(f"The candidate was refused: gates {tags.get(f'{TAG}blessing.failed_gates', '?')} failed.")
+        lines.append(
+            f"The candidate was refused: gates {tags.get(f'{TAG}blessing.failed_gates', '?')} failed."
+        )
         if tags.get(f"{TAG}failure"):
             lines.append("\n```\n" + tags[f"{TAG}failure"] + "\n```")
     elif state != "success":

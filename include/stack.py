@@ -46,10 +46,11 @@ def _stop(procs: dict[str, subprocess.Popen]) -> None:
 
 def main() -> None:
     """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
-    from include.cli import _say, _use_airflow_env, migrate_airflow_db
+    from include.cli import _say, migrate_airflow_db
+    from include.local_run import use_airflow_env
     from include.settings import get_settings
 
-    _use_airflow_env()
+    use_airflow_env()
     s = get_settings()
     port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")
     mlflow_port = os.environ.get("SLIPWAY_MLFLOW_PORT", "5000")
@@ -91,12 +92,18 @@ def main() -> None:
         for name, cmd in commands.items():
             out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
             # A session of their own: Ctrl-C reaches this process only, which stops them in order.
-            procs[name] = subprocess.Popen(cmd, env=os.environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            procs[name] = subprocess.Popen(
+                cmd, env=os.environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _say(f"component logs in {logs}")
         _wait_for_api(port, procs)
-        _say(f"Airflow UI http://127.0.0.1:{port}  user admin, password {_password(Path(os.environ['AIRFLOW_HOME']))}")
+        _say(
+            f"Airflow UI http://127.0.0.1:{port}  user admin, password {_password(Path(os.environ['AIRFLOW_HOME']))}"
+        )
         _say(f"MLflow UI  http://127.0.0.1:{mlflow_port}")
-        _say("DAGs start paused: unpause a pipeline on its DAG page (or PATCH is_paused=false) to schedule it")
+        _say(
+            "DAGs start paused: unpause a pipeline on its DAG page (or PATCH is_paused=false) to schedule it"
+        )
         _say("Ctrl-C stops everything")
         while all(p.poll() is None for p in procs.values()):
             time.sleep(1)

@@ -36,6 +36,13 @@ def ingest_batch(step: Step, landed: dict | None = None) -> dict:
     step.mlflow.log_metric("rows", out["rows"])
     step.mlflow.set_tag("slipway.batches_written", ",".join(out["written"]) or "none")
     refs = [data_ref(f"batch-{b['month']}", b["uri"], b["sha256"], "lake") for b in out["batches"]]
+    log.info(
+        "month %s: %d rows in %d monthly batches; written now: %s",
+        out["month"],
+        out["rows"],
+        len(out["batches"]),
+        ", ".join(out["written"]) or "none (all unchanged)",
+    )
     return {"month": out["month"], "batch_uris": out["batch_uris"], "rows": out["rows"], "outputs": refs}
 
 
@@ -52,6 +59,9 @@ def version_snapshot(step: Step, ingested: dict) -> dict:
     ver = dvc_version(snap_uri, step.pipeline, s.dvc_workdir, s.dvc_remote_uri, s.s3_endpoint_url)
     step.mlflow.log_params({"data_version": ver["data_version"], "snapshot_rows": snap["rows"]})
     step.mlflow.set_tag("slipway.data_version", ver["data_version"])
+    log.info(
+        "snapshot of %d rows is data version %s (DVC: %s)", snap["rows"], ver["data_version"], ver["dvc_uri"]
+    )
     return {
         "month": month,
         "snapshot_uri": snap_uri,
@@ -79,6 +89,9 @@ def validate_snapshot(step: Step, versioned: dict) -> dict:
     )
     mlflow.set_tag("slipway.validation", "passed" if result["success"] else "failed")
     mlflow.log_dict({"failed": result["failed"]}, "validation/failed_expectations.json")
+    log.info(
+        "suite %s: %d of %d expectations met", result["suite"], result["successful"], result["evaluated"]
+    )
     raise_for_failures(result, step.spec.name)
     return {
         "success": result["success"],
@@ -120,6 +133,13 @@ def train_model(step: Step, versioned: dict, validated: dict | None = None) -> d
         {f"rows_{k}": v for k, v in out["rows"].items()} | {"positive_rate": out["positive_rate"]}
     )
     step.mlflow.set_tag("slipway.model_sha256", out["model_sha256"])
+    log.info(
+        "fitted %s on %s rows (positive rate %.3f); model %s",
+        out["estimator"],
+        ", ".join(f"{k} {v}" for k, v in out["rows"].items()),
+        out["positive_rate"],
+        out["model_uri"],
+    )
     return {
         "month": versioned["month"],
         "model_uri": out["model_uri"],
@@ -172,7 +192,13 @@ def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
     mlflow.log_dict(out["metrics"], "blessing/evaluation_metrics.json")
     return _gates(
         step,
-        {"evaluation": {"metrics": out["metrics"], "metrics_at_0_5": out["metrics_at_0_5"], "out_of_time": oot}},
+        {
+            "evaluation": {
+                "metrics": out["metrics"],
+                "metrics_at_0_5": out["metrics_at_0_5"],
+                "out_of_time": oot,
+            }
+        },
         {
             "data_validation": [validation_result(validated, f"runs:/{validated['run_id']}/validation")],
             "evaluation": evaluation_gate(out["metrics"], spec.gates.evaluation, step.evidence("blessing")),
@@ -375,6 +401,11 @@ def bless_candidate(
             client.log_metric(parent, key, float(value))
     if failure is not None:
         raise failure
+    log.info(
+        "blessed: %d checks, every gate passed or not applicable (%s)",
+        len(results),
+        ", ".join(f"{g} {state}" for g, state in blessing["by_gate"].items()),
+    )
     return {**extra, "blessing": blessing, "records": records}
 
 
@@ -404,7 +435,8 @@ def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict
         "validation": f"{validated['evaluated']} expectations, all passed",
         "metrics": blessed.get("metrics", {}),
         "business": rec.get(
-            "business", {"threshold": blessed.get("threshold"), "value_per_1000": blessed.get("value_per_1000")}
+            "business",
+            {"threshold": blessed.get("threshold"), "value_per_1000": blessed.get("value_per_1000")},
         ),
         "fairness": rec.get("fairness", {}),
         "explain": rec.get("explainability", {}),
