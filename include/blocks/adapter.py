@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -70,6 +71,8 @@ def expected_failures():
     try:
         yield
     except _deterministic_errors() as exc:
+        # The reason, in plain words at the top of the failure in the task log; no retry will help.
+        logging.getLogger("slipway").error("%s (%s; not retried)", exc, type(exc).__name__)
         raise AirflowFailException(str(exc)) from exc
 
 
