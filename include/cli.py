@@ -574,6 +574,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--days", type=int, default=14, help="look at DAG runs that ended in the last N days")
     p.set_defaults(func=cmd_sweep)
 
+    from include.serving.cli import add_commands
+
+    add_commands(sub)
+
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in summaries
     args.func(args)

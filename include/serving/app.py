@@ -1,0 +1,413 @@
+"""The HTTP service: routes, authentication, routing between champion and challenger, logging.
+
+Routes (the product's public interface, documented in the README):
+
+* ``POST /v1/{pipeline}/predict`` (scope ``predict``): ``{"inputs": row}`` or ``{"instances": [rows]}``;
+* ``POST /v1/{pipeline}/feedback`` (scope ``feedback``): ``{"request_id": …, "label": 0|1}``;
+* ``GET /v1/{pipeline}/openapi.json`` (any valid key): the pipeline's OpenAPI document;
+* ``GET /health`` (liveness) and ``GET /ready`` (models and log; ``degraded`` with the reasons),
+  no key;
+* ``GET /metrics`` (scope ``metrics``): Prometheus.
+
+A response is sent only after its rows are committed to the prediction log; when the log cannot
+keep up or is down the service answers 503 with ``Retry-After`` instead of answering unlogged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from include.serving import metrics as m
+from include.serving.keys import KeyStore, presented_key
+from include.serving.models import ModelRegistry, PipelineState, sticky_share
+from include.serving.predlog import LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
+from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
+
+access = logging.getLogger("slipway.serving.access")
+log = logging.getLogger(__name__)
+
+MAX_SHADOW_IN_FLIGHT = 256
+
+
+def _json(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, problems: list[str] | None = None, headers: dict | None = None):
+    body = {"error": message}
+    if problems:
+        body["problems"] = problems
+    return _json(body, status, headers)
+
+
+@dataclass
+class ServiceConfig:
+    pipelines: list[str]
+    refresh_s: float = 5.0
+    db_url: str | None = None
+    tracking_uri: str | None = None
+
+
+class Service:
+    """Everything one worker process holds: schemas, models, the log, the keys."""
+
+    def __init__(self, config: ServiceConfig):
+        from include.settings import pii_key
+        from include.spec import load_pipeline
+
+        self.config = config
+        self.schemas = {p: RequestSchema.from_spec(load_pipeline(p)) for p in config.pipelines}
+        self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri)
+        self.log = PredictionLog(config.db_url)
+        self.keys = KeyStore(config.db_url)
+        self._pii_key = pii_key()
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self.log.start()
+        self.keys.start()
+        self.registry.start()
+
+    def stop(self) -> None:
+        self.registry.stop()
+        self.log.close()
+
+    # ------------------------------------------------------------------ helpers
+    def entity(self, schema: RequestSchema, raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        if schema.entity_hashed:  # the same keyed hash as ingest: joins with the lake, never the raw id
+            return hmac.new(self._pii_key, raw.encode(), "sha256").hexdigest()
+        return raw
+
+    def authorise(self, request: Request, scope: str, pipeline: str | None):
+        try:
+            key = self.keys.authenticate(presented_key(request.headers))
+        except Exception as exc:  # the key store's database is down: fail closed, and say so
+            log.warning("key store unavailable: %s", type(exc).__name__)
+            return None, _error(
+                503, "the key store is unavailable; retry later", headers={"Retry-After": "5"}
+            )
+        if key is None:
+            return None, _error(
+                401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+            )
+        if not key.allows(scope, pipeline):
+            return key, _error(
+                403,
+                f"key {key.key_id} lacks scope {scope!r}"
+                + (f" for pipeline {pipeline!r}" if pipeline else ""),
+            )
+        return key, None
+
+
+def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: str) -> str:
+    t = state.traffic
+    if t.mode != "canary" or state.challenger is None or t.weight <= 0:
+        return "champion"
+    return "challenger" if sticky_share(pipeline, key or request_id) < t.weight else "champion"
+
+
+async def _read_json(request: Request):
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(
+            400,
+            f"the body is not valid JSON ({exc.msg}); NaN and Infinity are not JSON: send null or a number",
+        ) from exc
+
+
+def build_app(service: Service) -> Starlette:
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        pipeline = request.path_params["pipeline"]
+        schema = service.schemas.get(pipeline)
+        if schema is None:
+            return _error(404, f"no pipeline {pipeline!r} is served here; served: {sorted(service.schemas)}")
+        key, denied = service.authorise(request, "predict", pipeline)
+        if denied:
+            return denied
+        try:
+            rows, batch = schema.rows(await _read_json(request))
+            values, raw_keys, problems = schema.columns(rows)
+        except RequestError as exc:
+            m.REQUESTS.labels(pipeline, "predict", str(exc.status)).inc()
+            return _error(exc.status, str(exc), exc.problems)
+        if problems:
+            m.REQUESTS.labels(pipeline, "predict", "422").inc()
+            return _error(
+                422, "the request does not match the model's schema; fix the fields listed", problems
+            )
+        state = service.registry.state(pipeline)
+        if state is None or state.champion is None:
+            m.REQUESTS.labels(pipeline, "predict", "503").inc()
+            reason = "; ".join(state.problems) if state else "unknown pipeline"
+            return _error(503, f"no model to serve for {pipeline}: {reason}", headers={"Retry-After": "5"})
+        for n in schema.categorical:
+            known = state.champion.categories.get(n)
+            if known:
+                unknown = sum(v not in known for v in values[n])
+                if unknown:
+                    m.UNKNOWN_CATEGORY.labels(pipeline, n).inc(unknown)
+        arrays = schema.arrays(values)
+        keys = [service.entity(schema, k) for k in raw_keys]
+        ids = [uuid.uuid4().hex for _ in rows]
+        variants = [_variant(state, pipeline, k, i) for k, i in zip(keys, ids, strict=True)]
+        now = datetime.now(UTC)
+        out: list[dict | None] = [None] * len(rows)
+        log_rows: list[PredictionRow] = []
+        for variant in ("champion", "challenger"):
+            idx = [i for i, v in enumerate(variants) if v == variant]
+            if not idx:
+                continue
+            model = state.champion if variant == "champion" else state.challenger
+            t0 = time.perf_counter()
+            sub = arrays if len(idx) == len(rows) else {n: a[idx] for n, a in arrays.items()}
+            probs = model.predict(sub)
+            took = time.perf_counter() - t0
+            m.LATENCY.labels(pipeline, str(model.version), variant).observe(took)
+            m.PREDICTIONS.labels(pipeline, str(model.version), variant).inc(len(idx))
+            for j, i in enumerate(idx):
+                p = float(probs[j])
+                decision = int(p >= model.threshold)
+                out[i] = {
+                    "request_id": ids[i],
+                    "probability": p,
+                    "decision": decision,
+                    "threshold": model.threshold,
+                    "model_version": model.version,
+                    "variant": variant,
+                }
+                log_rows.append(
+                    PredictionRow(
+                        ids[i],
+                        pipeline,
+                        keys[i],
+                        model.version,
+                        variant,
+                        True,
+                        {n: values[n][i] for n in schema.features},
+                        p,
+                        decision,
+                        took * 1000 / len(idx),
+                        now,
+                    )
+                )
+        try:
+            await service.log.record(log_rows)
+        except LogOverloaded:
+            m.SHED.labels(pipeline, "log_overloaded").inc()
+            m.REQUESTS.labels(pipeline, "predict", "503").inc()
+            return _error(
+                503, "the prediction log cannot keep up; retry shortly", headers={"Retry-After": "1"}
+            )
+        except LogUnavailable as exc:
+            m.SHED.labels(pipeline, "log_unavailable").inc()
+            m.REQUESTS.labels(pipeline, "predict", "503").inc()
+            log.warning("prediction log unavailable: %s", exc)
+            return _error(503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"})
+        if state.traffic.mode == "shadow" and state.challenger is not None:
+            _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now)
+        m.REQUESTS.labels(pipeline, "predict", "200").inc()
+        access.info(
+            "predict pipeline=%s rows=%d key=%s status=200 ms=%.2f",
+            pipeline,
+            len(rows),
+            key.key_id,
+            (time.perf_counter() - started) * 1000,
+        )
+        return _json(
+            {"pipeline": pipeline, "predictions": out} if batch else {"pipeline": pipeline, **out[0]}
+        )
+
+    async def feedback(request: Request) -> Response:
+        from include.serving.predlog import ConflictingLabel, UnknownRequest
+
+        pipeline = request.path_params["pipeline"]
+        if pipeline not in service.schemas:
+            return _error(404, f"no pipeline {pipeline!r} is served here")
+        _, denied = service.authorise(request, "feedback", pipeline)
+        if denied:
+            return denied
+        try:
+            body = await _read_json(request)
+        except RequestError as exc:
+            return _error(exc.status, str(exc))
+        items = body if isinstance(body, list) else [body]
+        if not items or len(items) > 1000:
+            return _error(422, "send one {'request_id', 'label'} object or a list of 1 to 1000 of them")
+        results = []
+        for item in items:
+            if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
+                return _error(422, "each feedback item is exactly {'request_id': str, 'label': 0 or 1}")
+            rid, label = item["request_id"], item["label"]
+            if not isinstance(rid, str) or not rid or len(rid) > 64:
+                return _error(422, "request_id must be the string a prediction returned")
+            if isinstance(label, bool) or label not in (0, 1):
+                return _error(422, f"label must be 0 or 1, got {label!r}"[:200])
+            try:
+                outcome = await run_in_threadpool(service.log.feedback, rid, int(label), pipeline=pipeline)
+            except UnknownRequest:
+                return _error(404, f"no prediction {rid!r} of {pipeline} is logged; check the request id")
+            except ConflictingLabel as exc:
+                return _error(409, str(exc))
+            except LogUnavailable as exc:
+                log.warning("prediction log unavailable: %s", exc)
+                return _error(
+                    503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"}
+                )
+            results.append({"request_id": rid, "status": outcome})
+        m.FEEDBACK.labels(pipeline).inc(len(results))
+        return _json(results if isinstance(body, list) else results[0])
+
+    async def openapi(request: Request) -> Response:
+        pipeline = request.path_params["pipeline"]
+        schema = service.schemas.get(pipeline)
+        if schema is None:
+            return _error(404, f"no pipeline {pipeline!r} is served here")
+        key, denied = service.authorise(request, "predict", pipeline)
+        if key is None:
+            return denied
+        state = service.registry.state(pipeline)
+        cats = state.champion.categories if state and state.champion else None
+        return _json(schema.openapi(cats))
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        problems, pipelines = [], {}
+        for p in service.schemas:
+            st = service.registry.state(p)
+            pipelines[p] = {
+                "champion": st.champion.version if st and st.champion else None,
+                "challenger": st.challenger.version if st and st.challenger else None,
+                "traffic": {"mode": st.traffic.mode, "weight": st.traffic.weight} if st else None,
+                "problems": list(st.problems) if st else [],
+            }
+            if st is None or st.champion is None:
+                problems.append(f"{p}: no champion loaded")
+            problems.extend(f"{p}: {x}" for x in (st.problems if st else ()))
+        ok, reason = service.log.status()
+        if not ok:
+            problems.append(f"prediction log: {reason}")
+        serving = all(v["champion"] is not None for v in pipelines.values()) and ok
+        status = "ready" if serving and not problems else ("degraded" if serving else "unavailable")
+        body = {"status": status, "problems": problems, "pipelines": pipelines}
+        return _json(body, 200 if serving else 503)
+
+    async def metrics(request: Request) -> Response:
+        _, denied = service.authorise(request, "metrics", None)
+        if denied:
+            return denied
+        m.QUEUE_DEPTH.set(service.log.queue_depth)
+        m.sync_counters(service)
+        body, content_type = m.render()
+        return Response(body, media_type=content_type)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, service.start)
+        try:
+            yield
+        finally:
+            await loop.run_in_executor(None, service.stop)
+
+    return Starlette(
+        routes=[
+            Route("/v1/{pipeline}/predict", predict, methods=["POST"]),
+            Route("/v1/{pipeline}/feedback", feedback, methods=["POST"]),
+            Route("/v1/{pipeline}/openapi.json", openapi, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={Exception: _unexpected},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    parts = request.url.path.strip("/").split("/")
+    pipeline, route = (
+        (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "v1" else ("", parts[0] if parts else "")
+    )
+    m.REQUESTS.labels(pipeline, route, "500").inc()
+    log.exception("unexpected error on %s", request.url.path)
+    return _error(500, "internal error; the service log has the details")
+
+
+def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) -> None:
+    """Score a mirror of the request with the challenger, off the response's path; log, never return."""
+    if len(service._shadow_tasks) >= MAX_SHADOW_IN_FLIGHT:
+        m.SHED.labels(pipeline, "shadow_dropped").inc()
+        return
+    challenger = state.challenger
+
+    async def run() -> None:
+        t0 = time.perf_counter()
+        probs = challenger.predict(arrays)
+        took = (time.perf_counter() - t0) * 1000 / len(ids)
+        m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(len(ids))
+        rows = [
+            PredictionRow(
+                ids[i],
+                pipeline,
+                keys[i],
+                challenger.version,
+                "challenger",
+                False,
+                {n: values[n][i] for n in schema.features},
+                float(p),
+                int(p >= challenger.threshold),
+                took,
+                now,
+            )
+            for i, p in enumerate(np.asarray(probs))
+        ]
+        try:
+            await service.log.record(rows)
+        except (LogOverloaded, LogUnavailable):
+            m.SHED.labels(pipeline, "shadow_dropped").inc()
+
+    task = asyncio.get_running_loop().create_task(run())
+    service._shadow_tasks.add(task)
+    task.add_done_callback(service._shadow_tasks.discard)
+
+
+def app_from_env() -> Starlette:
+    """The ASGI app for uvicorn workers, configured from ``SLIPWAY_SERVE_*`` variables."""
+    pipelines = [p for p in os.environ.get("SLIPWAY_SERVE_PIPELINES", "").split(",") if p]
+    if not pipelines:
+        from include.spec import discover
+
+        pipelines = [s.name for s in discover()[0]]
+    config = ServiceConfig(pipelines, refresh_s=float(os.environ.get("SLIPWAY_SERVE_REFRESH_S", "5")))
+    return build_app(Service(config))

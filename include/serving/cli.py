@@ -1,0 +1,96 @@
+"""``slipway serve`` and ``slipway keys``: the inference service's commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def cmd_serve(args) -> None:
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    if args.pipelines:
+        os.environ["SLIPWAY_SERVE_PIPELINES"] = args.pipelines
+    os.environ["SLIPWAY_SERVE_REFRESH_S"] = str(args.refresh_s)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its samples here; /metrics in any worker sums them.
+        metrics_dir = tempfile.mkdtemp(prefix="slipway-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    print(f"[slipway] serving on http://{args.host}:{args.port} with {args.workers} worker(s)", flush=True)
+    try:
+        uvicorn.run(
+            "include.serving.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def cmd_keys(args) -> None:
+    from include.serving.keys import KeyStore, KeyStoreError
+
+    store = KeyStore()
+    store.start()
+    if args.keys_cmd == "create":
+        try:
+            key, plaintext = store.create(
+                [s.strip() for s in args.scopes.split(",") if s.strip()], args.pipeline, args.name or ""
+            )
+        except KeyStoreError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(plaintext)
+        print(
+            f"key {key.key_id}: scopes {','.join(sorted(key.scopes))}, pipeline {key.pipeline or 'all'}. "
+            "This is the only time the key is shown; it is stored hashed.",
+            file=sys.stderr,
+        )
+    elif args.keys_cmd == "list":
+        for key in store.list():
+            state = f"revoked {key.revoked_at}" if key.revoked_at else "active"
+            print(
+                f"{key.key_id}  {','.join(sorted(key.scopes)):<32} {key.pipeline or 'all':<16} "
+                f"{key.created_at}  {state}  {key.name}"
+            )
+    elif args.keys_cmd == "revoke":
+        if not store.revoke(args.key_id):
+            raise SystemExit(f"no active key {args.key_id!r}; `slipway keys list` shows the keys")
+        print(f"revoked {args.key_id} (replicas stop accepting it within their cache time, 5 s)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="the inference service: champion/challenger from the registry, over HTTP"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--pipelines", default="", help="comma-separated pipeline names (default: every valid spec)"
+    )
+    p.add_argument("--refresh-s", type=float, default=5.0, help="how often aliases and traffic are re-read")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="API keys of the inference service (stored hashed, with scopes)")
+    ks = p.add_subparsers(dest="keys_cmd", required=True)
+    c = ks.add_parser("create", help="create a key and print it once")
+    c.add_argument("--scopes", required=True, help="comma-separated: predict,feedback,explain,admin,metrics")
+    c.add_argument("--pipeline", default=None, help="restrict the key to one pipeline (default: all)")
+    c.add_argument("--name", default="", help="who or what the key is for")
+    ks.add_parser("list", help="list keys (never the key itself)")
+    r = ks.add_parser("revoke", help="revoke a key by its id")
+    r.add_argument("key_id")
+    p.set_defaults(func=cmd_keys)

@@ -1,0 +1,78 @@
+"""The service's SQL database (prediction log, feedback, API keys): SQLite by default, PostgreSQL
+in production. Plain DB-API connections (``sqlite3``, ``psycopg2``): the log's group commit is the
+hot path, and one small dialect switch is all the portability it needs.
+
+URLs: ``sqlite:////abs/path/serving.db`` (or ``sqlite:///relative.db``) and
+``postgresql://user[:password]@host:port/dbname`` (``postgresql+psycopg2://`` is accepted too).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class DatabaseUrlError(ValueError):
+    """The serving database URL names no supported backend."""
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the service's tables live, and how to open a connection to them."""
+
+    url: str
+    dialect: str  # "sqlite" | "postgresql"
+
+    @property
+    def param(self) -> str:
+        """The DB-API placeholder of the dialect."""
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def connect(self, timeout_s: float = 5.0):
+        """A new connection (not shared between threads). SQLite: WAL, synchronous=FULL."""
+        if self.dialect == "sqlite":
+            import sqlite3
+
+            path = self.url.split("sqlite:///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+            # WAL: readers never block the writer; FULL: a committed transaction survives power loss.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            return conn
+        import psycopg2
+
+        dsn = self.url.replace("postgresql+psycopg2://", "postgresql://", 1)
+        conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout_s)))
+        conn.autocommit = False
+        return conn
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs and error messages."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            return parts._replace(netloc=netloc).geturl()
+        return self.url
+
+
+def database(url: str | None = None) -> Database:
+    """The serving database: ``url``, else ``SLIPWAY_SERVING_DB``, else ``<home>/serving/serving.db``."""
+    if url is None:
+        url = os.environ.get("SLIPWAY_SERVING_DB")
+    if not url:
+        from include.settings import get_settings
+
+        url = f"sqlite:///{get_settings().home / 'serving' / 'serving.db'}"
+    if url.startswith("sqlite:///"):
+        return Database(url, "sqlite")
+    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        return Database(url.replace("postgres://", "postgresql://", 1), "postgresql")
+    raise DatabaseUrlError(
+        f"SLIPWAY_SERVING_DB must be sqlite:////path/to/serving.db or postgresql://user@host:port/db, got "
+        f"{url.split('://', 1)[0]}://…; set it to one of those"
+    )

@@ -1,0 +1,80 @@
+"""Prometheus metrics of the service, correct with several worker processes.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``slipway serve --workers N`` sets it), each worker writes
+its samples to files there and ``/metrics`` in any worker sums them (prometheus_client's
+multiprocess mode); with one process the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+REQUESTS = Counter(
+    "slipway_requests", "HTTP requests by pipeline, route and status", ["pipeline", "route", "status"]
+)
+PREDICTIONS = Counter(
+    "slipway_predictions",
+    "Rows scored by pipeline, model version and variant",
+    ["pipeline", "version", "variant"],
+)
+LATENCY = Histogram(
+    "slipway_model_latency_seconds",
+    "onnxruntime scoring time per call",
+    ["pipeline", "version", "variant"],
+    buckets=BUCKETS,
+)
+FEEDBACK = Counter("slipway_feedback", "Feedback labels received", ["pipeline"])
+SHED = Counter(
+    "slipway_shed",
+    "Requests refused to protect the log (503) or shadow scorings dropped",
+    ["pipeline", "reason"],
+)
+UNKNOWN_CATEGORY = Counter(
+    "slipway_unknown_category", "Categorical values the model never saw (served)", ["pipeline", "field"]
+)
+QUEUE_DEPTH = Gauge(
+    "slipway_log_queue_depth", "Rows waiting for the prediction log's commit", multiprocess_mode="livesum"
+)
+LOG_ROWS = Counter("slipway_log_rows_written", "Rows committed to the prediction log")
+LOG_FAILURES = Counter("slipway_log_write_failures", "Failed prediction-log commits")
+RELOAD_FAILURES = Counter("slipway_model_reload_failures", "Failed registry reads or refused model versions")
+
+_seen: dict[str, int] = {}
+
+
+def _advance(counter: Counter, name: str, value: int) -> None:
+    delta = value - _seen.get(name, 0)
+    if delta > 0:
+        counter.inc(delta)
+        _seen[name] = value
+
+
+def sync_counters(service) -> None:
+    """Move the log's and the registry's plain counters into Prometheus (per process)."""
+    _advance(LOG_ROWS, "rows", service.log.rows_written)
+    _advance(LOG_FAILURES, "failures", service.log.commit_failures)
+    _advance(RELOAD_FAILURES, "reloads", service.registry.reload_failures)
+    QUEUE_DEPTH.set(service.log.queue_depth)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

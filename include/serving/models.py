@@ -1,0 +1,335 @@
+"""Models from the registry: each pipeline's ``champion`` and ``challenger``, by alias, as ONNX.
+
+Nothing is ever unpickled: a version is served from its ONNX graph with onnxruntime, after the
+graph's bytes match the digest registered with the version (``slipway.onnx_sha256``) and no
+tensor in it points at external data outside the model's own folder (the path-traversal class of
+CVE-2024-27318). The input schema is read from the graph itself: its input names and types, and
+the categories each one-hot encoder was fitted on.
+
+The traffic state lives in the registry next to the aliases, as registered-model tags, so every
+replica converges on one source of truth:
+
+* ``slipway.traffic.mode``: ``none`` | ``shadow`` | ``canary``;
+* ``slipway.traffic.weight``: the challenger's share of canary traffic, 0..1;
+* ``slipway.traffic.version``: the challenger version the mode and weight were set for (a
+  traffic state that names another version than the ``challenger`` alias is ignored: fail closed,
+  all traffic to the champion).
+
+A background thread polls the registry every ``refresh_s`` seconds. When the registry is
+unreachable or a version is corrupt, the last good model keeps serving and the pipeline is
+reported degraded with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("champion", "challenger")
+TRAFFIC_MODES = ("none", "shadow", "canary")
+TAG_MODE, TAG_WEIGHT, TAG_VERSION = (
+    "slipway.traffic.mode",
+    "slipway.traffic.weight",
+    "slipway.traffic.version",
+)
+RETRY_REFUSED_S = 60.0
+
+
+class ModelRefused(RuntimeError):
+    """A registered version cannot be served as it is (digest, external data, graph)."""
+
+
+class _AlreadyRefused(ModelRefused):
+    """Refused on an earlier pass; not downloaded again before ``RETRY_REFUSED_S``."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded version: the session, its threshold and the input schema read from the graph."""
+
+    pipeline: str
+    version: int
+    threshold: float
+    onnx_sha256: str
+    session: object
+    inputs: dict[str, str]  # name -> "float" | "string"
+    categories: dict[str, frozenset[str]]
+    output_index: int
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Probability of the positive class per row; ``columns`` hold one (n, 1) array per input."""
+        out = self.session.run(None, columns)[self.output_index]
+        return np.asarray(out, dtype=np.float64)[:, 1]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    mode: str = "none"
+    weight: float = 0.0
+    version: int | None = None
+
+
+@dataclass
+class PipelineState:
+    """What a pipeline serves now. Replaced whole on each refresh (readers never see half a change)."""
+
+    champion: ServedModel | None = None
+    challenger: ServedModel | None = None
+    traffic: Traffic = field(default_factory=Traffic)
+    problems: tuple[str, ...] = ()
+
+
+def _external_locations(model) -> list[str]:
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors
+
+    out = []
+    for tensor in _get_all_tensors(model):
+        if tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL:
+            entry = {e.key: e.value for e in tensor.external_data}
+            out.append(entry.get("location", ""))
+    return out
+
+
+def check_external_data(model, folder: Path) -> None:
+    """Refuse a graph whose tensors point at external data outside ``folder`` (CVE-2024-27318 class)."""
+    root = folder.resolve()
+    for location in _external_locations(model):
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root) or target == root:
+            raise ModelRefused(
+                f"the ONNX graph references external data at {location!r}, outside its own folder: refused "
+                "(path traversal); re-export the model with its weights inside the graph"
+            )
+
+
+def _schema(model) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    from onnx import TensorProto
+
+    kinds = {TensorProto.FLOAT: "float", TensorProto.DOUBLE: "float", TensorProto.STRING: "string"}
+    inputs = {}
+    for i in model.graph.input:
+        kind = kinds.get(i.type.tensor_type.elem_type)
+        if kind is None:
+            raise ModelRefused(f"the ONNX graph's input {i.name!r} has a type the service does not feed")
+        inputs[i.name] = kind
+    categories: dict[str, frozenset[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "OneHotEncoder" and node.input and node.input[0] in inputs:
+            for attr in node.attribute:
+                if attr.name == "cats_strings":
+                    categories[node.input[0]] = frozenset(s.decode() for s in attr.strings)
+    return inputs, categories
+
+
+def load_onnx(
+    pipeline: str, version: int, folder: Path, expected_sha256: str, threshold: float
+) -> ServedModel:
+    """Check and load ``folder/model.onnx``; raise :class:`ModelRefused` with the reason."""
+    import onnx
+    import onnxruntime as ort
+
+    path = folder / "model.onnx"
+    if not path.is_file():
+        raise ModelRefused(f"version {version} has no model.onnx in its artifacts")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not expected_sha256 or digest != expected_sha256:
+        raise ModelRefused(
+            f"version {version}'s model.onnx has sha256 {digest[:16]}…, not the registered "
+            f"{(expected_sha256 or 'none')[:16]}…: the artifact was changed or corrupted after registration"
+        )
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # a truncated or crafted file: refused, never a crash
+        raise ModelRefused(f"version {version}'s model.onnx is not a readable ONNX graph ({exc})") from exc
+    check_external_data(model, folder)
+    inputs, categories = _schema(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelRefused(f"onnxruntime cannot load version {version}: {exc}") from exc
+    outputs = [o.name for o in session.get_outputs()]
+    index = outputs.index("probabilities") if "probabilities" in outputs else len(outputs) - 1
+    return ServedModel(pipeline, version, threshold, digest, session, inputs, categories, index)
+
+
+class ModelRegistry:
+    """Polls the MLflow registry for each pipeline's aliases and traffic; loads what changed."""
+
+    def __init__(self, pipelines: list[str], refresh_s: float = 5.0, tracking_uri: str | None = None):
+        self.pipelines = list(pipelines)
+        self.refresh_s = refresh_s
+        self.tracking_uri = tracking_uri
+        self._states: dict[str, PipelineState] = {p: PipelineState() for p in self.pipelines}
+        self._refused: dict[tuple[str, int], tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="slipway-serve-models-"))
+        self.reload_failures = 0
+        self.last_refresh: float | None = None
+
+    def state(self, pipeline: str) -> PipelineState | None:
+        return self._states.get(pipeline)
+
+    def _client(self):
+        import mlflow
+
+        from include.lineage import configure_mlflow
+
+        if self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            return mlflow.MlflowClient(self.tracking_uri)
+        return configure_mlflow().MlflowClient()
+
+    def _load(self, client, pipeline: str, version: int, current: ServedModel | None) -> ServedModel:
+        if current is not None and current.version == version:
+            return current
+        refused = self._refused.get((pipeline, version))
+        if refused and time.monotonic() - refused[1] < RETRY_REFUSED_S:
+            raise _AlreadyRefused(refused[0])
+        import mlflow
+
+        mv = client.get_model_version(pipeline, str(version))
+        tags = dict(mv.tags)
+        folder = Path(tempfile.mkdtemp(prefix=f"{pipeline}-v{version}-", dir=self._workdir))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
+            try:
+                threshold = float(tags.get("slipway.decision_threshold", ""))
+            except ValueError as exc:
+                raise ModelRefused(f"version {version} has no decision threshold tag") from exc
+            model = load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)
+        except ModelRefused as exc:
+            self._refused[(pipeline, version)] = (str(exc), time.monotonic())
+            raise
+        log.info("loaded %s version %d (onnx sha256 %s…)", pipeline, version, model.onnx_sha256[:16])
+        return model
+
+    def refresh(self) -> None:
+        """One pass over every pipeline; never raises (a failure keeps the last good state)."""
+        try:
+            client = self._client()
+        except Exception as exc:
+            self._fail_all(f"registry unreachable: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        for pipeline in self.pipelines:
+            self._refresh_one(client, pipeline)
+        self.last_refresh = time.time()
+
+    def _fail_all(self, reason: str) -> None:
+        self.reload_failures += 1
+        for pipeline, st in self._states.items():
+            self._states[pipeline] = PipelineState(st.champion, st.challenger, st.traffic, (reason,))
+
+    def _refresh_one(self, client, pipeline: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        old = self._states[pipeline]
+        try:
+            rm = client.get_registered_model(pipeline)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # Never registered, or deleted (or a registry pointed at the wrong store): keep what
+                # serves, if anything, and say so.
+                reason = f"{pipeline} is not in the registry" + (
+                    f"; still serving version {old.champion.version}" if old.champion else ""
+                )
+                self._states[pipeline] = PipelineState(old.champion, old.challenger, old.traffic, (reason,))
+                return
+            self.reload_failures += 1
+            self._states[pipeline] = PipelineState(
+                old.champion, old.challenger, old.traffic, (f"registry unreachable: {str(exc)[:200]}",)
+            )
+            return
+        except Exception as exc:
+            self.reload_failures += 1
+            reason = f"registry unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+            self._states[pipeline] = PipelineState(old.champion, old.challenger, old.traffic, (reason,))
+            return
+        aliases = {a: int(v) for a, v in (rm.aliases or {}).items()}
+        problems: list[str] = []
+        loaded: dict[str, ServedModel | None] = {}
+        for alias in ALIASES:
+            current = getattr(old, alias)
+            if alias not in aliases:
+                loaded[alias] = None
+                continue
+            try:
+                loaded[alias] = self._load(client, pipeline, aliases[alias], current)
+            except Exception as exc:
+                if not isinstance(exc, _AlreadyRefused):
+                    self.reload_failures += 1
+                    log.warning("%s %s version %s not loaded: %s", pipeline, alias, aliases[alias], exc)
+                keep = current
+                problems.append(
+                    f"{alias} version {aliases[alias]} not loaded ({exc})"
+                    + (f"; still serving version {keep.version}" if keep else "")
+                )
+                loaded[alias] = keep
+        if loaded["champion"] is None and not problems:
+            problems.append(f"{pipeline} has no 'champion' alias: nothing to serve")
+        traffic = _traffic(dict(rm.tags or {}), loaded["challenger"], problems)
+        self._states[pipeline] = PipelineState(
+            loaded["champion"], loaded["challenger"], traffic, tuple(problems)
+        )
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="slipway-model-refresh", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        import shutil
+
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _traffic(tags: dict[str, str], challenger: ServedModel | None, problems: list[str]) -> Traffic:
+    mode = tags.get(TAG_MODE, "none")
+    if mode == "none" or challenger is None:
+        return Traffic()
+    if mode not in TRAFFIC_MODES:
+        problems.append(f"traffic mode {mode!r} is not one of {TRAFFIC_MODES}: all traffic to the champion")
+        return Traffic()
+    try:
+        weight = float(tags.get(TAG_WEIGHT, "0"))
+        version = int(tags.get(TAG_VERSION, ""))
+    except ValueError:
+        problems.append("traffic weight/version tags are not numbers: all traffic to the champion")
+        return Traffic()
+    if version != challenger.version:
+        problems.append(
+            f"traffic is set for version {version} but 'challenger' is version {challenger.version}: "
+            "all traffic to the champion"
+        )
+        return Traffic()
+    if not 0.0 <= weight <= 1.0:
+        problems.append(f"traffic weight {weight} is outside 0..1: all traffic to the champion")
+        return Traffic()
+    return Traffic(mode, weight, version)
+
+
+def sticky_share(pipeline: str, key: str) -> float:
+    """A stable number in [0, 1) per (pipeline, key): the same customer gets the same variant."""
+    digest = hashlib.sha256(f"slipway-route:{pipeline}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

@@ -1,0 +1,675 @@
+"""The prediction log: a prediction is answered only after its row is committed, and many concurrent
+requests share one commit (group commit), so durability costs one fsync per batch, not per request.
+
+What survives a power loss:
+
+- **SQLite** (WAL, ``synchronous=FULL``, see :mod:`include.serving.db`): every committed row. The WAL
+  is fsynced at each commit, so a commit that returned is on disk. Keep the file on a local disk:
+  SQLite's locking is unreliable on network filesystems.
+- **PostgreSQL** with ``synchronous_commit=on`` (its default): every committed row; the commit
+  returns after the WAL record is flushed (and, with synchronous replicas configured, replicated).
+  With ``synchronous_commit=off`` the last few hundred milliseconds of commits can be lost.
+
+Because :meth:`PredictionLog.record` returns only after the commit that carried its rows, a response
+that was sent always has its row in the table: an answered prediction is never lost, also when the
+process is SIGKILLed or the machine loses power. The converse does not hold: a row can be committed
+for a request whose response never left (the process died between commit and send), so the log may
+hold a few predictions that no client saw.
+
+One writer thread owns one connection and does every insert; readers (``feedback``, ``get``, ...)
+use a small pool of their own connections. Memory is bounded by ``max_queue`` rows waiting for a
+commit: beyond it ``record`` refuses at once with :class:`LogOverloaded` (the caller answers 503 with
+Retry-After) instead of queueing without limit while the database lags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import monotonic
+from typing import Any
+
+import orjson
+
+from include.serving.db import Database, database
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA_NAME = "prediction_log"
+# Serialises schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
+# can still collide on the catalogue's unique index. Any constant works; this one spells "SLPW".
+_PG_SCHEMA_LOCK_KEY = 0x534C5057
+_MAX_IDLE_READERS = 4
+_VARIANTS = frozenset({"champion", "challenger"})
+_COLUMNS = (
+    "request_id",
+    "variant",
+    "pipeline",
+    "entity_key",
+    "model_version",
+    "served",
+    "inputs",
+    "probability",
+    "decision",
+    "latency_ms",
+    "created_at",
+)
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One scored input row as it is logged (a batch request logs one row per input row)."""
+
+    request_id: str  # unique per answered row (uuid4 hex)
+    pipeline: str
+    entity_key: str | None  # already hashed by the caller when the spec marks it PII
+    model_version: int
+    variant: str  # "champion" | "challenger"
+    served: bool  # False for shadow rows (scored, logged, never returned)
+    inputs: dict  # the validated input row, stored as JSON text
+    probability: float
+    decision: int  # 0/1 at the version's threshold
+    latency_ms: float
+    created_at: datetime  # UTC, timezone-aware
+
+
+class LogOverloaded(RuntimeError):
+    """Too many rows are waiting for the database: answer 503 with Retry-After, do not queue more."""
+
+    retry_after_s = 1
+
+
+class LogUnavailable(RuntimeError):
+    """The commit that carried the rows failed (or the log is not running): answer 503."""
+
+
+class UnknownRequest(LookupError):
+    """Feedback names a request id that was never logged (404)."""
+
+
+class ConflictingLabel(ValueError):
+    """A different label is already recorded for this request; labels are write-once (409)."""
+
+
+def _iso_utc(value: datetime, field: str) -> str:
+    """Fixed-width ISO-8601 in UTC, so the TEXT column sorts in time order in both dialects."""
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _to_params(row: PredictionRow) -> tuple:
+    """The row as insert parameters; checked here, in the caller, so a bad row fails its own request
+    with a clear error instead of failing the whole shared commit in the writer."""
+    if row.variant not in _VARIANTS:
+        raise ValueError(f"PredictionRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
+    if row.decision not in (0, 1):
+        raise ValueError(f"PredictionRow.decision must be 0 or 1, got {row.decision!r}")
+    for field in ("probability", "latency_ms"):
+        if not math.isfinite(getattr(row, field)):
+            raise ValueError(f"PredictionRow.{field} must be a finite number")
+    return (
+        row.request_id,
+        row.variant,
+        row.pipeline,
+        row.entity_key,
+        int(row.model_version),
+        1 if row.served else 0,
+        orjson.dumps(row.inputs).decode(),
+        float(row.probability),
+        int(row.decision),
+        float(row.latency_ms),
+        _iso_utc(row.created_at, "PredictionRow.created_at"),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's headline only: PostgreSQL puts row values in DETAIL lines, which must not leak."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # the connection is being discarded because it is already broken
+        pass
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled (client went away)
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class _AsyncWaiter:
+    __slots__ = ("_loop", "_future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+        self._loop = loop
+        self._future = future
+
+    def resolve(self, error: BaseException | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_settle, self._future, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this answer any more
+            pass
+
+
+class _SyncWaiter:
+    __slots__ = ("_event", "error")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None) -> None:
+        self.error = error
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._event.wait(timeout_s)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One record() call: its rows commit together or not at all."""
+
+    params: list[tuple]
+    waiter: _AsyncWaiter | _SyncWaiter
+
+
+_STOP = None  # queue sentinel: everything put before it has been taken when the writer sees it
+
+
+class PredictionLog:
+    """The prediction and feedback tables, with one group-committing writer thread."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        max_queue: int = 20000,
+        max_batch: int = 1000,
+        max_wait_ms: float = 2.0,
+    ) -> None:
+        if max_queue < 1 or max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(
+                f"PredictionLog needs max_queue >= 1, max_batch >= 1 and max_wait_ms >= 0, got "
+                f"{max_queue}, {max_batch}, {max_wait_ms}"
+            )
+        self._db: Database = database(url)
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._lock = threading.Lock()  # admission: depth check, enqueue, started/closing flags
+        self._depth = 0
+        self._started = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None  # the writer's connection; touched by the writer thread only
+        self._idle: list[Any] = []
+        self._pool_lock = threading.Lock()
+        self._healthy = False
+        self._reason = "prediction log not started"
+        # Counters for metrics, written by the writer thread (``overloaded`` under the admission lock).
+        self.rows_written = 0
+        self.commits = 0
+        self.commit_failures = 0
+        self.overloaded = 0
+        if self._db.dialect == "sqlite":
+            import sqlite3
+
+            self._db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+            self._integrity_error: type[BaseException] = sqlite3.IntegrityError
+        else:
+            import psycopg2
+
+            self._db_errors = (psycopg2.Error,)
+            self._integrity_error = psycopg2.IntegrityError
+        columns = ", ".join(_COLUMNS)
+        if self._db.dialect == "sqlite":
+            marks = ", ".join("?" for _ in _COLUMNS)
+            self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES ({marks})"
+        else:
+            self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES %s"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Create the tables if missing (safe when several processes start at once) and start the writer."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("this PredictionLog was closed; create a new one to log again")
+            if self._started:
+                return
+        try:
+            conn = self._db.connect()
+        except self._db_errors as exc:
+            raise LogUnavailable(
+                f"cannot open the serving database {self._db.redacted()} ({_first_line(exc)}); check that it "
+                "is reachable and SLIPWAY_SERVING_DB is right"
+            ) from exc
+        try:
+            self._create_schema(conn)
+        except self._db_errors as exc:
+            _close_quietly(conn)
+            raise LogUnavailable(
+                f"cannot create the prediction-log tables in {self._db.redacted()} ({_first_line(exc)}); "
+                "the service's database user needs CREATE on its schema"
+            ) from exc
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        # The schema connection becomes the writer's: a second open would only repeat the handshake.
+        self._conn = conn
+        with self._lock:
+            if self._started:  # another thread started it meanwhile
+                _close_quietly(conn)
+                self._conn = None
+                return
+            self._healthy, self._reason = True, "ok"
+            self._thread = threading.Thread(target=self._run, name="slipway-predlog-writer", daemon=True)
+            self._thread.start()
+            self._started = True
+
+    def _create_schema(self, conn: Any) -> None:
+        real = "REAL" if self._db.dialect == "sqlite" else "DOUBLE PRECISION"
+        p = self._db.param
+        statements = [
+            f"""CREATE TABLE IF NOT EXISTS slipway_predictions (
+                request_id TEXT NOT NULL,
+                variant TEXT NOT NULL,
+                pipeline TEXT NOT NULL,
+                entity_key TEXT,
+                model_version INTEGER NOT NULL,
+                served INTEGER NOT NULL,
+                inputs TEXT NOT NULL,
+                probability {real} NOT NULL,
+                decision INTEGER NOT NULL,
+                latency_ms {real} NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (request_id, variant)
+            )""",
+            "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
+            "ON slipway_predictions (pipeline, created_at)",
+            """CREATE TABLE IF NOT EXISTS slipway_feedback (
+                request_id TEXT PRIMARY KEY,
+                pipeline TEXT NOT NULL,
+                label INTEGER NOT NULL,
+                received_at TEXT NOT NULL
+            )""",
+            "CREATE TABLE IF NOT EXISTS slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        ]
+        cur = conn.cursor()
+        try:
+            if self._db.dialect == "sqlite":
+                cur.execute("BEGIN IMMEDIATE")  # one creator at a time; the others wait (busy_timeout)
+            else:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK_KEY,))
+            for sql in statements:
+                cur.execute(sql)
+            cur.execute(
+                f"INSERT INTO slipway_schema (name, version) VALUES ({p}, {p}) ON CONFLICT (name) DO NOTHING",
+                (_SCHEMA_NAME, SCHEMA_VERSION),
+            )
+            cur.execute(f"SELECT version FROM slipway_schema WHERE name = {p}", (_SCHEMA_NAME,))
+            (version,) = cur.fetchone()
+            if self._db.dialect == "sqlite":
+                cur.execute("COMMIT")
+            else:
+                conn.commit()
+        except BaseException:
+            self._rollback_quietly(conn)
+            raise
+        finally:
+            cur.close()
+        if version != SCHEMA_VERSION:
+            raise LogUnavailable(
+                f"the prediction log in {self._db.redacted()} has schema version {version}, this Slipway "
+                f"writes version {SCHEMA_VERSION}; run the Slipway release that matches the database, or "
+                "point SLIPWAY_SERVING_DB at another database"
+            )
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Refuse new rows, commit everything already queued, stop the writer and close connections."""
+        with self._lock:
+            already = self._closing
+            self._closing = True
+            if not already and self._started:
+                self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning(
+                    "prediction log: %d rows were still waiting for %s after %.0f s at shutdown; their "
+                    "requests were not answered",
+                    self._depth,
+                    self._db.redacted(),
+                    timeout_s,
+                )
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
+        self._healthy, self._reason = False, "prediction log closed"
+
+    # ---------------------------------------------------------------- recording
+
+    def _enqueue(self, rows: list[PredictionRow], waiter: _AsyncWaiter | _SyncWaiter) -> None:
+        params = [_to_params(row) for row in rows]
+        n = len(params)
+        with self._lock:
+            if self._closing or not self._started:
+                raise LogUnavailable(
+                    "the prediction log is not running (not started, or shutting down); predictions "
+                    "cannot be logged, so they are not answered"
+                )
+            # A batch larger than max_queue is admitted only into an empty queue: refusing it always
+            # would make such a request impossible, and admitting it alone still bounds memory.
+            if self._depth >= self._max_queue or (self._depth and self._depth + n > self._max_queue):
+                self.overloaded += 1
+                raise LogOverloaded(
+                    f"the prediction log has {self._depth} rows waiting for {self._db.redacted()} "
+                    f"(limit {self._max_queue}); retry in {LogOverloaded.retry_after_s} s. If this "
+                    "persists, the database cannot keep up with the request rate"
+                )
+            self._depth += n
+            self._queue.put(_Pending(params, waiter))
+
+    async def record(self, rows: list[PredictionRow]) -> None:
+        """Return once ``rows`` are committed; :class:`LogOverloaded` at once if the queue is full,
+        :class:`LogUnavailable` if their commit failed."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._enqueue(rows, _AsyncWaiter(loop, future))
+        await future
+
+    def record_sync(self, rows: list[PredictionRow], timeout_s: float = 30.0) -> None:
+        """:meth:`record` for threads: blocks until the rows are committed (or ``timeout_s`` passes)."""
+        if not rows:
+            return
+        waiter = _SyncWaiter()
+        self._enqueue(rows, waiter)
+        if not waiter.wait(timeout_s):
+            raise LogUnavailable(
+                f"no commit from {self._db.redacted()} within {timeout_s:.0f} s; the rows may still be "
+                "written, but the prediction must not be answered"
+            )
+        if waiter.error is not None:
+            raise waiter.error
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows accepted by record() and not yet committed or failed."""
+        return self._depth
+
+    def status(self) -> tuple[bool, str]:
+        """(healthy, reason): unhealthy after a failed commit until a commit succeeds."""
+        return self._healthy, self._reason
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            n = len(first.params)
+            deadline = monotonic() + self._max_wait_s
+            while n < self._max_batch:
+                remaining = deadline - monotonic()
+                try:
+                    # After the wait window, still take whatever is already queued: it costs no latency.
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+                n += len(item.params)
+            self._commit(batch)
+        if self._conn is not None:
+            _close_quietly(self._conn)
+            self._conn = None
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            self._insert([p for item in batch for p in item.params])
+        except Exception as exc:  # every failure is reported to the waiters below
+            if isinstance(exc, self._integrity_error) and len(batch) > 1:
+                # A duplicate request id must fail its own request, not the strangers sharing its commit.
+                self._commit_one_by_one(batch)
+            elif isinstance(exc, self._integrity_error):
+                self._resolve(batch, self._duplicate_error())
+            else:
+                self._failed(batch, exc)
+            return
+        self._succeeded(batch)
+
+    def _commit_one_by_one(self, batch: list[_Pending]) -> None:
+        for i, item in enumerate(batch):
+            try:
+                self._insert(item.params)
+            except Exception as exc:  # reported to the waiters
+                if isinstance(exc, self._integrity_error):
+                    self._resolve([item], self._duplicate_error())
+                    continue
+                self._failed(batch[i:], exc)
+                return
+            self._succeeded([item])
+
+    def _insert(self, params: list[tuple]) -> None:
+        """One transaction: all of ``params`` or none. Drops the connection after a database error,
+        so the next batch reconnects (a PostgreSQL restart costs one failed batch, not the service)."""
+        if self._conn is None:
+            self._conn = self._db.connect()
+        conn = self._conn
+        try:
+            if self._db.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(self._insert_sql, params)
+                conn.execute("COMMIT")
+            else:
+                from psycopg2.extras import execute_values
+
+                with conn.cursor() as cur:
+                    execute_values(cur, self._insert_sql, params, page_size=len(params))
+                conn.commit()
+        except Exception as exc:
+            self._rollback_quietly(conn)
+            if not isinstance(exc, self._integrity_error):
+                _close_quietly(conn)
+                self._conn = None
+            raise
+
+    def _rollback_quietly(self, conn: Any) -> None:
+        try:
+            if self._db.dialect == "sqlite":
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            else:
+                conn.rollback()
+        except Exception:  # the connection is broken; it is dropped by the caller
+            pass
+
+    def _duplicate_error(self) -> LogUnavailable:
+        return LogUnavailable(
+            "these rows were not logged: a row with the same request_id and variant is already in the "
+            "prediction log; every answered row needs a fresh request id (uuid4)"
+        )
+
+    def _succeeded(self, items: list[_Pending]) -> None:
+        n = sum(len(item.params) for item in items)
+        self.rows_written += n
+        self.commits += 1
+        if not self._healthy:
+            log.info("prediction log: commits to %s succeed again", self._db.redacted())
+        self._healthy, self._reason = True, "ok"
+        self._resolve(items, None)
+
+    def _failed(self, items: list[_Pending], exc: BaseException) -> None:
+        reason = (
+            f"commit to the prediction log at {self._db.redacted()} failed ({_first_line(exc)}); "
+            "predictions are refused until a commit succeeds: check that the database is up and reachable"
+        )
+        self.commit_failures += 1
+        if self._healthy:
+            log.warning("prediction log: %s", reason)
+        self._healthy, self._reason = False, reason
+        self._resolve(items, LogUnavailable(reason))
+
+    def _resolve(self, items: list[_Pending], error: LogUnavailable | None) -> None:
+        # Depth first: a caller that sees its answer must also see the queue without its rows.
+        n = sum(len(item.params) for item in items)
+        with self._lock:
+            self._depth -= n
+        for item in items:
+            # One exception object per waiter: a shared one would collect every raiser's traceback.
+            item.waiter.resolve(None if error is None else LogUnavailable(str(error)))
+
+    # ---------------------------------------------------------------- readers
+
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A pooled autocommit connection; a database error discards it and becomes LogUnavailable."""
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                conn = self._db.connect()
+                if self._db.dialect == "postgresql":
+                    conn.autocommit = True  # each statement is its own transaction; no idle snapshots
+            yield conn
+        except self._db_errors as exc:
+            if conn is not None:
+                _close_quietly(conn)
+            raise LogUnavailable(
+                f"the prediction log at {self._db.redacted()} cannot be read ({_first_line(exc)}); check "
+                "that the database is up and reachable"
+            ) from exc
+        except BaseException:
+            if conn is not None:
+                _close_quietly(conn)
+            raise
+        with self._pool_lock:
+            if len(self._idle) < _MAX_IDLE_READERS and not self._closing:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn)
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._reader() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, params)
+                return cur.fetchall()
+            finally:
+                cur.close()
+
+    def feedback(
+        self, request_id: str, label: int, *, pipeline: str | None = None, at: datetime | None = None
+    ) -> str:
+        """Attach the ground-truth label (0/1) to a logged request: "recorded", or "unchanged" when the
+        same label is already there. Labels are write-once, so a different one raises ConflictingLabel;
+        late labels are accepted whatever their age. Blocking (call it from a thread pool)."""
+        if isinstance(label, bool):
+            label = int(label)
+        if not isinstance(label, int) or label not in (0, 1):
+            raise ValueError(f"label must be 0 or 1, got {label!r}")
+        received_at = _iso_utc(at if at is not None else datetime.now(UTC), "at")
+        p = self._db.param
+        where, params = f"request_id = {p}", [request_id]
+        if pipeline is not None:
+            where += f" AND pipeline = {p}"
+            params.append(pipeline)
+        inserted, stored = False, None
+        with self._reader() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(f"SELECT pipeline FROM slipway_predictions WHERE {where} LIMIT 1", params)
+                found = cur.fetchone()
+                if found is not None:
+                    # Insert-or-keep, then read back: whichever process wins a race, everyone agrees
+                    # on the stored label, and a loser with a different label learns of the conflict.
+                    cur.execute(
+                        "INSERT INTO slipway_feedback (request_id, pipeline, label, received_at) "
+                        f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (request_id) DO NOTHING",
+                        (request_id, found[0], label, received_at),
+                    )
+                    inserted = cur.rowcount == 1
+                    cur.execute(f"SELECT label FROM slipway_feedback WHERE request_id = {p}", (request_id,))
+                    (stored,) = cur.fetchone()
+            finally:
+                cur.close()
+        if found is None:
+            scope = " in this pipeline" if pipeline is not None else ""
+            raise UnknownRequest(
+                f"no prediction with this request id was logged{scope}; send the request_id returned by "
+                "the prediction response"
+            )
+        if inserted:
+            return "recorded"
+        if stored == label:
+            return "unchanged"
+        raise ConflictingLabel(
+            f"this request already has label {stored}; labels are write-once, so {label} was not "
+            "recorded. If the first label was wrong, correct it in the database with an audit note"
+        )
+
+    def get(self, request_id: str) -> list[dict]:
+        """The logged rows of a request (served first, then shadow), each with its label if any.
+        Timestamps are returned as stored: ISO-8601 text in UTC."""
+        p = self._db.param
+        columns = ", ".join(f"p.{c}" for c in _COLUMNS)
+        rows = self._query(
+            f"SELECT {columns}, f.label, f.received_at FROM slipway_predictions p "
+            "LEFT JOIN slipway_feedback f ON f.request_id = p.request_id "
+            f"WHERE p.request_id = {p} ORDER BY p.served DESC, p.variant",
+            (request_id,),
+        )
+        result = []
+        for row in rows:
+            item = dict(zip(_COLUMNS, row[: len(_COLUMNS)], strict=True))
+            item["served"] = bool(item["served"])
+            item["inputs"] = orjson.loads(item["inputs"])
+            item["label"], item["label_received_at"] = row[len(_COLUMNS)], row[len(_COLUMNS) + 1]
+            result.append(item)
+        return result
+
+    def count(self, pipeline: str | None = None) -> int:
+        """Logged rows (served and shadow), of one pipeline or all."""
+        if pipeline is None:
+            return self._query("SELECT COUNT(*) FROM slipway_predictions")[0][0]
+        p = self._db.param
+        return self._query(f"SELECT COUNT(*) FROM slipway_predictions WHERE pipeline = {p}", (pipeline,))[0][
+            0
+        ]
+
+    def request_ids(self, pipeline: str | None = None) -> set[str]:
+        """Every logged request id, of one pipeline or all (tests and audits; not for large tables)."""
+        if pipeline is None:
+            rows = self._query("SELECT DISTINCT request_id FROM slipway_predictions")
+        else:
+            p = self._db.param
+            rows = self._query(
+                f"SELECT DISTINCT request_id FROM slipway_predictions WHERE pipeline = {p}", (pipeline,)
+            )
+        return {r[0] for r in rows}

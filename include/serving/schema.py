@@ -1,0 +1,291 @@
+"""Requests checked against the model's schema before anything is scored.
+
+The schema is the pipeline spec's features (numeric, binary, categorical) checked against the
+served graph's inputs, plus the entity key (the spec's hashed identifier, optional in a request,
+used for sticky routing and stored hashed). Every problem is a 4xx that names the field and the
+fix, collected for the whole request (not only the first), never a 500:
+
+* a body over ``max_body_bytes`` → 413; more rows than ``max_rows`` → 413;
+* not JSON, ``NaN``/``Infinity`` literals (not JSON) → 400;
+* missing or unknown fields, wrong types, non-finite numbers, binary values other than 0/1 → 422.
+
+``null`` is accepted for a numeric feature (unknown: imputed as in training), nowhere else. A
+categorical value the model never saw is served (the one-hot encoder ignores it, as in training)
+and counted per field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_BODY_BYTES = 1_000_000
+MAX_ROWS = 1000
+
+
+class RequestError(ValueError):
+    """A request the service refuses, with the HTTP status and what to fix."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.problems = problems or []
+
+
+@dataclass(frozen=True)
+class RequestSchema:
+    pipeline: str
+    numeric: tuple[str, ...]
+    binary: tuple[str, ...]
+    categorical: tuple[str, ...]
+    entity: str | None  # the identifier column a request may carry
+    entity_hashed: bool
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.numeric + self.binary + self.categorical
+
+    @classmethod
+    def from_spec(cls, spec) -> RequestSchema:
+        ids = spec.identifiers
+        entity = spec.entity_column or next(iter(ids), None)
+        return cls(
+            pipeline=spec.name,
+            numeric=tuple(spec.features.numeric),
+            binary=tuple(spec.features.binary),
+            categorical=tuple(spec.features.categorical),
+            entity=entity,
+            entity_hashed=bool(entity and ids.get(entity) == "hash"),
+        )
+
+    def check_model(self, inputs: dict[str, str]) -> list[str]:
+        """Disagreements between the spec and a served graph (the graph wins: it is what scores)."""
+        want = {n: "float" for n in self.numeric + self.binary} | {n: "string" for n in self.categorical}
+        return [
+            f"{name}: spec says {want.get(name, 'absent')}, model input is {inputs.get(name, 'absent')}"
+            for name in sorted(set(want) | set(inputs))
+            if want.get(name) != inputs.get(name)
+        ]
+
+    def openapi(self, categories: dict[str, frozenset[str]] | None = None) -> dict:
+        """An OpenAPI 3.1 document for this pipeline's routes, with the real field names and types."""
+        props: dict[str, dict] = {}
+        for n in self.numeric:
+            props[n] = {"type": ["number", "null"], "description": "numeric; null = unknown (imputed)"}
+        for n in self.binary:
+            props[n] = {"type": "integer", "enum": [0, 1]}
+        for n in self.categorical:
+            known = sorted((categories or {}).get(n, ()))
+            props[n] = {
+                "type": "string",
+                "description": "categorical" + (f"; known: {known}" if known else ""),
+            }
+        row = {
+            "type": "object",
+            "required": list(self.features),
+            "additionalProperties": False,
+            "properties": dict(props),
+        }
+        if self.entity:
+            row["properties"][self.entity] = {
+                "type": "string",
+                "description": "entity key for sticky routing"
+                + (" (hashed before use)" if self.entity_hashed else ""),
+            }
+        p = self.pipeline
+        prediction = {
+            "type": "object",
+            "properties": {
+                "request_id": {"type": "string"},
+                "probability": {"type": "number"},
+                "decision": {"type": "integer", "enum": [0, 1]},
+                "threshold": {"type": "number"},
+                "model_version": {"type": "integer"},
+                "variant": {"type": "string", "enum": ["champion", "challenger"]},
+            },
+        }
+        error = {"type": "object", "properties": {"error": {"type": "string"}, "problems": {"type": "array"}}}
+        responses = {
+            "401": {"description": "no or unknown API key"},
+            "403": {"description": "the key lacks the scope or the pipeline"},
+            "413": {"description": "body or batch too large", "content": _json(error)},
+            "422": {"description": "fields that do not match the schema", "content": _json(error)},
+            "503": {"description": "no model, or the prediction log cannot keep up (Retry-After)"},
+        }
+        security = [{"apiKey": []}, {"bearer": []}]
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": f"Slipway inference: {p}", "version": "1"},
+            "components": {
+                "schemas": {"Row": row, "Prediction": prediction, "Error": error},
+                "securitySchemes": {
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                },
+            },
+            "security": security,
+            "paths": {
+                f"/v1/{p}/predict": {
+                    "post": {
+                        "summary": "Score one row ({'inputs': row}) or a batch ({'instances': [row, ...]})",
+                        "requestBody": {
+                            "required": True,
+                            "content": _json(
+                                {
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["inputs"],
+                                            "additionalProperties": False,
+                                            "properties": {"inputs": {"$ref": "#/components/schemas/Row"}},
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["instances"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "instances": {
+                                                    "type": "array",
+                                                    "minItems": 1,
+                                                    "maxItems": MAX_ROWS,
+                                                    "items": {"$ref": "#/components/schemas/Row"},
+                                                }
+                                            },
+                                        },
+                                    ]
+                                }
+                            ),
+                        },
+                        "responses": {
+                            "200": {"description": "scored and logged", "content": _json({"type": "object"})},
+                            **responses,
+                        },
+                    }
+                },
+                f"/v1/{p}/feedback": {
+                    "post": {
+                        "summary": "Attach ground-truth labels to request ids",
+                        "requestBody": {
+                            "required": True,
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["request_id", "label"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "request_id": {"type": "string"},
+                                        "label": {"type": "integer", "enum": [0, 1]},
+                                    },
+                                }
+                            ),
+                        },
+                        "responses": {
+                            "200": {"description": "recorded or unchanged"},
+                            "404": {"description": "unknown request id"},
+                            "409": {"description": "a different label is already recorded"},
+                            **responses,
+                        },
+                    }
+                },
+            },
+        }
+
+    # ------------------------------------------------------------------ checking
+    def rows(self, body: object) -> tuple[list[dict], bool]:
+        """The rows of a predict body and whether it was a batch; :class:`RequestError` otherwise."""
+        if not isinstance(body, dict):
+            raise RequestError(
+                422, "the body must be a JSON object: {'inputs': {...}} or {'instances': [...]}"
+            )
+        extra = sorted(set(body) - {"inputs", "instances"})
+        if extra or len(body) != 1:
+            raise RequestError(
+                422,
+                "the body must hold exactly one of 'inputs' (one row) or 'instances' (a list of rows)"
+                + (f"; unknown keys {extra}" if extra else ""),
+            )
+        if "inputs" in body:
+            return [body["inputs"]], False
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise RequestError(422, "'instances' must be a non-empty list of rows")
+        if len(rows) > MAX_ROWS:
+            raise RequestError(
+                413, f"'instances' holds {len(rows)} rows; send at most {MAX_ROWS} per request"
+            )
+        return rows, True
+
+    def columns(self, rows: list) -> tuple[dict[str, list], list[str | None], list[str]]:
+        """Check every row; return values per feature, each row's entity key (raw) and problems."""
+        problems: list[str] = []
+        values: dict[str, list] = {n: [] for n in self.features}
+        keys: list[str | None] = []
+        allowed = set(self.features) | ({self.entity} if self.entity else set())
+        for i, row in enumerate(rows):
+            where = f"instances[{i}]" if len(rows) > 1 else "inputs"
+            if not isinstance(row, dict):
+                problems.append(f"{where}: must be an object of field: value")
+                keys.append(None)
+                continue
+            missing = [n for n in self.features if n not in row]
+            unknown = sorted(set(row) - allowed)
+            if missing:
+                problems.append(f"{where}: missing fields {missing}")
+            if unknown:
+                problems.append(
+                    f"{where}: unknown fields {unknown[:20]}; the model's fields are {list(self.features)}"
+                )
+            key = row.get(self.entity) if self.entity else None
+            if key is not None and (not isinstance(key, str | int) or isinstance(key, bool) or not str(key)):
+                problems.append(f"{where}.{self.entity}: must be a non-empty string (the entity key)")
+                key = None
+            keys.append(None if key is None else str(key))
+            for n in self.numeric:
+                v = row.get(n)
+                if v is None:
+                    values[n].append(math.nan)
+                elif isinstance(v, bool) or not isinstance(v, int | float):
+                    problems.append(f"{where}.{n}: must be a number or null, got {type(v).__name__}")
+                elif not math.isfinite(float(v)) or abs(float(v)) > 3.4e38:
+                    problems.append(f"{where}.{n}: must be a finite number")
+                else:
+                    values[n].append(float(v))
+            for n in self.binary:
+                v = row.get(n)
+                if n not in row:
+                    continue
+                if isinstance(v, bool):
+                    values[n].append(float(v))
+                elif isinstance(v, int | float) and v in (0, 1):
+                    values[n].append(float(v))
+                else:
+                    problems.append(f"{where}.{n}: must be 0 or 1, got {v!r}"[:200])
+            for n in self.categorical:
+                v = row.get(n)
+                if n not in row:
+                    continue
+                if not isinstance(v, str):
+                    problems.append(f"{where}.{n}: must be a string, got {type(v).__name__}")
+                elif len(v) > 200:
+                    problems.append(f"{where}.{n}: longer than 200 characters")
+                else:
+                    values[n].append(v)
+            if len(problems) > 50:
+                problems.append("… more problems not listed")
+                break
+        return values, keys, problems
+
+    def arrays(self, values: dict[str, list]) -> dict[str, np.ndarray]:
+        """The graph's inputs: one (n, 1) array per feature."""
+        out = {}
+        for n in self.numeric + self.binary:
+            out[n] = np.asarray(values[n], dtype=np.float32).reshape(-1, 1)
+        for n in self.categorical:
+            out[n] = np.asarray(values[n], dtype=object).reshape(-1, 1)
+        return out
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}

@@ -1,0 +1,359 @@
+"""API keys against real databases: SQLite in a temporary folder and the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import uuid
+
+import pytest
+
+from include.serving.keys import SCOPES, ApiKey, KeyStore, KeyStoreError, presented_key
+
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+
+
+def _sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'serving.db'}"
+
+
+@pytest.fixture
+def store(tmp_path) -> KeyStore:
+    s = KeyStore(_sqlite_url(tmp_path))
+    s.start()
+    return s
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, uniquely named PostgreSQL database, dropped (its backends terminated) at teardown."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(**PG_ADMIN, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    admin.autocommit = True
+    name = f"slipway_keys_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def _all_rows(url: str) -> list[tuple]:
+    from include.serving.db import database
+
+    conn = database(url).connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT * FROM slipway_api_keys")
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _wait_until(predicate, deadline_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or the (generous) deadline passes; the caller asserts the result."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# --- create / authenticate / storage -------------------------------------------------------------------
+
+
+def test_create_returns_plaintext_once_and_stores_only_its_hash(store, tmp_path):
+    record, plaintext = store.create(["predict"], pipeline="telco_churn", name="scoring job")
+
+    prefix, key_id, secret = plaintext[:4], plaintext[4:16], plaintext[17:]
+    assert prefix == "slw_" and plaintext[16] == "_"
+    assert key_id == record.key_id and re.fullmatch(r"[0-9a-f]{12}", key_id)
+    assert len(secret) >= 43
+
+    assert store.authenticate(plaintext) == record
+    assert record.scopes == frozenset({"predict"}) and record.pipeline == "telco_churn"
+    assert record.name == "scoring job" and record.revoked_at is None
+    assert record.created_at.endswith("+00:00")
+
+    rows = _all_rows(_sqlite_url(tmp_path))
+    assert len(rows) == 1
+    for column in rows[0]:
+        assert secret not in str(column)
+        assert plaintext not in str(column)
+    assert hashlib.sha256(secret.encode()).hexdigest() in rows[0]
+
+
+def test_list_shows_keys_but_no_secret_or_hash(store):
+    first, plain_first = store.create(["predict"], name="a")
+    second, plain_second = store.create(["admin"], pipeline="telco_churn", name="b")
+
+    listed = store.list()
+    assert {k.key_id for k in listed} == {first.key_id, second.key_id}
+    assert all(isinstance(k, ApiKey) for k in listed)
+    dumped = repr(listed)
+    for plain in (plain_first, plain_second):
+        secret = plain[17:]
+        assert secret not in dumped
+        assert hashlib.sha256(secret.encode()).hexdigest() not in dumped
+
+
+def test_wrong_secret_with_a_valid_key_id_is_refused(store):
+    record, plaintext = store.create(["predict"])
+    forged = f"slw_{record.key_id}_{'A' * 43}"
+    assert store.authenticate(forged) is None
+    # the cached row must not make the wrong secret pass, nor the right one fail
+    assert store.authenticate(forged) is None
+    assert store.authenticate(plaintext) == record
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        None,
+        "",
+        "slw_",
+        "slw__",
+        "Bearer x",
+        "slw_zzzzzzzzzzzz_" + "A" * 43,
+        "slw_0123456789ab",
+        "slw_0123456789ab_" + "A" * 43,  # well formed, unknown id
+        "x" * 10_240,
+        "slw_0123456789ab_" + "A" * 10_240,
+        "slw_0123456789ab_\x00\n" + "é" * 50,
+    ],
+)
+def test_missing_malformed_or_unknown_keys_are_refused_without_exceptions(store, junk):
+    store.create(["admin"])
+    assert store.authenticate(junk) is None
+
+
+# --- scopes and pipelines ------------------------------------------------------------------------------
+
+
+def test_a_predict_key_allows_predict_only(store):
+    record, plaintext = store.create(["predict"])
+    key = store.authenticate(plaintext)
+    assert key is not None
+    assert key.allows("predict", "telco_churn")
+    assert not key.allows("feedback", "telco_churn")
+    assert not key.allows("admin", "telco_churn")
+
+
+def test_admin_implies_every_scope(store):
+    _, plaintext = store.create(["admin"])
+    key = store.authenticate(plaintext)
+    assert key is not None
+    assert all(key.allows(scope, "telco_churn") for scope in SCOPES)
+    assert key.allows("metrics", None)
+
+
+def test_a_key_bound_to_a_pipeline_refuses_other_pipelines(store):
+    _, plaintext = store.create(["predict", "feedback"], pipeline="pipeline_a")
+    key = store.authenticate(plaintext)
+    assert key is not None
+    assert key.allows("predict", "pipeline_a")
+    assert not key.allows("predict", "pipeline_b")
+    assert not key.allows("predict", None)  # an endpoint spanning pipelines is out of its reach
+
+
+def test_an_unbound_key_allows_every_pipeline(store):
+    _, plaintext = store.create(["predict"])
+    key = store.authenticate(plaintext)
+    assert key is not None and key.allows("predict", "pipeline_a") and key.allows("predict", "pipeline_b")
+
+
+def test_unknown_scope_at_create_names_the_valid_scopes(store):
+    with pytest.raises(KeyStoreError) as err:
+        store.create(["predict", "delete_everything"])
+    message = str(err.value)
+    assert "delete_everything" in message
+    assert all(scope in message for scope in SCOPES)
+    assert store.list() == []
+
+
+def test_empty_scopes_are_refused(store):
+    with pytest.raises(KeyStoreError, match="at least one scope"):
+        store.create([])
+
+
+@pytest.mark.parametrize("bad", ["Telco", "1churn", "telco-churn", "", "a" * 64, "telco churn"])
+def test_bad_pipeline_names_are_refused(store, bad):
+    with pytest.raises(KeyStoreError, match="pipeline name"):
+        store.create(["predict"], pipeline=bad)
+    assert store.list() == []
+
+
+def test_allows_with_an_unknown_scope_raises_rather_than_pass_for_admin(store):
+    _, plaintext = store.create(["admin"])
+    key = store.authenticate(plaintext)
+    assert key is not None
+    with pytest.raises(KeyStoreError, match="unknown scope"):
+        key.allows("predcit", "telco_churn")
+
+
+# --- revocation ----------------------------------------------------------------------------------------
+
+
+def test_revoke_takes_effect_at_once_in_this_process(store):
+    record, plaintext = store.create(["predict"])
+    assert store.authenticate(plaintext) == record  # now cached
+    assert store.revoke(record.key_id) is True
+    assert store.authenticate(plaintext) is None
+    assert store.revoke(record.key_id) is False  # no longer active
+    assert store.revoke("0123456789ab") is False  # unknown
+    [listed] = store.list()
+    assert listed.revoked_at is not None
+    assert not listed.allows("predict", None)
+
+
+def test_revoke_reaches_another_replica_within_its_cache_ttl(tmp_path):
+    url = _sqlite_url(tmp_path)
+    admin = KeyStore(url)
+    admin.start()
+    record, plaintext = admin.create(["predict"])
+    replica = KeyStore(url, cache_ttl_s=0.2)
+    assert replica.authenticate(plaintext) == record  # cached as active on the replica
+
+    assert admin.revoke(record.key_id)
+    assert _wait_until(lambda: replica.authenticate(plaintext) is None)
+
+
+def test_the_replica_cache_actually_serves_lookups_within_the_ttl(tmp_path):
+    """With a long TTL a replica keeps its cached answer: the cache is in front of the database."""
+    url = _sqlite_url(tmp_path)
+    admin = KeyStore(url)
+    admin.start()
+    record, plaintext = admin.create(["predict"])
+    replica = KeyStore(url, cache_ttl_s=3600)
+    assert replica.authenticate(plaintext) == record
+    admin.revoke(record.key_id)
+    assert replica.authenticate(plaintext) == record
+
+
+def test_authenticate_is_safe_from_many_threads(store):
+    keys = [store.create(["predict"]) for _ in range(4)]
+    errors: list[BaseException] = []
+    wrong: list[str] = []
+
+    def hammer(record, plaintext):
+        try:
+            for _ in range(50):
+                if store.authenticate(plaintext) != record:
+                    wrong.append(record.key_id)
+                if store.authenticate(f"slw_{record.key_id}_{'B' * 43}") is not None:
+                    wrong.append(record.key_id)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=k) for k in keys for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and wrong == []
+
+
+# --- start ---------------------------------------------------------------------------------------------
+
+
+def _start_concurrently(url: str, n: int = 8) -> list[BaseException]:
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            barrier.wait()
+            KeyStore(url).start()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_start_on_a_fresh_sqlite_database(tmp_path):
+    url = _sqlite_url(tmp_path)
+    assert _start_concurrently(url) == []
+    store = KeyStore(url)
+    store.start()  # and once more, idempotently
+    record, plaintext = store.create(["predict"])
+    assert store.authenticate(plaintext) == record
+
+
+def test_memory_sqlite_is_refused_with_the_fix():
+    with pytest.raises(KeyStoreError, match="SLIPWAY_SERVING_DB"):
+        KeyStore("sqlite:///:memory:")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_postgres_create_authenticate_revoke(pg_url):
+    store = KeyStore(pg_url)
+    store.start()
+    record, plaintext = store.create(["predict", "explain"], pipeline="telco_churn", name="pg")
+    assert store.authenticate(plaintext) == record
+    assert store.authenticate(f"slw_{record.key_id}_{'A' * 43}") is None
+
+    rows = _all_rows(pg_url)
+    assert len(rows) == 1 and all(plaintext[17:] not in str(c) for c in rows[0])
+    assert rows[0][3] == "explain,predict"  # comma-separated, sorted
+
+    replica = KeyStore(pg_url, cache_ttl_s=0.2)
+    assert replica.authenticate(plaintext) == record
+    assert store.revoke(record.key_id) is True
+    assert store.authenticate(plaintext) is None
+    assert _wait_until(lambda: replica.authenticate(plaintext) is None)
+    assert [k.key_id for k in store.list()] == [record.key_id]
+    assert store.list()[0].revoked_at is not None
+
+
+@pytest.mark.postgres
+def test_concurrent_start_on_a_fresh_postgres_database(pg_url):
+    assert _start_concurrently(pg_url) == []
+    store = KeyStore(pg_url)
+    store.start()
+    record, plaintext = store.create(["metrics"])
+    assert store.authenticate(plaintext) == record
+
+
+# --- presented_key -------------------------------------------------------------------------------------
+
+
+def test_presented_key_reads_bearer_and_x_api_key():
+    from starlette.datastructures import Headers
+
+    assert presented_key(Headers({"Authorization": "Bearer slw_abc"})) == "slw_abc"
+    assert presented_key(Headers({"authorization": "bearer   slw_abc  "})) == "slw_abc"
+    assert presented_key(Headers({"X-API-Key": "slw_def"})) == "slw_def"
+    assert presented_key({"authorization": "Bearer slw_abc"}) == "slw_abc"
+    assert presented_key({"x-api-key": "slw_def"}) == "slw_def"
+    # Bearer wins when both are sent; another scheme falls through to X-API-Key
+    assert presented_key({"authorization": "Bearer one", "x-api-key": "two"}) == "one"
+    assert presented_key({"authorization": "Basic dXNlcjpwdw==", "x-api-key": "two"}) == "two"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Basic dXNlcjpwdw=="}, {"authorization": "Bearer "}, {"x-api-key": "  "}],
+)
+def test_presented_key_missing_is_none(headers):
+    assert presented_key(headers) is None

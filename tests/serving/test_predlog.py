@@ -1,0 +1,494 @@
+"""The prediction log on real databases: group commit, feedback rules, overload, outages, SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from include.serving.predlog import (
+    SCHEMA_VERSION,
+    ConflictingLabel,
+    LogOverloaded,
+    LogUnavailable,
+    PredictionLog,
+    PredictionRow,
+    UnknownRequest,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+PG_PASSWORD = "not-a-real-secret"
+
+
+def make_row(request_id: str | None = None, *, variant: str = "champion", pipeline: str = "telco_churn"):
+    return PredictionRow(
+        request_id=request_id or uuid.uuid4().hex,
+        pipeline=pipeline,
+        entity_key="3f2a9c",
+        model_version=3,
+        variant=variant,
+        served=variant == "champion",
+        inputs={"tenure": 12, "contract": "Month-to-month", "monthly_charges": 70.35},
+        probability=0.62,
+        decision=1,
+        latency_ms=1.7,
+        created_at=datetime.now(UTC),
+    )
+
+
+def _pg_admin():
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def _pg_terminate(cur, name: str) -> None:
+    cur.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+
+
+@pytest.fixture
+def pg_db():
+    """A fresh PostgreSQL database (its name), dropped at the end."""
+    name = f"slipway_predlog_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin()
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            _pg_terminate(cur, name)
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def pg_url(name: str, *, password: bool = False) -> str:
+    secret = f":{PG_PASSWORD}" if password else ""  # trust auth ignores it; it must never be echoed
+    return f"postgresql://postgres{secret}@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def log_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'serving.db'}"
+    return pg_url(request.getfixturevalue("pg_db"))
+
+
+@pytest.fixture
+def plog(log_url):
+    log = PredictionLog(log_url)
+    log.start()
+    yield log
+    log.close()
+
+
+def test_concurrent_records_share_commits_and_all_land(plog):
+    async def client(ids: list[str]) -> None:
+        for _ in range(10):
+            row = make_row()
+            await plog.record([row])
+            ids.append(row.request_id)
+
+    ids: list[str] = []
+
+    async def main() -> None:
+        await asyncio.gather(*(client(ids) for _ in range(50)))
+
+    asyncio.run(main())
+    assert len(ids) == 500
+    assert plog.request_ids() == set(ids)
+    assert plog.count("telco_churn") == 500
+    assert plog.rows_written == 500
+    assert plog.commits < 500, "each row had its own commit: no group commit happened"
+    assert plog.queue_depth == 0
+    assert plog.status() == (True, "ok")
+
+
+def test_served_and_shadow_rows_of_a_request_commit_together_with_their_label(plog):
+    rid = uuid.uuid4().hex
+    plog.record_sync([make_row(rid), make_row(rid, variant="challenger")])
+    assert plog.feedback(rid, 0) == "recorded"
+    rows = plog.get(rid)
+    assert [(r["variant"], r["served"], r["label"]) for r in rows] == [
+        ("champion", True, 0),
+        ("challenger", False, 0),
+    ]
+    assert rows[0]["inputs"] == {"tenure": 12, "contract": "Month-to-month", "monthly_charges": 70.35}
+    assert rows[0]["created_at"].endswith("+00:00")
+    assert plog.get(uuid.uuid4().hex) == []
+
+
+def test_the_same_label_twice_is_recorded_once(plog):
+    rid = uuid.uuid4().hex
+    plog.record_sync([make_row(rid)])
+    assert plog.feedback(rid, 1, pipeline="telco_churn") == "recorded"
+    assert plog.feedback(rid, 1) == "unchanged"
+    assert plog.get(rid)[0]["label"] == 1
+
+
+def test_a_conflicting_label_is_refused_and_the_first_one_kept(plog):
+    rid = uuid.uuid4().hex
+    plog.record_sync([make_row(rid)])
+    plog.feedback(rid, 1)
+    with pytest.raises(ConflictingLabel, match="write-once"):
+        plog.feedback(rid, 0)
+    assert plog.get(rid)[0]["label"] == 1
+
+
+def test_feedback_for_an_unknown_request_is_refused(plog):
+    rid = uuid.uuid4().hex
+    plog.record_sync([make_row(rid)])
+    with pytest.raises(UnknownRequest):
+        plog.feedback(uuid.uuid4().hex, 1)
+    with pytest.raises(UnknownRequest):  # logged, but for another pipeline
+        plog.feedback(rid, 1, pipeline="credit_default")
+    with pytest.raises(ValueError, match="label must be 0 or 1"):
+        plog.feedback(rid, 2)
+    assert plog.get(rid)[0]["label"] is None
+
+
+def test_a_label_a_year_late_is_accepted(plog):
+    rid = uuid.uuid4().hex
+    plog.record_sync([make_row(rid)])
+    later = datetime.now(UTC) + timedelta(days=365)
+    assert plog.feedback(rid, 0, at=later) == "recorded"
+    (row,) = plog.get(rid)
+    assert row["label"] == 0
+    assert row["label_received_at"] == later.isoformat(timespec="microseconds")
+
+
+def test_feedback_race_between_two_logs_agrees_on_one_label(log_url):
+    """Two service processes (two logs, two pools) labelling the same request at once."""
+    logs = [PredictionLog(log_url), PredictionLog(log_url)]
+    for log in logs:
+        log.start()
+    try:
+        for _ in range(5):
+            rid = uuid.uuid4().hex
+            logs[0].record_sync([make_row(rid)])
+            results: list[tuple[int, str]] = []
+            barrier = threading.Barrier(4)
+
+            def label(log: PredictionLog, value: int, rid=rid, results=results, barrier=barrier) -> None:
+                barrier.wait()
+                try:
+                    results.append((value, log.feedback(rid, value)))
+                except ConflictingLabel:
+                    results.append((value, "conflict"))
+
+            threads = [threading.Thread(target=label, args=(logs[i % 2], i % 2)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            # Exactly one caller won; the other with the same label saw "unchanged", the two with the
+            # other label saw the conflict, and the stored label is the winner's.
+            assert sorted(outcome for _, outcome in results) == [
+                "conflict",
+                "conflict",
+                "recorded",
+                "unchanged",
+            ]
+            (winner,) = {value for value, outcome in results if outcome in ("recorded", "unchanged")}
+            assert logs[1].get(rid)[0]["label"] == winner
+    finally:
+        for log in logs:
+            log.close()
+
+
+def test_bad_rows_fail_their_own_request_before_queueing(plog):
+    naive = dataclasses.replace(make_row(), created_at=datetime.now())
+    with pytest.raises(ValueError, match="timezone-aware"):
+        plog.record_sync([naive])
+    assert plog.queue_depth == 0
+    assert plog.count() == 0
+
+
+def test_a_duplicate_request_id_fails_alone_not_the_requests_sharing_its_commit(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'serving.db'}", max_wait_ms=50)
+    log.start()
+    try:
+        dup = uuid.uuid4().hex
+        log.record_sync([make_row(dup)])
+
+        async def main():
+            return await asyncio.gather(
+                *(log.record([make_row()]) for _ in range(5)),
+                log.record([make_row(dup)]),
+                return_exceptions=True,
+            )
+
+        results = asyncio.run(main())
+        assert results[:5] == [None] * 5
+        assert isinstance(results[5], LogUnavailable)
+        assert log.count() == 6
+        assert log.status() == (True, "ok")
+    finally:
+        log.close()
+
+
+def test_overload_refuses_at_once_and_bounds_the_queue(tmp_path):
+    path = tmp_path / "serving.db"
+    log = PredictionLog(f"sqlite:///{path}", max_queue=5)
+    log.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer's next commit waits for this lock (busy_timeout 5 s)
+
+        async def main():
+            rows = [make_row() for _ in range(20)]
+            tasks = [asyncio.ensure_future(log.record([row])) for row in rows]
+            await asyncio.sleep(0)  # every task runs up to its await: admitted or refused
+            for _ in range(100):
+                if sum(t.done() for t in tasks) >= 15:
+                    break
+                await asyncio.sleep(0.01)
+            refused = [t for t in tasks if t.done()]
+            depth_while_blocked = log.queue_depth
+            assert all(isinstance(t.exception(), LogOverloaded) for t in refused)
+            with pytest.raises(LogOverloaded):  # still full while the database is blocked
+                await log.record([make_row()])
+            blocker.execute("COMMIT")
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return rows, results, len(refused), depth_while_blocked
+
+        rows, results, n_refused, depth_while_blocked = asyncio.run(main())
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        assert n_refused == 15
+        assert depth_while_blocked == 5
+        assert log.overloaded == 16
+        answered = {row.request_id for row, res in zip(rows, results, strict=True) if res is None}
+        refused = {row.request_id for row, res in zip(rows, results, strict=True) if res is not None}
+        assert len(answered) == 5
+        assert log.request_ids() == answered
+        assert not refused & log.request_ids()
+        assert log.queue_depth == 0
+    finally:
+        log.close()
+
+
+def test_record_from_several_event_loops_and_threads(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'serving.db'}")
+    log.start()
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        async def main():
+            for _ in range(20):
+                row = make_row()
+                await log.record([row])
+                with lock:
+                    ids.append(row.request_id)
+
+        asyncio.run(main())
+        for _ in range(20):
+            row = make_row()
+            log.record_sync([row])
+            with lock:
+                ids.append(row.request_id)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    log.close()
+    assert len(ids) == 160
+    reopened = PredictionLog(f"sqlite:///{tmp_path / 'serving.db'}")
+    reopened.start()
+    try:
+        assert reopened.request_ids() == set(ids)
+    finally:
+        reopened.close()
+    with pytest.raises(LogUnavailable, match="not running"):
+        log.record_sync([make_row()])
+
+
+def test_close_commits_what_is_queued(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'serving.db'}", max_wait_ms=200)
+    log.start()
+    waiters = []
+    rows = [make_row() for _ in range(30)]
+    errors: list[BaseException] = []
+
+    def send(row):
+        try:
+            log.record_sync([row])
+        except BaseException as exc:
+            errors.append(exc)
+
+    for row in rows:
+        t = threading.Thread(target=send, args=(row,))
+        t.start()
+        waiters.append(t)
+    for _ in range(500):  # every row accepted (queued or written) before close
+        if log.queue_depth + log.rows_written == len(rows):
+            break
+        threading.Event().wait(0.01)
+    log.close()
+    for t in waiters:
+        t.join(10)
+    assert errors == []
+    conn = sqlite3.connect(tmp_path / "serving.db")
+    (count,) = conn.execute("SELECT COUNT(*) FROM slipway_predictions").fetchone()
+    conn.close()
+    assert count == len(rows)
+
+
+@pytest.mark.postgres
+def test_schema_creation_is_safe_when_several_processes_start_at_once(pg_db):
+    logs = [PredictionLog(pg_url(pg_db)) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(logs))
+
+    def start(log: PredictionLog) -> None:
+        barrier.wait()
+        try:
+            log.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(log,)) for log in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert errors == []
+        with _pg_conn(pg_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT name, version FROM slipway_schema")
+            assert cur.fetchall() == [("prediction_log", SCHEMA_VERSION)]
+    finally:
+        for log in logs:
+            log.close()
+
+
+def _pg_conn(name: str):
+    import psycopg2
+
+    return psycopg2.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}", connect_timeout=5)
+
+
+@pytest.mark.postgres
+def test_database_outage_fails_records_then_recovers(pg_db):
+    log = PredictionLog(pg_url(pg_db, password=True))
+    log.start()
+    admin = _pg_admin()
+    try:
+        first = make_row()
+        log.record_sync([first])
+        assert log.status() == (True, "ok")
+
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS false')
+            _pg_terminate(cur, pg_db)
+        lost = [make_row(), make_row()]
+        for row in lost:  # the first on the dead connection, the second on a refused reconnect
+            with pytest.raises(LogUnavailable) as failure:
+                log.record_sync([row])
+        healthy, reason = log.status()
+        assert healthy is False
+        assert pg_db in reason
+        assert PG_PASSWORD not in reason
+        assert PG_PASSWORD not in str(failure.value)
+        assert log.commit_failures == 2
+        assert log.queue_depth == 0
+
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS true')
+        back = make_row()
+        asyncio.run(log.record([back]))
+        assert log.status() == (True, "ok")
+        assert log.request_ids() == {first.request_id, back.request_id}
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS true')
+        admin.close()
+        log.close()
+
+
+_KILL_CHILD = """
+import sys, threading, uuid
+from datetime import UTC, datetime
+from include.serving.predlog import PredictionLog, PredictionRow
+
+log = PredictionLog(sys.argv[1])
+log.start()
+out = threading.Lock()
+
+def loop():
+    while True:
+        rid = uuid.uuid4().hex
+        log.record_sync([PredictionRow(rid, "telco_churn", None, 1, "champion", True, {"x": 1}, 0.5, 1, 1.0,
+                                       datetime.now(UTC))])
+        with out:
+            sys.stdout.write(rid + "\\n")
+            sys.stdout.flush()
+
+for _ in range(8):
+    threading.Thread(target=loop, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_every_answered_row_survives_sigkill(tmp_path):
+    url = f"sqlite:///{tmp_path / 'serving.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD, url],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, proc.kill)  # a child that never prints must not hang the suite
+    watchdog.start()
+    try:
+        answered = []
+        while len(answered) < 300:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"the child stopped after {len(answered)} rows: {proc.stderr.read()[-2000:]}")
+            answered.append(line)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        answered += proc.stdout.readlines()  # printed before the kill, still in the pipe
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    ids = {line.strip() for line in answered if line.endswith("\n")}
+    assert len(ids) >= 300
+    log = PredictionLog(url)
+    log.start()
+    try:
+        missing = ids - log.request_ids()
+        assert not missing, f"{len(missing)} answered rows were lost"
+    finally:
+        log.close()

@@ -1,0 +1,318 @@
+"""The inference service as a process over HTTP: contracts, refusals, routing, reloads, the log.
+
+A 500 anywhere here is a failure: every refusal is a 4xx that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from tests.serving.conftest import PIPELINE
+
+
+def _rows(service, where: str = "1=1", params: tuple = ()) -> list[dict]:
+    path = service.db_url.split("sqlite:///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(f"SELECT * FROM slipway_predictions WHERE {where}", params)]
+
+
+def _metric(service, name: str) -> float:
+    status, text = service.get("/metrics", key=service.key("metrics", None))
+    assert status == 200, text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_one_row_is_scored_logged_and_answered(service, row):
+    status, body = service.predict(row)
+    assert status == 200, body
+    assert set(body) == {
+        "pipeline",
+        "request_id",
+        "probability",
+        "decision",
+        "threshold",
+        "model_version",
+        "variant",
+    }
+    assert 0.0 <= body["probability"] <= 1.0 and body["decision"] == int(
+        body["probability"] >= body["threshold"]
+    )
+    assert body["model_version"] == 1 and body["variant"] == "champion"
+    [logged] = _rows(service, "request_id = ?", (body["request_id"],))
+    assert (
+        logged["served"] == 1
+        and logged["model_version"] == 1
+        and logged["probability"] == body["probability"]
+    )
+    # The entity key is stored hashed (the spec marks customer_id as PII), never raw.
+    assert logged["entity_key"] and row["customer_id"] not in json.dumps(logged)
+    assert json.loads(logged["inputs"])["tenure"] == row["tenure"]
+
+
+def test_a_batch_is_scored_row_by_row_with_one_request_id_each(service, row):
+    rows = [dict(row, customer_id=f"C-{i}", tenure=float(i)) for i in range(100)]
+    status, body = service.predict(rows=rows)
+    assert status == 200, body
+    ids = [p["request_id"] for p in body["predictions"]]
+    assert len(set(ids)) == 100
+    assert len(_rows(service, f"request_id IN ({','.join('?' * 100)})", tuple(ids))) == 100
+    # Tenure moves the probability: the rows were scored as sent, not one row copied.
+    assert len({round(p["probability"], 6) for p in body["predictions"]}) > 10
+
+
+BAD = [
+    (
+        "missing field",
+        lambda r: {k: v for k, v in r.items() if k != "tenure"},
+        422,
+        "missing fields ['tenure']",
+    ),
+    ("unknown field", lambda r: {**r, "shoe_size": 42}, 422, "unknown fields ['shoe_size']"),
+    ("text for a number", lambda r: {**r, "tenure": "12"}, 422, "inputs.tenure: must be a number"),
+    (
+        "bool for a number",
+        lambda r: {**r, "monthly_charges": True},
+        422,
+        "inputs.monthly_charges: must be a number",
+    ),
+    ("binary out of range", lambda r: {**r, "partner": 2}, 422, "inputs.partner: must be 0 or 1"),
+    ("number for a category", lambda r: {**r, "contract": 1}, 422, "inputs.contract: must be a string"),
+    ("huge number", lambda r: {**r, "tenure": 1e300}, 422, "inputs.tenure: must be a finite number"),
+    ("null category", lambda r: {**r, "contract": None}, 422, "inputs.contract: must be a string"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,status,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_rows_get_a_4xx_naming_the_field(service, row, name, mutate, status, needle):
+    got, body = service.predict(mutate(dict(row)))
+    assert got == status, body
+    assert any(needle in p for p in body["problems"]), body
+
+
+@pytest.mark.parametrize(
+    "raw,status,needle",
+    [
+        (b'{"inputs": {"tenure": NaN}}', 400, "NaN and Infinity are not JSON"),
+        (b'{"inputs": {"tenure": Infinity}}', 400, "NaN and Infinity are not JSON"),
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "must be a JSON object"),
+        (b'{"inputs": {}, "instances": []}', 422, "exactly one of 'inputs'"),
+        (b'{"instances": []}', 422, "non-empty list"),
+        (b'{"inputs": [1]}', 422, "must be an object"),
+    ],
+)
+def test_malformed_bodies_get_a_4xx_that_says_what_to_send(service, raw, status, needle):
+    got, body = service.request("POST", f"/v1/{PIPELINE}/predict", raw=raw)
+    assert got == status, body
+    assert needle in body["error"] + " ".join(body.get("problems", [])), body
+
+
+def test_oversized_bodies_and_batches_are_refused_with_413(service, row):
+    status, body = service.predict(rows=[row] * 1001)
+    assert status == 413 and "at most 1000" in body["error"], body
+    status, body = service.request(
+        "POST", f"/v1/{PIPELINE}/predict", raw=b'{"inputs": "' + b"x" * 1_100_000 + b'"}'
+    )
+    assert status == 413 and "exceeds" in body["error"], body
+
+
+def test_an_unknown_category_is_served_and_counted(service, row):
+    before = _metric(service, 'slipway_unknown_category_total{field="contract"')
+    status, body = service.predict({**row, "contract": "Three year"})
+    assert status == 200, body
+    assert _metric(service, 'slipway_unknown_category_total{field="contract"') == before + 1
+
+
+def test_keys_and_scopes(service, row):
+    path = f"/v1/{PIPELINE}/predict"
+    assert service.request("POST", path, {"inputs": row}, key=None)[0] == 401
+    assert service.request("POST", path, {"inputs": row}, key="slw_000000000000_" + "x" * 43)[0] == 401
+    assert service.request("POST", path, {"inputs": row}, key=service.key("feedback"))[0] == 403
+    assert (
+        service.request("POST", path, {"inputs": row}, key=service.key("predict", "another_pipeline"))[0]
+        == 403
+    )
+    assert service.request("POST", path, {"inputs": row}, key=service.key("predict"))[0] == 200
+    assert service.get("/metrics", key=None)[0] == 401
+    assert service.get("/metrics", key=service.key("predict", None))[0] == 403
+    assert service.get("/health", key=None)[0] == 200
+    # The key never reaches the service's log.
+    assert service.key("predict") not in service.log()
+
+
+def test_openapi_names_the_real_fields_and_types(service):
+    status, doc = service.get(f"/v1/{PIPELINE}/openapi.json")
+    assert status == 200
+    props = doc["components"]["schemas"]["Row"]["properties"]
+    assert props["tenure"]["type"] == ["number", "null"]
+    assert props["partner"] == {"type": "integer", "enum": [0, 1]}
+    assert props["contract"]["type"] == "string" and "Month-to-month" in props["contract"]["description"]
+    assert f"/v1/{PIPELINE}/predict" in doc["paths"] and f"/v1/{PIPELINE}/feedback" in doc["paths"]
+    assert service.get(f"/v1/{PIPELINE}/openapi.json", key=None)[0] == 401
+
+
+def test_feedback_is_idempotent_conflicts_are_409_unknown_ids_404(service, row):
+    _, body = service.predict(row)
+    rid, path = body["request_id"], f"/v1/{PIPELINE}/feedback"
+    assert service.request("POST", path, {"request_id": rid, "label": 1}) == (
+        200,
+        {"request_id": rid, "status": "recorded"},
+    )
+    assert service.request("POST", path, {"request_id": rid, "label": 1})[1]["status"] == "unchanged"
+    status, body = service.request("POST", path, {"request_id": rid, "label": 0})
+    assert status == 409, body
+    assert service.request("POST", path, {"request_id": "f" * 32, "label": 1})[0] == 404
+    assert service.request("POST", path, {"request_id": rid, "label": 2})[0] == 422
+    assert (
+        service.request("POST", path, {"request_id": rid, "label": 1}, key=service.key("predict"))[0] == 403
+    )
+
+
+class _Load:
+    """Requests in a background thread until stopped; every status and body kept."""
+
+    def __init__(self, service, row):
+        self.service, self.row = service, row
+        self.results: list[tuple[int, dict]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            self.results.append(self.service.predict({**self.row, "customer_id": f"L-{i}"}))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_alias_switch_is_picked_up_without_a_failed_request(service, registry, row):
+    v2 = registry.register_copy(1)
+    try:
+        with _Load(service, row) as load:
+            service.wait(lambda: len(load.results) > 20, 30, "traffic before the switch")
+            registry.set_alias("champion", v2)
+            service.wait(
+                lambda: load.results and load.results[-1][1].get("model_version") == v2, 30, "the switch"
+            )
+            n = len(load.results)
+            service.wait(lambda: len(load.results) > n + 20, 30, "traffic after the switch")
+        assert {s for s, _ in load.results} == {200}
+        versions = [b["model_version"] for _, b in load.results]
+        assert versions[0] == 1 and versions[-1] == v2
+        # Once switched, never back: the new version serves from then on.
+        assert versions.index(v2) + versions[versions.index(v2) :].count(v2) == len(versions)
+    finally:
+        registry.set_alias("champion", 1)
+        service.wait(lambda: service.predict(row)[1].get("model_version") == 1, 30, "champion back on 1")
+
+
+def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(service, registry, row):
+    before = _metric(service, "slipway_model_reload_failures_total")
+    bad = registry.register_copy(1, **{"slipway.onnx_sha256": "0" * 64})
+    try:
+        registry.set_alias("champion", bad)
+        ready = service.wait(
+            lambda: (r := service.get("/ready", key=None)) and r[1]["status"] == "degraded" and r,
+            30,
+            "degraded",
+        )
+        assert ready[0] == 200
+        assert any(
+            f"champion version {bad} not loaded" in p and "sha256" in p for p in ready[1]["problems"]
+        ), ready
+        status, body = service.predict(row)
+        assert status == 200 and body["model_version"] == 1
+        assert _metric(service, "slipway_model_reload_failures_total") > before
+    finally:
+        registry.set_alias("champion", 1)
+        service.wait(lambda: service.get("/ready", key=None)[1]["status"] == "ready", 30, "ready again")
+
+
+def test_canary_split_is_sticky_by_customer_and_near_its_weight(service, registry, row):
+    v2 = registry.register_copy(1)
+    registry.set_alias("challenger", v2)
+    registry.set_traffic("canary", 0.3, v2)
+    try:
+        service.wait(
+            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["traffic"]["mode"] == "canary",
+            30,
+            "canary traffic",
+        )
+        first, second = {}, {}
+        for i in range(300):
+            for seen in (first, second):
+                status, body = service.predict({**row, "customer_id": f"S-{i}"})
+                assert status == 200, body
+                seen[i] = body["variant"]
+        assert first == second  # the same customer gets the same variant for the whole canary
+        share = sum(v == "challenger" for v in first.values()) / 300
+        assert abs(share - 0.3) < 0.1, share  # binomial sd 0.026 at n=300: 0.1 is ~4 sd
+    finally:
+        registry.set_traffic("none")
+        registry.drop_alias("challenger")
+        service.wait(
+            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["challenger"] is None,
+            30,
+            "challenger gone",
+        )
+
+
+def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
+    v2 = registry.register_copy(1)
+    registry.set_alias("challenger", v2)
+    registry.set_traffic("shadow", 0.0, v2)
+    try:
+        service.wait(
+            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["traffic"]["mode"] == "shadow",
+            30,
+            "shadow traffic",
+        )
+        ids = []
+        for i in range(30):
+            status, body = service.predict({**row, "customer_id": f"H-{i}"})
+            assert status == 200 and body["variant"] == "champion" and body["model_version"] == 1, body
+            ids.append(body["request_id"])
+        marks = ",".join("?" * len(ids))
+        shadow = service.wait(
+            lambda: (
+                len(r := _rows(service, f"served = 0 AND request_id IN ({marks})", tuple(ids))) == 30 and r
+            ),
+            30,
+            "30 shadow rows",
+        )
+        assert {r["variant"] for r in shadow} == {"challenger"} and {r["model_version"] for r in shadow} == {
+            v2
+        }
+        served = _rows(service, f"served = 1 AND request_id IN ({marks})", tuple(ids))
+        assert len(served) == 30 and {r["variant"] for r in served} == {"champion"}
+    finally:
+        registry.set_traffic("none")
+        registry.drop_alias("challenger")
+        service.wait(
+            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["challenger"] is None,
+            30,
+            "challenger gone",
+        )
+
+
+def test_no_500_was_answered(service):
+    assert (
+        _metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
+    )
+    assert "Traceback" not in service.log(), service.log()
