@@ -34,6 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from include.serving import metrics as m
+from include.serving.explain import ExplainBusy, Explainers, ExplainUnavailable
 from include.serving.keys import KeyStore, presented_key
 from include.serving.models import ModelRegistry, PipelineState, sticky_share
 from include.serving.predlog import LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
@@ -78,6 +79,7 @@ class Service:
         self.keys = KeyStore(config.db_url)
         self._pii_key = pii_key()
         self._shadow_tasks: set[asyncio.Task] = set()
+        self.explainers = Explainers(config.tracking_uri)
 
     def start(self) -> None:
         self.log.start()
@@ -286,6 +288,40 @@ def build_app(service: Service) -> Starlette:
         m.FEEDBACK.labels(pipeline).inc(len(results))
         return _json(results if isinstance(body, list) else results[0])
 
+    async def explain(request: Request) -> Response:
+        pipeline = request.path_params["pipeline"]
+        schema = service.schemas.get(pipeline)
+        if schema is None:
+            return _error(404, f"no pipeline {pipeline!r} is served here")
+        _, denied = service.authorise(request, "explain", pipeline)
+        if denied:
+            return denied
+        try:
+            rows, batch = schema.rows(await _read_json(request))
+            if batch:
+                raise RequestError(422, "explain takes one row: {'inputs': {...}}")
+            values, _, problems = schema.columns(rows)
+        except RequestError as exc:
+            return _error(exc.status, str(exc), exc.problems)
+        if problems:
+            return _error(
+                422, "the request does not match the model's schema; fix the fields listed", problems
+            )
+        state = service.registry.state(pipeline)
+        if state is None or state.champion is None:
+            return _error(503, f"no model to explain for {pipeline}", headers={"Retry-After": "5"})
+        model = state.champion
+        row = {n: values[n][0] for n in schema.features}
+        try:
+            out = await service.explainers.explain(pipeline, model.version, schema.features, row)
+        except ExplainBusy as exc:
+            m.SHED.labels(pipeline, "explain_busy").inc()
+            return _error(503, str(exc), headers={"Retry-After": "2"})
+        except ExplainUnavailable as exc:
+            return _error(503, str(exc), headers={"Retry-After": "60"})
+        m.REQUESTS.labels(pipeline, "explain", "200").inc()
+        return _json({"pipeline": pipeline, "model_version": model.version, "variant": "champion", **out})
+
     async def openapi(request: Request) -> Response:
         pipeline = request.path_params["pipeline"]
         schema = service.schemas.get(pipeline)
@@ -344,6 +380,7 @@ def build_app(service: Service) -> Starlette:
         routes=[
             Route("/v1/{pipeline}/predict", predict, methods=["POST"]),
             Route("/v1/{pipeline}/feedback", feedback, methods=["POST"]),
+            Route("/v1/{pipeline}/explain", explain, methods=["POST"]),
             Route("/v1/{pipeline}/openapi.json", openapi, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),

@@ -164,6 +164,26 @@ class RequestSchema:
                         },
                     }
                 },
+                f"/v1/{p}/explain": {
+                    "post": {
+                        "summary": "Local SHAP contributions per original column for one row ({'inputs': row})",
+                        "requestBody": {
+                            "required": True,
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["inputs"],
+                                    "additionalProperties": False,
+                                    "properties": {"inputs": {"$ref": "#/components/schemas/Row"}},
+                                }
+                            ),
+                        },
+                        "responses": {
+                            "200": {"description": "contributions, base value, explainer"},
+                            **responses,
+                        },
+                    }
+                },
                 f"/v1/{p}/feedback": {
                     "post": {
                         "summary": "Attach ground-truth labels to request ids",

@@ -316,3 +316,21 @@ def test_no_500_was_answered(service):
         _metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
     )
     assert "Traceback" not in service.log(), service.log()
+
+
+def test_explain_returns_contributions_per_original_column(service, row):
+    path = f"/v1/{PIPELINE}/explain"
+    status, body = service.request("POST", path, {"inputs": row})
+    assert status == 200, body
+    features = {c["feature"] for c in body["contributions"]}
+    from include.spec import load_pipeline
+
+    assert features == set(load_pipeline(PIPELINE).features.all)
+    total = sum(c["shap"] for c in body["contributions"])
+    assert abs(body["base_value"] + total - body["output_value"]) < 1e-4
+    _, scored = service.predict(row)
+    assert abs(body["sklearn_probability"] - scored["probability"]) < 1e-4  # the same model as the graph
+    ranked = [abs(c["shap"]) for c in body["contributions"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert service.request("POST", path, {"inputs": row}, key=service.key("predict"))[0] == 403
+    assert service.request("POST", path, {"instances": [row, row]})[0] == 422

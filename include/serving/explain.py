@@ -1,0 +1,130 @@
+"""Local explanations for one input: SHAP contributions per original column, in bounded time.
+
+The ONNX graph scores; SHAP needs the fitted scikit-learn Pipeline, so the version's skops file
+is read from its MLflow run, checked against the digest registered with the version
+(``slipway.sklearn_sha256``) and loaded with the trusted-types allowlist (nothing is unpickled).
+The background is a seeded sample of the version's own training rows (its snapshot, rows of the
+``train`` split). The explainer is the one the training gate used (:func:`explain_pipeline`).
+
+Explaining costs far more than scoring: at most ``max_concurrent`` explanations run at a time (a
+request beyond that gets 503 + Retry-After) and one that takes longer than ``timeout_s`` is
+answered with 503 (the computation finishes in its thread and is discarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from dataclasses import dataclass
+
+BACKGROUND_ROWS = 100
+
+
+class ExplainBusy(RuntimeError):
+    """Too many explanations in flight, or one took too long."""
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    pipeline: object
+    background: object
+
+
+class Explainers:
+    """The scikit-learn model and background of each served version, loaded on first use."""
+
+    def __init__(self, tracking_uri: str | None = None, max_concurrent: int = 2, timeout_s: float = 10.0):
+        self.tracking_uri = tracking_uri
+        self.timeout_s = timeout_s
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._cache: dict[tuple[str, int], _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, pipeline: str, version: int) -> _Loaded:
+        with self._lock:
+            hit = self._cache.get((pipeline, version))
+        if hit is not None:
+            return hit
+        import mlflow
+
+        from include import storage
+        from include.lineage import configure_mlflow
+        from include.spec import SPLIT_COLUMN
+        from include.tasks.ingest import read_parquet
+        from include.tasks.train import load_model
+
+        client = (
+            mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else configure_mlflow().MlflowClient()
+        )
+        tags = dict(client.get_model_version(pipeline, str(version)).tags)
+        uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")
+        if not uri or not expected:
+            raise ExplainUnavailable(f"version {version} has no scikit-learn model on record to explain")
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="slipway-explain-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            data = Path(local).read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ExplainUnavailable(
+                f"version {version}'s scikit-learn model does not match its registered sha256: refused"
+            )
+        model = load_model(data)
+        snapshot = tags.get("slipway.snapshot_uri", "")
+        frame = read_parquet(snapshot) if snapshot and storage.exists(snapshot) else None
+        if frame is None:
+            raise ExplainUnavailable(f"version {version}'s training snapshot is not readable: no background")
+        if SPLIT_COLUMN in frame.columns:
+            frame = frame[frame[SPLIT_COLUMN] == "train"]
+        background = frame.sample(n=min(BACKGROUND_ROWS, len(frame)), random_state=0)
+        loaded = _Loaded(model, background)
+        with self._lock:
+            self._cache[(pipeline, version)] = loaded
+        return loaded
+
+    def _explain(self, pipeline: str, version: int, features: tuple[str, ...], values: dict) -> dict:
+        import pandas as pd
+
+        from include.tasks.explain import explain_pipeline
+
+        loaded = self._load(pipeline, version)
+        sample = pd.DataFrame({n: [values[n]] for n in features})
+        background = loaded.background[list(features)]
+        out = explain_pipeline(loaded.pipeline, background, sample)
+        per_col: dict[str, float] = {}
+        for (_, col), v in zip(out["features"], out["values"][0], strict=True):
+            per_col[col] = per_col.get(col, 0.0) + float(v)
+        ranked = sorted(per_col.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        base = float(out["base_values"][0])
+        proba = float(loaded.pipeline.predict_proba(sample)[0][-1])  # classes 0/1: the positive class last
+        return {
+            "explainer": out["explainer"],
+            "output": out["output"],
+            "base_value": round(base, 6),
+            "output_value": round(base + sum(per_col.values()), 6),
+            "sklearn_probability": round(proba, 6),
+            "contributions": [
+                {"feature": col, "value": values[col], "shap": round(v, 6)} for col, v in ranked
+            ],
+        }
+
+    async def explain(self, pipeline: str, version: int, features: tuple[str, ...], values: dict) -> dict:
+        if not self._slots.acquire(blocking=False):
+            raise ExplainBusy("explanations are busy; retry shortly")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._explain, pipeline, version, features, values)
+        future.add_done_callback(lambda _f: self._slots.release())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError as exc:
+            raise ExplainBusy(
+                f"the explanation took longer than {self.timeout_s:.0f} s; retry later"
+            ) from exc
+
+
+class ExplainUnavailable(RuntimeError):
+    """The version cannot be explained (no scikit-learn model or training rows on record)."""
