@@ -441,6 +441,10 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
 
 def app_from_env() -> Starlette:
     """The ASGI app for uvicorn workers, configured from ``SLIPWAY_SERVE_*`` variables."""
+    # A registry poll fails fast and is retried on the next poll: MLflow's own retries (minutes of
+    # backoff) would hold the refresh thread while /ready still reported the old state.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     pipelines = [p for p in os.environ.get("SLIPWAY_SERVE_PIPELINES", "").split(",") if p]
     if not pipelines:
         from include.spec import discover

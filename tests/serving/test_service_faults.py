@@ -1,0 +1,161 @@
+"""The service under faults, as separate processes: SIGKILL under load, the registry (an MLflow
+server) stopped, the prediction log on PostgreSQL with two worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.serving.conftest import PIPELINE, Service, free_port
+from tests.serving.test_service_http import _metric, _rows
+
+
+def test_sigkill_under_load_loses_no_answered_prediction(registry, row, tmp_path):
+    svc = Service(registry, tmp_path).start()
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                status, body = svc.predict({**row, "customer_id": f"K-{n}-{i}"})
+            except OSError:
+                return  # the server is gone: this request got no answer
+            if status == 200:
+                answered.append(body["request_id"])
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        svc.wait(lambda: len(answered) >= 300, 60, "300 answered predictions under load")
+        os.killpg(svc.proc.pid, signal.SIGKILL)  # mid-load, no chance to flush anything
+        svc.proc.wait(timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=35)
+        svc.stop(signal.SIGKILL)
+    logged = {r["request_id"] for r in _rows(svc)}
+    missing = [rid for rid in answered if rid not in logged]
+    assert len(answered) >= 300 and missing == [], f"{len(missing)} of {len(answered)} answered rows lost"
+
+
+def test_a_stopped_registry_keeps_the_last_good_model_serving(registry, row, tmp_path):
+    port = free_port()
+    server_log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+
+    def start_registry() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                registry.tracking,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=registry.env,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return proc
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError((tmp_path / "mlflow.log").read_text()[-3000:])
+
+    mlflow_proc = start_registry()
+    svc = Service(registry, tmp_path)
+    svc.env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    try:
+        svc.start()
+        assert svc.predict(row)[1]["model_version"] == 1
+        os.killpg(mlflow_proc.pid, signal.SIGKILL)
+        mlflow_proc.wait(timeout=10)
+        ready = svc.wait(
+            lambda: (r := svc.get("/ready", key=None))[1]["status"] == "degraded" and r, 60, "degraded /ready"
+        )
+        assert ready[0] == 200 and any("registry unreachable" in p for p in ready[1]["problems"]), ready
+        for _ in range(20):
+            status, body = svc.predict(row)
+            assert status == 200 and body["model_version"] == 1, body
+        assert _metric(svc, "slipway_model_reload_failures_total") >= 1
+        mlflow_proc = start_registry()
+        svc.wait(
+            lambda: svc.get("/ready", key=None)[1]["status"] == "ready", 60, "ready once the registry is back"
+        )
+    finally:
+        svc.stop()
+        if mlflow_proc.poll() is None:
+            os.killpg(mlflow_proc.pid, signal.SIGTERM)
+            mlflow_proc.wait(timeout=20)
+        server_log.close()
+
+
+@pytest.fixture
+def postgres_log():
+    import psycopg2
+
+    name = f"slipway_serving_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row, tmp_path, postgres_log):
+    import psycopg2
+
+    svc = Service(registry, tmp_path, db_url=postgres_log, workers=2).start()
+    try:
+        ids = []
+        for i in range(120):
+            status, body = svc.predict({**row, "customer_id": f"P-{i}"})
+            assert status == 200, body
+            ids.append(body["request_id"])
+        rid = ids[0]
+        assert svc.request("POST", f"/v1/{PIPELINE}/feedback", {"request_id": rid, "label": 0})[0] == 200
+        assert svc.request("POST", f"/v1/{PIPELINE}/feedback", {"request_id": rid, "label": 1})[0] == 409
+        with psycopg2.connect(postgres_log) as conn, conn.cursor() as cur:
+            cur.execute("SELECT request_id FROM slipway_predictions WHERE served = 1")
+            assert {r[0] for r in cur.fetchall()} == set(ids)
+            cur.execute("SELECT label FROM slipway_feedback WHERE request_id = %s", (rid,))
+            assert cur.fetchall() == [(0,)]
+        # Two processes answered; /metrics (in whichever worker) counts both.
+        served = _metric(svc, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="200"}')
+        assert served == 120
+    finally:
+        svc.stop()
