@@ -39,6 +39,8 @@ up: install
 bench: install
 	$(BIN)/python -m include.bench
 	$(BIN)/python -m include.bench --estimator gradient_boosting
+	command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }
+	$(BIN)/python -m include.bench_serving
 
 clean:
 	rm -rf .slipway

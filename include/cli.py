@@ -396,11 +396,43 @@ def cmd_demo(args) -> None:
 
 
 def cmd_lineage(args) -> None:
-    rec = lineage_record(args.ref)
+    if bool(args.ref) == bool(args.request):
+        raise SystemExit("give a model reference (NAME@ALIAS or NAME/VERSION) or --request ID, not both")
+    prediction = None
+    ref = args.ref
+    if args.request:
+        from include.serving.predlog import PredictionLog
+
+        plog = PredictionLog()
+        rows = plog.get(args.request)
+        if not rows:
+            raise SystemExit(
+                f"no prediction {args.request!r} in the prediction log ({plog.database.redacted()}); "
+                "check the request id and SLIPWAY_SERVING_DB"
+            )
+        prediction = next((r for r in rows if r["served"]), rows[0])
+        prediction["shadow"] = [r for r in rows if r is not prediction]
+        ref = f"{prediction['pipeline']}/{prediction['model_version']}"
+    rec = lineage_record(ref)
+    if prediction is not None:
+        rec = {"prediction": prediction, **rec}
     if args.json:
         print(json.dumps(rec, indent=2, default=str))
-    else:
-        print_lineage(rec)
+        return
+    if prediction is not None:
+        p = prediction
+        label = (
+            "no label yet" if p.get("label") is None else f"label {p['label']} ({p.get('label_received_at')})"
+        )
+        print(
+            f"request    {p['request_id']} at {p['created_at']}: {p['variant']} answered p={p['probability']:.4f}, "
+            f"decision {p['decision']}; {label}"
+        )
+        for shadow in p["shadow"]:
+            print(
+                f"shadow     {shadow['variant']} version {shadow['model_version']} scored p={shadow['probability']:.4f}"
+            )
+    print_lineage(rec)
 
 
 def cmd_status(args) -> None:
@@ -551,8 +583,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true", help="print every task's log instead of only the errors")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("lineage", help="how a model version came to be: NAME@ALIAS or NAME/VERSION")
-    p.add_argument("ref")
+    p = sub.add_parser(
+        "lineage",
+        help="how a model version came to be: NAME@ALIAS, NAME/VERSION, or --request ID of a prediction",
+    )
+    p.add_argument("ref", nargs="?")
+    p.add_argument(
+        "--request", help="a prediction's request id: its model version and that version's lineage"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
 

@@ -44,6 +44,7 @@ access = logging.getLogger("slipway.serving.access")
 log = logging.getLogger(__name__)
 
 MAX_SHADOW_IN_FLIGHT = 256
+DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES  # beyond this an oversized body is cut off (413, then close)
 
 
 def _json(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -106,6 +107,8 @@ class Service:
             return None, _error(
                 503, "the key store is unavailable; retry later", headers={"Retry-After": "5"}
             )
+        if key is not None:
+            request.state.key_id = key.key_id
         if key is None:
             return None, _error(
                 401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
@@ -127,15 +130,21 @@ def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: s
 
 
 async def _read_json(request: Request):
+    too_big = RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        raise RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+    if length is not None and not length.isdigit():
+        raise RequestError(400, "Content-Length is not a number")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+            chunks = []  # keep reading (and dropping) a moderately oversized body, so a client that
+            if size > DRAIN_LIMIT_BYTES:  # sends it whole before reading gets the 413, not a reset
+                raise too_big
+            continue
         chunks.append(chunk)
+    if size > MAX_BODY_BYTES or (length is not None and int(length) > MAX_BODY_BYTES):
+        raise too_big
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
@@ -147,7 +156,6 @@ async def _read_json(request: Request):
 
 def build_app(service: Service) -> Starlette:
     async def predict(request: Request) -> Response:
-        started = time.perf_counter()
         pipeline = request.path_params["pipeline"]
         schema = service.schemas.get(pipeline)
         if schema is None:
@@ -155,6 +163,7 @@ def build_app(service: Service) -> Starlette:
         key, denied = service.authorise(request, "predict", pipeline)
         if denied:
             return denied
+        request.state.rows = 0
         try:
             rows, batch = schema.rows(await _read_json(request))
             values, raw_keys, problems = schema.columns(rows)
@@ -177,6 +186,7 @@ def build_app(service: Service) -> Starlette:
                 unknown = sum(v not in known for v in values[n])
                 if unknown:
                     m.UNKNOWN_CATEGORY.labels(pipeline, n).inc(unknown)
+        request.state.rows = len(rows)
         arrays = schema.arrays(values)
         keys = [service.entity(schema, k) for k in raw_keys]
         ids = [uuid.uuid4().hex for _ in rows]
@@ -193,8 +203,8 @@ def build_app(service: Service) -> Starlette:
             sub = arrays if len(idx) == len(rows) else {n: a[idx] for n, a in arrays.items()}
             probs = model.predict(sub)
             took = time.perf_counter() - t0
-            m.LATENCY.labels(pipeline, str(model.version), variant).observe(took)
-            m.PREDICTIONS.labels(pipeline, str(model.version), variant).inc(len(idx))
+            m.child(m.LATENCY, pipeline, str(model.version), variant).observe(took)
+            m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(len(idx))
             for j, i in enumerate(idx):
                 p = float(probs[j])
                 decision = int(p >= model.threshold)
@@ -236,14 +246,7 @@ def build_app(service: Service) -> Starlette:
             return _error(503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"})
         if state.traffic.mode == "shadow" and state.challenger is not None:
             _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now)
-        m.REQUESTS.labels(pipeline, "predict", "200").inc()
-        access.info(
-            "predict pipeline=%s rows=%d key=%s status=200 ms=%.2f",
-            pipeline,
-            len(rows),
-            key.key_id,
-            (time.perf_counter() - started) * 1000,
-        )
+        m.child(m.REQUESTS, pipeline, "predict", "200").inc()
         return _json(
             {"pipeline": pipeline, "predictions": out} if batch else {"pipeline": pipeline, **out[0]}
         )
@@ -376,7 +379,7 @@ def build_app(service: Service) -> Starlette:
         finally:
             await loop.run_in_executor(None, service.stop)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/{pipeline}/predict", predict, methods=["POST"]),
             Route("/v1/{pipeline}/feedback", feedback, methods=["POST"]),
@@ -389,6 +392,47 @@ def build_app(service: Service) -> Starlette:
         lifespan=lifespan,
         exception_handlers={Exception: _unexpected},
     )
+    return AccessLog(app)
+
+
+class AccessLog:
+    """One JSON line per request: method, path, status, duration, rows, the key's public id.
+
+    Never the key, the body or an entity id (paths carry only pipeline names)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            state = scope.get("state") or {}
+            if access.isEnabledFor(logging.INFO):
+                access.info(
+                    "%s",
+                    orjson.dumps(
+                        {
+                            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                            "method": scope["method"],
+                            "path": scope["path"][:200],
+                            "status": status["code"],
+                            "ms": round((time.perf_counter() - started) * 1000, 3),
+                            "rows": state.get("rows"),
+                            "key_id": state.get("key_id"),
+                        }
+                    ).decode(),
+                )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -450,5 +494,11 @@ def app_from_env() -> Starlette:
         from include.spec import discover
 
         pipelines = [s.name for s in discover()[0]]
+    if not access.handlers:  # the access log: JSON lines on stderr (collected by the supervisor)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO if os.environ.get("SLIPWAY_ACCESS_LOG", "1") != "0" else logging.WARNING)
+        access.propagate = False
     config = ServiceConfig(pipelines, refresh_s=float(os.environ.get("SLIPWAY_SERVE_REFRESH_S", "5")))
     return build_app(Service(config))

@@ -29,7 +29,8 @@ def cmd_serve(args) -> None:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            access_log=False,
+            access_log=False,  # the service writes its own (JSON, no keys or identifiers)
+            proxy_headers=False,  # client addresses are not used; no X-Forwarded-* parsing per request
             loop="uvloop",
             http="httptools",
             log_level="warning",

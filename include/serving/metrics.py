@@ -51,6 +51,16 @@ LOG_FAILURES = Counter("slipway_log_write_failures", "Failed prediction-log comm
 RELOAD_FAILURES = Counter("slipway_model_reload_failures", "Failed registry reads or refused model versions")
 
 _seen: dict[str, int] = {}
+_children: dict[tuple, object] = {}
+
+
+def child(metric, *labels: str):
+    """``metric.labels(*labels)``, looked up once: the hot path skips prometheus_client's label lock."""
+    key = (metric._name, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 def _advance(counter: Counter, name: str, value: int) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -226,6 +227,7 @@ class PredictionLog:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._conn: Any = None  # the writer's connection; touched by the writer thread only
+        self._lock_fd: int | None = None  # the writer's cross-process lock file (SQLite)
         self._idle: list[Any] = []
         self._pool_lock = threading.Lock()
         self._healthy = False
@@ -460,6 +462,9 @@ class PredictionLog:
         if self._conn is not None:
             _close_quietly(self._conn)
             self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -495,9 +500,13 @@ class PredictionLog:
         conn = self._conn
         try:
             if self._db.dialect == "sqlite":
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(self._insert_sql, params)
-                conn.execute("COMMIT")
+                # Several worker processes share the file. SQLite's own busy handler sleeps with a
+                # backoff up to 100 ms while another process commits (p99 of ~700 ms with two
+                # workers); an flock queues the writers in the kernel and wakes the next at once.
+                with self._write_lock():
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany(self._insert_sql, params)
+                    conn.execute("COMMIT")
             else:
                 from psycopg2.extras import execute_values
 
@@ -510,6 +519,20 @@ class PredictionLog:
                 _close_quietly(conn)
                 self._conn = None
             raise
+
+    @contextmanager
+    def _write_lock(self):
+        """An exclusive lock on ``<database>.write-lock`` across processes (SQLite only)."""
+        import fcntl
+
+        if self._lock_fd is None:
+            path = self._db.url.split("sqlite:///", 1)[1] + ".write-lock"
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _rollback_quietly(self, conn: Any) -> None:
         try:
