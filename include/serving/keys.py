@@ -132,7 +132,9 @@ def _row_to_key(row) -> ApiKey:
 
 
 def presented_key(headers) -> str | None:
-    """The key a request presents: ``Authorization: Bearer <key>`` first, else ``X-API-Key: <key>``.
+    """The key a request presents: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+    Both headers with different keys present no key (the request gets 401).
 
     ``headers`` is any mapping with ``.get``: starlette's case-insensitive ``Headers``, or a plain dict
     with lowercase (or canonically capitalised) names.
@@ -144,12 +146,18 @@ def presented_key(headers) -> str | None:
             value = headers.get(name)
         return value.strip() if isinstance(value, str) and value.strip() else None
 
+    bearer = None
     auth = header("Authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return header("X-API-Key")
+            bearer = token.strip()
+    api_key = header("X-API-Key")
+    if bearer and api_key and bearer != api_key:
+        # Two different credentials: which one was meant is a guess, and guessing in favour of the
+        # valid one would let a forged header ride along unnoticed. Refuse (401).
+        return None
+    return bearer or api_key
 
 
 class KeyStore:

@@ -23,6 +23,8 @@ import numpy as np
 
 MAX_BODY_BYTES = 1_000_000
 MAX_ROWS = 1000
+MAX_TEXT = 200
+FLOAT32_MAX = 3.4e38  # the graph's inputs are float32: larger numbers cannot be represented
 
 
 class RequestError(ValueError):
@@ -73,13 +75,19 @@ class RequestSchema:
         """An OpenAPI 3.1 document for this pipeline's routes, with the real field names and types."""
         props: dict[str, dict] = {}
         for n in self.numeric:
-            props[n] = {"type": ["number", "null"], "description": "numeric; null = unknown (imputed)"}
+            props[n] = {
+                "type": ["number", "null"],
+                "minimum": -FLOAT32_MAX,
+                "maximum": FLOAT32_MAX,
+                "description": "numeric; null = unknown (imputed)",
+            }
         for n in self.binary:
             props[n] = {"type": "integer", "enum": [0, 1]}
         for n in self.categorical:
             known = sorted((categories or {}).get(n, ()))
             props[n] = {
                 "type": "string",
+                "maxLength": MAX_TEXT,
                 "description": "categorical" + (f"; known: {known}" if known else ""),
             }
         row = {
@@ -90,7 +98,9 @@ class RequestSchema:
         }
         if self.entity:
             row["properties"][self.entity] = {
-                "type": "string",
+                "type": ["string", "integer"],
+                "minLength": 1,
+                "maxLength": 200,
                 "description": "entity key for sticky routing"
                 + (" (hashed before use)" if self.entity_hashed else ""),
             }
@@ -108,6 +118,10 @@ class RequestSchema:
         }
         error = {"type": "object", "properties": {"error": {"type": "string"}, "problems": {"type": "array"}}}
         responses = {
+            "400": {
+                "description": "the body is not JSON (NaN and Infinity are not JSON)",
+                "content": _json(error),
+            },
             "401": {"description": "no or unknown API key"},
             "403": {"description": "the key lacks the scope or the pipeline"},
             "413": {"description": "body or batch too large", "content": _json(error)},
@@ -195,7 +209,7 @@ class RequestSchema:
                                     "required": ["request_id", "label"],
                                     "additionalProperties": False,
                                     "properties": {
-                                        "request_id": {"type": "string"},
+                                        "request_id": {"type": "string", "minLength": 1, "maxLength": 64},
                                         "label": {"type": "integer", "enum": [0, 1]},
                                     },
                                 }
@@ -258,8 +272,12 @@ class RequestSchema:
                     f"{where}: unknown fields {unknown[:20]}; the model's fields are {list(self.features)}"
                 )
             key = row.get(self.entity) if self.entity else None
-            if key is not None and (not isinstance(key, str | int) or isinstance(key, bool) or not str(key)):
-                problems.append(f"{where}.{self.entity}: must be a non-empty string (the entity key)")
+            if key is not None and (
+                not isinstance(key, str | int) or isinstance(key, bool) or not 0 < len(str(key)) <= 200
+            ):
+                problems.append(
+                    f"{where}.{self.entity}: must be a string of 1 to 200 characters (the entity key)"
+                )
                 key = None
             keys.append(None if key is None else str(key))
             for n in self.numeric:
@@ -268,7 +286,7 @@ class RequestSchema:
                     values[n].append(math.nan)
                 elif isinstance(v, bool) or not isinstance(v, int | float):
                     problems.append(f"{where}.{n}: must be a number or null, got {type(v).__name__}")
-                elif not math.isfinite(float(v)) or abs(float(v)) > 3.4e38:
+                elif not math.isfinite(float(v)) or abs(float(v)) > FLOAT32_MAX:
                     problems.append(f"{where}.{n}: must be a finite number")
                 else:
                     values[n].append(float(v))
@@ -288,7 +306,7 @@ class RequestSchema:
                     continue
                 if not isinstance(v, str):
                     problems.append(f"{where}.{n}: must be a string, got {type(v).__name__}")
-                elif len(v) > 200:
+                elif len(v) > MAX_TEXT:
                     problems.append(f"{where}.{n}: longer than 200 characters")
                 else:
                     values[n].append(v)

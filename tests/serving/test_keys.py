@@ -346,8 +346,10 @@ def test_presented_key_reads_bearer_and_x_api_key():
     assert presented_key(Headers({"X-API-Key": "slw_def"})) == "slw_def"
     assert presented_key({"authorization": "Bearer slw_abc"}) == "slw_abc"
     assert presented_key({"x-api-key": "slw_def"}) == "slw_def"
-    # Bearer wins when both are sent; another scheme falls through to X-API-Key
-    assert presented_key({"authorization": "Bearer one", "x-api-key": "two"}) == "one"
+    # Two different keys are refused (None -> 401); the same key in both is fine;
+    # another scheme falls through to X-API-Key
+    assert presented_key({"authorization": "Bearer one", "x-api-key": "two"}) is None
+    assert presented_key({"authorization": "Bearer one", "x-api-key": "one"}) == "one"
     assert presented_key({"authorization": "Basic dXNlcjpwdw==", "x-api-key": "two"}) == "two"
 
 

@@ -142,6 +142,9 @@ def test_keys_and_scopes(service, row):
         == 403
     )
     assert service.request("POST", path, {"inputs": row}, key=service.key("predict"))[0] == 200
+    # A valid key next to another one is not accepted: which was meant is a guess.
+    other = {"X-API-Key": "slw_000000000000_" + "y" * 43}
+    assert service.request("POST", path, {"inputs": row}, key=service.key("predict"), headers=other)[0] == 401
     assert service.get("/metrics", key=None)[0] == 401
     assert service.get("/metrics", key=service.key("predict", None))[0] == 403
     assert service.get("/health", key=None)[0] == 200
