@@ -16,7 +16,7 @@ keep up or is down the service answers 503 with ``Retry-After`` instead of answe
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -27,20 +27,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 import orjson
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from include.serving import metrics as m
+from include.serving.asgi import AccessLog, App, Request, Response
 from include.serving.explain import ExplainBusy, Explainers, ExplainUnavailable
 from include.serving.keys import KeyStore, presented_key
 from include.serving.models import ModelRegistry, PipelineState, sticky_share
 from include.serving.predlog import LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
 from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
 
-access = logging.getLogger("slipway.serving.access")
 log = logging.getLogger(__name__)
 
 MAX_SHADOW_IN_FLIGHT = 256
@@ -48,7 +43,7 @@ DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES  # beyond this an oversized body is cut o
 
 
 def _json(body: object, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(orjson.dumps(body), status, headers=headers)
 
 
 def _error(status: int, message: str, problems: list[str] | None = None, headers: dict | None = None):
@@ -108,7 +103,7 @@ class Service:
                 503, "the key store is unavailable; retry later", headers={"Retry-After": "5"}
             )
         if key is not None:
-            request.state.key_id = key.key_id
+            request.state["key_id"] = key.key_id
         if key is None:
             return None, _error(
                 401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
@@ -154,7 +149,7 @@ async def _read_json(request: Request):
         ) from exc
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service, access: AccessLog | None = None) -> App:
     async def predict(request: Request) -> Response:
         pipeline = request.path_params["pipeline"]
         schema = service.schemas.get(pipeline)
@@ -163,7 +158,7 @@ def build_app(service: Service) -> Starlette:
         key, denied = service.authorise(request, "predict", pipeline)
         if denied:
             return denied
-        request.state.rows = 0
+        request.state["rows"] = 0
         try:
             rows, batch = schema.rows(await _read_json(request))
             values, raw_keys, problems = schema.columns(rows)
@@ -186,7 +181,7 @@ def build_app(service: Service) -> Starlette:
                 unknown = sum(v not in known for v in values[n])
                 if unknown:
                     m.UNKNOWN_CATEGORY.labels(pipeline, n).inc(unknown)
-        request.state.rows = len(rows)
+        request.state["rows"] = len(rows)
         arrays = schema.arrays(values)
         keys = [service.entity(schema, k) for k in raw_keys]
         ids = [uuid.uuid4().hex for _ in rows]
@@ -277,7 +272,9 @@ def build_app(service: Service) -> Starlette:
             if isinstance(label, bool) or label not in (0, 1):
                 return _error(422, f"label must be 0 or 1, got {label!r}"[:200])
             try:
-                outcome = await run_in_threadpool(service.log.feedback, rid, int(label), pipeline=pipeline)
+                outcome = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(service.log.feedback, rid, int(label), pipeline=pipeline)
+                )
             except UnknownRequest:
                 return _error(404, f"no prediction {rid!r} of {pipeline} is logged; check the request id")
             except ConflictingLabel as exc:
@@ -370,78 +367,34 @@ def build_app(service: Service) -> Starlette:
         body, content_type = m.render()
         return Response(body, media_type=content_type)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, service.start)
-        try:
-            yield
-        finally:
-            await loop.run_in_executor(None, service.stop)
+    async def startup() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, service.start)
 
-    app = Starlette(
-        routes=[
-            Route("/v1/{pipeline}/predict", predict, methods=["POST"]),
-            Route("/v1/{pipeline}/feedback", feedback, methods=["POST"]),
-            Route("/v1/{pipeline}/explain", explain, methods=["POST"]),
-            Route("/v1/{pipeline}/openapi.json", openapi, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-        exception_handlers={Exception: _unexpected},
+    async def shutdown() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    return App(
+        actions={
+            ("POST", "predict"): predict,
+            ("POST", "feedback"): feedback,
+            ("POST", "explain"): explain,
+            ("GET", "openapi.json"): openapi,
+        },
+        fixed={("GET", "/health"): health, ("GET", "/ready"): ready, ("GET", "/metrics"): metrics},
+        on_error=_unexpected,
+        startup=startup,
+        shutdown=shutdown,
+        access=access or AccessLog(enabled=False),
     )
-    return AccessLog(app)
 
 
-class AccessLog:
-    """One JSON line per request: method, path, status, duration, rows, the key's public id.
-
-    Never the key, the body or an entity id (paths carry only pipeline names)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            state = scope.get("state") or {}
-            if access.isEnabledFor(logging.INFO):
-                access.info(
-                    "%s",
-                    orjson.dumps(
-                        {
-                            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                            "method": scope["method"],
-                            "path": scope["path"][:200],
-                            "status": status["code"],
-                            "ms": round((time.perf_counter() - started) * 1000, 3),
-                            "rows": state.get("rows"),
-                            "key_id": state.get("key_id"),
-                        }
-                    ).decode(),
-                )
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    parts = request.url.path.strip("/").split("/")
+def _unexpected(request: Request, exc: Exception) -> Response:
+    parts = request.path.strip("/").split("/")
     pipeline, route = (
         (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "v1" else ("", parts[0] if parts else "")
     )
     m.REQUESTS.labels(pipeline, route, "500").inc()
-    log.exception("unexpected error on %s", request.url.path)
+    log.exception("unexpected error on %s", request.path[:200])
     return _error(500, "internal error; the service log has the details")
 
 
@@ -483,7 +436,7 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
     task.add_done_callback(service._shadow_tasks.discard)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> App:
     """The ASGI app for uvicorn workers, configured from ``SLIPWAY_SERVE_*`` variables."""
     # A registry poll fails fast and is retried on the next poll: MLflow's own retries (minutes of
     # backoff) would hold the refresh thread while /ready still reported the old state.
@@ -494,11 +447,5 @@ def app_from_env() -> Starlette:
         from include.spec import discover
 
         pipelines = [s.name for s in discover()[0]]
-    if not access.handlers:  # the access log: JSON lines on stderr (collected by the supervisor)
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO if os.environ.get("SLIPWAY_ACCESS_LOG", "1") != "0" else logging.WARNING)
-        access.propagate = False
     config = ServiceConfig(pipelines, refresh_s=float(os.environ.get("SLIPWAY_SERVE_REFRESH_S", "5")))
-    return build_app(Service(config))
+    return build_app(Service(config), AccessLog(enabled=os.environ.get("SLIPWAY_ACCESS_LOG", "1") != "0"))
