@@ -11,7 +11,7 @@ help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
 	@echo "make test   install what is missing, run linters and the whole test suite"
 	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
-	@echo "make bench  scikit-learn vs onnxruntime: single-row latency and batch throughput, one run"
+	@echo "make bench  scikit-learn vs onnxruntime, and the inference service vs mlflow models serve (wrk)"
 	@echo "make policy the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean  remove the embedded state folder (.slipway/)"
 
