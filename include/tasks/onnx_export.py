@@ -118,6 +118,12 @@ def convert(spec: PipelineSpec, model) -> bytes:
             "choose an estimator skl2onnx supports (see ESTIMATORS in include/spec.py) or turn off "
             "gates.onnx in the spec and accept no ONNX artifact"
         ) from exc
+    # skl2onnx lists the opset imports in an order that varies from one process to the next (seen
+    # under CPU load: the same model gave two graphs differing only there): sort them, so equal
+    # models stay equal bytes.
+    imports = sorted(onx.opset_import, key=lambda o: (o.domain, o.version))
+    del onx.opset_import[:]
+    onx.opset_import.extend(imports)
     data = onx.SerializeToString()
     try:
         _session(data)
