@@ -3,12 +3,15 @@ server) stopped, the prediction log on PostgreSQL with two worker processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -158,4 +161,55 @@ def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row,
         served = _metric(svc, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="200"}')
         assert served == 120
     finally:
+        svc.stop()
+
+
+def _predict_with_headers(svc, row) -> tuple[int, str | None]:
+    """(status, Retry-After) of one prediction."""
+    req = urllib.request.Request(
+        f"{svc.url}/v1/{PIPELINE}/predict",
+        data=json.dumps({"inputs": row}).encode(),
+        headers={
+            "Authorization": f"Bearer {svc.key('predict,feedback,explain')}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers.get("Retry-After")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Retry-After")
+
+
+@pytest.mark.postgres
+def test_a_log_database_outage_sheds_load_with_503_and_recovers(registry, row, tmp_path, postgres_log):
+    import psycopg2
+
+    name = postgres_log.rsplit("/", 1)[1]
+    svc = Service(registry, tmp_path, db_url=postgres_log).start()
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        assert svc.predict(row)[0] == 200
+        svc.key("metrics", None)  # keys live in the same database: made before it goes away
+        with admin.cursor() as cur:  # the log's database goes away (connections cut, none accepted)
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        shed = [_predict_with_headers(svc, row) for _ in range(5)]
+        # Never answered unlogged: every request while the log is down is a 503 with Retry-After.
+        assert all(code == 503 and retry for code, retry in shed), shed
+        ready = svc.get("/ready", key=None)[1]
+        assert any("prediction log" in p for p in ready["problems"]), ready
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        svc.wait(lambda: svc.predict(row)[0] == 200, 30, "answers once the log is back")
+        assert _metric(svc, 'slipway_shed_total{pipeline="telco_churn",reason="log_unavailable"}') >= 1
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
         svc.stop()
