@@ -44,6 +44,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.procenv import clean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "telco_churn"
 MONTH = "2025-12"
@@ -57,20 +59,13 @@ MARK = "SLIPWAY-BENCH "  # prefixes the JSON line that the wrk script's done() p
 # ---------------------------------------------------------------------------- setup
 def bench_env(base: Path) -> dict[str, str]:
     """This process's environment without Airflow/MLflow/Slipway settings, pointed at ``base``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW", "MLFLOW_", "SLIPWAY_", "AWS_", "PYTEST_"))
-    }
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(
+    return clean_env(
         SLIPWAY_HOME=str(base / "state"),
         SLIPWAY_PII_KEY=PII_KEY,
         MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}",
         SLIPWAY_MLFLOW_ARTIFACT_URI=(base / "artifacts").as_uri(),
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     )
-    return env
 
 
 def slipway(env: dict[str, str], *args: str, timeout: int = 900) -> str:

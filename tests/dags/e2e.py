@@ -1,27 +1,65 @@
-"""Helpers for end-to-end runs: the ``slipway`` CLI in a subprocess with a clean environment."""
+"""Helpers for end-to-end runs: the ``slipway`` CLI in a subprocess with a clean environment, and
+waiting for a subprocess (or anything else) to reach a state."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from include import procenv
 
 ROOT = Path(__file__).resolve().parents[2]
+TEST_PII_KEY = "test-only-pii-key"
+
+T = TypeVar("T")
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The test process's environment without Airflow/MLflow/Slipway settings, plus ``overrides``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW", "MLFLOW_", "SLIPWAY_", "AWS_", "PYTEST_"))
-    }
-    env["SLIPWAY_PII_KEY"] = "test-only-pii-key"
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(overrides)
-    return env
+    """The test process's environment without Airflow/MLflow/Slipway settings (see
+    :func:`include.procenv.clean_env`), with the tests' PII key, plus ``overrides``."""
+    return procenv.clean_env(**{"SLIPWAY_PII_KEY": TEST_PII_KEY, **overrides})
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    every: float = 0.2,
+    retry_on: tuple[type[BaseException], ...] = (),
+    procs: Mapping[str, subprocess.Popen] | None = None,
+    log: Callable[[], str] = lambda: "",
+    error: type[Exception] = AssertionError,
+) -> T:
+    """Call ``predicate`` every ``every`` seconds until it returns something truthy; return that.
+
+    An exception of a type in ``retry_on`` counts as "not yet" (a server that does not listen yet).
+    A process in ``procs`` (name -> Popen) that exits meanwhile fails the wait at once. A failure
+    or the ``timeout`` raises ``error`` naming ``what``, the last result, and the tail of ``log()``.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+        except retry_on as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        dead = {name: p.returncode for name, p in (procs or {}).items() if p.poll() is not None}
+        if dead:
+            exited = ", ".join(f"{name} (exit code {code})" for name, code in dead.items())
+            raise error(f"{exited} exited while waiting for {what}:\n{log()}")
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}; last: {last}\n{log()}")
+        time.sleep(every)
 
 
 def slipway(

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.dags.e2e import ROOT, clean_env
+from tests.dags.e2e import ROOT, clean_env, wait_until
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PASSWORD = uuid.uuid4().hex
@@ -117,18 +116,22 @@ class LiveStack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if self.api("GET", "/api/v2/dags/telco_churn__train").get("dag_id"):
-                    return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+
+        def startup_log() -> str:  # the first component that exited, else the api-server
             dead = [c for c, p in self.procs.items() if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{dead} exited:\n{self.log(dead[0])}")
-            time.sleep(2)
-        raise RuntimeError(f"the stack did not come up in 240 s:\n{self.log('api-server')}")
+            return self.log(dead[0] if dead else "api-server")
+
+        wait_until(
+            lambda: self.api("GET", "/api/v2/dags/telco_churn__train").get("dag_id"),
+            240,
+            "the stack to come up (the api-server serving telco_churn__train)",
+            every=2,
+            retry_on=(OSError,),  # URLError and ConnectionError included
+            procs=self.procs,
+            log=startup_log,
+            error=RuntimeError,
+        )
+        return self
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -194,11 +197,4 @@ class LiveStack:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
     def wait_for(self, predicate, timeout: float, what: str, every: float = 3.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(every)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last}\n{self.log('scheduler')}")
+        return wait_until(predicate, timeout, what, every=every, log=lambda: self.log("scheduler"))

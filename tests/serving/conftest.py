@@ -4,7 +4,7 @@ One DAG run (``slipway run``, dag.test) trains and registers telco_churn once pe
 version is registered from the same artifact (a different version number, same graph) so alias
 switches and champion/challenger routing are observable. The service runs as ``slipway serve`` in
 a subprocess on a free loopback port, with its own SQLite prediction log unless a test asks for
-PostgreSQL.
+PostgreSQL (``pg_db``: a fresh database per test on the machine's server).
 """
 
 from __future__ import annotations
@@ -15,16 +15,81 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.dags.e2e import ROOT, clean_env, slipway
+from tests.dags.e2e import ROOT, clean_env, slipway, wait_until
 
 PIPELINE = "telco_churn"
+
+
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+
+
+def pg_url(name: str, password: str | None = None) -> str:
+    """The URL of database ``name`` on the machine's PostgreSQL (trust auth ignores ``password``)."""
+    secret = f":{password}" if password else ""
+    return f"postgresql://postgres{secret}@127.0.0.1:5432/{name}"
+
+
+def pg_admin():
+    """An autocommit connection to the server's ``postgres`` database (create, alter, drop)."""
+    import psycopg2
+
+    conn = psycopg2.connect(**PG_ADMIN, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def pg_terminate_backends(cur, name: str) -> None:
+    """End every other session on database ``name``."""
+    cur.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    name: str
+    url: str  # without a password
+
+
+@pytest.fixture
+def pg_db() -> Iterator[PgDatabase]:
+    """A fresh, uniquely named PostgreSQL database for one test; skipped if the server is unreachable.
+
+    Dropped at teardown even if the test failed: connections allowed again (a test may have refused
+    them), its remaining sessions terminated, then ``DROP DATABASE``.
+    """
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = pg_admin()
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    name = f"slipway_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+    try:
+        yield PgDatabase(name, pg_url(name))
+    finally:
+        admin = pg_admin()  # none held open while the test runs
+        try:
+            with admin.cursor() as cur:
+                cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                pg_terminate_backends(cur, name)
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        finally:
+            admin.close()
 
 
 def free_port() -> int:
@@ -133,18 +198,17 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"slipway serve exited:\n{self.log()}")
-            try:
-                status, body = self.get("/ready", key=None)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"slipway serve did not become ready in 120 s:\n{self.log()}")
+        wait_until(
+            lambda: self.get("/ready", key=None)[0] == 200,
+            120,
+            "slipway serve to answer /ready with 200",
+            every=0.3,
+            retry_on=(OSError,),
+            procs={"slipway serve": self.proc},
+            log=self.log,
+            error=RuntimeError,
+        )
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -192,16 +256,7 @@ class Service:
         return self.request("POST", f"/v1/{PIPELINE}/predict", body, **kw)
 
     def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(0.2)
-        raise AssertionError(
-            f"timed out after {timeout:.0f} s waiting for {what}; last: {last}\n{self.log()}"
-        )
+        return wait_until(predicate, timeout, what, every=0.2, log=self.log)
 
 
 @pytest.fixture(scope="session")

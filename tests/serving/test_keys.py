@@ -6,13 +6,10 @@ import hashlib
 import re
 import threading
 import time
-import uuid
 
 import pytest
 
 from include.serving.keys import SCOPES, ApiKey, KeyStore, KeyStoreError, presented_key
-
-PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
 
 def _sqlite_url(tmp_path) -> str:
@@ -24,30 +21,6 @@ def store(tmp_path) -> KeyStore:
     s = KeyStore(_sqlite_url(tmp_path))
     s.start()
     return s
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh, uniquely named PostgreSQL database, dropped (its backends terminated) at teardown."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(**PG_ADMIN, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    admin.autocommit = True
-    name = f"slipway_keys_test_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
 
 
 def _all_rows(url: str) -> list[tuple]:
@@ -306,18 +279,18 @@ def test_memory_sqlite_is_refused_with_the_fix():
 
 
 @pytest.mark.postgres
-def test_postgres_create_authenticate_revoke(pg_url):
-    store = KeyStore(pg_url)
+def test_postgres_create_authenticate_revoke(pg_db):
+    store = KeyStore(pg_db.url)
     store.start()
     record, plaintext = store.create(["predict", "explain"], pipeline="telco_churn", name="pg")
     assert store.authenticate(plaintext) == record
     assert store.authenticate(f"slw_{record.key_id}_{'A' * 43}") is None
 
-    rows = _all_rows(pg_url)
+    rows = _all_rows(pg_db.url)
     assert len(rows) == 1 and all(plaintext[17:] not in str(c) for c in rows[0])
     assert rows[0][3] == "explain,predict"  # comma-separated, sorted
 
-    replica = KeyStore(pg_url, cache_ttl_s=0.2)
+    replica = KeyStore(pg_db.url, cache_ttl_s=0.2)
     assert replica.authenticate(plaintext) == record
     assert store.revoke(record.key_id) is True
     assert store.authenticate(plaintext) is None
@@ -327,9 +300,9 @@ def test_postgres_create_authenticate_revoke(pg_url):
 
 
 @pytest.mark.postgres
-def test_concurrent_start_on_a_fresh_postgres_database(pg_url):
-    assert _start_concurrently(pg_url) == []
-    store = KeyStore(pg_url)
+def test_concurrent_start_on_a_fresh_postgres_database(pg_db):
+    assert _start_concurrently(pg_db.url) == []
+    store = KeyStore(pg_db.url)
     store.start()
     record, plaintext = store.create(["metrics"])
     assert store.authenticate(plaintext) == record

@@ -25,10 +25,10 @@ from include.serving.predlog import (
     PredictionRow,
     UnknownRequest,
 )
+from tests.serving.conftest import pg_admin, pg_terminate_backends, pg_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PG_PASSWORD = "not-a-real-secret"
+PG_PASSWORD = "not-a-real-secret"  # put in a URL: trust auth ignores it; it must never be echoed
 
 
 def make_row(request_id: str | None = None, *, variant: str = "champion", pipeline: str = "telco_churn"):
@@ -47,48 +47,11 @@ def make_row(request_id: str | None = None, *, variant: str = "champion", pipeli
     )
 
 
-def _pg_admin():
-    import psycopg2
-
-    conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def _pg_terminate(cur, name: str) -> None:
-    cur.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (name,),
-    )
-
-
-@pytest.fixture
-def pg_db():
-    """A fresh PostgreSQL database (its name), dropped at the end."""
-    name = f"slipway_predlog_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin()
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            _pg_terminate(cur, name)
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
-
-
-def pg_url(name: str, *, password: bool = False) -> str:
-    secret = f":{PG_PASSWORD}" if password else ""  # trust auth ignores it; it must never be echoed
-    return f"postgresql://postgres{secret}@127.0.0.1:5432/{name}"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def log_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'serving.db'}"
-    return pg_url(request.getfixturevalue("pg_db"))
+    return request.getfixturevalue("pg_db").url
 
 
 @pytest.fixture
@@ -359,7 +322,7 @@ def test_close_commits_what_is_queued(tmp_path):
 
 @pytest.mark.postgres
 def test_schema_creation_is_safe_when_several_processes_start_at_once(pg_db):
-    logs = [PredictionLog(pg_url(pg_db)) for _ in range(4)]
+    logs = [PredictionLog(pg_db.url) for _ in range(4)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(logs))
 
@@ -377,7 +340,7 @@ def test_schema_creation_is_safe_when_several_processes_start_at_once(pg_db):
         t.join(30)
     try:
         assert errors == []
-        with _pg_conn(pg_db) as conn, conn.cursor() as cur:
+        with _pg_conn(pg_db.name) as conn, conn.cursor() as cur:
             cur.execute("SELECT name, version FROM slipway_schema")
             assert cur.fetchall() == [("prediction_log", SCHEMA_VERSION)]
     finally:
@@ -393,38 +356,38 @@ def _pg_conn(name: str):
 
 @pytest.mark.postgres
 def test_database_outage_fails_records_then_recovers(pg_db):
-    log = PredictionLog(pg_url(pg_db, password=True))
+    log = PredictionLog(pg_url(pg_db.name, password=PG_PASSWORD))
     log.start()
-    admin = _pg_admin()
+    admin = pg_admin()
     try:
         first = make_row()
         log.record_sync([first])
         assert log.status() == (True, "ok")
 
         with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS false')
-            _pg_terminate(cur, pg_db)
+            cur.execute(f'ALTER DATABASE "{pg_db.name}" ALLOW_CONNECTIONS false')
+            pg_terminate_backends(cur, pg_db.name)
         lost = [make_row(), make_row()]
         for row in lost:  # the first on the dead connection, the second on a refused reconnect
             with pytest.raises(LogUnavailable) as failure:
                 log.record_sync([row])
         healthy, reason = log.status()
         assert healthy is False
-        assert pg_db in reason
+        assert pg_db.name in reason
         assert PG_PASSWORD not in reason
         assert PG_PASSWORD not in str(failure.value)
         assert log.commit_failures == 2
         assert log.queue_depth == 0
 
         with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS true')
+            cur.execute(f'ALTER DATABASE "{pg_db.name}" ALLOW_CONNECTIONS true')
         back = make_row()
         asyncio.run(log.record([back]))
         assert log.status() == (True, "ok")
         assert log.request_ids() == {first.request_id, back.request_id}
     finally:
         with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{pg_db}" ALLOW_CONNECTIONS true')
+            cur.execute(f'ALTER DATABASE "{pg_db.name}" ALLOW_CONNECTIONS true')
         admin.close()
         log.close()
 

@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 
-from tests.serving.conftest import PIPELINE, Service, free_port
+from tests.dags.e2e import wait_until
+from tests.serving.conftest import PIPELINE, Service, free_port, pg_admin, pg_terminate_backends
 from tests.serving.test_service_http import _metric, _rows
 
 
@@ -78,16 +77,22 @@ def test_a_stopped_registry_keeps_the_last_good_model_serving(registry, row, tmp
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 90
-        import urllib.request
 
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    return proc
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError((tmp_path / "mlflow.log").read_text()[-3000:])
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return True
+
+        wait_until(
+            healthy,
+            90,
+            "the MLflow server to answer /health",
+            every=0.5,
+            retry_on=(OSError,),
+            procs={"mlflow server": proc},
+            log=lambda: (tmp_path / "mlflow.log").read_text()[-3000:],
+            error=RuntimeError,
+        )
+        return proc
 
     mlflow_proc = start_registry()
     svc = Service(registry, tmp_path)
@@ -117,32 +122,11 @@ def test_a_stopped_registry_keeps_the_last_good_model_serving(registry, row, tmp
         server_log.close()
 
 
-@pytest.fixture
-def postgres_log():
-    import psycopg2
-
-    name = f"slipway_serving_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
-
-
 @pytest.mark.postgres
-def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row, tmp_path, postgres_log):
+def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row, tmp_path, pg_db):
     import psycopg2
 
-    svc = Service(registry, tmp_path, db_url=postgres_log, workers=2).start()
+    svc = Service(registry, tmp_path, db_url=pg_db.url, workers=2).start()
     try:
         ids = []
         for i in range(120):
@@ -152,7 +136,7 @@ def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row,
         rid = ids[0]
         assert svc.request("POST", f"/v1/{PIPELINE}/feedback", {"request_id": rid, "label": 0})[0] == 200
         assert svc.request("POST", f"/v1/{PIPELINE}/feedback", {"request_id": rid, "label": 1})[0] == 409
-        with psycopg2.connect(postgres_log) as conn, conn.cursor() as cur:
+        with psycopg2.connect(pg_db.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT request_id FROM slipway_predictions WHERE served = 1")
             assert {r[0] for r in cur.fetchall()} == set(ids)
             cur.execute("SELECT label FROM slipway_feedback WHERE request_id = %s", (rid,))
@@ -183,22 +167,16 @@ def _predict_with_headers(svc, row) -> tuple[int, str | None]:
 
 
 @pytest.mark.postgres
-def test_a_log_database_outage_sheds_load_with_503_and_recovers(registry, row, tmp_path, postgres_log):
-    import psycopg2
-
-    name = postgres_log.rsplit("/", 1)[1]
-    svc = Service(registry, tmp_path, db_url=postgres_log).start()
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    admin.autocommit = True
+def test_a_log_database_outage_sheds_load_with_503_and_recovers(registry, row, tmp_path, pg_db):
+    name = pg_db.name
+    svc = Service(registry, tmp_path, db_url=pg_db.url).start()
+    admin = pg_admin()
     try:
         assert svc.predict(row)[0] == 200
         svc.key("metrics", None)  # keys live in the same database: made before it goes away
         with admin.cursor() as cur:  # the log's database goes away (connections cut, none accepted)
             cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
+            pg_terminate_backends(cur, name)
         shed = [_predict_with_headers(svc, row) for _ in range(5)]
         # Never answered unlogged: every request while the log is down is a 503 with Retry-After.
         assert all(code == 503 and retry for code, retry in shed), shed
