@@ -69,7 +69,11 @@ def _mlflow_link(name: str) -> str:
     from include.settings import get_settings
 
     url = get_settings().mlflow_ui_url
-    return f" ([open in MLflow]({url.rstrip('/')}/#/experiments/search?searchFilter=name%3D%27{name}%27))" if url else ""
+    return (
+        f" ([open in MLflow]({url.rstrip('/')}/#/experiments/search?searchFilter=name%3D%27{name}%27))"
+        if url
+        else ""
+    )
 
 
 def training_dag(spec: PipelineSpec) -> DAG:
@@ -120,7 +124,9 @@ def training_dag(spec: PipelineSpec) -> DAG:
         )
         carded = b.write_model_card(name)(trained, versioned, validated, blessed)
         # One registration at a time per pipeline: the alias check-then-move is not atomic in MLflow.
-        b.register_model(name, outlets=[candidate], max_active_tis_per_dag=1)(trained, versioned, validated, carded)
+        b.register_model(name, outlets=[candidate], max_active_tis_per_dag=1)(
+            trained, versioned, validated, carded
+        )
     return dag
 
 

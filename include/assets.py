@@ -1,7 +1,8 @@
 """The Airflow assets of every pipeline, in one place: what each DAG family produces and consumes.
 
 ``for_pipeline("telco_churn").candidate`` is updated by ``telco_churn__train`` when it registers a
-new candidate version (and will schedule the rollout family). The DAG files name these in
+new candidate version and schedules ``telco_churn__rollout``; ``champion`` is updated on every
+promotion and rollback. The DAG files name these in
 ``outlets=`` and ``schedule=``; the blocks set the event payload on the same objects.
 """
 
@@ -18,6 +19,7 @@ class PipelineAssets:
     """The assets of one pipeline, by purpose."""
 
     candidate: Asset
+    champion: Asset
 
 
 @functools.cache
@@ -25,4 +27,5 @@ def for_pipeline(pipeline: str) -> PipelineAssets:
     """The assets of ``pipeline`` (the same objects on every call)."""
     return PipelineAssets(
         candidate=Asset(name=f"{pipeline}__candidate", uri=f"slipway://{pipeline}/candidate", group="model"),
+        champion=Asset(name=f"{pipeline}__champion", uri=f"slipway://{pipeline}/champion", group="model"),
     )

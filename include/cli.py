@@ -137,7 +137,39 @@ def lineage_record(ref: str) -> dict:
         "model_card": tags.get("slipway.model_card_uri"),
         "artifacts": {"onnx": tags.get("slipway.onnx_uri"), "sklearn_skops": tags.get("slipway.sklearn_uri")},
         "code_version": tags.get("slipway.code_version"),
+        "rollout": _rollout_record(tags),
     }
+
+
+def _rollout_record(tags: dict) -> dict:
+    """The version's rollout: each phase's evidence, the approval, and its history of events."""
+    from include.tasks.promotion import EVENT_PREFIX
+
+    events = sorted((k, v) for k, v in tags.items() if k.startswith(EVENT_PREFIX))
+    return {
+        "events": [json.loads(v) for _, v in events],
+        "approval": json.loads(tags["slipway.approval"]) if "slipway.approval" in tags else None,
+        "evidence": {
+            k.removeprefix("slipway.rollout.").removesuffix("_uri"): v
+            for k, v in tags.items()
+            if k.startswith("slipway.rollout.") and k.endswith("_uri")
+        },
+        "served_after_rollback": tags.get("slipway.rollout.served_after_rollback"),
+    }
+
+
+def _event_line(e: dict) -> str:
+    extra = [
+        f"{k} {e[k]}" for k in ("from_version", "to_version", "weight", "by") if e.get(k) not in (None, "")
+    ]
+    reason = f": {e['reason']}" if e.get("reason") else ""
+    where = f"  [{e['dag_run']}]" if e.get("dag_run") else ""
+    return (
+        f"{e['at']}  version {e['version']} {e['event']}"
+        + (f" ({', '.join(extra)})" if extra else "")
+        + reason
+        + where
+    )
 
 
 def _blessing_results(uri: str | None) -> list[dict]:
@@ -193,6 +225,16 @@ def print_lineage(rec: dict) -> None:
         print(
             f"artifacts  ONNX {rec['artifacts']['onnx']}  scikit-learn (skops) {rec['artifacts']['sklearn_skops']}"
         )
+    r = rec.get("rollout") or {}
+    if r.get("events") or r.get("evidence"):
+        print("rollout:")
+        for phase, uri in sorted((r.get("evidence") or {}).items()):
+            print(f"  evidence {phase:<17} {uri}")
+        if r.get("approval"):
+            a = r["approval"]
+            print(f"  approval {a.get('decision')} by {a.get('by')} at {a.get('at')}")
+        for e in r.get("events", []):
+            print("  " + _event_line(e))
     print("tasks:")
     for t in rec["tasks"]:
         print(
@@ -435,6 +477,35 @@ def cmd_lineage(args) -> None:
     print_lineage(rec)
 
 
+def cmd_history(args) -> None:
+    from include.tasks.promotion import aliases, champion_timeline, history
+
+    client = _client()
+    events = history(client, args.pipeline)
+    if not events and not aliases(client, args.pipeline):
+        raise SystemExit(
+            f"{args.pipeline} has no recorded promotions or rollouts (is it registered? `slipway status`)"
+        )
+    spans = champion_timeline(events)
+    if args.json:
+        print(
+            json.dumps(
+                {"aliases": aliases(client, args.pipeline), "champions": spans, "events": events}, indent=2
+            )
+        )
+        return
+    print(f"{args.pipeline}: aliases now {aliases(client, args.pipeline)}")
+    print("champion:")
+    for span in spans:
+        until = span["until"] or "now"
+        print(f"  version {span['version']:<4} {span['since']} -> {until}: {span['why']}")
+        if span.get("ended_by"):
+            print(f"               ended by {span['ended_by']}")
+    print("events:")
+    for e in events:
+        print("  " + _event_line(e))
+
+
 def cmd_status(args) -> None:
     # An operator's question, not a pipeline step: a down MLflow is reported in seconds, not after
     # MLflow's default minutes of HTTP retries.
@@ -593,6 +664,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("history", help="which version was champion when, and why it changed")
+    p.add_argument("pipeline")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("status", help="pipelines, registered versions and aliases")
     p.add_argument("--json", action="store_true")

@@ -33,6 +33,7 @@ class Settings:
     expectations_dir: Path
     code_version: str | None
     mlflow_ui_url: str | None
+    serving_url: str | None  # the inference service (behind its load balancer), for /ready checks
 
 
 def get_settings() -> Settings:
@@ -57,7 +58,10 @@ def get_settings() -> Settings:
         ).resolve(),
         code_version=env.get("SLIPWAY_CODE_VERSION") or None,
         mlflow_ui_url=env.get("SLIPWAY_MLFLOW_UI_URL")
-        or (env.get("MLFLOW_TRACKING_URI") if env.get("MLFLOW_TRACKING_URI", "").startswith("http") else None),
+        or (
+            env.get("MLFLOW_TRACKING_URI") if env.get("MLFLOW_TRACKING_URI", "").startswith("http") else None
+        ),
+        serving_url=(env.get("SLIPWAY_SERVING_URL") or "").rstrip("/") or None,
     )
 
 

@@ -332,6 +332,111 @@ class Gates(_Strict):
         ]
 
 
+class Window(_Strict):
+    """How much traffic a rollout phase needs, and how long it may wait for it."""
+
+    min_requests: int = Field(
+        500, ge=1, description="Challenger-scored requests the phase needs before it can pass."
+    )
+    max_duration_minutes: float = Field(
+        60, gt=0, description="If the phase has not seen min_requests by then, it fails: too little evidence."
+    )
+
+
+class InfraValidation(_Strict):
+    """The candidate in a sandboxed service (own process, port and log) before any traffic."""
+
+    requests: int = Field(200, ge=10, le=10000, description="Valid single-row requests sent to the sandbox.")
+    max_p99_latency_ms: float = Field(
+        50.0, gt=0, description="p99 of those requests over loopback HTTP, log commit included."
+    )
+
+
+class Shadow(Window):
+    """The candidate as challenger in shadow mode: scores a mirror of the traffic, never answers."""
+
+    max_decision_disagreement: float = Field(
+        0.10, ge=0, le=1, description="Share of requests whose decision differs from the champion's."
+    )
+    max_mean_abs_delta: float = Field(
+        0.05, ge=0, le=1, description="Mean |challenger probability - champion probability| per request."
+    )
+    max_p99_latency_ms: float = Field(5.0, gt=0, description="p99 of the challenger's model latency.")
+    max_error_rate: float = Field(
+        0.0, ge=0, le=1, description="Challenger failures per mirrored request (scored or failed)."
+    )
+
+
+class CanaryStep(Window):
+    """One traffic step: ``weight`` of the entities go to the challenger until the window is done."""
+
+    weight: float = Field(gt=0, le=1)
+
+
+class Guardrails(_Strict):
+    """Checked on every interval of every canary step, on the step's traffic so far."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Challenger failures per routed request.")
+    max_p99_latency_ms: float = Field(5.0, gt=0, description="p99 of the challenger's model latency.")
+    max_score_psi: float = Field(
+        0.2, ge=0, description="PSI of the challenger's scores against the champion's in the same step."
+    )
+    min_requests_per_check: int = Field(
+        50, ge=1, description="Rows per variant a check needs before the rates above are judged."
+    )
+    min_rows_for_psi: int = Field(
+        400,
+        ge=50,
+        description="Rows per variant before the PSI is judged: with 10 bins and n rows per side, two "
+        "samples of one distribution already differ by a PSI of about 18/n (0.36 at n=50, 0.045 at 400).",
+    )
+    metric: Literal["brier", "log_loss", "error_rate"] = Field(
+        "brier", description="Per-row loss compared once feedback labels arrive (lower is better)."
+    )
+    max_metric_degradation: float = Field(
+        0.02, ge=0, description="Challenger mean loss minus champion's that counts as worse."
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="One-sided Welch t-test confidence.")
+    min_labelled_per_variant: int = Field(
+        200, ge=10, description="Labelled rows per variant the test needs; fewer: not applicable yet."
+    )
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [CanaryStep(weight=0.1), CanaryStep(weight=0.5)]
+
+
+class Canary(_Strict):
+    steps: list[CanaryStep] = Field(default_factory=_default_steps, min_length=1)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.weight for s in v]
+        if weights != sorted(set(weights)):
+            raise ValueError(f"canary step weights must increase strictly, got {weights}")
+        return v
+
+
+class Approval(_Strict):
+    timeout_hours: float = Field(
+        24, gt=0, description="After this the default applies: reject, and the candidate is rolled back."
+    )
+
+
+class Rollout(_Strict):
+    """How a candidate earns production traffic (``<pipeline>__rollout``)."""
+
+    check_interval_seconds: float = Field(
+        60, ge=1, le=3600, description="How often shadow and canary read the prediction log."
+    )
+    infra: InfraValidation = Field(default_factory=InfraValidation)
+    shadow: Shadow = Field(default_factory=Shadow)
+    canary: Canary = Field(default_factory=Canary)
+    approval: Approval = Field(default_factory=Approval)
+
+
 class Business(_Strict):
     """The business objective as a cost/benefit of acting on a positive prediction.
 
@@ -374,6 +479,7 @@ class PipelineSpec(_Strict):
     gates: Gates = Field(default_factory=Gates)
     business: Business = Field(default_factory=Business)
     model_card: ModelCard = Field(default_factory=ModelCard)
+    rollout: Rollout = Field(default_factory=Rollout)
     expectation_suite: str | None = Field(
         default=None, description="Suite file in include/expectations/; defaults to <name>.json"
     )

@@ -49,6 +49,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from include.tasks.fairness import FairnessInputError
     from include.tasks.gates import GateFailed
     from include.tasks.ingest import BatchError
+    from include.tasks.promotion import PromotionConflict, ServedVersionMismatch
     from include.tasks.train import TrainingError
     from include.tasks.validate import DataValidationError
 
@@ -60,6 +61,8 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         TrainingError,
         ExplainError,
         FairnessInputError,
+        PromotionConflict,
+        ServedVersionMismatch,
     )
 
 

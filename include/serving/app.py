@@ -33,7 +33,7 @@ from include.serving.asgi import AccessLog, App, Request, Response
 from include.serving.explain import ExplainBusy, Explainers, ExplainUnavailable
 from include.serving.keys import KeyStore, presented_key
 from include.serving.models import ModelRegistry, PipelineState, sticky_share
-from include.serving.predlog import LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
+from include.serving.predlog import FailureRow, LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
 from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class ServiceConfig:
     refresh_s: float = 5.0
     db_url: str | None = None
     tracking_uri: str | None = None
+    pinned: dict[str, int] | None = None
 
 
 class Service:
@@ -70,7 +71,7 @@ class Service:
 
         self.config = config
         self.schemas = {p: RequestSchema.from_spec(load_pipeline(p)) for p in config.pipelines}
-        self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri)
+        self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri, config.pinned)
         self.log = PredictionLog(config.db_url)
         self.keys = KeyStore(config.db_url)
         self._pii_key = pii_key()
@@ -116,6 +117,46 @@ class Service:
             )
         return key, None
 
+    def admit(self, request: Request, scope: str, any_key: bool = False):
+        """(pipeline, schema, refusal): the pipeline must be served here and the key allowed ``scope``
+        (with ``any_key``, any valid key will do)."""
+        pipeline = request.path_params["pipeline"]
+        schema = self.schemas.get(pipeline)
+        if schema is None:
+            return (
+                pipeline,
+                None,
+                _error(404, f"no pipeline {pipeline!r} is served here; served: {sorted(self.schemas)}"),
+            )
+        key, denied = self.authorise(request, scope, pipeline)
+        if denied is not None and not (any_key and key is not None):
+            return pipeline, schema, denied
+        return pipeline, schema, None
+
+
+@dataclass
+class Scored:
+    """One model call over some rows: probabilities, which rows failed and why, how long it took."""
+
+    probs: np.ndarray | None
+    bad: np.ndarray  # bool per row: an exception, or no probability in [0, 1] (NaN included)
+    reason: str
+    took_s: float
+
+
+def _score(model, arrays: dict, idx: list[int], n: int) -> Scored:
+    sub = arrays if len(idx) == n else {name: a[idx] for name, a in arrays.items()}
+    t0 = time.perf_counter()
+    try:
+        probs = model.predict(sub)
+    except Exception as exc:  # a model that cannot score these rows is a failure to record, not a 500
+        took = time.perf_counter() - t0
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        return Scored(None, np.ones(len(idx), dtype=bool), reason, took)
+    took = time.perf_counter() - t0
+    bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN compares false both ways
+    return Scored(probs, bad, "probability not a number in [0, 1]" if bad.any() else "", took)
+
 
 def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: str) -> str:
     t = state.traffic
@@ -151,11 +192,7 @@ async def _read_json(request: Request):
 
 def build_app(service: Service, access: AccessLog | None = None) -> App:
     async def predict(request: Request) -> Response:
-        pipeline = request.path_params["pipeline"]
-        schema = service.schemas.get(pipeline)
-        if schema is None:
-            return _error(404, f"no pipeline {pipeline!r} is served here; served: {sorted(service.schemas)}")
-        key, denied = service.authorise(request, "predict", pipeline)
+        pipeline, schema, denied = service.admit(request, "predict")
         if denied:
             return denied
         request.state["rows"] = 0
@@ -189,19 +226,33 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         now = datetime.now(UTC)
         out: list[dict | None] = [None] * len(rows)
         log_rows: list[PredictionRow] = []
-        for variant in ("champion", "challenger"):
+        failures: list[FailureRow] = []
+        # The challenger first: rows it cannot score are answered by the champion, and its failures
+        # are logged (the canary's error rate), so a broken challenger never reaches a customer.
+        for variant in ("challenger", "champion"):
             idx = [i for i, v in enumerate(variants) if v == variant]
             if not idx:
                 continue
             model = state.champion if variant == "champion" else state.challenger
-            t0 = time.perf_counter()
-            sub = arrays if len(idx) == len(rows) else {n: a[idx] for n, a in arrays.items()}
-            probs = model.predict(sub)
-            took = time.perf_counter() - t0
+            scored = _score(model, arrays, idx, len(rows))
+            took = scored.took_s
             m.child(m.LATENCY, pipeline, str(model.version), variant).observe(took)
-            m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(len(idx))
+            if scored.bad.any():
+                failed = [i for i, b in zip(idx, scored.bad, strict=True) if b]
+                m.MODEL_FAILURES.labels(pipeline, str(model.version), variant).inc(len(failed))
+                failures += [
+                    FailureRow(ids[i], pipeline, model.version, variant, True, scored.reason, now)
+                    for i in failed
+                ]
+                if variant == "champion":
+                    return await _champion_failed(service, pipeline, model, failures, scored.reason)
+                for i in failed:
+                    variants[i] = "champion"
+            m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(int((~scored.bad).sum()))
             for j, i in enumerate(idx):
-                p = float(probs[j])
+                if scored.bad[j]:
+                    continue
+                p = float(scored.probs[j])
                 decision = int(p >= model.threshold)
                 out[i] = {
                     "request_id": ids[i],
@@ -227,7 +278,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
                     )
                 )
         try:
-            await service.log.record(log_rows)
+            await service.log.record(log_rows, failures)
         except LogOverloaded:
             m.SHED.labels(pipeline, "log_overloaded").inc()
             m.REQUESTS.labels(pipeline, "predict", "503").inc()
@@ -249,10 +300,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
     async def feedback(request: Request) -> Response:
         from include.serving.predlog import ConflictingLabel, UnknownRequest
 
-        pipeline = request.path_params["pipeline"]
-        if pipeline not in service.schemas:
-            return _error(404, f"no pipeline {pipeline!r} is served here")
-        _, denied = service.authorise(request, "feedback", pipeline)
+        pipeline, _, denied = service.admit(request, "feedback")
         if denied:
             return denied
         try:
@@ -289,11 +337,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         return _json(results if isinstance(body, list) else results[0])
 
     async def explain(request: Request) -> Response:
-        pipeline = request.path_params["pipeline"]
-        schema = service.schemas.get(pipeline)
-        if schema is None:
-            return _error(404, f"no pipeline {pipeline!r} is served here")
-        _, denied = service.authorise(request, "explain", pipeline)
+        pipeline, schema, denied = service.admit(request, "explain")
         if denied:
             return denied
         try:
@@ -323,12 +367,8 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         return _json({"pipeline": pipeline, "model_version": model.version, "variant": "champion", **out})
 
     async def openapi(request: Request) -> Response:
-        pipeline = request.path_params["pipeline"]
-        schema = service.schemas.get(pipeline)
-        if schema is None:
-            return _error(404, f"no pipeline {pipeline!r} is served here")
-        key, denied = service.authorise(request, "predict", pipeline)
-        if key is None:
+        pipeline, schema, denied = service.admit(request, "predict", any_key=True)
+        if denied:
             return denied
         state = service.registry.state(pipeline)
         cats = state.champion.categories if state and state.champion else None
@@ -388,6 +428,23 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
     )
 
 
+async def _champion_failed(service, pipeline: str, model, failures: list, reason: str) -> Response:
+    """The champion could not score a row: log the failures and answer 500 (nothing else to serve)."""
+    m.REQUESTS.labels(pipeline, "predict", "500").inc()
+    log.error(
+        "%s champion version %d could not score %d row(s): %s", pipeline, model.version, len(failures), reason
+    )
+    try:
+        await service.log.record([], failures)
+    except (LogOverloaded, LogUnavailable):
+        pass  # the 500 below is the answer either way; the metric counted the failure
+    return _error(
+        500,
+        f"model version {model.version} could not score this input ({reason}); the failure is logged "
+        "with the request id for the model's owners",
+    )
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     parts = request.path.strip("/").split("/")
     pipeline, route = (
@@ -406,10 +463,15 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
     challenger = state.challenger
 
     async def run() -> None:
-        t0 = time.perf_counter()
-        probs = challenger.predict(arrays)
-        took = (time.perf_counter() - t0) * 1000 / len(ids)
-        m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(len(ids))
+        scored = _score(challenger, arrays, list(range(len(ids))), len(ids))
+        took = scored.took_s * 1000 / len(ids)
+        m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(int((~scored.bad).sum()))
+        failures = [
+            FailureRow(ids[i], pipeline, challenger.version, "challenger", False, scored.reason, now)
+            for i in np.flatnonzero(scored.bad)
+        ]
+        if failures:
+            m.MODEL_FAILURES.labels(pipeline, str(challenger.version), "challenger").inc(len(failures))
         rows = [
             PredictionRow(
                 ids[i],
@@ -424,10 +486,11 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
                 took,
                 now,
             )
-            for i, p in enumerate(np.asarray(probs))
+            for i, p in enumerate(scored.probs if scored.probs is not None else [])
+            if not scored.bad[i]
         ]
         try:
-            await service.log.record(rows)
+            await service.log.record(rows, failures)
         except (LogOverloaded, LogUnavailable):
             m.SHED.labels(pipeline, "shadow_dropped").inc()
 
@@ -447,5 +510,13 @@ def app_from_env() -> App:
         from include.spec import discover
 
         pipelines = [s.name for s in discover()[0]]
-    config = ServiceConfig(pipelines, refresh_s=float(os.environ.get("SLIPWAY_SERVE_REFRESH_S", "5")))
+    pinned = {}
+    for item in filter(None, os.environ.get("SLIPWAY_SERVE_PIN", "").split(",")):
+        name, _, version = item.partition("=")
+        if not version.isdigit():
+            raise SystemExit(f"--pin {item!r}: write PIPELINE=VERSION, e.g. telco_churn=3")
+        pinned[name] = int(version)
+    config = ServiceConfig(
+        pipelines, refresh_s=float(os.environ.get("SLIPWAY_SERVE_REFRESH_S", "5")), pinned=pinned
+    )
     return build_app(Service(config), AccessLog(enabled=os.environ.get("SLIPWAY_ACCESS_LOG", "1") != "0"))

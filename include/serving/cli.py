@@ -15,6 +15,8 @@ def cmd_serve(args) -> None:
     if args.pipelines:
         os.environ["SLIPWAY_SERVE_PIPELINES"] = args.pipelines
     os.environ["SLIPWAY_SERVE_REFRESH_S"] = str(args.refresh_s)
+    if args.pin:
+        os.environ["SLIPWAY_SERVE_PIN"] = ",".join(args.pin)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     metrics_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -83,6 +85,13 @@ def add_commands(sub) -> None:
         "--pipelines", default="", help="comma-separated pipeline names (default: every valid spec)"
     )
     p.add_argument("--refresh-s", type=float, default=5.0, help="how often aliases and traffic are re-read")
+    p.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="PIPELINE=VERSION",
+        help="serve this version as the pipeline's champion whatever the aliases say (a sandbox)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keys", help="API keys of the inference service (stored hashed, with scopes)")

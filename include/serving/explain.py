@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 BACKGROUND_ROWS = 100
+LOAD_TIMEOUT_S = 60.0  # loading a version for explanations, on its first explanation
 
 
 class ExplainBusy(RuntimeError):
@@ -118,12 +119,15 @@ class Explainers:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, self._explain, pipeline, version, features, values)
         future.add_done_callback(lambda _f: self._slots.release())
+        # The first explanation of a version also loads it (shap, the skops model, the background
+        # rows): that gets its own bound, so a cold start is not mistaken for a slow explanation.
+        with self._lock:
+            cold = (pipeline, version) not in self._cache
+        budget = self.timeout_s + (LOAD_TIMEOUT_S if cold else 0.0)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), budget)
         except TimeoutError as exc:
-            raise ExplainBusy(
-                f"the explanation took longer than {self.timeout_s:.0f} s; retry later"
-            ) from exc
+            raise ExplainBusy(f"the explanation took longer than {budget:.0f} s; retry later") from exc
 
 
 class ExplainUnavailable(RuntimeError):

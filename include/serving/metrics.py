@@ -34,6 +34,11 @@ LATENCY = Histogram(
     ["pipeline", "version", "variant"],
     buckets=BUCKETS,
 )
+MODEL_FAILURES = Counter(
+    "slipway_model_failures",
+    "Rows a model could not score (exception or no probability in [0, 1]); a challenger's fall back to the champion",
+    ["pipeline", "version", "variant"],
+)
 FEEDBACK = Counter("slipway_feedback", "Feedback labels received", ["pipeline"])
 SHED = Counter(
     "slipway_shed",

@@ -169,8 +169,17 @@ def load_onnx(
 class ModelRegistry:
     """Polls the MLflow registry for each pipeline's aliases and traffic; loads what changed."""
 
-    def __init__(self, pipelines: list[str], refresh_s: float = 5.0, tracking_uri: str | None = None):
+    def __init__(
+        self,
+        pipelines: list[str],
+        refresh_s: float = 5.0,
+        tracking_uri: str | None = None,
+        pinned: dict[str, int] | None = None,
+    ):
         self.pipelines = list(pipelines)
+        # A pinned pipeline serves that version as its champion whatever the aliases say, and no
+        # challenger: the rollout's sandbox for infra validation of a candidate.
+        self.pinned = dict(pinned or {})
         self.refresh_s = refresh_s
         self.tracking_uri = tracking_uri
         self._states: dict[str, PipelineState] = {p: PipelineState() for p in self.pipelines}
@@ -260,6 +269,9 @@ class ModelRegistry:
             self._states[pipeline] = PipelineState(old.champion, old.challenger, old.traffic, (reason,))
             return
         aliases = {a: int(v) for a, v in (rm.aliases or {}).items()}
+        tags = dict(rm.tags or {})
+        if pipeline in self.pinned:
+            aliases, tags = {"champion": self.pinned[pipeline]}, {}
         problems: list[str] = []
         loaded: dict[str, ServedModel | None] = {}
         for alias in ALIASES:
@@ -281,7 +293,7 @@ class ModelRegistry:
                 loaded[alias] = keep
         if loaded["champion"] is None and not problems:
             problems.append(f"{pipeline} has no 'champion' alias: nothing to serve")
-        traffic = _traffic(dict(rm.tags or {}), loaded["challenger"], problems)
+        traffic = _traffic(tags, loaded["challenger"], problems)
         self._states[pipeline] = PipelineState(
             loaded["champion"], loaded["challenger"], traffic, tuple(problems)
         )

@@ -32,7 +32,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
 from typing import Any
@@ -96,14 +96,41 @@ class UnknownRequest(LookupError):
     """Feedback names a request id that was never logged (404)."""
 
 
+@dataclass(frozen=True)
+class FailureRow:
+    """A model that could not score a routed row (an exception, or no valid probability)."""
+
+    request_id: str
+    pipeline: str
+    model_version: int
+    variant: str  # "champion" | "challenger"
+    served: bool  # False when the row was a shadow mirror
+    reason: str  # the exception type and first line, or "probability nan"; never input values
+    created_at: datetime
+
+
+def _failure_params(row: FailureRow) -> tuple:
+    if row.variant not in _VARIANTS:
+        raise ValueError(f"FailureRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
+    return (
+        row.request_id,
+        row.variant,
+        row.pipeline,
+        int(row.model_version),
+        1 if row.served else 0,
+        row.reason[:500],
+        _iso_utc(row.created_at, "FailureRow.created_at"),
+    )
+
+
 class ConflictingLabel(ValueError):
     """A different label is already recorded for this request; labels are write-once (409)."""
 
 
-def _iso_utc(value: datetime, field: str) -> str:
+def _iso_utc(value: datetime, what: str) -> str:
     """Fixed-width ISO-8601 in UTC, so the TEXT column sorts in time order in both dialects."""
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{field} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
+        raise ValueError(f"{what} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
@@ -114,9 +141,9 @@ def _to_params(row: PredictionRow) -> tuple:
         raise ValueError(f"PredictionRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
     if row.decision not in (0, 1):
         raise ValueError(f"PredictionRow.decision must be 0 or 1, got {row.decision!r}")
-    for field in ("probability", "latency_ms"):
-        if not math.isfinite(getattr(row, field)):
-            raise ValueError(f"PredictionRow.{field} must be a finite number")
+    for name in ("probability", "latency_ms"):
+        if not math.isfinite(getattr(row, name)):
+            raise ValueError(f"PredictionRow.{name} must be a finite number")
     return (
         row.request_id,
         row.variant,
@@ -189,6 +216,11 @@ class _Pending:
 
     params: list[tuple]
     waiter: _AsyncWaiter | _SyncWaiter
+    failures: list[tuple] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.params) + len(self.failures)
 
 
 _STOP = None  # queue sentinel: everything put before it has been taken when the writer sees it
@@ -253,6 +285,9 @@ class PredictionLog:
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES ({marks})"
         else:
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES %s"
+        failure_columns = "request_id, variant, pipeline, model_version, served, reason, created_at"
+        values = "(?, ?, ?, ?, ?, ?, ?)" if self._db.dialect == "sqlite" else "%s"
+        self._failure_sql = f"INSERT INTO slipway_failures ({failure_columns}) VALUES {values}"
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -313,6 +348,19 @@ class PredictionLog:
             )""",
             "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
             "ON slipway_predictions (pipeline, created_at)",
+            # Rows a model could not score (the canary's error rate): written in the same commits.
+            """CREATE TABLE IF NOT EXISTS slipway_failures (
+                request_id TEXT NOT NULL,
+                variant TEXT NOT NULL,
+                pipeline TEXT NOT NULL,
+                model_version INTEGER NOT NULL,
+                served INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (request_id, variant)
+            )""",
+            "CREATE INDEX IF NOT EXISTS slipway_failures_pipeline_created "
+            "ON slipway_failures (pipeline, created_at)",
             """CREATE TABLE IF NOT EXISTS slipway_feedback (
                 request_id TEXT PRIMARY KEY,
                 pipeline TEXT NOT NULL,
@@ -376,9 +424,15 @@ class PredictionLog:
 
     # ---------------------------------------------------------------- recording
 
-    def _enqueue(self, rows: list[PredictionRow], waiter: _AsyncWaiter | _SyncWaiter) -> None:
+    def _enqueue(
+        self,
+        rows: list[PredictionRow],
+        waiter: _AsyncWaiter | _SyncWaiter,
+        failures: list[FailureRow] = (),
+    ) -> None:
         params = [_to_params(row) for row in rows]
-        n = len(params)
+        failed = [_failure_params(row) for row in failures]
+        n = len(params) + len(failed)
         with self._lock:
             if self._closing or not self._started:
                 raise LogUnavailable(
@@ -395,16 +449,16 @@ class PredictionLog:
                     "persists, the database cannot keep up with the request rate"
                 )
             self._depth += n
-            self._queue.put(_Pending(params, waiter))
+            self._queue.put(_Pending(params, waiter, failed))
 
-    async def record(self, rows: list[PredictionRow]) -> None:
-        """Return once ``rows`` are committed; :class:`LogOverloaded` at once if the queue is full,
-        :class:`LogUnavailable` if their commit failed."""
-        if not rows:
+    async def record(self, rows: list[PredictionRow], failures: list[FailureRow] = ()) -> None:
+        """Return once ``rows`` (and ``failures``) are committed; :class:`LogOverloaded` at once if the
+        queue is full, :class:`LogUnavailable` if their commit failed."""
+        if not rows and not failures:
             return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._enqueue(rows, _AsyncWaiter(loop, future))
+        self._enqueue(rows, _AsyncWaiter(loop, future), failures)
         await future
 
     def record_sync(self, rows: list[PredictionRow], timeout_s: float = 30.0) -> None:
@@ -444,7 +498,7 @@ class PredictionLog:
             if first is _STOP:
                 break
             batch = [first]
-            n = len(first.params)
+            n = first.size
             deadline = monotonic() + self._max_wait_s
             while n < self._max_batch:
                 remaining = deadline - monotonic()
@@ -457,7 +511,7 @@ class PredictionLog:
                     stop = True
                     break
                 batch.append(item)
-                n += len(item.params)
+                n += item.size
             self._commit(batch)
         if self._conn is not None:
             _close_quietly(self._conn)
@@ -468,7 +522,9 @@ class PredictionLog:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            self._insert([p for item in batch for p in item.params])
+            self._insert(
+                [p for item in batch for p in item.params], [f for item in batch for f in item.failures]
+            )
         except Exception as exc:  # every failure is reported to the waiters below
             if isinstance(exc, self._integrity_error) and len(batch) > 1:
                 # A duplicate request id must fail its own request, not the strangers sharing its commit.
@@ -483,7 +539,7 @@ class PredictionLog:
     def _commit_one_by_one(self, batch: list[_Pending]) -> None:
         for i, item in enumerate(batch):
             try:
-                self._insert(item.params)
+                self._insert(item.params, item.failures)
             except Exception as exc:  # reported to the waiters
                 if isinstance(exc, self._integrity_error):
                     self._resolve([item], self._duplicate_error())
@@ -492,8 +548,8 @@ class PredictionLog:
                 return
             self._succeeded([item])
 
-    def _insert(self, params: list[tuple]) -> None:
-        """One transaction: all of ``params`` or none. Drops the connection after a database error,
+    def _insert(self, params: list[tuple], failures: list[tuple] = ()) -> None:
+        """One transaction: all of ``params`` and ``failures`` or none. Drops the connection after a database error,
         so the next batch reconnects (a PostgreSQL restart costs one failed batch, not the service)."""
         if self._conn is None:
             self._conn = self._db.connect()
@@ -505,13 +561,19 @@ class PredictionLog:
                 # workers); an flock queues the writers in the kernel and wakes the next at once.
                 with self._write_lock():
                     conn.execute("BEGIN IMMEDIATE")
-                    conn.executemany(self._insert_sql, params)
+                    if params:
+                        conn.executemany(self._insert_sql, params)
+                    if failures:
+                        conn.executemany(self._failure_sql, failures)
                     conn.execute("COMMIT")
             else:
                 from psycopg2.extras import execute_values
 
                 with conn.cursor() as cur:
-                    execute_values(cur, self._insert_sql, params, page_size=len(params))
+                    if params:
+                        execute_values(cur, self._insert_sql, params, page_size=len(params))
+                    if failures:
+                        execute_values(cur, self._failure_sql, failures, page_size=len(failures))
                 conn.commit()
         except Exception as exc:
             self._rollback_quietly(conn)
@@ -551,7 +613,7 @@ class PredictionLog:
         )
 
     def _succeeded(self, items: list[_Pending]) -> None:
-        n = sum(len(item.params) for item in items)
+        n = sum(item.size for item in items)
         self.rows_written += n
         self.commits += 1
         if not self._healthy:
@@ -572,7 +634,7 @@ class PredictionLog:
 
     def _resolve(self, items: list[_Pending], error: LogUnavailable | None) -> None:
         # Depth first: a caller that sees its answer must also see the queue without its rows.
-        n = sum(len(item.params) for item in items)
+        n = sum(item.size for item in items)
         with self._lock:
             self._depth -= n
         for item in items:

@@ -69,7 +69,10 @@ def business_gate(
     if champion_value is None:
         results.append(
             not_applicable(
-                "business", "value_vs_champion_per_1000", "no champion yet: nothing to compare against", evidence_uri
+                "business",
+                "value_vs_champion_per_1000",
+                "no champion yet: nothing to compare against",
+                evidence_uri,
             )
         )
     else:

@@ -475,7 +475,11 @@ def _probe_preprocessor(spec: PipelineSpec, columns: list[str]):
     blocks = []
     if numeric:
         blocks.append(
-            ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)
+            (
+                "num",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric,
+            )
         )
     if categorical:
         blocks.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical))
@@ -558,7 +562,9 @@ def proxy_probe(spec: PipelineSpec, train, test, features: list[str]) -> dict:
         groups = sorted(set(y_train) | set(y_test))
         entry: dict = {
             "method": "binary" if len(groups) == 2 else "one_vs_rest_macro",
-            "groups": {g: {"train": int((y_train == g).sum()), "test": int((y_test == g).sum())} for g in groups},
+            "groups": {
+                g: {"train": int((y_train == g).sum()), "test": int((y_test == g).sum())} for g in groups
+            },
             "roc_auc": None,
             "by_probe": {},
             "by_group": {},
@@ -713,7 +719,9 @@ def explainability_gate(
                 f"on {proxy.get('test_rows')} held-out rows ({entry.get('probe')} probe; 0.5 = no information)"
             )
             if value > gate.max_proxy_roc_auc:
-                note += ": they act as a proxy for it; drop or transform the proxy features, or revisit the bound"
+                note += (
+                    ": they act as a proxy for it; drop or transform the proxy features, or revisit the bound"
+                )
         results.append(
             check(
                 "explainability",

@@ -182,7 +182,9 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
                     r["metric"],
                     r["value"],
                     f"{r['comparison']} {r['threshold']}" if r["status"] != "not_applicable" else "",
-                    {"passed": "passed", "failed": "FAILED"}.get(r["status"], f"not applicable: {r.get('note', '')}"),
+                    {"passed": "passed", "failed": "FAILED"}.get(
+                        r["status"], f"not applicable: {r.get('note', '')}"
+                    ),
                 ]
                 for r in blessing.get("results", [])
             ],

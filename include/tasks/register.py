@@ -107,9 +107,7 @@ def register_candidate(
                 {f"{r['gate']}.{r['metric']}": r["status"] for r in blessing["results"]}
             )[:4900],
         }
-        mv = mlflow.register_model(
-            info.model_uri, spec.name, tags={k: str(v) for k, v in all_tags.items()}
-        )
+        mv = mlflow.register_model(info.model_uri, spec.name, tags={k: str(v) for k, v in all_tags.items()})
     version = int(mv.version)
     moved, why = _move_forward(client, spec.name, alias, version, _interval_key(dict(mv.tags) or tags))
     verb = "registered" if registration == "new" else "reused already registered"

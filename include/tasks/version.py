@@ -70,7 +70,9 @@ def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
             kinds.setdefault(col, set()).add("text" if dtype.kind == "O" else str(dtype))
     mixed = [c for c, k in kinds.items() if "text" in k and len(k) > 1]
     if mixed:
-        frames = [f.assign(**{c: f[c].astype("string").astype(object) for c in mixed if c in f}) for f in frames]
+        frames = [
+            f.assign(**{c: f[c].astype("string").astype(object) for c in mixed if c in f}) for f in frames
+        ]
     snapshot = pd.concat(frames, ignore_index=True)
 
     buf = io.BytesIO()
@@ -241,8 +243,6 @@ def _object_uri(remote: str, md5: str) -> str:
     if storage.is_s3(remote):
         return storage.join(remote, *tail)
     return Path(remote, *tail).as_uri()
-
-
 
 
 def _s3_error_code(exc: BaseException) -> str | None:

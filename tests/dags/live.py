@@ -55,6 +55,7 @@ class LiveStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.serving_port = _free_port()  # the inference service the rollout DAG drives, when started
         self.tracking = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.databases['mlflow']}"
         airflow_home = base / "airflow"
         airflow_home.mkdir(parents=True)
@@ -64,6 +65,7 @@ class LiveStack:
             SLIPWAY_HOME=str(self.home),
             SLIPWAY_PIPELINES_DIR=str(self.pipelines),
             MLFLOW_TRACKING_URI=self.tracking,
+            SLIPWAY_SERVING_URL=f"http://127.0.0.1:{self.serving_port}",
             SLIPWAY_MLFLOW_ARTIFACT_URI=(self.home / "mlflow-artifacts").as_uri(),
             AIRFLOW_HOME=str(airflow_home),
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=(
@@ -99,6 +101,19 @@ class LiveStack:
         raw = yaml.safe_load((ROOT / "include" / "pipelines" / "telco_churn.yaml").read_text())
         # The current month's batch never lands in these tests: keep its run waiting, not skipped.
         raw["source"]["deadline_days"] = 90
+        # Rollout windows of seconds, not hours (the code path is the production one); latency
+        # budgets with room for a 2-core machine running the whole stack.
+        window = {"min_requests": 60, "max_duration_minutes": 4}
+        raw["rollout"] = {
+            "check_interval_seconds": 3,
+            "infra": {"requests": 50, "max_p99_latency_ms": 500},
+            "shadow": {**window, "max_p99_latency_ms": 100},
+            "canary": {
+                "steps": [{**window, "weight": 0.5}],
+                "guardrails": {"min_requests_per_check": 20, "max_p99_latency_ms": 100},
+            },
+            "approval": {"timeout_hours": 0.02},  # 72 s: the timeout path runs in the suite
+        }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         self.cli("db", "migrate", timeout=600)
         subprocess.run(

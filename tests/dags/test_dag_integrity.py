@@ -65,6 +65,13 @@ def test_every_dag_is_well_formed(bag):
                 "register",
                 "bless",
                 "profile",
+                "select",
+                "run",
+                "summarise",
+                "approve",
+                "promote",
+                "conclude",
+                "restore",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
 
@@ -200,3 +207,40 @@ def test_train_dag_docs_list_every_task_the_month_rule_and_link_mlflow(monkeypat
 
     assert dag.params["month"] is None  # empty by default: the data interval decides
     assert dag.params.get_param("month").schema["pattern"] == MONTH_PATTERN
+
+
+def test_rollout_and_rollback_dag_shape(bag):
+    from datetime import timedelta
+
+    from include.spec import load_pipeline
+
+    dag = bag.dags["telco_churn__rollout"]
+    chain = [
+        "select_candidate",
+        "validate_infra",
+        "run_shadow",
+        "run_canary",
+        "summarise_evidence",
+        "approve_promotion",
+        "promote_candidate",
+        "conclude_rollout",
+    ]
+    assert {t.task_id for t in dag.tasks} == set(chain)
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert before in dag.get_task(after).upstream_task_ids, f"{before} -> {after}"
+    # Scheduled by the candidate asset; one rollout at a time (one challenger slot).
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["telco_churn__candidate"]
+    assert dag.max_active_runs == 1
+    approval = dag.get_task("approve_promotion")
+    assert approval.defaults == ["Reject"]
+    assert approval.response_timeout == timedelta(hours=load_pipeline("telco_churn").rollout.approval.timeout_hours)
+    assert [o.name for o in dag.get_task("promote_candidate").outlets] == ["telco_churn__champion"]
+    # Whatever happened upstream, the conclusion runs: a candidate not promoted is rolled back there.
+    assert dag.get_task("conclude_rollout").trigger_rule == "all_done"
+    assert dag.get_task("conclude_rollout").upstream_task_ids == {"promote_candidate"}
+
+    rollback = bag.dags["telco_churn__rollback"]
+    assert type(rollback.timetable).__name__ == "NullTimetable"  # manual trigger only
+    [task] = rollback.tasks
+    assert task.task_id == "restore_previous_champion"
+    assert [o.name for o in task.outlets] == ["telco_churn__champion"]

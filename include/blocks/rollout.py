@@ -1,0 +1,306 @@
+"""Blocks of the rollout family (``dags/rollout.py``): how a candidate earns production traffic.
+
+``select_candidate`` → ``validate_infra`` → ``run_shadow`` → ``run_canary`` → ``summarise_evidence``
+→ ``approve_promotion`` (Airflow HITL) → ``promote_candidate`` → ``conclude_rollout``.
+
+Shadow and canary are :class:`TrafficPhase` operators: each interval they read the prediction
+log, judge the window with :mod:`include.tasks.guardrails` and either finish, roll back, or defer
+until the next interval (the wait holds no worker slot). Any breach rolls the challenger back at
+once (:func:`include.tasks.promotion.end_challenger`) and the version served afterwards is
+checked. ``conclude_rollout`` runs whatever happened upstream: a candidate that was not promoted
+(a breach, a rejection, a timeout, a crash) is rolled back there, and the run fails with the reason
+unless a person rejected it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from include.blocks.adapter import Step, block, expected_failures
+from include.lineage import track
+
+log = logging.getLogger("slipway")
+
+PHASES = ("shadow", "canary")
+
+
+def _client():
+    from include.lineage import configure_mlflow
+
+    return configure_mlflow().MlflowClient()
+
+
+def _run_ref(context) -> dict:
+    ti = context["ti"]
+    return {"dag_run": f"{ti.dag_id}/{ti.run_id}"}
+
+
+def _gate_tags(client, name: str, version: int, gate: str, results: list[dict], evidence_uri: str) -> None:
+    from include.tasks.gates import status_of
+
+    client.set_model_version_tag(name, str(version), f"slipway.blessing.{gate}", status_of(results))
+    client.set_model_version_tag(name, str(version), f"slipway.rollout.{gate}_uri", evidence_uri)
+
+
+@block
+def select_candidate(step: Step) -> dict:
+    """The version to roll out (the asset event's, the trigger form's, else ``candidate``), blessed."""
+    from include import assets
+    from include.tasks.gates import GateFailed
+    from include.tasks.promotion import aliases
+
+    name = step.pipeline
+    client = _client()
+    version = (step.context["params"] or {}).get("version")
+    events = step.context.get("triggering_asset_events") or {}
+    for event in events.get(assets.for_pipeline(name).candidate, []) or []:
+        version = version or (event.extra or {}).get("version")
+    current = aliases(client, name)
+    version = int(version or current.get("candidate") or 0)
+    if not version:
+        raise GateFailed(f"{name} has no candidate to roll out: run {name}__train first", [])
+    tags = dict(client.get_model_version(name, str(version)).tags)
+    if tags.get("slipway.blessing") != "passed":
+        raise GateFailed(
+            f"version {version} of {name} has no passing blessing (slipway.blessing = "
+            f"{tags.get('slipway.blessing')!r}); only a blessed candidate may be rolled out",
+            [],
+        )
+    if current.get("champion") == version:
+        raise GateFailed(f"version {version} is already the champion of {name}; nothing to roll out", [])
+    champion = current.get("champion")
+    first = champion is None
+    log.info(
+        "rolling out %s version %d (champion: %s)%s",
+        name,
+        version,
+        champion,
+        "; the pipeline's first model: no shadow or canary, infra validation and approval only"
+        if first
+        else "",
+    )
+    step.mlflow.set_tags({"slipway.rollout.version": str(version), "slipway.rollout.champion": str(champion)})
+    return {
+        "version": version,
+        "champion": champion,
+        "first": first,
+        "snapshot_uri": tags.get("slipway.snapshot_uri", ""),
+        "threshold": float(tags.get("slipway.decision_threshold", "0.5")),
+        "model_card_uri": tags.get("slipway.model_card_uri", ""),
+        "month": tags.get("slipway.month", ""),
+    }
+
+
+@block
+def validate_infra(step: Step, selected: dict) -> dict:
+    """The candidate in a sandboxed service: valid and malformed requests, p99 against the budget."""
+    from include.tasks.gates import raise_for_gate
+    from include.tasks.infra_validation import GATE, validate
+
+    out = validate(step.spec, selected["version"], selected["snapshot_uri"])
+    step.mlflow.log_dict({"results": out["results"], "evidence": out["evidence"]}, "infra_validation.json")
+    uri = step.evidence("infra_validation.json")
+    for r in out["results"]:
+        if r["value"] is not None:
+            step.mlflow.log_metric(f"infra.{r['metric']}", float(r["value"]))
+    _gate_tags(_client(), step.pipeline, selected["version"], GATE, out["results"], uri)
+    log.info(
+        "infra validation of version %d: %d requests, p99 %.1f ms, statuses %s",
+        selected["version"],
+        out["evidence"]["requests"],
+        out["evidence"]["p99_ms"],
+        out["evidence"]["statuses"],
+    )
+    raise_for_gate(out["results"])
+    return {"gate": GATE, "results": out["results"], "evidence_uri": uri}
+
+
+class TrafficPhase(BaseOperator):
+    """Shadow or canary (:class:`include.tasks.phases.Phase`): set the traffic, then judge the
+    prediction log every interval, deferred in between, until the window is complete (pass) or a
+    guardrail breaks (rollback, fail)."""
+
+    def __init__(self, *, pipeline: str, phase: str, **kwargs: Any) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.phase = phase
+
+    # Airflow calls execute() once, then resume() after each deferral, in the same try.
+    def execute(self, context: Any) -> dict:
+        return self._step(context, None)
+
+    def resume(self, context: Any, event: Any = None, state: dict | None = None) -> dict:
+        return self._step(context, state)
+
+    def _step(self, context: Any, state: dict | None) -> dict:
+        with track(self.pipeline, context) as record, expected_failures():
+            return record(self._judge(context, state))
+
+    def _judge(self, context: Any, state: dict | None) -> dict:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        from include.spec import load_pipeline
+        from include.tasks.phases import Phase
+
+        selected = context["ti"].xcom_pull(task_ids="select_candidate")
+        runner = Phase(self.pipeline, self.phase, load_pipeline(self.pipeline), selected, _run_ref(context))
+        if selected["first"]:
+            return runner.not_applicable()
+        now = datetime.now(UTC)
+        if state is None:
+            state = runner.start(0, now)
+        state, outcome = runner.tick(state, now)
+        if outcome is not None:
+            return outcome
+        self.defer(
+            trigger=DateTimeTrigger(moment=runner.wake(state, now)),
+            method_name="resume",
+            kwargs={"state": state},
+        )
+
+
+@block
+def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, canary: dict) -> dict:
+    """The approval's evidence in Markdown: blessing, sandbox, shadow and canary, links."""
+    from include.tasks.gates import describe
+
+    name, version = step.pipeline, selected["version"]
+    lines = [
+        f"**{name} version {version}** (trained on {selected.get('month') or '?'}) "
+        + (
+            f"to replace champion version {selected['champion']}."
+            if selected["champion"]
+            else "as the first champion."
+        ),
+        "",
+        "Training blessing: **passed** (every gate the spec turns on).",
+    ]
+    for title, phase in (("Infra validation", infra), ("Shadow", shadow), ("Canary", canary)):
+        lines += ["", f"**{title}**"]
+        lines += [f"- {r['status']}: {describe(r)}" for r in phase.get("results", [])]
+    links = []
+    from include.settings import get_settings
+
+    ui = get_settings().mlflow_ui_url
+    if ui:
+        links.append(f"[version {version} in MLflow]({ui.rstrip('/')}/#/models/{name}/versions/{version})")
+    if selected.get("model_card_uri"):
+        links.append(f"model card: `{selected['model_card_uri']}`")
+    lines += ["", "Approve to make it the champion; Reject (or no answer before the timeout) rolls it back."]
+    if links:
+        lines += ["", " · ".join(links)]
+    markdown = "\n".join(lines)
+    step.mlflow.log_text(markdown, "approval_evidence.md")
+    return {"markdown": markdown, "evidence_uri": step.evidence("approval_evidence.md")}
+
+
+@block
+def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
+    """``champion`` -> the candidate (old champion -> ``previous``), with who approved it and when."""
+    from include import assets
+    from include.settings import get_settings
+    from include.tasks.promotion import promote, verify_served
+
+    name, version = step.pipeline, selected["version"]
+    by = decision.get("responded_by_user") or {}
+    who = by.get("name") or by.get("id") or "unknown"
+    at = str(decision.get("responded_at", ""))
+    client = _client()
+    approval = {"decision": "approved", "by": who, "at": at}
+    client.set_model_version_tag(name, str(version), "slipway.approval", json.dumps(approval))
+    client.set_model_version_tag(name, str(version), "slipway.blessing.approval", "passed")
+    event = promote(
+        client,
+        name,
+        version,
+        selected["champion"],
+        reason=f"approved by {who} at {at}",
+        by=who,
+        **_run_ref(step.context),
+    )
+    served = verify_served(name, version, selected["champion"], get_settings().serving_url)
+    log.info("promoted %s version %d to champion (approved by %s); served: %s", name, version, who, served)
+    step.context["outlet_events"][assets.for_pipeline(name).champion].extra = {
+        "model": name,
+        "version": version,
+        "event": "promoted",
+        "previous": selected["champion"],
+    }
+    return {"event": event, "served": served}
+
+
+@block(trigger_rule="all_done")
+def conclude_rollout(step: Step) -> dict:
+    """Roll back whatever was not promoted, record why, and fail the run unless a person rejected it."""
+    from include.tasks.gates import GateFailed
+    from include.tasks.promotion import approval_outcome, rollback_challenger
+
+    context, pipeline = step.context, step.pipeline
+    ti = context["ti"]
+    selected = ti.xcom_pull(task_ids="select_candidate")
+    if not selected:
+        raise GateFailed("no candidate was selected; see select_candidate's log", [])
+    promoted = ti.xcom_pull(task_ids="promote_candidate")
+    if promoted:
+        log.info("rollout finished: version %d is the champion", selected["version"])
+        return {"outcome": "promoted", "version": selected["version"]}
+    outcome = approval_outcome(ti.xcom_pull(task_ids="approve_promotion"))
+    reason, failed = outcome["reason"], outcome["failed"]
+    if outcome["decision"] != "none":
+        client = _client()
+        record = {k: outcome[k] for k in ("decision", "by", "at")}
+        client.set_model_version_tag(
+            pipeline, str(selected["version"]), "slipway.approval", json.dumps(record)
+        )
+        client.set_model_version_tag(
+            pipeline, str(selected["version"]), "slipway.blessing.approval", "failed"
+        )
+    event = rollback_challenger(pipeline, selected, reason, _run_ref(context))
+    log.warning(
+        "rollout of version %d ended without promotion: %s%s",
+        selected["version"],
+        reason,
+        "" if event else " (already rolled back)",
+    )
+    if failed:
+        raise GateFailed(f"version {selected['version']} not promoted: {reason}", [])
+    return {"outcome": "rejected", "version": selected["version"], "reason": reason}
+
+
+@block
+def restore_previous_champion(step: Step) -> dict:
+    """One-click rollback: ``champion`` -> ``previous``; the served version is checked."""
+    from include import assets
+    from include.settings import get_settings
+    from include.tasks.promotion import restore_previous, verify_served
+
+    conf = step.context.get("params") or {}
+    reason = conf.get("reason") or "manual rollback"
+    by = getattr(step.context.get("dag_run"), "triggering_user_name", None) or "unknown"
+    event = restore_previous(
+        _client(), step.pipeline, reason=f"{reason} (triggered by {by})", by=by, **_run_ref(step.context)
+    )
+    served = verify_served(
+        step.pipeline, event["version"], event.get("from_version"), get_settings().serving_url
+    )
+    log.info(
+        "restored %s version %d as champion (was %s); served: %s",
+        step.pipeline,
+        event["version"],
+        event.get("from_version"),
+        served,
+    )
+    step.context["outlet_events"][assets.for_pipeline(step.pipeline).champion].extra = {
+        "model": step.pipeline,
+        "version": event["version"],
+        "event": "restored",
+        "previous": event.get("from_version"),
+    }
+    return {"event": event, "served": served}

@@ -1,0 +1,264 @@
+"""Shadow and canary evidence from the prediction log, judged against the spec's rollout section.
+
+The prediction log is the one record every replica of the service writes (``slipway_predictions``,
+``slipway_failures``, ``slipway_feedback``), so the rollout reads the traffic there rather than
+from one process's metrics. A window is every row of a pipeline in ``[since, until)`` for the two
+versions in play.
+
+* **Shadow**: each request scored by the champion (served) and mirrored to the challenger (logged,
+  never returned). Paired by request id: decision disagreement, mean |Δp|, the challenger's p99
+  model latency and failure rate.
+* **Canary**: each entity routed to one variant. Error rate, p99 model latency, the PSI of the
+  challenger's scores against the champion's in the same window and, once labels arrived, a
+  one-sided Welch t-test of the per-row loss: the challenger fails when it is worse than the
+  champion by more than ``max_metric_degradation`` at the spec's confidence.
+
+Every result is a gate check (:mod:`include.tasks.gates`); a check with too little data is
+``not_applicable`` with the count it had, never ``passed``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from include.tasks.gates import FAILED, check, not_applicable
+
+PSI_BINS = 10
+
+
+@dataclass
+class Arm:
+    """One variant's rows in a window."""
+
+    version: int
+    probability: np.ndarray = field(default_factory=lambda: np.empty(0))
+    decision: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
+    latency_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+    label: np.ndarray = field(default_factory=lambda: np.empty(0))  # NaN where no label yet
+    request_id: list[str] = field(default_factory=list)
+    failures: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.probability)
+
+    @property
+    def routed(self) -> int:
+        """Rows sent to this variant: scored plus failed."""
+        return self.rows + self.failures
+
+
+@dataclass
+class Window:
+    since: str
+    until: str
+    champion: Arm
+    challenger: Arm
+
+    def summary(self) -> dict:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "champion": {"version": self.champion.version, "rows": self.champion.rows},
+            "challenger": {
+                "version": self.challenger.version,
+                "rows": self.challenger.rows,
+                "failures": self.challenger.failures,
+            },
+        }
+
+
+def read_window(
+    db_url: str | None, pipeline: str, champion: int, challenger: int, since: str, until: str, shadow: bool
+) -> Window:
+    """The window's rows from the prediction log. ``shadow``: the challenger's unserved mirror rows;
+    otherwise the rows each variant served. ``since``/``until`` are ISO-8601 UTC (the log's format)."""
+    from include.serving.db import database
+
+    db = database(db_url)
+    p = db.param
+    served_challenger = 0 if shadow else 1
+    conn = db.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT pr.request_id, pr.variant, pr.model_version, pr.probability, pr.decision, pr.latency_ms, "
+            "f.label FROM slipway_predictions pr LEFT JOIN slipway_feedback f ON f.request_id = pr.request_id "
+            f"WHERE pr.pipeline = {p} AND pr.created_at >= {p} AND pr.created_at < {p} AND ("
+            f"(pr.variant = 'champion' AND pr.model_version = {p} AND pr.served = 1) OR "
+            f"(pr.variant = 'challenger' AND pr.model_version = {p} AND pr.served = {p})) "
+            "ORDER BY pr.created_at",
+            (pipeline, since, until, champion, challenger, served_challenger),
+        )
+        rows = cur.fetchall()
+        cur.execute(
+            f"SELECT COUNT(*) FROM slipway_failures WHERE pipeline = {p} AND created_at >= {p} AND "
+            f"created_at < {p} AND variant = 'challenger' AND model_version = {p} AND served = {p}",
+            (pipeline, since, until, challenger, served_challenger),
+        )
+        (failed,) = cur.fetchone()
+        cur.close()
+    finally:
+        if db.dialect == "postgresql":
+            conn.rollback()
+        conn.close()
+    arms = {"champion": Arm(champion), "challenger": Arm(challenger, failures=int(failed))}
+    for variant, arm in arms.items():
+        mine = [r for r in rows if r[1] == variant]
+        arm.request_id = [r[0] for r in mine]
+        arm.probability = np.array([r[3] for r in mine], dtype=float)
+        arm.decision = np.array([r[4] for r in mine], dtype=int)
+        arm.latency_ms = np.array([r[5] for r in mine], dtype=float)
+        arm.label = np.array([np.nan if r[6] is None else r[6] for r in mine], dtype=float)
+    return Window(since, until, arms["champion"], arms["challenger"])
+
+
+def p99(values: np.ndarray) -> float | None:
+    return float(np.percentile(values, 99)) if len(values) else None
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
+    """Population stability index of ``current`` against ``reference``.
+
+    Bins: the reference's inner deciles; when the reference has ``bins`` or fewer distinct values
+    (a constant, a shallow tree), one bin per value plus one below and one above them, so a move
+    between tied scores or beyond the reference's range is never binned away."""
+    ref = np.asarray(reference, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    distinct = np.unique(ref)
+    if len(distinct) <= bins:
+        span = 1e-9 * max(1.0, float(np.abs(distinct).max()))
+        mids = (distinct[:-1] + distinct[1:]) / 2
+        edges = np.concatenate([[distinct[0] - span], mids, [distinct[-1] + span]])
+    else:
+        edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    shares = [
+        np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1) / len(x)
+        for x in (ref, cur)
+    ]
+    eps = 1e-4
+    r, c = (np.clip(x, eps, None) for x in shares)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def row_loss(metric: str, probability: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per-row loss, lower is better: squared error (brier), log loss, or a wrong decision (error_rate)."""
+    p = np.clip(probability, 1e-7, 1 - 1e-7)
+    if metric == "brier":
+        return (probability - label) ** 2
+    if metric == "log_loss":
+        return -(label * np.log(p) + (1 - label) * np.log(1 - p))
+    if metric == "error_rate":
+        return ((probability >= threshold).astype(float) != label).astype(float)
+    raise ValueError(f"unknown metric {metric!r}; use brier, log_loss or error_rate")
+
+
+def worse_test(challenger_loss: np.ndarray, champion_loss: np.ndarray, margin: float) -> tuple[float, float]:
+    """(mean difference, one-sided p-value) of H1: challenger's mean loss > champion's + margin
+    (Welch's t-test: the two arms are different customers, with different variances)."""
+    from scipy import stats
+
+    diff = float(challenger_loss.mean() - champion_loss.mean())
+    result = stats.ttest_ind(challenger_loss - margin, champion_loss, equal_var=False, alternative="greater")
+    pvalue = float(result.pvalue)
+    return diff, (1.0 if math.isnan(pvalue) else pvalue)
+
+
+def shadow_checks(cfg, window: Window, final: bool) -> list[dict]:
+    """The shadow gate on the window so far. ``final``: the window is over, too little data fails."""
+    ch, cp = window.challenger, window.champion
+    gate = "shadow"
+    results: list[dict] = []
+    results.append(check(gate, "requests", ch.routed, cfg.min_requests, ">=") if final else None)
+    error_rate = ch.failures / ch.routed if ch.routed else None
+    if ch.routed:
+        results.append(check(gate, "error_rate", error_rate, cfg.max_error_rate, "<="))
+    if ch.rows:
+        results.append(check(gate, "p99_latency_ms", p99(ch.latency_ms), cfg.max_p99_latency_ms, "<="))
+    paired = dict(zip(cp.request_id, range(cp.rows), strict=True))
+    pairs = [(paired[r], j) for j, r in enumerate(ch.request_id) if r in paired]
+    if pairs:
+        a = np.array([i for i, _ in pairs])
+        b = np.array([j for _, j in pairs])
+        disagreement = float(np.mean(cp.decision[a] != ch.decision[b]))
+        delta = float(np.mean(np.abs(cp.probability[a] - ch.probability[b])))
+        results.append(
+            check(gate, "decision_disagreement", disagreement, cfg.max_decision_disagreement, "<=")
+        )
+        results.append(check(gate, "mean_abs_delta", delta, cfg.max_mean_abs_delta, "<="))
+    elif final:  # every mirrored request also has its served answer: none paired means nothing compared
+        results.append(
+            check(gate, "paired_requests", 0, 1, ">=", note="no request was scored by both variants")
+        )
+    return [r for r in results if r is not None]
+
+
+def canary_checks(
+    guard, window: Window, final: bool, min_requests: int, threshold: float = 0.5
+) -> list[dict]:
+    """The canary step's guardrails on the window so far (see the module docstring)."""
+    ch, cp = window.challenger, window.champion
+    gate = "canary"
+    results: list[dict] = []
+    if final:
+        results.append(check(gate, "requests", ch.routed, min_requests, ">="))
+    if ch.routed >= guard.min_requests_per_check or (final and ch.routed):
+        results.append(check(gate, "error_rate", ch.failures / ch.routed, guard.max_error_rate, "<="))
+    if ch.rows >= guard.min_requests_per_check or (final and ch.rows):
+        results.append(check(gate, "p99_latency_ms", p99(ch.latency_ms), guard.max_p99_latency_ms, "<="))
+    if min(ch.rows, cp.rows) >= guard.min_rows_for_psi:
+        results.append(
+            check(gate, "score_psi", psi(cp.probability, ch.probability), guard.max_score_psi, "<=")
+        )
+    elif final:
+        results.append(
+            not_applicable(
+                gate,
+                "score_psi",
+                f"{ch.rows} challenger and {cp.rows} champion rows; a PSI needs {guard.min_rows_for_psi} of "
+                "each to tell a shift from sampling noise",
+            )
+        )
+    labelled = [arm.label[~np.isnan(arm.label)] for arm in (ch, cp)]
+    n_ch, n_cp = (len(x) for x in labelled)
+    metric = f"{guard.metric}_worse_pvalue"
+    if min(n_ch, n_cp) >= guard.min_labelled_per_variant:
+        losses = [
+            row_loss(
+                guard.metric,
+                arm.probability[~np.isnan(arm.label)],
+                arm.label[~np.isnan(arm.label)],
+                threshold,
+            )
+            for arm in (ch, cp)
+        ]
+        diff, pvalue = worse_test(losses[0], losses[1], guard.max_metric_degradation)
+        alpha = 1 - guard.confidence
+        results.append(
+            check(
+                gate,
+                metric,
+                pvalue,
+                alpha,
+                ">=",
+                note=f"Welch t-test, one-sided, H1: challenger {guard.metric} > champion's + "
+                f"{guard.max_metric_degradation}; mean difference {diff:+.4f} on {n_ch} vs {n_cp} labelled rows",
+            )
+        )
+    elif final:
+        results.append(
+            not_applicable(
+                gate,
+                metric,
+                f"{n_ch} challenger and {n_cp} champion rows have labels; the test needs "
+                f"{guard.min_labelled_per_variant} of each (labels arrive later: the approval shows this)",
+            )
+        )
+    return results
+
+
+def breached(results: list[dict]) -> list[dict]:
+    return [r for r in results if r["status"] == FAILED]

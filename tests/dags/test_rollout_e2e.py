@@ -1,0 +1,247 @@
+"""On the real scheduler: `telco_churn__rollout` driven by an operator's REST client.
+
+1. The pipeline's first candidate (no champion): infra validation in a sandbox, shadow and canary
+   not applicable, the approval given with `PATCH .../hitlDetails` as an operator's client
+   would, promotion; the service then serves it, and `slipway history` says who approved it.
+2. A second candidate, with live traffic: shadow and canary pass on the real service, nobody
+   answers the approval, the scheduler's timeout applies the default (Reject), and the candidate is
+   rolled back: the run fails with the reason, the champion is unchanged and still serving.
+
+The spec of the live stack (tests/dags/live.py) shortens the windows and the approval timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.dags.e2e import ROOT, mlflow_client, slipway, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+DAG = "telco_churn__rollout"
+NAME = "telco_churn"
+APPROVAL = "approve_promotion"
+
+
+def _http(method: str, url: str, body=None, key: str | None = None):
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    req = urllib.request.Request(
+        url, json.dumps(body).encode() if body is not None else None, headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {"error": exc.read().decode()[:300]}
+
+
+@pytest.fixture(scope="module")
+def served(live_stack):
+    """`slipway serve` on the stack's serving port, with the stack's registry and prediction log."""
+    stack = live_stack
+    url = f"http://127.0.0.1:{stack.serving_port}"
+    out = open(stack.base / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "include.cli",
+            "serve",
+            "--port",
+            str(stack.serving_port),
+            "--refresh-s",
+            "1",
+            "--pipelines",
+            NAME,
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_until(
+        lambda: _http("GET", f"{url}/health")[0] == 200,
+        120,
+        "the service to start",
+        every=0.5,
+        retry_on=(OSError,),
+        procs={"slipway serve": proc},
+    )
+    key = slipway(
+        stack.env, "keys", "create", "--scopes", "predict,feedback", "--pipeline", NAME
+    ).stdout.split()[0]
+    stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+    yield url, key
+    stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": True})  # later tests' candidates: no rollout
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+    out.close()
+
+
+def _trigger(stack, run_id: str, version: int) -> None:
+    stack.api(
+        "POST",
+        f"/api/v2/dags/{DAG}/dagRuns",
+        {"dag_run_id": run_id, "logical_date": None, "conf": {"version": version}},
+    )
+
+
+def _finished(stack, run_id: str) -> str | None:
+    state = stack.run_state(DAG, run_id)
+    return state if state in ("success", "failed") else None
+
+
+def _candidate(stack) -> int:
+    client = mlflow_client(stack.tracking)
+    if not client.search_model_versions(f"name='{NAME}'"):
+        slipway(stack.env, "run", NAME, "--month", "2025-09", timeout=900)
+    return int(client.get_model_version_by_alias(NAME, "candidate").version)
+
+
+class Traffic(threading.Thread):
+    def __init__(self, url: str, key: str):
+        super().__init__(daemon=True)
+        self.url, self.key = url, key
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, int, dict]] = []
+
+    def run(self) -> None:
+        i = 0
+        row = {
+            "tenure": 12.0,
+            "monthly_charges": 70.0,
+            "total_charges": 840.0,
+            "partner": 1,
+            "dependents": 0,
+            "phone_service": 1,
+            "paperless_billing": 1,
+            "multiple_lines": "No",
+            "internet_service": "Fiber optic",
+            "online_security": "No",
+            "online_backup": "No",
+            "device_protection": "No",
+            "tech_support": "No",
+            "streaming_tv": "Yes",
+            "streaming_movies": "No",
+            "contract": "Month-to-month",
+            "payment_method": "Electronic check",
+        }
+        while not self.stop.is_set():
+            i += 1
+            body = {"inputs": {**row, "customer_id": f"E2E-{i}", "tenure": float(1 + i % 70)}}
+            status, answer = _http("POST", f"{self.url}/v1/{NAME}/predict", body, self.key)
+            self.answers.append((time.time(), status, answer))
+            time.sleep(0.02)
+
+
+def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_back(live_stack, served):
+    stack = live_stack
+    url, key = served
+    client = mlflow_client(stack.tracking)
+    first = _candidate(stack)
+    assert "champion" not in client.get_registered_model(NAME).aliases
+
+    # 1. The first candidate: sandbox, no shadow/canary, approval through the REST API.
+    _trigger(stack, "rollout__first", first)
+    stack.wait_for(
+        lambda: stack.task_states(DAG, "rollout__first").get(APPROVAL) == "awaiting_input",
+        600,
+        "the approval to wait for an operator",
+        every=2,
+    )
+    detail = stack.api(
+        "GET", f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails"
+    )
+    assert f"Promote {NAME} version {first}?" in detail["subject"]
+    assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]
+    assert "no champion yet" in detail["body"]  # shadow and canary: not applicable, and why
+    stack.api(
+        "PATCH",
+        f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails",
+        {"chosen_options": ["Approve"], "params_input": {}},
+    )
+    assert (
+        stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3) == "success"
+    )
+    states = stack.task_states(DAG, "rollout__first")
+    assert set(states.values()) == {"success"}, states
+
+    mv = client.get_model_version(NAME, str(first))
+    assert client.get_registered_model(NAME).aliases.get("champion") == first
+    assert json.loads(mv.tags["slipway.approval"])["by"] == "operator"
+    assert mv.tags["slipway.blessing.infra_validation"] == "passed"
+    assert mv.tags["slipway.blessing.approval"] == "passed"
+    ready = wait_until(
+        lambda: (r := _http("GET", f"{url}/ready")[1]["pipelines"][NAME])["champion"] == first and r,
+        30,
+        "the service to serve the new champion",
+        every=1,
+    )
+    assert ready["challenger"] is None
+    history = slipway(stack.env, "history", NAME).stdout
+    assert f"version {first}" in history and "approved by operator" in history
+    events = stack.api("GET", "/api/v2/assets/events?limit=100")["asset_events"]
+    promoted = [
+        e for e in events if e.get("source_dag_id") == DAG and e.get("source_run_id") == "rollout__first"
+    ]
+    assert [(e["uri"], e["extra"]["version"]) for e in promoted] == [(f"slipway://{NAME}/champion", first)]
+
+    # 2. A second candidate (the same graph, another version) with live traffic; nobody answers.
+    src = client.get_model_version(NAME, str(first))
+    tags = {
+        k: v
+        for k, v in src.tags.items()
+        if not k.startswith(
+            (
+                "slipway.event.",
+                "slipway.approval",
+                "slipway.blessing.approval",
+                "slipway.blessing.infra",
+                "slipway.rollout.",
+            )
+        )
+    }
+    second = int(
+        client.create_model_version(
+            NAME, client.get_model_version_download_uri(NAME, str(first)), run_id=src.run_id, tags=tags
+        ).version
+    )
+    traffic = Traffic(url, key)
+    traffic.start()
+    try:
+        _trigger(stack, "rollout__second", second)
+        final = stack.wait_for(
+            lambda: _finished(stack, "rollout__second"), 900, "the timed-out rollout", every=5
+        )
+    finally:
+        time.sleep(2)
+        traffic.stop.set()
+        traffic.join(30)
+    states = stack.task_states(DAG, "rollout__second")
+    assert final == "failed", states
+    assert states["run_shadow"] == "success" and states["run_canary"] == "success", states
+    assert states["promote_candidate"] == "skipped" and states["conclude_rollout"] == "failed", states
+    aliases = client.get_registered_model(NAME).aliases
+    assert aliases.get("champion") == first and "challenger" not in aliases, aliases
+    mv2 = client.get_model_version(NAME, str(second))
+    assert mv2.tags["slipway.blessing.shadow"] == "passed" and mv2.tags["slipway.blessing.canary"] == "passed"
+    assert json.loads(mv2.tags["slipway.approval"])["by"] == "timeout"
+    assert '"rows_served_by_old_version_after": 0' in mv2.tags["slipway.rollout.served_after_rollback"]
+    lineage = slipway(stack.env, "lineage", f"{NAME}/{second}").stdout
+    assert "shadow_started" in lineage and "canary_started" in lineage
+    assert "rolled_back" in lineage and "no decision before the approval timeout" in lineage
+    # The customers: every request answered, the canary routed some to the second version.
+    statuses = {s for _, s, _ in traffic.answers}
+    assert statuses == {200}, statuses
+    assert {a.get("model_version") for _, _, a in traffic.answers} == {first, second}

@@ -1,0 +1,162 @@
+"""Aliases, traffic and history in a real MLflow registry (SQLite store): promotion, rollback,
+restore, conflicts, and two promotions racing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from include.tasks import promotion as pr
+
+NAME = "telco_churn"
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SLIPWAY_SERVING_DB", f"sqlite:///{tmp_path / 'serving.db'}")
+    mlflow.set_tracking_uri(uri)
+    c = mlflow.MlflowClient(uri)
+    c.create_registered_model(NAME)
+    exp = c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run = c.create_run(exp)
+    for _ in range(4):
+        c.create_model_version(NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return c
+
+
+def test_promotion_moves_champion_keeps_previous_and_clears_the_challenger(client):
+    pr.promote(client, NAME, 1, None, reason="first model")
+    assert pr.aliases(client, NAME) == {"champion": 1}
+    pr.set_challenger(client, NAME, 2, "canary", 0.1)
+    assert pr.aliases(client, NAME) == {"champion": 1, "challenger": 2}
+    assert pr.traffic(client, NAME) == {"mode": "canary", "weight": 0.1, "version": 2}
+    pr.promote(client, NAME, 2, 1, reason="approved by ops", by="ops")
+    assert pr.aliases(client, NAME) == {"champion": 2, "previous": 1}
+    assert pr.traffic(client, NAME)["mode"] == "none"
+
+    pr.restore_previous(client, NAME, reason="bad numbers")
+    assert pr.aliases(client, NAME) == {"champion": 1}
+    with pytest.raises(pr.PromotionConflict, match="no 'previous'"):
+        pr.restore_previous(client, NAME, reason="again")
+
+    events = pr.history(client, NAME)
+    assert [(e["event"], e["version"]) for e in events] == [
+        ("promoted", 1),
+        ("canary_started", 2),
+        ("promoted", 2),
+        ("demoted", 1),
+        ("restored", 1),
+        ("rolled_back_from_champion", 2),
+    ]
+    spans = pr.champion_timeline(events)
+    assert [(s["version"], s["why"]) for s in spans] == [
+        (1, "first model"),
+        (2, "approved by ops"),
+        (1, "bad numbers"),
+    ]
+    assert spans[0]["until"] == spans[1]["since"] and spans[-1]["until"] is None
+
+
+def test_rollback_is_idempotent_and_leaves_the_champion(client):
+    pr.promote(client, NAME, 1, None, reason="first")
+    pr.set_challenger(client, NAME, 2, "shadow", 0)
+    assert pr.end_challenger(client, NAME, 2, "error rate") is not None
+    assert pr.end_challenger(client, NAME, 2, "error rate") is None  # already done: no second event
+    assert pr.aliases(client, NAME) == {"champion": 1}
+    assert pr.traffic(client, NAME)["mode"] == "none"
+    assert [e["event"] for e in pr.history(client, NAME)].count("rolled_back") == 1
+
+
+def test_a_promotion_that_finds_other_aliases_changes_nothing(client):
+    pr.promote(client, NAME, 1, None, reason="first")
+    pr.set_challenger(client, NAME, 2, "canary", 0.5)
+    with pytest.raises(pr.PromotionConflict, match="'champion' is version 1, expected 3"):
+        pr.promote(client, NAME, 2, 3, reason="stale view")
+    with pytest.raises(pr.PromotionConflict, match="already the challenger"):
+        pr.set_challenger(client, NAME, 3, "shadow", 0)
+    with pytest.raises(pr.PromotionConflict, match="'challenger' is version 2, expected 3"):
+        pr.promote(client, NAME, 3, 1, reason="not in rollout")
+    assert pr.aliases(client, NAME) == {"champion": 1, "challenger": 2}
+
+
+def test_two_concurrent_promotions_leave_a_consistent_registry(client, monkeypatch):
+    """Both read champion 1 and try to promote; the lock and the expected-alias check let one win."""
+    import mlflow
+
+    pr.promote(client, NAME, 1, None, reason="first")
+    pr.set_challenger(client, NAME, 2, "canary", 0.5)
+    real_aliases = pr.aliases
+    both_read = threading.Barrier(2, timeout=30)
+
+    def slow_aliases(c, name):  # widen the race: both threads read before either moves anything
+        out = real_aliases(c, name)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return out
+
+    monkeypatch.setattr(pr, "aliases", slow_aliases)
+    outcomes: dict[int, str] = {}
+
+    def attempt(version: int) -> None:
+        c = mlflow.MlflowClient(client.tracking_uri if hasattr(client, "tracking_uri") else None)
+        try:
+            pr.promote(c, NAME, version, 1, reason=f"race {version}")
+            outcomes[version] = "promoted"
+        except pr.PromotionConflict as exc:
+            outcomes[version] = f"refused: {exc}"
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    monkeypatch.setattr(pr, "aliases", real_aliases)
+    assert outcomes[2] == "promoted", outcomes
+    assert outcomes[3].startswith("refused"), outcomes
+    assert pr.aliases(client, NAME) == {"champion": 2, "previous": 1}
+    promoted = [e for e in pr.history(client, NAME) if e["event"] == "promoted"]
+    assert [e["version"] for e in promoted] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("decision", "outcome", "by", "failed", "needle"),
+    [
+        (
+            {
+                "chosen_options": ["Reject"],
+                "responded_by_user": {"id": "ops", "name": "ops"},
+                "responded_at": "T",
+            },
+            "rejected",
+            "ops",
+            False,
+            "rejected by ops",
+        ),
+        (
+            {"chosen_options": ["Reject"], "responded_by_user": None, "responded_at": "T"},
+            "rejected",
+            "timeout",
+            True,
+            "timeout",
+        ),
+        (
+            {"chosen_options": ["Approve"], "responded_by_user": {"name": "ops"}},
+            "approved",
+            "ops",
+            True,
+            "promotion failed",
+        ),
+        (None, "none", None, True, "earlier task failed"),
+    ],
+)
+def test_what_an_approval_means_for_a_candidate_that_was_not_promoted(decision, outcome, by, failed, needle):
+    got = pr.approval_outcome(decision)
+    assert (got["decision"], got["by"], got["failed"]) == (outcome, by, failed)
+    assert needle in got["reason"]
