@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param
 
 from include import assets
@@ -80,7 +79,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
         shadow = b.TrafficPhase(task_id="run_shadow", pipeline=name, phase="shadow")
         canary = b.TrafficPhase(task_id="run_canary", pipeline=name, phase="canary")
         evidence = b.summarise_evidence(name)(selected, infra, shadow.output, canary.output)
-        approve_promotion = ApprovalOperator(
+        approve_promotion = b.ApprovePromotion(
             task_id="approve_promotion",
             subject=f"Promote {name} version {{{{ ti.xcom_pull(task_ids='select_candidate')['version'] }}}}?",
             body=EVIDENCE,

@@ -415,26 +415,9 @@ def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
 
 
 def cmd_demo(args) -> None:
-    t0 = time.monotonic()
-    from include.settings import get_settings
+    from include.demo import main
 
-    s = get_settings()
-    _say(f"state folder {s.home}")
-    cmd_seed(argparse.Namespace(start="2025-01", months=12))
-    _say("preparing the Airflow metadata database (SQLite)")
-    migrate_airflow_db()
-    _say("running telco_churn__train for the data interval 2025-12 (Airflow dag.test, in this process)")
-    t1 = time.monotonic()
-    dr = run_dag("telco_churn__train", "2025-12")
-    _say(f"DAG run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
-    summarise_run("telco_churn", "telco_churn__train", dr.run_id)
-    if str(dr.state) != "success":
-        raise SystemExit("the training run failed; see the task logs above")
-    print()
-    _say(f"demo finished in {time.monotonic() - t0:.1f} s; MLflow store: {s.mlflow_tracking_uri}")
-    _say(
-        "browse it with: make up   (Airflow UI on http://127.0.0.1:8080, MLflow UI on http://127.0.0.1:5000)"
-    )
+    main()
 
 
 def cmd_lineage(args) -> None:
@@ -639,7 +622,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="slipway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="seed the demo data and run telco_churn__train on the embedded stack")
+    p = sub.add_parser(
+        "demo",
+        help="the lifecycle on the embedded stack: train, roll out with traffic, approve, promote (see include/demo.py)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("seed", help="drop the Telco churn monthly batches into the landing zone")

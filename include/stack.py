@@ -31,7 +31,7 @@ def _components(bindir: str) -> dict[str, list[str]]:
     }
 
 
-def _stop(procs: dict[str, subprocess.Popen]) -> None:
+def stop(procs: dict[str, subprocess.Popen]) -> None:
     for proc in procs.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -44,16 +44,11 @@ def _stop(procs: dict[str, subprocess.Popen]) -> None:
             proc.wait(timeout=10)
 
 
-def main() -> None:
-    """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
-    from include.cli import _say, migrate_airflow_db
+def configure(port: str, mlflow_port: str | None = None) -> None:
+    """The embedded stack's environment: Airflow on ``port`` (loopback), tasks reporting back to it."""
     from include.local_run import use_airflow_env
-    from include.settings import get_settings
 
     use_airflow_env()
-    s = get_settings()
-    port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")
-    mlflow_port = os.environ.get("SLIPWAY_MLFLOW_PORT", "5000")
     os.environ.setdefault("AIRFLOW__API__PORT", port)
     os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     # Tasks report back to the API server: it must be where the api-server listens.
@@ -61,11 +56,43 @@ def main() -> None:
     os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
     os.environ.setdefault("AIRFLOW__API__WORKERS", "1")
     os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
-    os.environ.setdefault("SLIPWAY_MLFLOW_UI_URL", f"http://127.0.0.1:{mlflow_port}")  # links in DAG docs
+    if mlflow_port:
+        os.environ.setdefault("SLIPWAY_MLFLOW_UI_URL", f"http://127.0.0.1:{mlflow_port}")  # links in DAG docs
+
+
+def launch(commands: dict[str, list[str]], logs: Path) -> dict[str, subprocess.Popen]:
+    """Start each command in a session of its own (a Ctrl-C reaches this process only, which then
+    stops them in order), its output appended to ``<logs>/<name>.log``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, cmd in commands.items():
+            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            procs[name] = subprocess.Popen(
+                cmd, env=os.environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+    except BaseException:
+        stop(procs)
+        raise
+    return procs
+
+
+def airflow_components() -> dict[str, list[str]]:
+    return _components(os.path.dirname(sys.executable))
+
+
+def main() -> None:
+    """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
+    from include.cli import _say, migrate_airflow_db
+    from include.settings import get_settings
+
+    port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")
+    mlflow_port = os.environ.get("SLIPWAY_MLFLOW_PORT", "5000")
+    configure(port, mlflow_port)
+    s = get_settings()
     migrate_airflow_db()
     bindir = os.path.dirname(sys.executable)
     logs = s.home / "logs" / "stack"
-    logs.mkdir(parents=True, exist_ok=True)
     commands = _components(bindir)
     commands["mlflow"] = [
         os.path.join(bindir, "mlflow"),
@@ -89,16 +116,11 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     try:
-        for name, cmd in commands.items():
-            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-            # A session of their own: Ctrl-C reaches this process only, which stops them in order.
-            procs[name] = subprocess.Popen(
-                cmd, env=os.environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        procs = launch(commands, logs)
         _say(f"component logs in {logs}")
-        _wait_for_api(port, procs)
+        wait_for_api(port, procs)
         _say(
-            f"Airflow UI http://127.0.0.1:{port}  user admin, password {_password(Path(os.environ['AIRFLOW_HOME']))}"
+            f"Airflow UI http://127.0.0.1:{port}  user admin, password {password(Path(os.environ['AIRFLOW_HOME']))}"
         )
         _say(f"MLflow UI  http://127.0.0.1:{mlflow_port}")
         _say(
@@ -114,11 +136,11 @@ def main() -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the orderly stop short
-        _stop(procs)
+        stop(procs)
     _say("stopped")
 
 
-def _wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float = 180) -> None:
+def wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -130,7 +152,7 @@ def _wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float 
             time.sleep(1)
 
 
-def _password(airflow_home: Path) -> str:
+def password(airflow_home: Path) -> str:
     path = airflow_home / "simple_auth_manager_passwords.json.generated"
     try:
         return json.loads(path.read_text())["admin"]

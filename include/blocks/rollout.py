@@ -19,6 +19,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 
 from include.blocks.adapter import Step, block, expected_failures
@@ -99,7 +100,7 @@ def select_candidate(step: Step) -> dict:
 @block
 def validate_infra(step: Step, selected: dict) -> dict:
     """The candidate in a sandboxed service: valid and malformed requests, p99 against the budget."""
-    from include.tasks.gates import raise_for_gate
+    from include.tasks.gates import GateFailed, failure_message, failures
     from include.tasks.infra_validation import GATE, validate
 
     out = validate(step.spec, selected["version"], selected["snapshot_uri"])
@@ -116,7 +117,17 @@ def validate_infra(step: Step, selected: dict) -> dict:
         out["evidence"]["p99_ms"],
         out["evidence"]["statuses"],
     )
-    raise_for_gate(out["results"])
+    failed = failures(out["results"])
+    if failed:
+        raise GateFailed(
+            failure_message(
+                failed,
+                f"The sandbox's answers and log lines are in this task's MLflow run ({uri}); fix the model "
+                "or the service, or revisit rollout.infra in the spec.",
+                consequence=f"Version {selected['version']} got no traffic and no alias moved.",
+            ),
+            out["results"],
+        )
     return {"gate": GATE, "results": out["results"], "evidence_uri": uri}
 
 
@@ -164,6 +175,25 @@ class TrafficPhase(BaseOperator):
             method_name="resume",
             kwargs={"state": state},
         )
+
+
+class ApprovePromotion(ApprovalOperator):
+    """Airflow's ApprovalOperator that first records the decision (XCom ``decision``): on Reject the
+    operator skips its downstream tasks by raising, so its return value never reaches XCom, and
+    ``conclude_rollout`` must still learn who rejected, or that the timeout's default applied."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if "error" not in event:
+            user = event.get("responded_by_user") or {}
+            context["ti"].xcom_push(
+                key="decision",
+                value={
+                    "chosen_options": list(event.get("chosen_options") or []),
+                    "responded_by_user": {"id": user.get("id"), "name": user.get("name")} if user else None,
+                    "responded_at": str(event.get("responded_at") or ""),
+                },
+            )
+        return super().execute_complete(context, event)
 
 
 @block
@@ -251,7 +281,9 @@ def conclude_rollout(step: Step) -> dict:
     if promoted:
         log.info("rollout finished: version %d is the champion", selected["version"])
         return {"outcome": "promoted", "version": selected["version"]}
-    outcome = approval_outcome(ti.xcom_pull(task_ids="approve_promotion"))
+    decision = ti.xcom_pull(task_ids="approve_promotion", key="decision")
+    log.info("approval: %s", decision or "never answered (the approval did not run or failed)")
+    outcome = approval_outcome(decision)
     reason, failed = outcome["reason"], outcome["failed"]
     if outcome["decision"] != "none":
         client = _client()

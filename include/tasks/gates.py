@@ -106,12 +106,14 @@ def describe(r: dict) -> str:
     return line + (f" ({r['note']})" if r.get("note") else "")
 
 
-def failure_message(failed: list[dict], advice: str) -> str:
+def failure_message(
+    failed: list[dict], advice: str, consequence: str = "The candidate is not registered and no alias moved."
+) -> str:
     """What an operator reads when checks failed: each one with value and threshold, then what to do."""
     return (
         f"{len(failed)} gate check(s) failed:\n"
         + "\n".join(f"  - {describe(r)}" for r in failed)
-        + f"\nThe candidate is not registered and no alias moved. {advice}"
+        + f"\n{consequence} {advice}"
     )
 
 

@@ -195,7 +195,9 @@ def validate(spec, version: int, snapshot_uri: str) -> dict:
                     wrong_version += 1
                 if not isinstance(p, float | int) or not 0 <= p <= 1 or body.get("decision") not in (0, 1):
                     bad_answers += 1
-        batch_status, batch = box.call("POST", f"/v1/{spec.name}/predict", {"instances": rows[:100]})
+        batch_status, batch = box.call(
+            "POST", f"/v1/{spec.name}/predict", {"instances": [rows[i % len(rows)] for i in range(100)]}
+        )
         for name, body, raw, accepted, with_key in malformed_cases(spec, rows[0]):
             status, answer = box.call(
                 "POST", f"/v1/{spec.name}/predict", body, key="" if with_key else None, raw=raw

@@ -112,7 +112,7 @@ class LiveStack:
                 "steps": [{**window, "weight": 0.5}],
                 "guardrails": {"min_requests_per_check": 20, "max_p99_latency_ms": 100},
             },
-            "approval": {"timeout_hours": 0.02},  # 72 s: the timeout path runs in the suite
+            "approval": {"timeout_hours": 0.01},  # 36 s: the timeout path runs in the suite
         }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         self.cli("db", "migrate", timeout=600)

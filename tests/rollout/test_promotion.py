@@ -3,48 +3,62 @@ restore, conflicts, and two promotions racing."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
 
 from include.tasks import promotion as pr
 
-NAME = "telco_churn"
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module (creating its tables takes ~10 s); each test its own model."""
+    import mlflow
+
+    base = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    c = mlflow.MlflowClient(uri)
+    exp = c.create_experiment("t", artifact_location=(base / "art").as_uri())
+    return uri, c, c.create_run(exp)
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
+def client(store, name, tmp_path, monkeypatch):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri, c, run = store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SLIPWAY_SERVING_DB", f"sqlite:///{tmp_path / 'serving.db'}")
     mlflow.set_tracking_uri(uri)
-    c = mlflow.MlflowClient(uri)
-    c.create_registered_model(NAME)
-    exp = c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
-    run = c.create_run(exp)
+    c.create_registered_model(name)
     for _ in range(4):
-        c.create_model_version(NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        c.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     return c
 
 
-def test_promotion_moves_champion_keeps_previous_and_clears_the_challenger(client):
-    pr.promote(client, NAME, 1, None, reason="first model")
-    assert pr.aliases(client, NAME) == {"champion": 1}
-    pr.set_challenger(client, NAME, 2, "canary", 0.1)
-    assert pr.aliases(client, NAME) == {"champion": 1, "challenger": 2}
-    assert pr.traffic(client, NAME) == {"mode": "canary", "weight": 0.1, "version": 2}
-    pr.promote(client, NAME, 2, 1, reason="approved by ops", by="ops")
-    assert pr.aliases(client, NAME) == {"champion": 2, "previous": 1}
-    assert pr.traffic(client, NAME)["mode"] == "none"
+@pytest.fixture
+def name(request) -> str:
+    """A registered model of this test's own in the module's store."""
+    return "m_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40]
 
-    pr.restore_previous(client, NAME, reason="bad numbers")
-    assert pr.aliases(client, NAME) == {"champion": 1}
+
+def test_promotion_moves_champion_keeps_previous_and_clears_the_challenger(client, name):
+    pr.promote(client, name, 1, None, reason="first model")
+    assert pr.aliases(client, name) == {"champion": 1}
+    pr.set_challenger(client, name, 2, "canary", 0.1)
+    assert pr.aliases(client, name) == {"champion": 1, "challenger": 2}
+    assert pr.traffic(client, name) == {"mode": "canary", "weight": 0.1, "version": 2}
+    pr.promote(client, name, 2, 1, reason="approved by ops", by="ops")
+    assert pr.aliases(client, name) == {"champion": 2, "previous": 1}
+    assert pr.traffic(client, name)["mode"] == "none"
+
+    pr.restore_previous(client, name, reason="bad numbers")
+    assert pr.aliases(client, name) == {"champion": 1}
     with pytest.raises(pr.PromotionConflict, match="no 'previous'"):
-        pr.restore_previous(client, NAME, reason="again")
+        pr.restore_previous(client, name, reason="again")
 
-    events = pr.history(client, NAME)
+    events = pr.history(client, name)
     assert [(e["event"], e["version"]) for e in events] == [
         ("promoted", 1),
         ("canary_started", 2),
@@ -62,34 +76,34 @@ def test_promotion_moves_champion_keeps_previous_and_clears_the_challenger(clien
     assert spans[0]["until"] == spans[1]["since"] and spans[-1]["until"] is None
 
 
-def test_rollback_is_idempotent_and_leaves_the_champion(client):
-    pr.promote(client, NAME, 1, None, reason="first")
-    pr.set_challenger(client, NAME, 2, "shadow", 0)
-    assert pr.end_challenger(client, NAME, 2, "error rate") is not None
-    assert pr.end_challenger(client, NAME, 2, "error rate") is None  # already done: no second event
-    assert pr.aliases(client, NAME) == {"champion": 1}
-    assert pr.traffic(client, NAME)["mode"] == "none"
-    assert [e["event"] for e in pr.history(client, NAME)].count("rolled_back") == 1
+def test_rollback_is_idempotent_and_leaves_the_champion(client, name):
+    pr.promote(client, name, 1, None, reason="first")
+    pr.set_challenger(client, name, 2, "shadow", 0)
+    assert pr.end_challenger(client, name, 2, "error rate") is not None
+    assert pr.end_challenger(client, name, 2, "error rate") is None  # already done: no second event
+    assert pr.aliases(client, name) == {"champion": 1}
+    assert pr.traffic(client, name)["mode"] == "none"
+    assert [e["event"] for e in pr.history(client, name)].count("rolled_back") == 1
 
 
-def test_a_promotion_that_finds_other_aliases_changes_nothing(client):
-    pr.promote(client, NAME, 1, None, reason="first")
-    pr.set_challenger(client, NAME, 2, "canary", 0.5)
+def test_a_promotion_that_finds_other_aliases_changes_nothing(client, name):
+    pr.promote(client, name, 1, None, reason="first")
+    pr.set_challenger(client, name, 2, "canary", 0.5)
     with pytest.raises(pr.PromotionConflict, match="'champion' is version 1, expected 3"):
-        pr.promote(client, NAME, 2, 3, reason="stale view")
+        pr.promote(client, name, 2, 3, reason="stale view")
     with pytest.raises(pr.PromotionConflict, match="already the challenger"):
-        pr.set_challenger(client, NAME, 3, "shadow", 0)
+        pr.set_challenger(client, name, 3, "shadow", 0)
     with pytest.raises(pr.PromotionConflict, match="'challenger' is version 2, expected 3"):
-        pr.promote(client, NAME, 3, 1, reason="not in rollout")
-    assert pr.aliases(client, NAME) == {"champion": 1, "challenger": 2}
+        pr.promote(client, name, 3, 1, reason="not in rollout")
+    assert pr.aliases(client, name) == {"champion": 1, "challenger": 2}
 
 
-def test_two_concurrent_promotions_leave_a_consistent_registry(client, monkeypatch):
+def test_two_concurrent_promotions_leave_a_consistent_registry(client, name, monkeypatch):
     """Both read champion 1 and try to promote; the lock and the expected-alias check let one win."""
     import mlflow
 
-    pr.promote(client, NAME, 1, None, reason="first")
-    pr.set_challenger(client, NAME, 2, "canary", 0.5)
+    pr.promote(client, name, 1, None, reason="first")
+    pr.set_challenger(client, name, 2, "canary", 0.5)
     real_aliases = pr.aliases
     both_read = threading.Barrier(2, timeout=30)
 
@@ -105,9 +119,9 @@ def test_two_concurrent_promotions_leave_a_consistent_registry(client, monkeypat
     outcomes: dict[int, str] = {}
 
     def attempt(version: int) -> None:
-        c = mlflow.MlflowClient(client.tracking_uri if hasattr(client, "tracking_uri") else None)
+        c = mlflow.MlflowClient()  # its own client (MLFLOW_TRACKING_URI points at the store)
         try:
-            pr.promote(c, NAME, version, 1, reason=f"race {version}")
+            pr.promote(c, name, version, 1, reason=f"race {version}")
             outcomes[version] = "promoted"
         except pr.PromotionConflict as exc:
             outcomes[version] = f"refused: {exc}"
@@ -120,8 +134,8 @@ def test_two_concurrent_promotions_leave_a_consistent_registry(client, monkeypat
     monkeypatch.setattr(pr, "aliases", real_aliases)
     assert outcomes[2] == "promoted", outcomes
     assert outcomes[3].startswith("refused"), outcomes
-    assert pr.aliases(client, NAME) == {"champion": 2, "previous": 1}
-    promoted = [e for e in pr.history(client, NAME) if e["event"] == "promoted"]
+    assert pr.aliases(client, name) == {"champion": 2, "previous": 1}
+    promoted = [e for e in pr.history(client, name) if e["event"] == "promoted"]
     assert [e["version"] for e in promoted] == [1, 2]
 
 
