@@ -9,23 +9,11 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from include.local_run import run_dag, use_airflow_env
+from include.local_run import migrate_airflow_db, run_dag, use_airflow_env
 
 
 def _say(msg: str) -> None:
     print(f"[slipway] {msg}", flush=True)
-
-
-def migrate_airflow_db(quiet: bool = True) -> None:
-    """Create or upgrade the Airflow metadata database."""
-    import subprocess
-
-    use_airflow_env()
-    proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=quiet, text=True, env=os.environ
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"airflow db migrate failed:\n{(proc.stderr or '')[-3000:]}")
 
 
 # ---------------------------------------------------------------- lineage / status

@@ -42,6 +42,7 @@ def _say(msg: str) -> None:
 
 def _free_port(preferred: int) -> int:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to listen on
         try:
             sock.bind(("127.0.0.1", preferred))
             return preferred
@@ -182,7 +183,7 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
 
     def awaiting() -> bool:
         states = af.task_states(dag, run_id)
-        failed = [t for t, s in states.items() if s in ("failed", "upstream_failed")]
+        failed = [t for t, s in states.items() if s == "failed"]
         if failed:
             raise SystemExit(f"rollout {run_id}: {failed} failed; the task logs in the Airflow UI say why")
         return states.get("approve_promotion") == "awaiting_input"
@@ -210,18 +211,17 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
 
 def main() -> None:
     from include import stack
-    from include.cli import cmd_seed, migrate_airflow_db, summarise_run
+    from include.demo_data import seed_landing
     from include.lineage import configure_mlflow
-    from include.local_run import run_dag
+    from include.local_run import migrate_airflow_db, run_dag
     from include.settings import get_settings
     from include.spec import load_pipeline
 
     t0 = time.monotonic()
     s = get_settings()
-    import argparse
-
     _say(f"state folder {s.home}")
-    cmd_seed(argparse.Namespace(start="2025-01", months=12))
+    landed = seed_landing(s.landing_uri, start="2025-01", months=12)
+    _say(f"landed {len(landed)} monthly batches of {PIPELINE} in {s.landing_uri}")
     port = str(_free_port(int(os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080"))))
     serve_port = _free_port(int(os.environ.get("SLIPWAY_SERVE_PORT", "8000")))
     serving_url = f"http://127.0.0.1:{serve_port}"
@@ -231,8 +231,7 @@ def main() -> None:
     _say(f"training the first model on the batches up to {FIRST_MONTH} (dag.test, in this process)")
     dr = run_dag(f"{PIPELINE}__train", FIRST_MONTH)
     if str(dr.state) != "success":
-        summarise_run(PIPELINE, f"{PIPELINE}__train", dr.run_id)
-        raise SystemExit("the first training run failed; see the task logs above")
+        raise SystemExit("the first training run failed; the failed task's log is above")
     client = configure_mlflow().MlflowClient()
     first = int(client.get_model_version_by_alias(PIPELINE, "candidate").version)
     _say(f"+{time.monotonic() - t0:5.0f} s  {PIPELINE} version {first} registered as 'candidate'")

@@ -89,7 +89,8 @@ class _TaskLogs:
                     return run_task(ti=ti, task=task, run_triggerer=run_triggerer)
                 finally:
                     fh.flush()
-                    configure_logging(json_output=False, cache_logger_on_first_use=False)
+                    # The original stdout: sys.stdout may still be a redirection into the (closing) task log.
+                    configure_logging(json_output=False, output=sys.__stdout__, cache_logger_on_first_use=False)
                     if self.echo:
                         print(f"--- {ti.task_id} (try {ti.try_number}): {path}\n{render(path)}", flush=True)
 
@@ -108,6 +109,18 @@ def use_airflow_env() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     if env["PYTHONPATH"] not in sys.path:
         sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p]
+
+
+def migrate_airflow_db(quiet: bool = True) -> None:
+    """Create or upgrade the Airflow metadata database."""
+    import subprocess
+
+    use_airflow_env()
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=quiet, text=True, env=os.environ
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"airflow db migrate failed:\n{(proc.stderr or '')[-3000:]}")
 
 
 def logical_date_for(month: str | None) -> datetime:
@@ -176,6 +189,12 @@ def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
             dr = dag.test(logical_date=logical_date_for(month))
     finally:
         sdk_dag._run_task = original
+        # dag.test leaves the root handler writing to the last task's (now closed) log file, and a
+        # second configure_logging does not replace it: point it back at the console.
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler:
+                with handler.lock:  # not setStream(): it flushes the old, closed stream first
+                    handler.stream = sys.__stdout__
     if quiet and str(dr.state) != "success":
         for ti in dr.get_task_instances(state=["failed"]):
             path = logs.paths.get(ti.task_id)

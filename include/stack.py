@@ -83,7 +83,7 @@ def airflow_components() -> dict[str, list[str]]:
 
 def main() -> None:
     """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
-    from include.cli import _say, migrate_airflow_db
+    from include.local_run import _say, migrate_airflow_db
     from include.settings import get_settings
 
     port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")

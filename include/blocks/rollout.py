@@ -59,8 +59,11 @@ def select_candidate(step: Step) -> dict:
     client = _client()
     version = (step.context["params"] or {}).get("version")
     events = step.context.get("triggering_asset_events") or {}
-    for event in events.get(assets.for_pipeline(name).candidate, []) or []:
-        version = version or (event.extra or {}).get("version")
+    # A run may be triggered by several events (those since the last run, e.g. from while the DAG
+    # was paused): the newest names the candidate to roll out.
+    newest = sorted(events.get(assets.for_pipeline(name).candidate, []) or [], key=lambda e: e.timestamp)
+    if newest and not version:
+        version = (newest[-1].extra or {}).get("version")
     current = aliases(client, name)
     version = int(version or current.get("candidate") or 0)
     if not version:

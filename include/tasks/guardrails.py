@@ -236,7 +236,7 @@ def canary_checks(
             for arm in (ch, cp)
         ]
         diff, pvalue = worse_test(losses[0], losses[1], guard.max_metric_degradation)
-        alpha = 1 - guard.confidence
+        alpha = round(1 - guard.confidence, 6)
         results.append(
             check(
                 gate,

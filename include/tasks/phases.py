@@ -160,5 +160,8 @@ class Phase:
             client.set_model_version_tag(
                 self.pipeline, str(sel["version"]), f"slipway.rollout.{self.phase}_uri", uri
             )
+        from include.tasks.promotion import record_event
+
+        record_event(client, self.pipeline, sel["version"], f"{self.phase}_passed", steps=len(done), **self.run_ref)
         log.info("%s passed: %d step(s)", self.phase, len(done))
         return state, {"gate": self.phase, "results": all_results, "steps": done, "evidence_uri": uri}
