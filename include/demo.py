@@ -191,6 +191,9 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
     _wait(f"{run_id} to ask for approval", awaiting, 900, procs=procs)
     path = f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approve_promotion/-1/hitlDetails"
     detail = af.api("GET", path)
+    # An answer within a second of the task parking races Airflow's own state change (the resumed
+    # task can be lost): answer after a few seconds, as a person reading the evidence would.
+    time.sleep(5)
     _say(f"+{time.monotonic() - t0:5.0f} s  Required Action: {detail['subject']}")
     for line in detail["body"].splitlines():
         if line.startswith("- "):

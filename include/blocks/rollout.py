@@ -246,7 +246,8 @@ def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
     who = by.get("name") or by.get("id") or "unknown"
     at = str(decision.get("responded_at", ""))
     client = _client()
-    approval = {"decision": "approved", "by": who, "at": at}
+    evidence = (step.context["ti"].xcom_pull(task_ids="summarise_evidence") or {}).get("evidence_uri")
+    approval = {"decision": "approved", "by": who, "at": at, "evidence_uri": evidence}
     client.set_model_version_tag(name, str(version), "slipway.approval", json.dumps(approval))
     client.set_model_version_tag(name, str(version), "slipway.blessing.approval", "passed")
     event = promote(
@@ -291,6 +292,7 @@ def conclude_rollout(step: Step) -> dict:
     if outcome["decision"] != "none":
         client = _client()
         record = {k: outcome[k] for k in ("decision", "by", "at")}
+        record["evidence_uri"] = (ti.xcom_pull(task_ids="summarise_evidence") or {}).get("evidence_uri")
         client.set_model_version_tag(
             pipeline, str(selected["version"]), "slipway.approval", json.dumps(record)
         )

@@ -103,7 +103,7 @@ class LiveStack:
         raw["source"]["deadline_days"] = 90
         # Rollout windows of seconds, not hours (the code path is the production one); latency
         # budgets with room for a 2-core machine running the whole stack.
-        window = {"min_requests": 60, "max_duration_minutes": 4}
+        window = {"min_requests": 40, "max_duration_minutes": 4}
         raw["rollout"] = {
             "check_interval_seconds": 3,
             "infra": {"requests": 50, "max_p99_latency_ms": 500},
@@ -112,7 +112,7 @@ class LiveStack:
                 "steps": [{**window, "weight": 0.5}],
                 "guardrails": {"min_requests_per_check": 20, "max_p99_latency_ms": 100},
             },
-            "approval": {"timeout_hours": 0.01},  # 36 s: the timeout path runs in the suite
+            "approval": {"timeout_hours": 0.02},  # 72 s: the timeout path runs in the suite
         }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         self.cli("db", "migrate", timeout=600)

@@ -102,6 +102,12 @@ def _log(stack, run_id: str, task_id: str) -> str:
     return "\n".join(str(line.get("event")) for line in body["content"] if isinstance(line, dict))[-3000:]
 
 
+def _failed_logs(stack, run_id: str) -> str:
+    states = stack.task_states(DAG, run_id)
+    failed = [t for t, st in states.items() if st == "failed"]
+    return f"{states}\n" + "\n".join(f"--- {t}:\n{_log(stack, run_id, t)}" for t in failed)
+
+
 def _finished(stack, run_id: str) -> str | None:
     state = stack.run_state(DAG, run_id)
     return state if state in ("success", "failed") else None
@@ -161,26 +167,28 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
 
     # 1. The first candidate: sandbox, no shadow/canary, approval through the REST API.
     _trigger(stack, "rollout__first", first)
-    stack.wait_for(
-        lambda: stack.task_states(DAG, "rollout__first").get(APPROVAL) == "awaiting_input",
-        600,
-        "the approval to wait for an operator",
-        every=2,
-    )
-    detail = stack.api(
-        "GET", f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails"
-    )
+    path = f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails"
+
+    def asked() -> dict | None:  # the task parked and its Required Action is there
+        if stack.task_states(DAG, "rollout__first").get(APPROVAL) != "awaiting_input":
+            return None
+        try:
+            return stack.api("GET", path)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    detail = stack.wait_for(asked, 600, "the approval to wait for an operator", every=1)
+    # Answered a few seconds after the task parked, as a person would: an answer within ~1 s of
+    # parking races Airflow's own state change (the resumed task was lost and the timeout applied).
+    time.sleep(5)
+    stack.api("PATCH", path, {"chosen_options": ["Approve"], "params_input": {}})
     assert f"Promote {NAME} version {first}?" in detail["subject"]
     assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]
     assert "no champion yet" in detail["body"]  # shadow and canary: not applicable, and why
-    stack.api(
-        "PATCH",
-        f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails",
-        {"chosen_options": ["Approve"], "params_input": {}},
-    )
-    assert (
-        stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3) == "success"
-    )
+    final = stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3)
+    assert final == "success", _failed_logs(stack, "rollout__first")
     states = stack.task_states(DAG, "rollout__first")
     assert set(states.values()) == {"success"}, states
 

@@ -16,14 +16,15 @@ import pytest
 from scipy import stats
 
 from include.serving.predlog import FailureRow, PredictionLog, PredictionRow
-from include.spec import load_pipeline
+from include.spec import Rollout
 from include.tasks import guardrails as g
 from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED
 
 
 @pytest.fixture(scope="module")
 def rollout():
-    return load_pipeline("telco_churn").rollout
+    # The spec model's defaults (the production guardrails), not a pipeline's demo-sized windows.
+    return Rollout()
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def test_two_concurrent_promotions_leave_a_consistent_registry(client, name, mon
     pr.promote(client, name, 1, None, reason="first")
     pr.set_challenger(client, name, 2, "canary", 0.5)
     real_aliases = pr.aliases
-    both_read = threading.Barrier(2, timeout=30)
+    both_read = threading.Barrier(2, timeout=2)  # with the lock the second never arrives
 
     def slow_aliases(c, name):  # widen the race: both threads read before either moves anything
         out = real_aliases(c, name)

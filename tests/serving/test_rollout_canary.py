@@ -1,6 +1,6 @@
 """A canary on the real service: a broken challenger (failing rows, slow graph) is rolled back by
-its guardrails and the version served afterwards is checked; a sound one passes; a shadow phase
-pairs the mirror with the served answer.
+its guardrails and the version served afterwards is checked; a sound one passes; the rollback
+DAG restores the previous champion.
 
 The phases are driven tick by tick (:class:`include.tasks.phases.Phase`, what the rollout DAG's
 deferrable operator runs) while a client thread sends traffic to ``slipway serve`` over HTTP.
@@ -175,16 +175,44 @@ def test_a_sound_canary_passes_its_window(service, registry, row, rollout_env, t
     assert rollout_env.get_model_version(PIPELINE, str(copy)).tags["slipway.blessing.canary"] == "passed"
 
 
-def test_shadow_pairs_the_mirror_with_the_served_answer(service, registry, row, rollout_env, tmp_path):
-    from include.tasks.phases import Phase
+def test_the_rollback_dag_restores_previous_and_checks_what_is_served(
+    service, registry, rollout_env, tmp_path
+):
+    """``telco_churn__rollback`` (dag.test in a subprocess, as `slipway run` does): ``previous``
+    becomes the champion again, the service serves it, the history says who and why."""
+    import subprocess
+    import sys
 
-    copy = _register_variant(registry, tmp_path, lambda b: b)
-    selected = {"version": copy, "champion": 1, "threshold": 0.5}
-    traffic = Traffic(service, row)
-    verdict, _ = _drive(
-        Phase(PIPELINE, "shadow", _spec(), selected, {"dag_run": "test"}, service.db_url), traffic
+    from tests.dags.e2e import ROOT
+
+    newer = _register_variant(registry, tmp_path, lambda b: b)
+    pr.set_challenger(rollout_env, PIPELINE, newer, "canary", 0.1)
+    pr.promote(rollout_env, PIPELINE, newer, 1, reason="test promotion")
+    service.wait(
+        lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["champion"] == newer,
+        30,
+        "newer serving",
     )
-    assert isinstance(verdict, dict), verdict
-    by_metric = {r["metric"]: r for r in verdict["results"]}
-    assert by_metric["decision_disagreement"]["value"] == 0 and by_metric["mean_abs_delta"]["value"] == 0
-    assert {b.get("variant") for _, _, b in traffic.answers} == {"champion"}  # shadow never answers
+    env = {**registry.env, "SLIPWAY_SERVING_URL": service.url, "SLIPWAY_SERVING_DB": service.db_url}
+    code = (
+        "from include.local_run import run_dag; "
+        "dr = run_dag('telco_churn__rollback'); raise SystemExit(0 if str(dr.state) == 'success' else 1)"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        aliases = pr.aliases(rollout_env, PIPELINE)
+        assert aliases["champion"] == 1 and "previous" not in aliases, aliases
+        assert (
+            service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["champion"] == 1
+        )  # checked by the DAG too
+        restored = [e for e in pr.history(rollout_env, PIPELINE) if e["event"] == "restored"][-1]
+        assert restored["version"] == 1 and restored["from_version"] == newer
+        assert "manual rollback" in restored["reason"] and restored["dag_run"].startswith(
+            "telco_churn__rollback/"
+        )
+    finally:
+        if pr.aliases(rollout_env, PIPELINE).get("champion") != 1:  # leave v1 serving for the other tests
+            rollout_env.set_registered_model_alias(PIPELINE, "champion", "1")
