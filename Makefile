@@ -30,8 +30,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff check --select AIR dags plugins include
 
+# Two workers: the live Airflow stack's tests mostly wait on the scheduler, so the other tests run
+# beside them; each worker takes whole groups (see tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 up: install
 	$(BIN)/python -m include.stack

@@ -44,7 +44,6 @@ from airflow.sdk import DAG, Param
 
 from include import assets
 from include.blocks import rollout as b
-from include.blocks.adapter import DEFAULT_ARGS
 from include.spec import PipelineSpec, discover
 
 EVIDENCE = "{{ ti.xcom_pull(task_ids='summarise_evidence')['markdown'] }}"
@@ -61,7 +60,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=False,
         max_active_runs=1,  # one candidate in rollout at a time: there is one challenger slot
-        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        default_args=spec.default_args(),
         tags=["slipway", "rollout", *spec.tags],
         params={
             "version": Param(
@@ -105,7 +104,7 @@ def rollback_dag(spec: PipelineSpec) -> DAG:
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=False,
         max_active_runs=1,
-        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        default_args=spec.default_args(),
         tags=["slipway", "rollout", *spec.tags],
         params={"reason": Param("", type="string", title="Why (recorded in the history)")},
         doc_md=f"### {name}: rollback\n\nRestores the `previous` version as the champion of {name} and "

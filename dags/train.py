@@ -49,7 +49,6 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import train as b
-from include.blocks.adapter import DEFAULT_ARGS
 from include.months import MONTH_PATTERN
 from include.spec import PipelineSpec, discover
 
@@ -87,7 +86,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=spec.schedule.catchup,
         max_active_runs=spec.schedule.max_active_runs,
-        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        default_args=spec.default_args(),
         tags=["slipway", "train", *spec.tags],
         params={
             "month": Param(

@@ -8,7 +8,7 @@ the gate thresholds. Loading never imports heavy libraries: it runs at DAG-parse
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,6 +142,35 @@ class Split(_Strict):
     stratify: bool = True
 
 
+def _check_cron(v: str) -> str:
+    """``v`` if Airflow's cron timetables accept it, else a ValueError naming the fix."""
+    # Validated as Airflow's CronDataIntervalTimetable does (airflow/timetables/_cron.py,
+    # CronMixin.validate): presets mapped to their expressions, then croniter(expression).
+    # croniter is imported here, not at module level: specs load at DAG-parse time.
+    from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+    expression = _CRON_PRESETS.get(v, v)
+    if len(expression.split()) != 5 and not expression.startswith("@"):
+        # Stricter than croniter, which also takes 6-7 fields (seconds, years): data intervals
+        # of a batch pipeline are minutes at the finest, and Airflow cannot describe those.
+        raise ValueError(f"must be a 5-field cron expression such as '0 0 1 * *', got {v!r}")
+    try:
+        schedule = croniter(expression, start_time=datetime(2000, 1, 1))
+    except (CroniterBadCronError, CroniterBadDateError) as exc:
+        raise ValueError(
+            f"is not a cron expression Airflow accepts ({exc}), got {v!r}; use five fields "
+            "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), "
+            "e.g. '0 0 1 * *', or a preset such as '@daily'"
+        ) from None
+    try:
+        schedule.get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(
+            f"never fires (no date matches it), got {v!r}; check the day-of-month and month fields"
+        ) from None
+    return v
+
+
 class Schedule(_Strict):
     """When the training DAG runs; each run trains on batches up to its data interval."""
 
@@ -160,31 +189,34 @@ class Schedule(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        # Validated as Airflow's CronDataIntervalTimetable does (airflow/timetables/_cron.py,
-        # CronMixin.validate): presets mapped to their expressions, then croniter(expression).
-        # croniter is imported here, not at module level: specs load at DAG-parse time.
-        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+        return _check_cron(v)
 
-        expression = _CRON_PRESETS.get(v, v)
-        if len(expression.split()) != 5 and not expression.startswith("@"):
-            # Stricter than croniter, which also takes 6-7 fields (seconds, years): data intervals
-            # of a batch pipeline are minutes at the finest, and Airflow cannot describe those.
-            raise ValueError(f"must be a 5-field cron expression such as '0 0 1 * *', got {v!r}")
-        try:
-            schedule = croniter(expression, start_time=datetime(2000, 1, 1))
-        except (CroniterBadCronError, CroniterBadDateError) as exc:
+
+class Retries(_Strict):
+    """Retries of a failed task in every DAG of the pipeline (Slipway's deterministic errors, such as a
+    bad batch or a failed gate, are never retried). The delay doubles on each try, up to the cap,
+    which also holds when a cleared run's try numbers are high."""
+
+    count: int = Field(2, ge=0, le=10)
+    delay_seconds: float = Field(60, ge=1, le=3600, description="Wait before the first retry.")
+    max_delay_seconds: float = Field(300, ge=1, le=86400, description="Cap on the doubled wait.")
+
+    @model_validator(mode="after")
+    def _cap(self) -> Retries:
+        if self.max_delay_seconds < self.delay_seconds:
             raise ValueError(
-                f"is not a cron expression Airflow accepts ({exc}), got {v!r}; use five fields "
-                "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), "
-                "e.g. '0 0 1 * *', or a preset such as '@daily'"
-            ) from None
-        try:
-            schedule.get_next(datetime)
-        except CroniterBadDateError:
-            raise ValueError(
-                f"never fires (no date matches it), got {v!r}; check the day-of-month and month fields"
-            ) from None
-        return v
+                f"max_delay_seconds ({self.max_delay_seconds}) must be at least delay_seconds ({self.delay_seconds})"
+            )
+        return self
+
+    def default_args(self) -> dict[str, Any]:
+        """As Airflow's task arguments (the backoff is computed from the try number)."""
+        return {
+            "retries": self.count,
+            "retry_delay": timedelta(seconds=self.delay_seconds),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(seconds=self.max_delay_seconds),
+        }
 
 
 class _SkippableGate(_Strict):
@@ -437,6 +469,82 @@ class Rollout(_Strict):
     approval: Approval = Field(default_factory=Approval)
 
 
+class DriftCheck(_Strict):
+    """Data and prediction drift of an interval's traffic against the champion's training snapshot.
+
+    PSI per feature on the reference's bins (numeric: deciles; categorical: one bin per category,
+    plus unseen and missing). With n rows, two samples of one distribution differ by a PSI of about
+    (bins - 1) / n: below ``min_rows`` the interval is not judged."""
+
+    max_feature_psi: float = Field(0.25, gt=0, description="A feature whose PSI exceeds this has drifted.")
+    max_prediction_psi: float = Field(
+        0.25, gt=0, description="The champion's scores against its scores on the held-out test split."
+    )
+    min_rows: int = Field(500, ge=100, description="Served rows an interval needs before drift is judged.")
+    report_sample_rows: int = Field(
+        5000,
+        ge=200,
+        le=200000,
+        description="Rows (of the interval and of the reference) in the Evidently report stored with the run.",
+    )
+
+
+class PerformanceCheck(_Strict):
+    """Live performance and the business KPI from feedback labels. Labels arrive late: the check looks
+    at predictions made between ``label_delay_hours + window_hours`` and ``label_delay_hours`` ago,
+    whose labels had time to arrive."""
+
+    label_delay_hours: float = Field(24, ge=0, le=24 * 90)
+    window_hours: float = Field(24, gt=0, le=24 * 90)
+    min_labelled: int = Field(
+        200, ge=20, description="Labelled predictions the window needs; fewer: not judged."
+    )
+    max_roc_auc_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Live ROC AUC below the version's test ROC AUC by more than this breaches.",
+    )
+    max_kpi_drop: float = Field(
+        0.25,
+        ge=0,
+        description="Live value per 1,000 predictions below the version's test value by more than this "
+        "fraction of it breaches.",
+    )
+    sustained_checks: int = Field(
+        3,
+        ge=1,
+        le=168,
+        description="Consecutive breaching checks before a performance drop triggers retraining.",
+    )
+
+
+class Monitoring(_Strict):
+    """``<pipeline>__monitor``: the served traffic watched, alerts, and drift-triggered retraining."""
+
+    schedule: str = Field("@hourly", description="Cron of the monitor; each run checks its data interval.")
+    drift: DriftCheck = Field(default_factory=DriftCheck)
+    performance: PerformanceCheck = Field(default_factory=PerformanceCheck)
+    cooldown_hours: float = Field(
+        24,
+        ge=0,
+        le=24 * 90,
+        description="After a breach triggers retraining (or an alert), further breaches within this time "
+        "are recorded but trigger nothing: one drift episode, one retrain.",
+    )
+    alert_connection: str = Field(
+        "slipway_alerts",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Airflow connection of the alerts: type http (a webhook, JSON POST) or smtp (the "
+        "e-mail goes to the connection's extra 'to'). Without it alerts are logged as warnings.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return _check_cron(v)
+
+
 class Business(_Strict):
     """The business objective as a cost/benefit of acting on a positive prediction.
 
@@ -480,6 +588,8 @@ class PipelineSpec(_Strict):
     business: Business = Field(default_factory=Business)
     model_card: ModelCard = Field(default_factory=ModelCard)
     rollout: Rollout = Field(default_factory=Rollout)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    retries: Retries = Field(default_factory=Retries)
     expectation_suite: str | None = Field(
         default=None, description="Suite file in include/expectations/; defaults to <name>.json"
     )
@@ -542,6 +652,10 @@ class PipelineSpec(_Strict):
     def dag_id(self, purpose: str) -> str:
         """``<pipeline>__<purpose>``."""
         return f"{self.name}__{purpose}"
+
+    def default_args(self) -> dict[str, Any]:
+        """The ``default_args`` of the pipeline's DAGs: owner and retries (capped exponential backoff)."""
+        return {"owner": self.owner, **self.retries.default_args()}
 
 
 # Type names as a Great Expectations suite spells them for a pandas batch (type_ of

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import inspect
 import logging
-from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,13 @@ from typing import Any
 from airflow.sdk import task
 
 from include.lineage import data_ref, track, tracked
+from include.spec import Retries
 
 # Retries with a capped exponential backoff: 1, then 2 minutes. Airflow computes the backoff from
 # the try number, which keeps counting across clears (a third clear's first retry would wait 2^5
-# minutes): the cap keeps every wait under 5 minutes.
-DEFAULT_ARGS = {
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=5),
-}
+# minutes): the cap keeps every wait under 5 minutes. A pipeline's DAGs take theirs from its spec
+# (``retries:``, the same defaults); this is for DAGs written by hand.
+DEFAULT_ARGS = Retries().default_args()
 
 __all__ = ["DEFAULT_ARGS", "Step", "block", "custom_task", "data_ref", "expected_failures"]
 

@@ -121,27 +121,20 @@ def p99(values: np.ndarray) -> float | None:
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
-    """Population stability index of ``current`` against ``reference``.
+    """Population stability index of ``current`` against ``reference``, on the reference's bins
+    (its inner deciles, or one bin per value when it has ``bins`` or fewer: see
+    :func:`include.tasks.drift.numeric_edges`)."""
+    from include.tasks.drift import numeric_edges, psi_from_shares
 
-    Bins: the reference's inner deciles; when the reference has ``bins`` or fewer distinct values
-    (a constant, a shallow tree), one bin per value plus one below and one above them, so a move
-    between tied scores or beyond the reference's range is never binned away."""
-    ref = np.asarray(reference, dtype=float)
-    cur = np.asarray(current, dtype=float)
-    distinct = np.unique(ref)
-    if len(distinct) <= bins:
-        span = 1e-9 * max(1.0, float(np.abs(distinct).max()))
-        mids = (distinct[:-1] + distinct[1:]) / 2
-        edges = np.concatenate([[distinct[0] - span], mids, [distinct[-1] + span]])
-    else:
-        edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = numeric_edges(reference, bins)
     shares = [
-        np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1) / len(x)
-        for x in (ref, cur)
+        np.bincount(
+            np.searchsorted(edges, np.asarray(x, dtype=float), side="right"), minlength=len(edges) + 1
+        )
+        / len(x)
+        for x in (reference, current)
     ]
-    eps = 1e-4
-    r, c = (np.clip(x, eps, None) for x in shares)
-    return float(np.sum((c - r) * np.log(c / r)))
+    return psi_from_shares(*shares)
 
 
 def row_loss(metric: str, probability: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> np.ndarray:
