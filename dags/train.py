@@ -16,8 +16,14 @@ gates), `check_fairness`, `explain_model` (SHAP, forbidden features, proxy probe
 `check_robustness`, `optimise_onnx` (parity at the decision threshold, latency) →
 `bless_candidate` → `write_model_card` → `register_model` (asset `<pipeline>__candidate`).
 
+**When it runs.** On the spec's cron (`schedule.cron`), **or** when `<pipeline>__monitor` reports
+drift or a sustained performance drop (asset `<pipeline>__drift`, at most once per the monitor's
+cool-down). The run's MLflow record (tag `slipway.trigger`: schedule, drift, performance, manual)
+and `slipway lineage` say which, with the monitor's evidence.
+
 **Which month a run processes.** The month in which its data interval starts: the scheduled run of
-October (interval 2026-10-01 to 2026-11-01, started on 1 November) processes 2026-10. To run a
+October (interval 2026-10-01 to 2026-11-01, started on 1 November) processes 2026-10. A
+drift-triggered run processes the newest month whose batch has landed. To run a
 month by hand, trigger the DAG and fill in **month** (`YYYY-MM`) in the trigger form, or send
 `{"conf": {"month": "2025-10"}}` with the REST API; without it a manual run processes the period
 that ends at its logical date (logical date 2026-01-01: December 2025). Every run's MLflow record
@@ -45,7 +51,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import train as b
@@ -78,11 +84,14 @@ def _mlflow_link(name: str) -> str:
 def training_dag(spec: PipelineSpec) -> DAG:
     """``<pipeline>__train``: batch -> lake -> DVC -> suite -> model -> gates -> blessing -> registry."""
     name = spec.name
-    candidate = assets.for_pipeline(name).candidate
+    a = assets.for_pipeline(name)
     with DAG(
         dag_id=spec.dag_id("train"),
         description=f"Train, gate and register a candidate for {name}",
-        schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone="UTC"),
+        # The month's cron, or the monitor's drift event (a retrain on the newest landed month).
+        schedule=AssetOrTimeSchedule(
+            timetable=CronDataIntervalTimetable(spec.schedule.cron, timezone="UTC"), assets=[a.drift]
+        ),
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=spec.schedule.catchup,
         max_active_runs=spec.schedule.max_active_runs,
@@ -123,7 +132,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         )
         carded = b.write_model_card(name)(trained, versioned, validated, blessed)
         # One registration at a time per pipeline: the alias check-then-move is not atomic in MLflow.
-        b.register_model(name, outlets=[candidate], max_active_tis_per_dag=1)(
+        b.register_model(name, outlets=[a.candidate], max_active_tis_per_dag=1)(
             trained, versioned, validated, carded
         )
     return dag

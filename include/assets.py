@@ -2,7 +2,9 @@
 
 ``for_pipeline("telco_churn").candidate`` is updated by ``telco_churn__train`` when it registers a
 new candidate version and schedules ``telco_churn__rollout``; ``champion`` is updated on every
-promotion and rollback. The DAG files name these in
+promotion and rollback; ``drift`` is updated by ``telco_churn__monitor`` when served traffic drifted
+or live performance dropped (its payload: the cause, the window and what breached), and
+schedules ``telco_churn__train`` besides its cron. The DAG files name these in
 ``outlets=`` and ``schedule=``; the blocks set the event payload on the same objects.
 """
 
@@ -20,6 +22,7 @@ class PipelineAssets:
 
     candidate: Asset
     champion: Asset
+    drift: Asset
 
 
 @functools.cache
@@ -28,4 +31,5 @@ def for_pipeline(pipeline: str) -> PipelineAssets:
     return PipelineAssets(
         candidate=Asset(name=f"{pipeline}__candidate", uri=f"slipway://{pipeline}/candidate", group="model"),
         champion=Asset(name=f"{pipeline}__champion", uri=f"slipway://{pipeline}/champion", group="model"),
+        drift=Asset(name=f"{pipeline}__drift", uri=f"slipway://{pipeline}/drift", group="monitoring"),
     )

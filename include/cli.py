@@ -98,6 +98,10 @@ def lineage_record(ref: str) -> dict:
                 parent.data.tags.get("slipway.interval_end") if parent else None,
             ],
             "mlflow_run_id": parent.info.run_id if parent else None,
+            "trigger": parent.data.tags.get("slipway.trigger") if parent else None,
+            "trigger_evidence": json.loads(parent.data.tags["slipway.trigger.evidence"])
+            if parent and "slipway.trigger.evidence" in parent.data.tags
+            else None,
         },
         "tasks": tasks,
         "data_version": {"dvc_md5": tags.get("slipway.data_version"), "uri": tags.get("slipway.dvc_uri")},
@@ -160,6 +164,20 @@ def _event_line(e: dict) -> str:
     )
 
 
+def _trigger_line(evidence: dict) -> str:
+    """A triggering event's payload in one line: the monitor's window and what breached."""
+    parts = []
+    if evidence.get("since") and evidence.get("until"):
+        parts.append(f"window {evidence['since']} -> {evidence['until']}")
+    for item in [*evidence.get("drifted", []), *evidence.get("performance", [])][:5]:
+        parts.append(f"{item['metric']} {item['value']} (limit {item['threshold']})")
+    if evidence.get("drifted_count", 0) > 5:
+        parts.append(f"{evidence['drifted_count']} drifted in all")
+    if evidence.get("version") and not parts:
+        parts.append(f"version {evidence['version']}")
+    return "; ".join(parts)
+
+
 def _blessing_results(uri: str | None) -> list[dict]:
     """Every gate result (value, threshold, state, note) from the version's blessing record."""
     if not uri:
@@ -188,6 +206,11 @@ def print_lineage(rec: dict) -> None:
     print(f"source     {m['source']}")
     print(f"dag run    {d['dag_id']} / {d['run_id']}  state={d['state']}")
     print(f"interval   {d['data_interval'][0]} -> {d['data_interval'][1]}")
+    if d.get("trigger"):
+        print(
+            f"trigger    {d['trigger']}"
+            + (f"  {_trigger_line(d['trigger_evidence'])}" if d.get("trigger_evidence") else "")
+        )
     print(f"data       DVC md5 {rec['data_version']['dvc_md5']}  {rec['data_version']['uri']}")
     v = rec["validation"] or {}
     print(

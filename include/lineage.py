@@ -224,6 +224,26 @@ def _month(context) -> str:
         return ""
 
 
+_RUN_TYPE_CAUSE = {"scheduled": "schedule", "manual": "manual", "backfill": "backfill"}
+
+
+def trigger_tags(context, run_type: str) -> dict[str, str]:
+    """Why the DAG run started, for its MLflow record: ``schedule``, ``manual``, ``backfill``, or what
+    the newest triggering asset event says (its ``cause``, e.g. ``drift`` or ``performance``, with
+    that event's payload as evidence)."""
+    events = context.get("triggering_asset_events") or {}
+    flat = sorted((e for evs in events.values() for e in (evs or [])), key=lambda e: e.timestamp)
+    if flat:
+        newest = flat[-1]
+        extra = dict(getattr(newest, "extra", None) or {})
+        asset = getattr(getattr(newest, "asset", None), "name", "") or "an asset"
+        return {
+            f"{TAG}trigger": str(extra.get("cause") or f"asset {asset}"),
+            f"{TAG}trigger.evidence": json.dumps(extra, sort_keys=True, default=str)[:5000],
+        }
+    return {f"{TAG}trigger": _RUN_TYPE_CAUSE.get(run_type, run_type or "unknown")}
+
+
 def _context_ids(context) -> dict[str, Any]:
     ti = context["ti"]
     dag_run = context["dag_run"]
@@ -261,6 +281,7 @@ def track(pipeline: str, context, inputs: Any = None):
             f"{TAG}interval_end": ids["interval_end"],
             f"{TAG}run_type": ids["run_type"],
             f"{TAG}month": ids["month"],
+            **trigger_tags(context, ids["run_type"]),
         },
     )
     key = {

@@ -4,7 +4,8 @@ A run processes the month in which its data interval **starts**: the scheduled r
 (data interval 2026-10-01 -> 2026-11-01, started on 1 November) processes 2026-10. A manual run
 may name its month with the ``month`` parameter of the trigger form (``YYYY-MM``), which wins;
 without it, a manual run's data interval is the period that ends at its logical date, so a run
-triggered with logical date 2026-01-01 processes 2025-12.
+triggered with logical date 2026-01-01 processes 2025-12. A run started by an asset event that
+names a month (the monitor's drift event names the newest month that has landed) processes it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ def run_month(context) -> str:
         if not MONTH.match(str(chosen)):
             raise ValueError(f"the month parameter must be YYYY-MM (e.g. 2025-10), got {chosen!r}")
         return str(chosen)
+    # A run started by an asset event that names a month (a drift-triggered retrain: the newest
+    # month that has landed) processes that month; the newest such event wins.
+    events = context.get("triggering_asset_events") or {}
+    named = sorted(
+        (e for evs in events.values() for e in (evs or []) if (getattr(e, "extra", None) or {}).get("month")),
+        key=lambda e: e.timestamp,
+    )
+    if named:
+        month = str(named[-1].extra["month"])
+        if not MONTH.match(month):
+            raise ValueError(f"the triggering asset event names month {month!r}, not YYYY-MM")
+        return month
     for key in ("data_interval_start", "logical_date"):
         value = context.get(key)
         if value is not None:

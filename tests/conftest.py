@@ -60,16 +60,37 @@ def _group(path: str) -> str:
     return path
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (-p no:xdist) has no such hook
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's scope scheduling, with the scopes of :func:`_group` (its ``xdist_group`` marks
     are lost on pytest 9: the node id they are appended to is read-only there)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order above (not the largest group first)
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _group(nodeid.split("::", 1)[0])
 
     return ByGroup(config, log)
+
+
+# The live stack's modules run in the order of a model's life: trained, rolled out, monitored; the
+# scheduler tests (which train past months and kill tasks) last.
+LIVE_ORDER = ("test_local_run_record", "test_rollout_e2e", "test_monitor_e2e", "test_scheduler_e2e")
+
+
+def _rank(item) -> tuple[int, int]:
+    group = _group(Path(str(item.path)).resolve().relative_to(PROJECT_ROOT).as_posix())
+    if group == "live":
+        return 0, LIVE_ORDER.index(item.path.stem) if item.path.stem in LIVE_ORDER else len(LIVE_ORDER)
+    return (1, 0) if group == "serving" else (2, 0)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The two longest groups first (the live stack's, mostly waiting on the scheduler, and the
+    serving tests), so each worker starts on one and the other modules fill in around them."""
+    items.sort(key=_rank)  # stable: the other modules keep their order
 
 
 def pytest_sessionfinish(session, exitstatus):

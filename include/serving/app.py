@@ -404,6 +404,12 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
             return denied
         m.QUEUE_DEPTH.set(service.log.queue_depth)
         m.sync_counters(service)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, m.sync_monitor, service.config.db_url, service.config.pipelines
+            )
+        except Exception as exc:  # the scrape still answers with the service's own metrics
+            log.warning("monitor gauges not refreshed: %s", str(exc).splitlines()[0][:200])
         body, content_type = m.render()
         return Response(body, media_type=content_type)
 

@@ -55,6 +55,20 @@ LOG_ROWS = Counter("slipway_log_rows_written", "Rows committed to the prediction
 LOG_FAILURES = Counter("slipway_log_write_failures", "Failed prediction-log commits")
 RELOAD_FAILURES = Counter("slipway_model_reload_failures", "Failed registry reads or refused model versions")
 
+# The monitor's newest check per pipeline (``<pipeline>__monitor`` writes it to the prediction log's
+# database; every worker reads the same row, so "max" across processes is that row).
+MONITOR = {
+    key: Gauge(f"slipway_monitor_{key}", help_, ["pipeline"], multiprocess_mode="max")
+    for key, help_ in {
+        "interval_end": "End of the newest interval the monitor checked (Unix time)",
+        "served_rows": "Served rows in that interval",
+        "no_traffic": "1 when that interval had no traffic",
+        "drift_breach": "1 when that interval's traffic drifted from the champion's reference",
+        "performance_breach": "1 when live performance or the business KPI was below its floor",
+        "drifted_checks": "Features (and the score) whose PSI exceeded the bound in that interval",
+    }.items()
+}
+
 _seen: dict[str, int] = {}
 _children: dict[tuple, object] = {}
 
@@ -81,6 +95,15 @@ def sync_counters(service) -> None:
     _advance(LOG_FAILURES, "failures", service.log.commit_failures)
     _advance(RELOAD_FAILURES, "reloads", service.registry.reload_failures)
     QUEUE_DEPTH.set(service.log.queue_depth)
+
+
+def sync_monitor(db_url: str | None, pipelines: list[str]) -> None:
+    """Copy the monitor's newest check of each pipeline into the gauges (blocking: a DB read)."""
+    from include.tasks.monitor import latest_summary
+
+    for pipeline, values in latest_summary(db_url, pipelines).items():
+        for key, value in values.items():
+            child(MONITOR[key], pipeline).set(value)
 
 
 def render() -> tuple[bytes, str]:

@@ -37,7 +37,9 @@ def _free_port() -> int:
 def _admin():
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    conn = psycopg2.connect(
+        host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5
+    )
     conn.autocommit = True
     return conn
 
@@ -56,6 +58,7 @@ class LiveStack:
         self._token: str | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.serving_port = _free_port()  # the inference service the rollout DAG drives, when started
+        self.alert_port = _free_port()  # the monitor's alert webhook (a test listens there when it needs it)
         self.tracking = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.databases['mlflow']}"
         airflow_home = base / "airflow"
         airflow_home.mkdir(parents=True)
@@ -68,6 +71,9 @@ class LiveStack:
             SLIPWAY_SERVING_URL=f"http://127.0.0.1:{self.serving_port}",
             SLIPWAY_MLFLOW_ARTIFACT_URI=(self.home / "mlflow-artifacts").as_uri(),
             AIRFLOW_HOME=str(airflow_home),
+            AIRFLOW_CONN_SLIPWAY_ALERTS=json.dumps(
+                {"conn_type": "http", "host": "127.0.0.1", "port": self.alert_port, "schema": "http"}
+            ),
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=(
                 f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.databases['airflow']}"
             ),
@@ -116,10 +122,16 @@ class LiveStack:
             },
             "approval": {"timeout_hours": 0.01},  # 36 s: the timeout path runs in the suite
         }
+        # Hours of traffic written by the monitor test; a cool-down of two of them.
+        raw["monitoring"] = {"cooldown_hours": 2, "drift": {"min_rows": 200, "report_sample_rows": 500}}
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         self.cli("db", "migrate", timeout=600)
         subprocess.run(
-            [sys.executable, "-m", "include.cli", "seed"], cwd=ROOT, env=self.env, check=True, capture_output=True
+            [sys.executable, "-m", "include.cli", "seed"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
         )
         logs = self.base / "logs"
         logs.mkdir()
@@ -175,7 +187,11 @@ class LiveStack:
     # ------------------------------------------------------------------ helpers
     def cli(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [sys.executable, "-m", "airflow", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            [sys.executable, "-m", "airflow", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if proc.returncode != 0:
@@ -190,7 +206,10 @@ class LiveStack:
         if self._token is None:
             body = json.dumps({"username": "operator", "password": PASSWORD}).encode()
             req = urllib.request.Request(
-                f"{self.url}/auth/token", data=body, method="POST", headers={"Content-Type": "application/json"}
+                f"{self.url}/auth/token",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
             )
             with urllib.request.urlopen(req, timeout=30) as resp:
                 self._token = json.loads(resp.read())["access_token"]

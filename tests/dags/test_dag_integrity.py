@@ -72,6 +72,9 @@ def test_every_dag_is_well_formed(bag):
                 "promote",
                 "conclude",
                 "restore",
+                "judge",
+                "send",
+                "trigger",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
 
@@ -244,3 +247,30 @@ def test_rollout_and_rollback_dag_shape(bag):
     [task] = rollback.tasks
     assert task.task_id == "restore_previous_champion"
     assert [o.name for o in task.outlets] == ["telco_churn__champion"]
+
+
+def test_monitor_dag_shape_and_training_on_cron_or_drift(bag):
+    from include.spec import load_pipeline
+
+    spec = load_pipeline("telco_churn")
+    dag = bag.dags["telco_churn__monitor"]
+    assert {t.task_id for t in dag.tasks} == {
+        "check_drift",
+        "check_performance",
+        "judge_interval",
+        "send_alert",
+        "trigger_retraining",
+    }
+    assert dag.get_task("judge_interval").upstream_task_ids == {"check_drift", "check_performance"}
+    assert dag.get_task("send_alert").upstream_task_ids == {"judge_interval"}
+    assert [o.name for o in dag.get_task("trigger_retraining").outlets] == ["telco_churn__drift"]
+    assert dag.max_active_runs == 1 and not dag.catchup  # intervals judged in order (the cool-down)
+    assert spec.monitoring.schedule == "@hourly" and dag.timetable.expression == "0 * * * *"
+    # The training DAG runs on its cron OR the drift asset.
+    train = bag.dags["telco_churn__train"]
+    assert type(train.timetable).__name__ == "AssetOrTimeSchedule"
+    assert [a.name for a in train.timetable.asset_condition.objects] == ["telco_churn__drift"]
+    assert train.timetable.timetable.expression == spec.schedule.cron == "0 0 1 * *"
+    assert "drift" in train.doc_md and "slipway.trigger" in train.doc_md
+    # Retries come from the spec (the live stack shortens them; these are the shipped defaults).
+    assert train.default_args["retries"] == spec.retries.count == 2

@@ -1,0 +1,402 @@
+"""Blocks of the monitoring family (``dags/monitor.py``): each interval of served traffic watched.
+
+``check_drift`` and ``check_performance`` (side by side) → ``judge_interval`` (records the interval
+in ``slipway_monitor``, decides with the cool-down) → ``send_alert`` and ``trigger_retraining``
+(each skipped when there is nothing to send). The logic lives in :mod:`include.tasks.drift` and
+:mod:`include.tasks.monitor`; these bodies read the context, call it, and record what it found in
+the task's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from include.blocks.adapter import Step, block
+
+log = logging.getLogger("slipway")
+
+
+def _client():
+    from include.lineage import configure_mlflow
+
+    return configure_mlflow().MlflowClient()
+
+
+def _interval(step: Step) -> tuple[str, str]:
+    from include.tasks.monitor import iso
+
+    ctx = step.context
+    start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
+    if start is None or end is None:  # no interval (a run without a timetable's): the hour before it
+        from datetime import timedelta
+
+        end = ctx["dag_run"].run_after
+        start = end - timedelta(hours=1)
+    return iso(start), iso(end)
+
+
+def _skip(reason: str):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    log.info("%s", reason)
+    return AirflowSkipException(reason)
+
+
+def reference_profile(step: Step, client, version: int):
+    """The version's reference profile, built once from its training snapshot and stored in the lake."""
+    from include import storage
+    from include.tasks.drift import Profile, build_profile, read_snapshot
+    from include.uri import join
+
+    uri = join(step.settings.lake_uri, step.pipeline, "monitoring", "reference", f"version={version}.json")
+    if storage.exists(uri):
+        return Profile.from_json(storage.read_bytes(uri)), uri
+    import mlflow
+
+    from include.serving.models import load_onnx
+    from include.spec import SPLIT_COLUMN
+    from include.tasks.onnx_export import predict_proba_onnx
+    from include.tasks.train import feature_frame
+
+    mv = client.get_model_version(step.pipeline, str(version))
+    tags = dict(mv.tags)
+    snapshot = read_snapshot(tags["slipway.snapshot_uri"])
+    test = snapshot[snapshot[SPLIT_COLUMN] == "test"] if SPLIT_COLUMN in snapshot else snapshot
+    with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp))
+        model = load_onnx(
+            step.pipeline,
+            version,
+            folder,
+            tags.get("slipway.onnx_sha256", ""),
+            float(tags.get("slipway.decision_threshold", "0.5")),
+        )
+        scores = predict_proba_onnx(model.session, step.spec, feature_frame(test, step.spec))
+    profile = build_profile(step.spec, version, snapshot, scores)
+    storage.write_bytes(uri, profile.to_json())
+    log.info("reference profile of version %d built from %s: %s", version, tags["slipway.snapshot_uri"], uri)
+    return profile, uri
+
+
+def _report(step: Step, client, version: int, sample: list[dict]) -> dict:
+    """Evidently's drift report on the sample of the interval against a sample of the reference."""
+    import pandas as pd
+
+    from include.spec import SPLIT_COLUMN
+    from include.tasks.drift import evidently_report, feature_kinds, read_snapshot
+
+    cfg = step.spec.monitoring.drift
+    kinds = feature_kinds(step.spec)
+    snapshot = read_snapshot(
+        client.get_model_version(step.pipeline, str(version)).tags["slipway.snapshot_uri"]
+    )
+    ref = snapshot[snapshot[SPLIT_COLUMN] == "train"] if SPLIT_COLUMN in snapshot else snapshot
+    ref = ref.sample(n=min(len(ref), cfg.report_sample_rows), random_state=0)[list(kinds)]
+    cur = pd.DataFrame(sample, columns=list(kinds))
+    for name, kind in kinds.items():
+        if kind == "numeric":
+            ref[name], cur[name] = ref[name].astype(float), pd.to_numeric(cur[name], errors="coerce")
+        else:
+            ref[name], cur[name] = ref[name].astype(str), cur[name].astype(str)
+    with tempfile.TemporaryDirectory(prefix="slipway-drift-") as tmp:
+        summary = evidently_report(
+            ref.reset_index(drop=True), cur, str(Path(tmp) / "report.html"), str(Path(tmp) / "report.json")
+        )
+        step.mlflow.log_artifacts(tmp, artifact_path="drift")
+    return {
+        "uri": step.evidence("drift/report.html"),
+        "json_uri": step.evidence("drift/report.json"),
+        **summary,
+    }
+
+
+@block
+def check_drift(step: Step) -> dict:
+    """Per-feature and prediction drift of the interval's served rows against the champion's reference."""
+    from include.tasks.drift import count_window, drift_checks, stream_window
+    from include.tasks.promotion import aliases
+
+    name, cfg = step.pipeline, step.spec.monitoring.drift
+    since, until = _interval(step)
+    client = _client()
+    champion = aliases(client, name).get("champion")
+    if champion is None:
+        log.info("%s has no champion yet: nothing is served, nothing to watch", name)
+        return {"since": since, "until": until, "champion": None, "rows": 0, "results": []}
+    profile, profile_uri = reference_profile(step, client, champion)
+    counts, sample = count_window(stream_window(None, name, since, until), profile, cfg.report_sample_rows)
+    results = drift_checks(cfg, counts) if counts.rows else []
+    metrics = {"drift.served_rows": counts.rows, "drift.champion_rows": counts.scored}
+    metrics.update({f"drift.psi.{k}": v for k, v in counts.feature_psi().items()} if counts.rows else {})
+    if counts.score_psi() is not None:
+        metrics["drift.psi.prediction"] = counts.score_psi()
+    step.mlflow.log_metrics(metrics)
+    report = None
+    if counts.rows >= cfg.min_rows:
+        report = _report(step, client, champion, sample)
+        client.set_model_version_tag(name, str(champion), "slipway.monitor.report_uri", report["uri"])
+    if not counts.rows:
+        log.info("no traffic for %s between %s and %s: nothing to judge", name, since, until)
+    else:
+        failed = [r for r in results if r["status"] == "failed"]
+        log.info(
+            "%s, %s to %s: %d served rows (%d by champion version %d), %d drifted check(s)%s; report %s",
+            name,
+            since,
+            until,
+            counts.rows,
+            counts.scored,
+            champion,
+            len(failed),
+            "".join(f"\n  {r['metric']} = {r['value']:.4f} > {r['threshold']}" for r in failed),
+            report and report["uri"],
+        )
+    return {
+        "since": since,
+        "until": until,
+        "champion": champion,
+        "rows": counts.rows,
+        "results": results,
+        "profile_uri": profile_uri,
+        "report": report,
+    }
+
+
+@block
+def check_performance(step: Step) -> dict:
+    """Live ROC AUC and business value on the predictions whose labels had time to arrive."""
+    from datetime import datetime, timedelta
+
+    from include.tasks.monitor import iso, performance_checks, read_labelled
+    from include.tasks.promotion import aliases
+
+    name, cfg = step.pipeline, step.spec.monitoring.performance
+    _, end = _interval(step)
+    until_dt = datetime.fromisoformat(end) - timedelta(hours=cfg.label_delay_hours)
+    since, until = iso(until_dt - timedelta(hours=cfg.window_hours)), iso(until_dt)
+    client = _client()
+    champion = aliases(client, name).get("champion")
+    if champion is None:
+        return {"since": since, "until": until, "champion": None, "labelled": 0, "results": []}
+    labelled = read_labelled(None, name, champion, since, until)
+    tags = dict(client.get_model_version(name, str(champion)).tags)
+    results = performance_checks(cfg, step.spec, labelled, tags)
+    step.mlflow.log_metrics(
+        {"performance.labelled": len(labelled.label)}
+        | {f"performance.{r['metric']}": r["value"] for r in results if r["value"] is not None}
+    )
+    log.info(
+        "%s: %d labelled predictions of version %d made %s to %s: %s",
+        name,
+        len(labelled.label),
+        champion,
+        since,
+        until,
+        "; ".join(f"{r['metric']} {r['status']} ({r.get('value') or r.get('note')})" for r in results),
+    )
+    return {
+        "since": since,
+        "until": until,
+        "champion": champion,
+        "labelled": len(labelled.label),
+        "results": results,
+    }
+
+
+@block
+def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
+    """Record the interval in ``slipway_monitor``; decide alert and retraining under the cool-down."""
+    from datetime import datetime
+
+    from include.settings import get_settings
+    from include.tasks.monitor import Check, decide, earlier, evidence, newest_landed_month, record
+
+    name, cfg = step.pipeline, step.spec.monitoring
+    since, until = drift["since"], drift["until"]
+    history = earlier(None, name, until)
+    d = decide(
+        cfg, datetime.fromisoformat(until), drift["rows"], drift["results"], performance["results"], history
+    )
+    ev = {"since": since, "until": until, "champion": drift["champion"], "rows": drift["rows"]}
+    ev |= evidence(drift["results"], performance["results"])
+    if drift.get("report"):
+        ev["report_uri"] = drift["report"]["uri"]
+    month = None
+    if d.trigger:
+        month = newest_landed_month(get_settings().landing_uri, name)
+        if month is None:
+            log.warning("no batch has landed for %s: the retrain would have nothing to train on", name)
+    record(
+        None,
+        Check(
+            name,
+            since,
+            until,
+            drift["champion"],
+            drift["rows"],
+            d.status,
+            d.drift_breach,
+            d.performance_breach,
+            d.trigger if month else None,
+            d.alert,
+            ev,
+        ),
+    )
+    step.mlflow.set_tags(
+        {
+            "slipway.monitor.status": d.status,
+            "slipway.monitor.trigger": d.trigger or "",
+            "slipway.monitor.held_by": d.held_by or "",
+            "slipway.monitor.evidence": json.dumps(ev, sort_keys=True, default=str)[:5000],
+        }
+    )
+    if drift["champion"] is not None:
+        _client().set_model_version_tag(
+            name,
+            str(drift["champion"]),
+            "slipway.monitor.latest",
+            json.dumps({"until": until, "status": d.status, "drifted": ev["drifted_count"]}),
+        )
+    if d.status == "no_traffic":
+        log.info("%s: no traffic between %s and %s", name, since, until)
+    elif d.held_by:
+        log.warning(
+            "%s: %s breach between %s and %s; retraining was already triggered for the interval ending %s "
+            "(cool-down %s h): recorded, nothing triggered",
+            name,
+            "drift" if d.drift_breach else "performance",
+            since,
+            until,
+            d.held_by,
+            cfg.cooldown_hours,
+        )
+    return {
+        "status": d.status,
+        "alert": d.alert,
+        "trigger": d.trigger if month else None,
+        "month": month,
+        "sustained": d.sustained,
+        "held_by": d.held_by,
+        "evidence": ev,
+    }
+
+
+def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
+    """Subject and body of an alert, for a person."""
+    ev = judged["evidence"]
+    what = []
+    for item in ev.get("drifted", []):
+        what.append(f"- drift: {item['metric']} = {item['value']} (limit {item['threshold']})")
+    for item in ev.get("performance", []):
+        what.append(f"- live performance: {item['metric']} = {item['value']} (floor {item['threshold']})")
+    if ev.get("drifted_count", 0) > len(ev.get("drifted", [])):
+        what.append(f"- {ev['drifted_count']} drifted checks in all")
+    action = (
+        f"Retraining was triggered (month {judged['month']})."
+        if judged["trigger"]
+        else "Retraining was not triggered: "
+        + (
+            f"held by the cool-down (triggered for the interval ending {judged['held_by']})."
+            if judged["held_by"]
+            else "the performance drop is not sustained yet."
+            if ev.get("performance") and not ev.get("drifted")
+            else "no batch has landed to train on."
+        )
+    )
+    subject = (
+        f"[slipway] {pipeline}: {'drift' if ev.get('drifted') else 'performance drop'} in served traffic"
+    )
+    body = "\n".join(
+        [
+            f"{pipeline}, champion version {ev['champion']}, {ev['rows']} served rows {ev['since']} to {ev['until']}:",
+            *what,
+            action,
+            f"Drift report: {ev['report_uri']}" if ev.get("report_uri") else "",
+        ]
+    ).strip()
+    return subject, body
+
+
+@block
+def send_alert(step: Step, judged: dict) -> dict:
+    """Notify through the spec's alert connection (http: JSON POST; smtp: e-mail); without one, a warning."""
+    if not judged["alert"]:
+        raise _skip(
+            f"nothing to alert ({judged['status']})"
+            if judged["status"] != "breach"
+            else "breach already alerted within the cool-down"
+        )
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    conn_id = step.spec.monitoring.alert_connection
+    subject, body = alert_text(step.pipeline, judged)
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.warning(
+            "ALERT (no Airflow connection %r, so it is only logged here; add one of type http or smtp to "
+            "be notified):\n%s\n%s",
+            conn_id,
+            subject,
+            body,
+        )
+        step.mlflow.set_tags({"slipway.alert": "logged", "slipway.alert.subject": subject})
+        return {"channel": "log", "subject": subject}
+    payload = {"pipeline": step.pipeline, "subject": subject, "text": body, **judged}
+    if conn.conn_type in ("http", "https"):
+        from airflow.providers.http.notifications.http import HttpNotifier
+
+        HttpNotifier(http_conn_id=conn_id, json=json.loads(json.dumps(payload, default=str))).notify(
+            step.context
+        )
+        channel = "http"
+    elif conn.conn_type in ("smtp", "email"):
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        to = conn.extra_dejson.get("to")
+        if not to:
+            raise ValueError(f"the smtp connection {conn_id!r} has no 'to' in its extra: add the recipients")
+        SmtpNotifier(smtp_conn_id=conn_id, to=to, subject=subject, html_content=f"<pre>{body}</pre>").notify(
+            step.context
+        )
+        channel = "smtp"
+    else:
+        raise ValueError(
+            f"the alert connection {conn_id!r} has type {conn.conn_type!r}; use http (a webhook) or smtp (e-mail)"
+        )
+    log.info("alert sent through %s connection %r: %s", channel, conn_id, subject)
+    step.mlflow.set_tags({"slipway.alert": channel, "slipway.alert.subject": subject})
+    return {"channel": channel, "subject": subject}
+
+
+@block
+def trigger_retraining(step: Step, judged: dict) -> dict:
+    """Emit the drift asset event (its payload: cause, window, what breached, month to train on)."""
+    if not judged["trigger"]:
+        raise _skip(
+            "no retraining: "
+            + (
+                f"held by the cool-down (triggered for the interval ending {judged['held_by']})"
+                if judged["held_by"]
+                else judged["status"]
+            )
+        )
+    from include import assets
+
+    extra = {"cause": judged["trigger"], "month": judged["month"], **judged["evidence"]}
+    step.context["outlet_events"][assets.for_pipeline(step.pipeline).drift].extra = json.loads(
+        json.dumps(extra, default=str)
+    )
+    log.info(
+        "retraining of %s triggered by %s (training up to %s): %s",
+        step.pipeline,
+        judged["trigger"],
+        judged["month"],
+        json.dumps(judged["evidence"], default=str)[:1000],
+    )
+    return {"cause": judged["trigger"], "month": judged["month"]}
