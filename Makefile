@@ -11,7 +11,7 @@ help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
 	@echo "make test   install what is missing, run linters and the whole test suite"
 	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
-	@echo "make bench  scikit-learn vs onnxruntime, and the inference service vs mlflow models serve (wrk)"
+	@echo "make bench  scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently"
 	@echo "make policy the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean  remove the embedded state folder (.slipway/)"
 
@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python -m include.bench --estimator gradient_boosting
 	command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }
 	$(BIN)/python -m include.bench_serving
+	$(BIN)/python -m include.bench_drift
 
 clean:
 	rm -rf .slipway

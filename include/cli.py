@@ -130,6 +130,13 @@ def lineage_record(ref: str) -> dict:
         "artifacts": {"onnx": tags.get("slipway.onnx_uri"), "sklearn_skops": tags.get("slipway.sklearn_uri")},
         "code_version": tags.get("slipway.code_version"),
         "rollout": _rollout_record(tags),
+        "retired": json.loads(tags["slipway.retired"]) if "slipway.retired" in tags else None,
+        "monitor": {
+            "latest": json.loads(tags["slipway.monitor.latest"])
+            if "slipway.monitor.latest" in tags
+            else None,
+            "report": tags.get("slipway.monitor.report_uri"),
+        },
     }
 
 
@@ -235,6 +242,17 @@ def print_lineage(rec: dict) -> None:
     if (rec.get("artifacts") or {}).get("onnx"):
         print(
             f"artifacts  ONNX {rec['artifacts']['onnx']}  scikit-learn (skops) {rec['artifacts']['sklearn_skops']}"
+        )
+    if rec.get("retired"):
+        t = rec["retired"]
+        print(f"RETIRED    {t.get('at')}: {t.get('reason')} ({t.get('dag_run', '')}); kept for audit")
+    m = rec.get("monitor") or {}
+    if m.get("latest"):
+        latest = m["latest"]
+        print(
+            f"monitor    {latest.get('status')} in the interval ending {latest.get('until')}"
+            + (f", {latest['drifted']} drifted check(s)" if latest.get("drifted") else "")
+            + (f"; report {m['report']}" if m.get("report") else "")
         )
     r = rec.get("rollout") or {}
     if r.get("events") or r.get("evidence"):

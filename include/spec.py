@@ -545,6 +545,33 @@ class Monitoring(_Strict):
         return _check_cron(v)
 
 
+class Retirement(_Strict):
+    """``<pipeline>__retire``: which versions are archived (aliases removed, tagged retired with the
+    reason; artifacts, model card, lineage and logged predictions kept). Never ``champion``,
+    ``previous``, ``challenger``, ``candidate``, nor a version whose rollout is under way."""
+
+    schedule: str = Field("@daily", description="Cron of the retirement DAG.")
+    not_served_days: float = Field(
+        90,
+        gt=0,
+        description="Retire a version that served no prediction for this many days (or never, since registered).",
+    )
+    keep_newest: int = Field(
+        5, ge=1, description="Retire a version once this many newer versions of the pipeline are registered."
+    )
+    below_floor_checks: int = Field(
+        6,
+        ge=1,
+        description="Retire a version whose last this-many monitor checks as champion were all performance "
+        "breaches (it has since been replaced: a champion is never retired).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return _check_cron(v)
+
+
 class Business(_Strict):
     """The business objective as a cost/benefit of acting on a positive prediction.
 
@@ -589,6 +616,7 @@ class PipelineSpec(_Strict):
     model_card: ModelCard = Field(default_factory=ModelCard)
     rollout: Rollout = Field(default_factory=Rollout)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    retirement: Retirement = Field(default_factory=Retirement)
     retries: Retries = Field(default_factory=Retries)
     expectation_suite: str | None = Field(
         default=None, description="Suite file in include/expectations/; defaults to <name>.json"

@@ -53,7 +53,7 @@ def select_candidate(step: Step) -> dict:
     """The version to roll out (the asset event's, the trigger form's, else ``candidate``), blessed."""
     from include import assets
     from include.tasks.gates import GateFailed
-    from include.tasks.promotion import aliases
+    from include.tasks.promotion import aliases, record_event
 
     name = step.pipeline
     client = _client()
@@ -89,6 +89,8 @@ def select_candidate(step: Step) -> dict:
         else "",
     )
     step.mlflow.set_tags({"slipway.rollout.version": str(version), "slipway.rollout.champion": str(champion)})
+    # On record before anything runs: retirement leaves a version alone while its rollout is open.
+    record_event(client, name, version, "rollout_selected", champion=champion, **_run_ref(step.context))
     return {
         "version": version,
         "champion": champion,

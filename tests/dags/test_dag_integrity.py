@@ -75,6 +75,7 @@ def test_every_dag_is_well_formed(bag):
                 "judge",
                 "send",
                 "trigger",
+                "retire",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
 
@@ -274,3 +275,10 @@ def test_monitor_dag_shape_and_training_on_cron_or_drift(bag):
     assert "drift" in train.doc_md and "slipway.trigger" in train.doc_md
     # Retries come from the spec (the live stack shortens them; these are the shipped defaults).
     assert train.default_args["retries"] == spec.retries.count == 2
+
+
+def test_retire_dag_shape(bag):
+    dag = bag.dags["telco_churn__retire"]
+    assert [t.task_id for t in dag.tasks] == ["retire_versions"]
+    assert dag.timetable.expression == "0 0 * * *" and not dag.catchup and dag.max_active_runs == 1
+    assert "Never retired" in dag.doc_md
