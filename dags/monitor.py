@@ -23,7 +23,8 @@ served in its data interval, as the prediction log recorded it:
    drifted features, the newest landed month); `<pipeline>__train` runs on it besides its cron,
    and its MLflow record and `slipway lineage` show the cause. Skipped unless triggered.
 
-An interval without traffic reports **no traffic**: it neither fails nor alerts.
+An interval without traffic reports **no traffic**: it neither fails nor alerts. To check the last
+N minutes now, trigger the DAG with **minutes** in the trigger form.
 
 **Operating it**: a red task is an outage of the check (prediction log or MLflow unreachable), not
 a drift; it is retried. Drift shows as a success with `send_alert` and `trigger_retraining` run.
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import monitor as b
@@ -54,6 +55,17 @@ def monitor_dag(spec: PipelineSpec) -> DAG:
         max_active_runs=1,  # intervals judged in order: the cool-down reads the earlier ones
         default_args=spec.default_args(),
         tags=["slipway", "monitor", *spec.tags],
+        params={
+            "minutes": Param(
+                None,
+                type=["null", "number"],
+                exclusiveMinimum=0,
+                maximum=60 * 24 * 7,
+                title="Minutes to check (manual runs)",
+                description="Check the traffic of the last N minutes before the trigger instead of the run's "
+                "data interval. Empty: the data interval (the hour before the run).",
+            )
+        },
         doc_md=f"### {name}: monitoring\n\n{spec.description}\n" + __doc__,
     ) as dag:
         judged = b.judge_interval(name)(b.check_drift(name)(), b.check_performance(name)())

@@ -12,7 +12,14 @@
    model trained on) through the service and sends each row's true label as feedback a few
    seconds later. The candidate goes through shadow and the canary steps on that traffic, the
    demo approves it, and it becomes the champion (the first one is kept as ``previous``).
-5. The rollout timeline and the champion history are printed; everything is stopped.
+5. A drift episode: ``telco_churn__monitor`` checks the last minute of traffic (as trained: no
+   drift), then the replayed customers change (``DRIFT``: a 30% price rise in ``monthly_charges``
+   and two in five contracts moved to month-to-month). The monitor's next check finds the drift,
+   records it and emits the drift asset event; the scheduler starts ``telco_churn__train`` by
+   itself (on the newest landed month, 2025-12); its candidate's asset event starts the rollout,
+   which goes through shadow and canary on the drifted traffic; the demo approves it.
+6. The whole loop is printed with timestamps (monitor checks, the retrain's cause, the rollout
+   timeline, the champions); everything is stopped.
 
 The windows are the spec's (``include/pipelines/telco_churn.yaml``: minutes, for the demo); the
 code path is the production one.
@@ -34,6 +41,24 @@ from pathlib import Path
 PIPELINE = "telco_churn"
 FIRST_MONTH, NEXT_MONTH, HELD_OUT_MONTH = "2025-10", "2025-11", "2025-12"
 LABEL_DELAY_S = 3.0
+DRIFT = "monthly_charges x 1.3 (a price rise); 2 in 5 contracts moved to Month-to-month"
+DRIFTED_TRAFFIC_S = 50.0  # drifted rows flow this long before the monitor's check
+CHECK_MINUTES = 0.75  # the window the demo's monitor runs check (the last 45 s before each run)
+
+
+def drifted(rows: list[dict]) -> list[dict]:
+    """The documented shift of the demo's drift episode (:data:`DRIFT`)."""
+    out = []
+    for i, row in enumerate(rows):
+        charges = row["monthly_charges"]
+        out.append(
+            {
+                **row,
+                "monthly_charges": None if charges is None else round(charges * 1.3, 2),
+                "contract": "Month-to-month" if i % 5 < 2 else row["contract"],
+            }
+        )
+    return out
 
 
 def _say(msg: str) -> None:
@@ -178,7 +203,31 @@ def _wait(what: str, predicate, timeout: float, every: float = 2.0, procs: dict 
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}; see .slipway/logs/demo/")
 
 
+def _monitor(af: Airflow, run_id: str, procs: dict) -> dict:
+    """Run ``<pipeline>__monitor`` over the last ``CHECK_MINUTES`` of traffic; its judgement."""
+    dag = f"{PIPELINE}__monitor"
+    af.api(
+        "POST",
+        f"/api/v2/dags/{dag}/dagRuns",
+        {"dag_run_id": run_id, "logical_date": None, "conf": {"minutes": CHECK_MINUTES}},
+    )
+    state = _wait(
+        f"the monitor run {run_id}",
+        lambda: (st := af.run_state(dag, run_id)) in ("success", "failed") and st,
+        300,
+        procs=procs,
+    )
+    if state != "success":
+        raise SystemExit(f"monitor run {run_id} ended {state}: {af.task_states(dag, run_id)}")
+    value = af.api(
+        "GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/judge_interval/xcomEntries/return_value"
+    )["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
+    from include.approvals import answer
+
     dag = f"{PIPELINE}__rollout"
 
     def awaiting() -> bool:
@@ -189,16 +238,16 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
         return states.get("approve_promotion") == "awaiting_input"
 
     _wait(f"{run_id} to ask for approval", awaiting, 900, procs=procs)
-    path = f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/approve_promotion/-1/hitlDetails"
-    detail = af.api("GET", path)
-    # An answer within a second of the task parking races Airflow's own state change (the resumed
-    # task can be lost): answer after a few seconds, as a person reading the evidence would.
-    time.sleep(5)
-    _say(f"+{time.monotonic() - t0:5.0f} s  Required Action: {detail['subject']}")
-    for line in detail["body"].splitlines():
-        if line.startswith("- "):
-            print(f"           {line}")
-    af.api("PATCH", path, {"chosen_options": ["Approve"], "params_input": {}})
+
+    def asked(detail: dict) -> None:
+        _say(f"+{time.monotonic() - t0:5.0f} s  Required Action: {detail['subject']}")
+        for line in detail["body"].splitlines():
+            if line.startswith("- "):
+                print(f"           {line}")
+
+    # Answered a few seconds after the question, as a person reading the evidence would, and again
+    # if Airflow asks again (see include/approvals.py).
+    answer(af.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked)
     _say(
         f"+{time.monotonic() - t0:5.0f} s  approved through the REST API (PATCH …/hitlDetails) as user admin"
     )
@@ -268,7 +317,7 @@ def main() -> None:
             300,
             procs=procs,
         )
-        for dag in ("rollout", "train"):
+        for dag in ("rollout", "train", "monitor"):
             af.api("PATCH", f"/api/v2/dags/{PIPELINE}__{dag}", {"is_paused": False})
         af.api(
             "POST",
@@ -327,12 +376,95 @@ def main() -> None:
         _say(
             f"+{time.monotonic() - t0:5.0f} s  version {second} is the champion; version {first} is 'previous'"
         )
+        _drift_episode(af, client, traffic, rows, procs, t0, run_id)
     finally:
         if traffic is not None:
             traffic.stop.set()
             traffic.join(10)
         stack.stop(procs)
     _summary(client, traffic, t0)
+
+
+def _drift_episode(
+    af: Airflow, client, traffic: Traffic, rows: list[dict], procs: dict, t0: float, last_rollout: str
+):
+    """Monitor (no drift), drift the traffic, monitor (drift) -> retrain by the asset -> rollout."""
+    time.sleep(CHECK_MINUTES * 60)  # a full window of traffic served by the new champion
+    judged = _monitor(af, "demo__monitor_before_drift", procs)
+    _say(
+        f"+{time.monotonic() - t0:5.0f} s  {PIPELINE}__monitor on the last {CHECK_MINUTES * 60:.0f} s: "
+        f"{judged['status']}, {judged['evidence']['rows']} served rows, nothing triggered"
+    )
+    traffic.rows = drifted(rows)
+    _say(f"+{time.monotonic() - t0:5.0f} s  the customers change: {DRIFT}")
+    time.sleep(DRIFTED_TRAFFIC_S)
+    judged = _monitor(af, "demo__monitor_drift", procs)
+    ev = judged["evidence"]
+    _say(
+        f"+{time.monotonic() - t0:5.0f} s  {PIPELINE}__monitor: {judged['status']} on {ev['rows']} rows; "
+        f"{ev['drifted_count']} drifted check(s): "
+        + ", ".join(f"{d['metric']} {d['value']:.2f}" for d in ev["drifted"][:4])
+    )
+    if judged["trigger"] != "drift":
+        raise SystemExit(f"the drift was not acted on: {judged}")
+    _say(
+        f"+{time.monotonic() - t0:5.0f} s  drift asset event emitted: retraining on {judged['month']} (the newest landed month)"
+    )
+
+    def retrain():
+        runs = af.api("GET", f"/api/v2/dags/{PIPELINE}__train/dagRuns?run_type=asset_triggered")["dag_runs"]
+        return runs[0]["dag_run_id"] if runs else None
+
+    retrain_id = _wait("the drift-triggered training run", retrain, 120, procs=procs)
+    _say(f"+{time.monotonic() - t0:5.0f} s  {PIPELINE}__train started by the asset: {retrain_id}")
+    state = _wait(
+        "the drift-triggered training run",
+        lambda: (st := af.run_state(f"{PIPELINE}__train", retrain_id)) in ("success", "failed") and st,
+        900,
+        procs=procs,
+    )
+    if state != "success":
+        raise SystemExit(f"the retrain ended {state}: {af.task_states(f'{PIPELINE}__train', retrain_id)}")
+    third = int(client.get_model_version_by_alias(PIPELINE, "candidate").version)
+    _say(f"+{time.monotonic() - t0:5.0f} s  version {third} registered as 'candidate'; its rollout starts")
+
+    def rollout():
+        runs = af.api("GET", f"/api/v2/dags/{PIPELINE}__rollout/dagRuns?run_type=asset_triggered")["dag_runs"]
+        fresh = [r["dag_run_id"] for r in runs if r["dag_run_id"] != last_rollout]
+        return fresh[0] if fresh else None
+
+    run_id = _wait("the rollout of the retrained model", rollout, 300, procs=procs)
+    _approve(af, run_id, procs, t0)
+    _say(f"+{time.monotonic() - t0:5.0f} s  version {third}, retrained on the drift, is the champion")
+
+
+def _monitor_lines() -> list[str]:
+    from include.tasks.monitor import earlier
+
+    out = []
+    for c in reversed(earlier(None, PIPELINE, "9999", limit=20)):
+        if c.status == "no_traffic":
+            continue
+        what = f"{c.evidence.get('drifted_count', 0)} drifted" if c.drift_breach else "no drift"
+        out.append(
+            f"  {c.interval_start[:19]} -> {c.interval_end[:19]}  {c.status:<7} {c.served_rows:>5} rows, {what}"
+            + (f"; retraining triggered ({c.triggered})" if c.triggered else "")
+        )
+    return out
+
+
+def _retrain_lines(client) -> list[str]:
+    from include.lineage import experiment_id
+
+    runs = client.search_runs(
+        [experiment_id(PIPELINE)],
+        filter_string="tags.`slipway.level` = 'dag_run' and tags.`slipway.trigger` = 'drift'",
+    )
+    return [
+        f"  {r.data.tags['slipway.dag_id']} {r.data.tags['slipway.run_id']}: trigger drift, month "
+        f"{r.data.tags.get('slipway.month')}, registered version {r.data.tags.get('slipway.registered_version', '-')}"
+        for r in runs
+    ]
 
 
 def _summary(client, traffic: Traffic | None, t0: float) -> None:
@@ -350,6 +482,12 @@ def _summary(client, traffic: Traffic | None, t0: float) -> None:
             else (f" weight {e['weight']:.0%}" if e.get("weight") else "")
         )
         print(f"  {e['at']}  version {e['version']} {e['event']}{extra}")
+    print("monitor checks:")
+    for line in _monitor_lines() or ["  none"]:
+        print(line)
+    print("retraining started by drift:")
+    for line in _retrain_lines(client) or ["  none"]:
+        print(line)
     print("champions:")
     for span in champion_timeline(events):
         print(f"  version {span['version']} since {span['since']}: {span['why']}")

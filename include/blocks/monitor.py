@@ -26,13 +26,19 @@ def _client():
 
 
 def _interval(step: Step) -> tuple[str, str]:
+    """The window checked: the data interval, or for a run triggered with ``minutes`` the minutes
+    before the moment it was triggered (an operator's "check the last half hour now")."""
+    from datetime import timedelta
+
     from include.tasks.monitor import iso
 
     ctx = step.context
+    minutes = (ctx.get("params") or {}).get("minutes")
     start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
-    if start is None or end is None:  # no interval (a run without a timetable's): the hour before it
-        from datetime import timedelta
-
+    if minutes:
+        end = ctx["dag_run"].run_after
+        start = end - timedelta(minutes=float(minutes))
+    elif start is None or end is None:  # no interval (a run without a timetable's): the hour before it
         end = ctx["dag_run"].run_after
         start = end - timedelta(hours=1)
     return iso(start), iso(end)

@@ -9,6 +9,8 @@ URLs: ``sqlite:////abs/path/serving.db`` (or ``sqlite:///relative.db``) and
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +52,32 @@ class Database:
         conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout_s)))
         conn.autocommit = False
         return conn
+
+    @contextmanager
+    def reading(self) -> Iterator:
+        """A connection for reads; closed at the end (a PostgreSQL snapshot rolled back first)."""
+        conn = self.connect()
+        try:
+            yield conn
+        finally:
+            if self.dialect == "postgresql":
+                conn.rollback()
+            conn.close()
+
+    @contextmanager
+    def writing(self) -> Iterator:
+        """A connection inside one transaction: committed at the end, rolled back on any error."""
+        conn = self.connect()
+        try:
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")  # autocommit connections: make the statements one unit
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
 
     def redacted(self) -> str:
         """The URL without its password, for logs and error messages."""

@@ -53,8 +53,7 @@ def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, u
 
     db = database(db_url)
     p = db.param
-    conn = db.connect()
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
             "SELECT pr.probability, f.label FROM slipway_predictions pr "
@@ -64,11 +63,6 @@ def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, u
             (pipeline, version, since, until),
         )
         rows = cur.fetchall()
-        cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
     return Labelled(
         np.array([r[0] for r in rows], dtype=float), np.array([r[1] for r in rows], dtype=int), since, until
     )
@@ -128,6 +122,7 @@ def performance_checks(cfg, spec, labelled: Labelled, version_tags: dict[str, st
 
 
 # ---------------------------------------------------------------------------------------- the record
+_PG_TABLE_LOCK_KEY = 0x534C4D4E  # "SLMN"
 _TABLE = """CREATE TABLE IF NOT EXISTS slipway_monitor (
     pipeline TEXT NOT NULL,
     interval_end TEXT NOT NULL,
@@ -161,23 +156,24 @@ class Check:
     evidence: dict
 
 
-def _connect(db_url: str | None):
+def _database(db_url: str | None):
+    """The prediction log's database, with the monitor's table created if missing."""
     from include.serving.db import database
 
     db = database(db_url)
-    conn = db.connect()
-    cur = conn.cursor()
-    cur.execute(_TABLE)
-    conn.commit()
-    cur.close()
-    return db, conn
+    with db.writing() as conn:
+        cur = conn.cursor()
+        if db.dialect == "postgresql":  # concurrent CREATE ... IF NOT EXISTS can collide in the catalogue
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_TABLE_LOCK_KEY,))
+        cur.execute(_TABLE)
+    return db
 
 
 def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) -> list[Check]:
     """The pipeline's recorded checks of intervals ending before ``before``, newest first."""
-    db, conn = _connect(db_url)
+    db = _database(db_url)
     p = db.param
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
             "SELECT pipeline, interval_start, interval_end, champion_version, served_rows, status, drift_breach, "
@@ -186,11 +182,6 @@ def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) ->
             (pipeline, before),
         )
         rows = cur.fetchall()
-        cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
     return [
         Check(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], bool(r[9]), json.loads(r[10]))
         for r in rows
@@ -198,10 +189,10 @@ def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) ->
 
 
 def record(db_url: str | None, result: Check) -> None:
-    """Write (or, for a re-run of the interval, replace) the interval's row."""
-    db, conn = _connect(db_url)
+    """Write (or, for a re-run of the interval, replace) the interval's row, in one transaction."""
+    db = _database(db_url)
     p = db.param
-    try:
+    with db.writing() as conn:
         cur = conn.cursor()
         cur.execute(
             f"DELETE FROM slipway_monitor WHERE pipeline = {p} AND interval_end = {p}",
@@ -225,10 +216,6 @@ def record(db_url: str | None, result: Check) -> None:
                 json.dumps(result.evidence, sort_keys=True, default=str),
             ),
         )
-        conn.commit()
-        cur.close()
-    finally:
-        conn.close()
 
 
 def latest(db_url: str | None, pipeline: str) -> Check | None:
@@ -243,16 +230,20 @@ def latest_summary(db_url: str | None, pipelines: list[str]) -> dict[str, dict]:
 
     db = database(db_url)
     p = db.param
-    conn = db.connect()
     out: dict[str, dict] = {}
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         for name in pipelines:
-            cur.execute(
-                "SELECT interval_end, served_rows, status, drift_breach, performance_breach, evidence "
-                f"FROM slipway_monitor WHERE pipeline = {p} ORDER BY interval_end DESC LIMIT 1",
-                (name,),
-            )
+            try:
+                cur.execute(
+                    "SELECT interval_end, served_rows, status, drift_breach, performance_breach, evidence "
+                    f"FROM slipway_monitor WHERE pipeline = {p} ORDER BY interval_end DESC LIMIT 1",
+                    (name,),
+                )
+            except Exception as exc:  # no monitor table yet (sqlite3 / psycopg2 "does not exist")
+                if "slipway_monitor" not in str(exc):
+                    raise
+                return {}
             row = cur.fetchone()
             if row:
                 out[name] = {
@@ -263,14 +254,6 @@ def latest_summary(db_url: str | None, pipelines: list[str]) -> dict[str, dict]:
                     "performance_breach": row[4],
                     "drifted_checks": json.loads(row[5]).get("drifted_count", 0),
                 }
-        cur.close()
-    except Exception as exc:  # no monitor table yet (sqlite3 / psycopg2 "does not exist")
-        if "slipway_monitor" not in str(exc):
-            raise
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
     return out
 
 

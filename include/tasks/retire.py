@@ -47,8 +47,7 @@ def last_served(db_url: str | None, pipeline: str) -> dict[int, str]:
 
     db = database(db_url)
     p = db.param
-    conn = db.connect()
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         try:
             cur.execute(
@@ -60,13 +59,7 @@ def last_served(db_url: str | None, pipeline: str) -> dict[int, str]:
             if "slipway_predictions" in str(exc):
                 return {}
             raise
-        out = {int(v): str(at) for v, at in cur.fetchall()}
-        cur.close()
-        return out
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
+        return {int(v): str(at) for v, at in cur.fetchall()}
 
 
 def champion_checks(db_url: str | None, pipeline: str, limit: int) -> dict[int, list[bool]]:
