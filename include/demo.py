@@ -405,11 +405,16 @@ def _drift_episode(
         f"{ev['drifted_count']} drifted check(s): "
         + ", ".join(f"{d['metric']} {d['value']:.2f}" for d in ev["drifted"][:4])
     )
-    if judged["trigger"] != "drift":
+    if judged["status"] != "breach" or not (judged["trigger"] == "drift" or judged["held_by"]):
         raise SystemExit(f"the drift was not acted on: {judged}")
-    _say(
-        f"+{time.monotonic() - t0:5.0f} s  drift asset event emitted: retraining on {judged['month']} (the newest landed month)"
-    )
+    if judged["trigger"]:
+        _say(
+            f"+{time.monotonic() - t0:5.0f} s  drift asset event emitted: retraining on {judged['month']} (the newest landed month)"
+        )
+    else:  # the hourly scheduled check reached the drifted traffic first and triggered it
+        _say(
+            f"+{time.monotonic() - t0:5.0f} s  the hourly check already triggered the retrain ({judged['held_by']})"
+        )
 
     def retrain():
         runs = af.api("GET", f"/api/v2/dags/{PIPELINE}__train/dagRuns?run_type=asset_triggered")["dag_runs"]

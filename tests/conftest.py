@@ -80,16 +80,31 @@ def pytest_xdist_make_scheduler(config, log):
 LIVE_ORDER = ("test_local_run_record", "test_rollout_e2e", "test_monitor_e2e", "test_scheduler_e2e")
 
 
+# Modules of a minute or more (measured), started before the quick ones so none is left running
+# alone at the end.
+SLOW_MODULES = (
+    "tests/dags/test_train_e2e.py",
+    "tests/dags/test_train_e2e_production.py",
+    "tests/dags/test_second_pipeline_e2e.py",
+    "tests/dags/test_dag_processor.py",
+    "tests/integration/test_make_up.py",
+    "tests/dags/test_lineage_faults.py",
+)
+
+
 def _rank(item) -> tuple[int, int]:
-    group = _group(Path(str(item.path)).resolve().relative_to(PROJECT_ROOT).as_posix())
+    path = Path(str(item.path)).resolve().relative_to(PROJECT_ROOT).as_posix()
+    group = _group(path)
     if group == "live":
         return 0, LIVE_ORDER.index(item.path.stem) if item.path.stem in LIVE_ORDER else len(LIVE_ORDER)
-    return (1, 0) if group == "serving" else (2, 0)
+    if group == "serving":
+        return 1, 0
+    return (2, SLOW_MODULES.index(path)) if path in SLOW_MODULES else (3, 0)
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The two longest groups first (the live stack's, mostly waiting on the scheduler, and the
-    serving tests), so each worker starts on one and the other modules fill in around them."""
+    """The longest groups first (the live stack's, mostly waiting on the scheduler, the serving
+    tests, the slow modules), so each worker starts on one and the quick modules fill in last."""
     items.sort(key=_rank)  # stable: the other modules keep their order
 
 

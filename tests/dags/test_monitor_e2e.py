@@ -56,7 +56,31 @@ class Webhook:
         self.server.server_close()
 
 
-def _write_traffic(stack, rows: list[dict], start: datetime, hours: int, version: int) -> None:
+def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:
+    """The version's own probabilities for ``rows`` (its registered ONNX graph, as the service scores)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import pandas as pd
+
+    from include.serving.models import load_onnx
+    from include.spec import load_pipeline
+    from include.tasks.onnx_export import predict_proba_onnx
+    from include.tasks.train import feature_frame
+
+    mv = client.get_model_version(NAME, str(version))
+    mlflow.set_tracking_uri(stack.tracking)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp))
+        model = load_onnx(NAME, version, folder, mv.tags["slipway.onnx_sha256"], 0.5)
+        spec = load_pipeline(NAME)
+        return predict_proba_onnx(model.session, spec, feature_frame(pd.DataFrame(rows), spec)).tolist()
+
+
+def _write_traffic(
+    stack, rows: list[dict], scores: list[float], start: datetime, hours: int, version: int
+) -> None:
     from include.serving.predlog import PredictionLog, PredictionRow
 
     (stack.home / "serving").mkdir(parents=True, exist_ok=True)
@@ -74,13 +98,13 @@ def _write_traffic(stack, rows: list[dict], start: datetime, hours: int, version
                     "champion",
                     True,
                     row,
-                    0.3,
-                    0,
+                    score,
+                    int(score >= 0.5),
                     0.1,
                     start + timedelta(hours=h, seconds=i * 3600 / per_hour),
                 )
                 for h in range(hours)
-                for i, row in enumerate(rows)
+                for i, (row, score) in enumerate(zip(rows, scores, strict=True))
             ]
         )
     finally:
@@ -135,8 +159,12 @@ def test_drift_triggers_one_retrain_and_no_drift_or_no_traffic_none(live_stack):
         }
         for i, r in enumerate(rows)
     ]
-    _write_traffic(stack, drifted, DAY + timedelta(hours=8), 2, champion)  # 08:00-10:00, drifted
-    _write_traffic(stack, rows, DAY + timedelta(hours=14), 1, champion)  # 14:00-15:00, as trained
+    scored = {
+        "drifted": _scores(stack, client, champion, drifted),
+        "as trained": _scores(stack, client, champion, rows),
+    }
+    _write_traffic(stack, drifted, scored["drifted"], DAY + timedelta(hours=8), 2, champion)  # 08:00-10:00
+    _write_traffic(stack, rows, scored["as trained"], DAY + timedelta(hours=14), 1, champion)  # 14:00-15:00
     for dag in (DAG, TRAIN):
         stack.api("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
     before = len(_retrains(stack))

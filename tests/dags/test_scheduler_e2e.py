@@ -77,7 +77,7 @@ def _open_try(client, run_id: str, task_id: str):
 
 
 def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
-    """SIGKILL of a running task under the scheduler, then the whole DAG run cleared and run again."""
+    """SIGKILL of a running task under the scheduler, then the run cleared from training on and run again."""
     import os
     import signal
 
@@ -113,8 +113,20 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     assert tries[2].info.status == "FINISHED" and tries[2].data.tags["slipway.state"] == "success"
     assert not [r for r in task_runs(client, "telco_churn", DAG, run_id) if r.info.status in ("RUNNING", "SCHEDULED")]
 
-    # Cleared by an operator and run again: the parent reopens, then ends again; every try stays on record.
-    stack.api("POST", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/clear", {"dry_run": False})
+    # Cleared by an operator from train_model on ("Clear" with downstream in the UI) and run again:
+    # the parent reopens, then ends again; every try stays on record.
+    stack.api(
+        "POST",
+        f"/api/v2/dags/{DAG}/clearTaskInstances",
+        {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": ["train_model"],
+            "include_downstream": True,
+            "only_failed": False,
+            "reset_dag_runs": True,
+        },
+    )
     stack.wait_for(lambda: stack.run_state(DAG, run_id) in ("queued", "running"), 120, "the cleared run to start")
     final = stack.wait_for(
         lambda: stack.run_state(DAG, run_id) in ("success", "failed") and stack.run_state(DAG, run_id),
