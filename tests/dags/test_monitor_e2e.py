@@ -1,7 +1,7 @@
 """On the real scheduler: `telco_churn__monitor` over logged traffic, and the retrain it starts.
 
-The shared stack's champion (promoted by the rollout test, which runs first in this worker) serves
-nothing here: the test writes the traffic into the stack's prediction log as the service would,
+The shared stack's champion (promoted by the rollout test; this module runs last on the stack, see
+LIVE_ORDER in tests/conftest.py) serves nothing here: the test writes the traffic into the stack's prediction log as the service would,
 then runs the monitor for chosen hours through the REST API:
 
 1. drifted traffic (a price rise and a contract mix moved to month-to-month): drift, an alert
