@@ -85,7 +85,9 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
     rng = np.random.default_rng(0)
     profile = build_profile(spec, 1, snapshot, rng.beta(2, 5, size=2000))
     (base / "profile.json").write_bytes(profile.to_json())
-    PredictionLog(db_url).close()  # creates the schema
+    log = PredictionLog(db_url)
+    log.start()  # creates the schema
+    log.close()
     pool = _requests(snapshot, spec)
     drifted = [
         {
