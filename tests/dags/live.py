@@ -238,5 +238,33 @@ class LiveStack:
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
+    def explain_run(self, dag_id: str, run_id: str) -> str:
+        """For an assertion message: every task's state and try, each unfinished or failed task's logs
+        (all tries, as the UI shows them), and the scheduler lines that name the run. Never raises:
+        a task that failed without running has no log, and that is worth saying too."""
+        try:
+            tis = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the real failure
+            return f"(task instances unreadable: {exc})"
+        lines = [f"{t['task_id']}: {t['state']} (try {t.get('try_number')})" for t in tis["task_instances"]]
+        for t in tis["task_instances"]:
+            if t["state"] in ("success", "skipped", None):
+                continue
+            for attempt in range(1, int(t.get("try_number") or 0) + 1):
+                path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{t['task_id']}/logs/{attempt}"
+                try:
+                    body = self.api("GET", path)
+                    text = "\n".join(
+                        str(line.get("event")) for line in body.get("content", []) if isinstance(line, dict)
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    text = f"(no log: {exc})"
+                lines.append(f"--- {t['task_id']} try {attempt}:\n{text[-3000:]}")
+        path = self.base / "logs" / "scheduler.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        named = [line for line in text.splitlines() if run_id in line]
+        lines.append("--- scheduler lines naming the run:\n" + "\n".join(named[-40:]))
+        return "\n".join(lines)
+
     def wait_for(self, predicate, timeout: float, what: str, every: float = 3.0):
         return wait_until(predicate, timeout, what, every=every, log=lambda: self.log("scheduler"))

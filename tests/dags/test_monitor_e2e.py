@@ -123,7 +123,7 @@ def _run(stack, hour: int) -> tuple[str, dict]:
         every=2,
     )
     states = stack.task_states(DAG, run_id)
-    assert stack.run_state(DAG, run_id) == "success", states
+    assert stack.run_state(DAG, run_id) == "success", stack.explain_run(DAG, run_id)
     run = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}")
     assert run["data_interval_end"].startswith((DAY + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:00:00")), (
         run

@@ -97,18 +97,6 @@ def _trigger(stack, run_id: str, version: int) -> None:
     )
 
 
-def _log(stack, run_id: str, task_id: str) -> str:
-    """A task's log as the UI shows it (for assertion messages)."""
-    body = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1")
-    return "\n".join(str(line.get("event")) for line in body["content"] if isinstance(line, dict))[-3000:]
-
-
-def _failed_logs(stack, run_id: str) -> str:
-    states = stack.task_states(DAG, run_id)
-    failed = [t for t, st in states.items() if st == "failed"]
-    return f"{states}\n" + "\n".join(f"--- {t}:\n{_log(stack, run_id, t)}" for t in failed)
-
-
 def _finished(stack, run_id: str) -> str | None:
     state = stack.run_state(DAG, run_id)
     return state if state in ("success", "failed") else None
@@ -175,7 +163,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]
     assert "no champion yet" in detail["body"]  # shadow and canary: not applicable, and why
     final = stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3)
-    assert final == "success", _failed_logs(stack, "rollout__first")
+    assert final == "success", stack.explain_run(DAG, "rollout__first")
     states = stack.task_states(DAG, "rollout__first")
     assert set(states.values()) == {"success"}, states
 
@@ -231,15 +219,15 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
         traffic.stop.set()
         traffic.join(30)
     states = stack.task_states(DAG, "rollout__second")
-    assert final == "failed", states
+    assert final == "failed", stack.explain_run(DAG, "rollout__second")
     assert states["run_shadow"] == "success" and states["run_canary"] == "success", states
     assert states["promote_candidate"] == "skipped" and states["conclude_rollout"] == "failed", states
     aliases = client.get_registered_model(NAME).aliases
     assert aliases.get("champion") == first and "challenger" not in aliases, aliases
     mv2 = client.get_model_version(NAME, str(second))
     assert mv2.tags["slipway.blessing.shadow"] == "passed" and mv2.tags["slipway.blessing.canary"] == "passed"
-    assert json.loads(mv2.tags.get("slipway.approval", "{}")).get("by") == "timeout", _log(
-        stack, "rollout__second", "conclude_rollout"
+    assert json.loads(mv2.tags.get("slipway.approval", "{}")).get("by") == "timeout", stack.explain_run(
+        DAG, "rollout__second"
     )
     assert '"rows_served_by_old_version_after": 0' in mv2.tags["slipway.rollout.served_after_rollback"]
     lineage = slipway(stack.env, "lineage", f"{NAME}/{second}").stdout
