@@ -37,6 +37,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from include.tasks.infra_validation import to_request_rows
+
 PIPELINE = "telco_churn"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 TARGET_S, TARGET_GIB = 60.0, 4.0
@@ -62,14 +64,6 @@ def _snapshot(base: Path):
     return pd.read_parquet(path), path
 
 
-def _requests(frame, spec) -> list[dict]:
-    import math
-
-    out = []
-    for rec in frame[spec.features.all].to_dict("records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
-    return out
-
 
 def prepare(base: Path, rows: int, db_url: str) -> dict:
     """Write the reference profile and ``rows`` logged predictions; return their locations."""
@@ -88,7 +82,7 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
     log = PredictionLog(db_url)
     log.start()  # creates the schema
     log.close()
-    pool = _requests(snapshot, spec)
+    pool = to_request_rows(snapshot, spec)
     drifted = [
         {
             **r,

@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from include.lineage import mlflow_client
 from include.local_run import migrate_airflow_db, run_dag, use_airflow_env
 
 
@@ -19,10 +20,6 @@ def _say(msg: str) -> None:
 # ---------------------------------------------------------------- lineage / status
 
 
-def _client():
-    from include.lineage import configure_mlflow
-
-    return configure_mlflow().MlflowClient()
 
 
 def resolve_version(client, ref: str):
@@ -46,7 +43,7 @@ def resolve_version(client, ref: str):
 
 def lineage_record(ref: str) -> dict:
     """Everything known about how a model version came to be, as a dict."""
-    client = _client()
+    client = mlflow_client()
     mv = resolve_version(client, ref)
     tags = mv.tags
     exp = client.get_experiment_by_name(mv.name)
@@ -280,7 +277,7 @@ def status_record() -> dict:
 
     specs, errors = discover()
     s = get_settings()
-    client = _client()
+    client = mlflow_client()
     out = {
         "locations": {
             "landing_zone": s.landing_uri,
@@ -386,7 +383,7 @@ def cmd_run(args) -> None:
 
 def _registered_version(pipeline: str, dag_id: str, run_id: str) -> int | None:
     """The model version the DAG run's ``register_model`` registered or reused (latest try), if any."""
-    client = _client()
+    client = mlflow_client()
     exp = client.get_experiment_by_name(pipeline)
     if exp is None:
         return None
@@ -492,7 +489,7 @@ def cmd_lineage(args) -> None:
 def cmd_history(args) -> None:
     from include.tasks.promotion import aliases, champion_timeline, history
 
-    client = _client()
+    client = mlflow_client()
     events = history(client, args.pipeline)
     if not events and not aliases(client, args.pipeline):
         raise SystemExit(
@@ -590,7 +587,7 @@ def sweep_lineage(days: int = 14) -> list[str]:
 
     from include.lineage import TAG, close_parent, find_parent
 
-    client = _client()
+    client = mlflow_client()
     since = datetime.now(UTC) - timedelta(days=days)
     with create_session() as session:
         ended = session.execute(

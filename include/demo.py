@@ -264,7 +264,7 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
 def main() -> None:
     from include import stack
     from include.demo_data import seed_landing
-    from include.lineage import configure_mlflow
+    from include.lineage import mlflow_client
     from include.local_run import migrate_airflow_db, run_dag
     from include.settings import get_settings
     from include.spec import load_pipeline
@@ -284,7 +284,7 @@ def main() -> None:
     dr = run_dag(f"{PIPELINE}__train", FIRST_MONTH)
     if str(dr.state) != "success":
         raise SystemExit("the first training run failed; the failed task's log is above")
-    client = configure_mlflow().MlflowClient()
+    client = mlflow_client()
     first = int(client.get_model_version_by_alias(PIPELINE, "candidate").version)
     _say(f"+{time.monotonic() - t0:5.0f} s  {PIPELINE} version {first} registered as 'candidate'")
 

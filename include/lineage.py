@@ -49,6 +49,11 @@ def configure_mlflow():
     return mlflow
 
 
+def mlflow_client():
+    """A client of the configured tracking store and model registry."""
+    return configure_mlflow().MlflowClient()
+
+
 # Where a change changes what runs: a new, uncommitted spec or suite makes the code version dirty.
 _CODE_PATHS = ("dags", "include", "plugins", "pyproject.toml", "uv.lock")
 
@@ -352,7 +357,7 @@ def track(pipeline: str, context, inputs: Any = None):
 
 def find_parent(pipeline: str, dag_id: str, run_id: str):
     """The MLflow parent run of a DAG run, or None (never creates one)."""
-    client = configure_mlflow().MlflowClient()
+    client = mlflow_client()
     exp = client.get_experiment_by_name(pipeline)
     if exp is None:
         return None
@@ -429,7 +434,7 @@ def reopen_parent_of(pipeline: str, dag_id: str, run_id: str) -> bool:
     parent = find_parent(pipeline, dag_id, run_id)
     if parent is None or parent.info.status == "RUNNING":
         return False
-    reopen_parent(configure_mlflow().MlflowClient(), parent)
+    reopen_parent(mlflow_client(), parent)
     return True
 
 
@@ -446,7 +451,7 @@ def close_parent(
     a try that was killed, or to a sensor that was still deferred: it is ended to match Airflow's
     task instance (``success``/``skipped`` if Airflow says so, otherwise failed as ``killed``).
     """
-    client = configure_mlflow().MlflowClient()
+    client = mlflow_client()
     parent = find_parent(pipeline, dag_id, run_id)
     if parent is None:
         return

@@ -201,3 +201,32 @@ def telco_trained(tmp_path, telco_spec, wa_churn):
 
     snap = make_snapshot(wa_churn.iloc[:1500], telco_spec, tmp_path / "snap.parquet")
     return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
+
+
+# --------------------------------------------------------------------------- PostgreSQL and the log
+@pytest.fixture
+def pg_db():
+    """A fresh, uniquely named PostgreSQL database for one test; skipped if the server is unreachable.
+    Dropped at teardown even if the test failed (connections allowed again, sessions ended)."""
+    import uuid
+
+    from tests.pg import PgDatabase, create_databases, drop_databases, pg_url
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"slipway_test_{uuid.uuid4().hex[:12]}"
+    try:
+        create_databases(name)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    try:
+        yield PgDatabase(name, pg_url(name))
+    finally:
+        drop_databases(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def log_url(request, tmp_path):
+    """The prediction log's database URL, once on SQLite and once on a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'serving.db'}"
+    return request.getfixturevalue("pg_db").url

@@ -15,14 +15,12 @@ import tempfile
 from pathlib import Path
 
 from include.blocks.adapter import Step, block
+from include.lineage import mlflow_client
+from include.uri import join
 
 log = logging.getLogger("slipway")
 
 
-def _client():
-    from include.lineage import configure_mlflow
-
-    return configure_mlflow().MlflowClient()
 
 
 def _interval(step: Step) -> tuple[str, str]:
@@ -30,7 +28,7 @@ def _interval(step: Step) -> tuple[str, str]:
     before the moment it was triggered (an operator's "check the last half hour now")."""
     from datetime import timedelta
 
-    from include.tasks.monitor import iso
+    from include.serving.predlog import iso_utc
 
     ctx = step.context
     minutes = (ctx.get("params") or {}).get("minutes")
@@ -41,7 +39,7 @@ def _interval(step: Step) -> tuple[str, str]:
     elif start is None or end is None:  # no interval (a run without a timetable's): the hour before it
         end = ctx["dag_run"].run_after
         start = end - timedelta(hours=1)
-    return iso(start), iso(end)
+    return iso_utc(start), iso_utc(end)
 
 
 def _skip(reason: str):
@@ -51,56 +49,54 @@ def _skip(reason: str):
     return AirflowSkipException(reason)
 
 
-def reference_profile(step: Step, client, version: int):
-    """The version's reference profile, built once from its training snapshot and stored in the lake."""
+def reference(step: Step, client, version: int):
+    """The version's reference, built once from its training snapshot and stored in the lake beside
+    its other evidence (``<lake>/<pipeline>/monitoring/reference/version=N/``): ``profile.json`` (the
+    bins the hourly check counts against) and ``sample.parquet`` (a bounded sample of its training
+    rows, what Evidently's report compares the interval with). Returns ``(profile, folder uri)``."""
     from include import storage
-    from include.tasks.drift import Profile, build_profile, read_snapshot
-    from include.uri import join
+    from include.tasks.drift import Profile
 
-    uri = join(step.settings.lake_uri, step.pipeline, "monitoring", "reference", f"version={version}.json")
-    if storage.exists(uri):
-        return Profile.from_json(storage.read_bytes(uri)), uri
-    import mlflow
+    folder = join(step.settings.lake_uri, step.pipeline, "monitoring", "reference", f"version={version}")
+    profile_uri, sample_uri = join(folder, "profile.json"), join(folder, "sample.parquet")
+    if not (storage.exists(profile_uri) and storage.exists(sample_uri)):
+        _build_reference(step, client, version, profile_uri, sample_uri)
+    return Profile.from_json(storage.read_bytes(profile_uri)), folder
 
-    from include.serving.models import load_onnx
+
+def _build_reference(step: Step, client, version: int, profile_uri: str, sample_uri: str) -> None:
+    import io
+
+    from include import storage
+    from include.serving.models import load_version
     from include.spec import SPLIT_COLUMN
+    from include.tasks.drift import build_profile, feature_kinds, read_snapshot
     from include.tasks.onnx_export import predict_proba_onnx
     from include.tasks.train import feature_frame
 
-    mv = client.get_model_version(step.pipeline, str(version))
-    tags = dict(mv.tags)
-    snapshot = read_snapshot(tags["slipway.snapshot_uri"])
+    snapshot_uri = client.get_model_version(step.pipeline, str(version)).tags["slipway.snapshot_uri"]
+    snapshot = read_snapshot(snapshot_uri)
     test = snapshot[snapshot[SPLIT_COLUMN] == "test"] if SPLIT_COLUMN in snapshot else snapshot
     with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp))
-        model = load_onnx(
-            step.pipeline,
-            version,
-            folder,
-            tags.get("slipway.onnx_sha256", ""),
-            float(tags.get("slipway.decision_threshold", "0.5")),
-        )
+        model = load_version(client, step.pipeline, version, Path(tmp))
         scores = predict_proba_onnx(model.session, step.spec, feature_frame(test, step.spec))
-    profile = build_profile(step.spec, version, snapshot, scores)
-    storage.write_bytes(uri, profile.to_json())
-    log.info("reference profile of version %d built from %s: %s", version, tags["slipway.snapshot_uri"], uri)
-    return profile, uri
+    train = snapshot[snapshot[SPLIT_COLUMN] == "train"] if SPLIT_COLUMN in snapshot else snapshot
+    rows = min(len(train), step.spec.monitoring.drift.report_sample_rows)
+    sample = io.BytesIO()
+    train.sample(n=rows, random_state=0)[list(feature_kinds(step.spec))].to_parquet(sample, index=False)
+    storage.write_bytes(sample_uri, sample.getvalue())
+    storage.write_bytes(profile_uri, build_profile(step.spec, version, snapshot, scores).to_json())
+    log.info("reference of version %d built from %s: %s", version, snapshot_uri, profile_uri)
 
 
-def _report(step: Step, client, version: int, sample: list[dict]) -> dict:
-    """Evidently's drift report on the sample of the interval against a sample of the reference."""
+def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
+    """Evidently's drift report on the sample of the interval against the reference's stored sample."""
     import pandas as pd
 
-    from include.spec import SPLIT_COLUMN
     from include.tasks.drift import evidently_report, feature_kinds, read_snapshot
 
-    cfg = step.spec.monitoring.drift
     kinds = feature_kinds(step.spec)
-    snapshot = read_snapshot(
-        client.get_model_version(step.pipeline, str(version)).tags["slipway.snapshot_uri"]
-    )
-    ref = snapshot[snapshot[SPLIT_COLUMN] == "train"] if SPLIT_COLUMN in snapshot else snapshot
-    ref = ref.sample(n=min(len(ref), cfg.report_sample_rows), random_state=0)[list(kinds)]
+    ref = read_snapshot(join(reference_uri, "sample.parquet"))[list(kinds)]
     cur = pd.DataFrame(sample, columns=list(kinds))
     for name, kind in kinds.items():
         if kind == "numeric":
@@ -127,12 +123,12 @@ def check_drift(step: Step) -> dict:
 
     name, cfg = step.pipeline, step.spec.monitoring.drift
     since, until = _interval(step)
-    client = _client()
+    client = mlflow_client()
     champion = aliases(client, name).get("champion")
     if champion is None:
         log.info("%s has no champion yet: nothing is served, nothing to watch", name)
         return {"since": since, "until": until, "champion": None, "rows": 0, "results": []}
-    profile, profile_uri = reference_profile(step, client, champion)
+    profile, reference_uri = reference(step, client, champion)
     counts, sample = count_window(stream_window(None, name, since, until), profile, cfg.report_sample_rows)
     results = drift_checks(cfg, counts) if counts.rows else []
     metrics = {"drift.served_rows": counts.rows, "drift.champion_rows": counts.scored}
@@ -142,7 +138,7 @@ def check_drift(step: Step) -> dict:
     step.mlflow.log_metrics(metrics)
     report = None
     if counts.rows >= cfg.min_rows:
-        report = _report(step, client, champion, sample)
+        report = _report(step, reference_uri, sample)
         client.set_model_version_tag(name, str(champion), "slipway.monitor.report_uri", report["uri"])
     if not counts.rows:
         log.info("no traffic for %s between %s and %s: nothing to judge", name, since, until)
@@ -166,7 +162,7 @@ def check_drift(step: Step) -> dict:
         "champion": champion,
         "rows": counts.rows,
         "results": results,
-        "profile_uri": profile_uri,
+        "reference_uri": reference_uri,
         "report": report,
     }
 
@@ -176,14 +172,15 @@ def check_performance(step: Step) -> dict:
     """Live ROC AUC and business value on the predictions whose labels had time to arrive."""
     from datetime import datetime, timedelta
 
-    from include.tasks.monitor import iso, performance_checks, read_labelled
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import performance_checks, read_labelled
     from include.tasks.promotion import aliases
 
     name, cfg = step.pipeline, step.spec.monitoring.performance
     _, end = _interval(step)
     until_dt = datetime.fromisoformat(end) - timedelta(hours=cfg.label_delay_hours)
-    since, until = iso(until_dt - timedelta(hours=cfg.window_hours)), iso(until_dt)
-    client = _client()
+    since, until = iso_utc(until_dt - timedelta(hours=cfg.window_hours)), iso_utc(until_dt)
+    client = mlflow_client()
     champion = aliases(client, name).get("champion")
     if champion is None:
         return {"since": since, "until": until, "champion": None, "labelled": 0, "results": []}
@@ -260,7 +257,7 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
         }
     )
     if drift["champion"] is not None:
-        _client().set_model_version_tag(
+        mlflow_client().set_model_version_tag(
             name,
             str(drift["champion"]),
             "slipway.monitor.latest",

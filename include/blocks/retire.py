@@ -12,12 +12,12 @@ log = logging.getLogger("slipway")
 @block
 def retire_versions(step: Step) -> dict:
     """Judge every version against ``retirement`` (see :mod:`include.tasks.retire`); archive those due."""
-    from include.lineage import configure_mlflow
+    from include.lineage import mlflow_client
     from include.tasks.promotion import PromotionConflict, aliases
     from include.tasks.retire import archive, champion_checks, judge, last_served
 
     name, policy = step.pipeline, step.spec.retirement
-    client = configure_mlflow().MlflowClient()
+    client = mlflow_client()
     now = step.context.get("data_interval_end") or step.context["dag_run"].run_after
     versions = client.search_model_versions(f"name = '{name}'")
     verdicts = judge(

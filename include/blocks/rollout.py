@@ -23,17 +23,13 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 
 from include.blocks.adapter import Step, block, expected_failures
-from include.lineage import track
+from include.lineage import mlflow_client, track
 
 log = logging.getLogger("slipway")
 
 PHASES = ("shadow", "canary")
 
 
-def _client():
-    from include.lineage import configure_mlflow
-
-    return configure_mlflow().MlflowClient()
 
 
 def _run_ref(context) -> dict:
@@ -56,7 +52,7 @@ def select_candidate(step: Step) -> dict:
     from include.tasks.promotion import aliases, record_event
 
     name = step.pipeline
-    client = _client()
+    client = mlflow_client()
     version = (step.context["params"] or {}).get("version")
     events = step.context.get("triggering_asset_events") or {}
     # A run may be triggered by several events (those since the last run, e.g. from while the DAG
@@ -114,7 +110,7 @@ def validate_infra(step: Step, selected: dict) -> dict:
     for r in out["results"]:
         if r["value"] is not None:
             step.mlflow.log_metric(f"infra.{r['metric']}", float(r["value"]))
-    _gate_tags(_client(), step.pipeline, selected["version"], GATE, out["results"], uri)
+    _gate_tags(mlflow_client(), step.pipeline, selected["version"], GATE, out["results"], uri)
     log.info(
         "infra validation of version %d: %d requests, p99 %.1f ms, statuses %s",
         selected["version"],
@@ -247,7 +243,7 @@ def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
     by = decision.get("responded_by_user") or {}
     who = by.get("name") or by.get("id") or "unknown"
     at = str(decision.get("responded_at", ""))
-    client = _client()
+    client = mlflow_client()
     evidence = (step.context["ti"].xcom_pull(task_ids="summarise_evidence") or {}).get("evidence_uri")
     approval = {"decision": "approved", "by": who, "at": at, "evidence_uri": evidence}
     client.set_model_version_tag(name, str(version), "slipway.approval", json.dumps(approval))
@@ -292,7 +288,7 @@ def conclude_rollout(step: Step) -> dict:
     outcome = approval_outcome(decision)
     reason, failed = outcome["reason"], outcome["failed"]
     if outcome["decision"] != "none":
-        client = _client()
+        client = mlflow_client()
         record = {k: outcome[k] for k in ("decision", "by", "at")}
         record["evidence_uri"] = (ti.xcom_pull(task_ids="summarise_evidence") or {}).get("evidence_uri")
         client.set_model_version_tag(
@@ -324,7 +320,7 @@ def restore_previous_champion(step: Step) -> dict:
     reason = conf.get("reason") or "manual rollback"
     by = getattr(step.context.get("dag_run"), "triggering_user_name", None) or "unknown"
     event = restore_previous(
-        _client(), step.pipeline, reason=f"{reason} (triggered by {by})", by=by, **_run_ref(step.context)
+        mlflow_client(), step.pipeline, reason=f"{reason} (triggered by {by})", by=by, **_run_ref(step.context)
     )
     served = verify_served(
         step.pipeline, event["version"], event.get("from_version"), get_settings().serving_url

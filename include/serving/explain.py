@@ -50,13 +50,13 @@ class Explainers:
         import mlflow
 
         from include import storage
-        from include.lineage import configure_mlflow
+        from include.lineage import mlflow_client
         from include.spec import SPLIT_COLUMN
         from include.tasks.ingest import read_parquet
         from include.tasks.train import load_model
 
         client = (
-            mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else configure_mlflow().MlflowClient()
+            mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
         )
         tags = dict(client.get_model_version(pipeline, str(version)).tags)
         uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")

@@ -166,6 +166,22 @@ def load_onnx(
     return ServedModel(pipeline, version, threshold, digest, session, inputs, categories, index)
 
 
+def load_version(client, pipeline: str, version: int, folder: Path) -> ServedModel:
+    """Download a registered version's artifacts into ``folder`` and load its ONNX graph, checked
+    against the registered digest and carrying its business threshold (the one way every reader of a
+    version's model — the service, the monitor's reference, the tests — loads it)."""
+    import mlflow
+
+    mv = client.get_model_version(pipeline, str(version))
+    tags = dict(mv.tags)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
+    try:
+        threshold = float(tags.get("slipway.decision_threshold", ""))
+    except ValueError as exc:
+        raise ModelRefused(f"version {version} has no decision threshold tag") from exc
+    return load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)
+
+
 class ModelRegistry:
     """Polls the MLflow registry for each pipeline's aliases and traffic; loads what changed."""
 
@@ -196,12 +212,12 @@ class ModelRegistry:
     def _client(self):
         import mlflow
 
-        from include.lineage import configure_mlflow
+        from include.lineage import mlflow_client
 
         if self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
             return mlflow.MlflowClient(self.tracking_uri)
-        return configure_mlflow().MlflowClient()
+        return mlflow_client()
 
     def _load(self, client, pipeline: str, version: int, current: ServedModel | None) -> ServedModel:
         if current is not None and current.version == version:
@@ -209,18 +225,9 @@ class ModelRegistry:
         refused = self._refused.get((pipeline, version))
         if refused and time.monotonic() - refused[1] < RETRY_REFUSED_S:
             raise _AlreadyRefused(refused[0])
-        import mlflow
-
-        mv = client.get_model_version(pipeline, str(version))
-        tags = dict(mv.tags)
         folder = Path(tempfile.mkdtemp(prefix=f"{pipeline}-v{version}-", dir=self._workdir))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
-            try:
-                threshold = float(tags.get("slipway.decision_threshold", ""))
-            except ValueError as exc:
-                raise ModelRefused(f"version {version} has no decision threshold tag") from exc
-            model = load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)
+            model = load_version(client, pipeline, version, folder)
         except ModelRefused as exc:
             self._refused[(pipeline, version)] = (str(exc), time.monotonic())
             raise

@@ -119,7 +119,7 @@ def _failure_params(row: FailureRow) -> tuple:
         int(row.model_version),
         1 if row.served else 0,
         row.reason[:500],
-        _iso_utc(row.created_at, "FailureRow.created_at"),
+        iso_utc(row.created_at, "FailureRow.created_at"),
     )
 
 
@@ -127,7 +127,7 @@ class ConflictingLabel(ValueError):
     """A different label is already recorded for this request; labels are write-once (409)."""
 
 
-def _iso_utc(value: datetime, what: str) -> str:
+def iso_utc(value: datetime, what: str = "a timestamp") -> str:
     """Fixed-width ISO-8601 in UTC, so the TEXT column sorts in time order in both dialects."""
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
@@ -155,7 +155,7 @@ def _to_params(row: PredictionRow) -> tuple:
         float(row.probability),
         int(row.decision),
         float(row.latency_ms),
-        _iso_utc(row.created_at, "PredictionRow.created_at"),
+        iso_utc(row.created_at, "PredictionRow.created_at"),
     )
 
 
@@ -690,7 +690,7 @@ class PredictionLog:
             label = int(label)
         if not isinstance(label, int) or label not in (0, 1):
             raise ValueError(f"label must be 0 or 1, got {label!r}")
-        received_at = _iso_utc(at if at is not None else datetime.now(UTC), "at")
+        received_at = iso_utc(at if at is not None else datetime.now(UTC), "at")
         p = self._db.param
         where, params = f"request_id = {p}", [request_id]
         if pipeline is not None:

@@ -127,6 +127,14 @@ class Sandbox:
             return status, {"raw": text[:200]}
 
 
+def to_request_rows(frame, spec) -> list[dict]:
+    """The spec's features of each row of ``frame`` as a request body (NaN as null, as a client sends)."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+        for rec in frame[spec.features.all].to_dict("records")
+    ]
+
+
 def request_rows(spec, snapshot_uri: str, n: int) -> list[dict]:
     """``n`` rows of the version's test split as request bodies (NaN as null, as a client sends)."""
     import io
@@ -139,10 +147,7 @@ def request_rows(spec, snapshot_uri: str, n: int) -> list[dict]:
     frame = pd.read_parquet(io.BytesIO(storage.read_bytes(snapshot_uri)))
     if SPLIT_COLUMN in frame:
         frame = frame[frame[SPLIT_COLUMN] == "test"]
-    frame = frame.head(n)
-    rows = []
-    for rec in frame[spec.features.all].to_dict("records"):
-        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+    rows = to_request_rows(frame.head(n), spec)
     if not rows:
         raise ValueError(f"{snapshot_uri} has no test rows to send to the sandbox; re-run training")
     return [rows[i % len(rows)] for i in range(n)]

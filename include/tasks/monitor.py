@@ -22,20 +22,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 
+from include.serving.predlog import iso_utc
 from include.tasks.gates import FAILED, check, not_applicable
 
 NO_TRAFFIC = "no_traffic"
 OK = "ok"
 BREACH = "breach"
-
-
-def iso(value: datetime) -> str:
-    """The prediction log's timestamp format (fixed-width ISO-8601 UTC, sorts as text)."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 # ---------------------------------------------------------------------------------------- performance
@@ -156,32 +152,47 @@ class Check:
     evidence: dict
 
 
-def _database(db_url: str | None):
-    """The prediction log's database, with the monitor's table created if missing."""
-    from include.serving.db import database
+_COLUMNS = (
+    "pipeline, interval_start, interval_end, champion_version, served_rows, status, drift_breach, "
+    "performance_breach, triggered, alerted, evidence"
+)
 
-    db = database(db_url)
+
+def _create_table(db) -> None:
+    """Create the monitor's table if missing (only writers do: a read never takes a write lock)."""
     with db.writing() as conn:
         cur = conn.cursor()
         if db.dialect == "postgresql":  # concurrent CREATE ... IF NOT EXISTS can collide in the catalogue
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_TABLE_LOCK_KEY,))
         cur.execute(_TABLE)
-    return db
+
+
+def _select(db_url: str | None, sql: str, params: tuple) -> list[tuple]:
+    """Rows of a read of ``slipway_monitor`` (``{p}`` in ``sql`` is the dialect's placeholder); none
+    before the first interval is recorded, when the table does not exist yet."""
+    from include.serving.db import database
+
+    db = database(db_url)
+    try:
+        with db.reading() as conn:
+            cur = conn.cursor()
+            cur.execute(sql.format(p=db.param), params)
+            return cur.fetchall()
+    except Exception as exc:  # sqlite3 "no such table" / psycopg2 "relation ... does not exist"
+        text = str(exc)
+        if "slipway_monitor" in text and ("no such table" in text or "does not exist" in text):
+            return []
+        raise
 
 
 def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) -> list[Check]:
     """The pipeline's recorded checks of intervals ending before ``before``, newest first."""
-    db = _database(db_url)
-    p = db.param
-    with db.reading() as conn:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT pipeline, interval_start, interval_end, champion_version, served_rows, status, drift_breach, "
-            "performance_breach, triggered, alerted, evidence FROM slipway_monitor "
-            f"WHERE pipeline = {p} AND interval_end < {p} ORDER BY interval_end DESC LIMIT {int(limit)}",
-            (pipeline, before),
-        )
-        rows = cur.fetchall()
+    rows = _select(
+        db_url,
+        f"SELECT {_COLUMNS} FROM slipway_monitor WHERE pipeline = {{p}} AND interval_end < {{p}} "
+        f"ORDER BY interval_end DESC LIMIT {int(limit)}",
+        (pipeline, before),
+    )
     return [
         Check(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], bool(r[9]), json.loads(r[10]))
         for r in rows
@@ -190,7 +201,10 @@ def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) ->
 
 def record(db_url: str | None, result: Check) -> None:
     """Write (or, for a re-run of the interval, replace) the interval's row, in one transaction."""
-    db = _database(db_url)
+    from include.serving.db import database
+
+    db = database(db_url)
+    _create_table(db)
     p = db.param
     with db.writing() as conn:
         cur = conn.cursor()
@@ -226,34 +240,18 @@ def latest(db_url: str | None, pipeline: str) -> Check | None:
 def latest_summary(db_url: str | None, pipelines: list[str]) -> dict[str, dict]:
     """The newest check of each pipeline as numbers (for Prometheus), read-only: before the first
     monitor run there is no table and the answer is empty."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    p = db.param
     out: dict[str, dict] = {}
-    with db.reading() as conn:
-        cur = conn.cursor()
-        for name in pipelines:
-            try:
-                cur.execute(
-                    "SELECT interval_end, served_rows, status, drift_breach, performance_breach, evidence "
-                    f"FROM slipway_monitor WHERE pipeline = {p} ORDER BY interval_end DESC LIMIT 1",
-                    (name,),
-                )
-            except Exception as exc:  # no monitor table yet (sqlite3 / psycopg2 "does not exist")
-                if "slipway_monitor" not in str(exc):
-                    raise
-                return {}
-            row = cur.fetchone()
-            if row:
-                out[name] = {
-                    "interval_end": datetime.fromisoformat(row[0]).timestamp(),
-                    "served_rows": row[1],
-                    "no_traffic": int(row[2] == NO_TRAFFIC),
-                    "drift_breach": row[3],
-                    "performance_breach": row[4],
-                    "drifted_checks": json.loads(row[5]).get("drifted_count", 0),
-                }
+    for name in pipelines:
+        check = latest(db_url, name)
+        if check is not None:
+            out[name] = {
+                "interval_end": datetime.fromisoformat(check.interval_end).timestamp(),
+                "served_rows": check.served_rows,
+                "no_traffic": int(check.status == NO_TRAFFIC),
+                "drift_breach": int(check.drift_breach),
+                "performance_breach": int(check.performance_breach),
+                "drifted_checks": check.evidence.get("drifted_count", 0),
+            }
     return out
 
 
@@ -289,7 +287,7 @@ def decide(
         if drift_breach
         else ("performance" if sustained >= cfg.performance.sustained_checks else None)
     )
-    floor = iso(interval_end - timedelta(hours=cfg.cooldown_hours))
+    floor = iso_utc(interval_end - timedelta(hours=cfg.cooldown_hours))
     recent = [c for c in history if c.interval_end > floor]
     trigger, held_by = cause, None
     if cause:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from include.lineage import mlflow_client
 from include.tasks import guardrails as g
 from include.tasks.gates import GateFailed, not_applicable
 from include.tasks.promotion import rollback_challenger, set_challenger
@@ -19,10 +20,6 @@ from include.tasks.promotion import rollback_challenger, set_challenger
 log = logging.getLogger("slipway")
 
 
-def _client():
-    from include.lineage import configure_mlflow
-
-    return configure_mlflow().MlflowClient()
 
 
 def _mlflow():
@@ -57,7 +54,7 @@ class Phase:
         window = self.window_cfg(index)
         weight = 0.0 if self.phase == "shadow" else window.weight
         set_challenger(
-            _client(), self.pipeline, self.selected["version"], self.phase, weight, step=index, **self.run_ref
+            mlflow_client(), self.pipeline, self.selected["version"], self.phase, weight, step=index, **self.run_ref
         )
         log.info(
             "%s step %d: version %d as challenger%s; needs %d requests within %.0f min",
@@ -152,7 +149,7 @@ class Phase:
         all_results = [r for s in done for r in s["results"]]
         from include.tasks.gates import status_of
 
-        client = _client()
+        client = mlflow_client()
         client.set_model_version_tag(
             self.pipeline, str(sel["version"]), f"slipway.blessing.{self.phase}", status_of(all_results)
         )

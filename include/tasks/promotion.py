@@ -358,10 +358,10 @@ def rollback_challenger(
 ) -> dict | None:
     """All traffic back to the champion, ``challenger`` removed, then what is served is checked
     (not assumed) and written to the version. None when it was already rolled back."""
-    from include.lineage import configure_mlflow
+    from include.lineage import mlflow_client
     from include.settings import get_settings
 
-    client = configure_mlflow().MlflowClient()
+    client = mlflow_client()
     event = end_challenger(client, pipeline, selected["version"], reason, **run_ref)
     if selected.get("champion") is not None:
         served = verify_served(

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from tests.dags.e2e import ROOT, clean_env, wait_until
+from tests.pg import create_databases, drop_databases
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PASSWORD = uuid.uuid4().hex
@@ -33,15 +34,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-
-def _admin():
-    import psycopg2
-
-    conn = psycopg2.connect(
-        host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5
-    )
-    conn.autocommit = True
-    return conn
 
 
 class LiveStack:
@@ -98,11 +90,7 @@ class LiveStack:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LiveStack:
-        conn = _admin()
-        with conn.cursor() as cur:
-            for name in self.databases.values():
-                cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
+        create_databases(*self.databases.values())
         self.pipelines.mkdir()
         raw = yaml.safe_load((ROOT / "include" / "pipelines" / "telco_churn.yaml").read_text())
         # The current month's batch never lands in these tests: keep its run waiting, not skipped.
@@ -178,16 +166,7 @@ class LiveStack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        conn = _admin()
-        with conn.cursor() as cur:
-            for name in self.databases.values():
-                cur.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                    "AND pid <> pg_backend_pid()",
-                    (name,),
-                )
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.close()
+        drop_databases(*self.databases.values())
         shutil.rmtree(self.base, ignore_errors=True)
 
     # ------------------------------------------------------------------ helpers

@@ -20,16 +20,10 @@ import pytest
 import yaml
 
 from tests.dags.e2e import ROOT, clean_env
+from tests.pg import create_databases, drop_databases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-
-def _admin():
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    conn.autocommit = True
-    return conn
 
 
 def _airflow(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -44,9 +38,7 @@ def _airflow(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedP
 def metadata(tmp_path_factory):
     """A fresh PostgreSQL metadata database and an Airflow home that uses it (dropped afterwards)."""
     name = f"slipway_dagproc_{uuid.uuid4().hex[:8]}"
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    create_databases(name)
     home = tmp_path_factory.mktemp("dagproc")
     pipelines = home / "pipelines"
     pipelines.mkdir()
@@ -64,13 +56,7 @@ def metadata(tmp_path_factory):
     )
     _airflow(env, "db", "migrate")
     yield {"env": env, "db": name, "pipelines": pipelines, "home": home}
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    drop_databases(name)
 
 
 def _query(db: str, sql: str, *params) -> list[tuple]:

@@ -64,16 +64,14 @@ def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:
     import mlflow
     import pandas as pd
 
-    from include.serving.models import load_onnx
+    from include.serving.models import load_version
     from include.spec import load_pipeline
     from include.tasks.onnx_export import predict_proba_onnx
     from include.tasks.train import feature_frame
 
-    mv = client.get_model_version(NAME, str(version))
     mlflow.set_tracking_uri(stack.tracking)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp))
-        model = load_onnx(NAME, version, folder, mv.tags["slipway.onnx_sha256"], 0.5)
+        model = load_version(client, NAME, version, Path(tmp))
         spec = load_pipeline(NAME)
         return predict_proba_onnx(model.session, spec, feature_frame(pd.DataFrame(rows), spec)).tolist()
 

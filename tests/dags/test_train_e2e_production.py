@@ -9,42 +9,21 @@ import uuid
 import pytest
 
 from tests.dags.e2e import clean_env, lineage, mlflow_client, slipway, task_runs
+from tests.pg import create_databases, drop_databases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
-def _admin():
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5
-        )
-    except psycopg2.OperationalError as exc:  # pragma: no cover - CI starts PostgreSQL
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required for this test: {exc}")
-    conn.autocommit = True
-    return conn
-
 
 @pytest.fixture(scope="module")
 def databases():
     suffix = uuid.uuid4().hex[:8]
     names = {"airflow": f"slipway_e2e_{suffix}_airflow", "mlflow": f"slipway_e2e_{suffix}_mlflow"}
-    conn = _admin()
-    with conn.cursor() as cur:
-        for name in names.values():
-            cur.execute(f'CREATE DATABASE "{name}"')
+    create_databases(*names.values())  # CI starts PostgreSQL: unreachable fails here, loudly
     yield names
-    with conn.cursor() as cur:
-        for name in names.values():
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    drop_databases(*names.values())
 
 
 @pytest.fixture(scope="module")

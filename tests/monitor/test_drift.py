@@ -4,15 +4,14 @@ and the streamed count from the prediction log (SQLite and PostgreSQL) equals a 
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
+from include.tasks.infra_validation import to_request_rows
 from tests.conftest import make_snapshot
-from tests.serving.conftest import pg_db  # noqa: F401 - the throwaway PostgreSQL fixture
 
 PIPELINE = "telco_churn"
 T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
@@ -43,12 +42,6 @@ def profile(population):
     return build_profile(spec, 3, snapshot, scores)
 
 
-def _requests(frame, spec) -> list[dict]:
-    rows = []
-    for rec in frame[spec.features.all].to_dict("records"):
-        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
-    return rows
-
 
 def _judge(profile, spec, rows, scores, min_rows=500):
     from include.tasks.drift import Counts, drift_checks
@@ -65,7 +58,7 @@ def _failed(results: dict) -> set[str]:
 
 def test_held_out_traffic_of_the_same_population_has_no_drift(population, profile):
     spec, _, test, scores = population
-    results = _judge(profile, spec, _requests(test, spec), scores)
+    results = _judge(profile, spec, to_request_rows(test, spec), scores)
     assert len(results) == len(spec.features.all) + 1
     assert _failed(results) == set(), {m: r["value"] for m, r in results.items()}
     assert all(r["status"] == "passed" for r in results.values())
@@ -105,7 +98,7 @@ def test_held_out_traffic_of_the_same_population_has_no_drift(population, profil
 )
 def test_a_shift_is_caught_on_the_feature_that_moved(population, profile, shape, shift, drifted):
     spec, _, test, scores = population
-    results = _judge(profile, spec, shift(_requests(test, spec)), scores)
+    results = _judge(profile, spec, shift(to_request_rows(test, spec)), scores)
     assert drifted <= _failed(results), (shape, {m: r["value"] for m, r in results.items()})
     # Features nobody touched stay within bounds (tenure drags total charges with it, by design).
     untouched = {f"psi[{n}]" for n in ("partner", "internet_service", "streaming_tv", "online_security")}
@@ -114,13 +107,13 @@ def test_a_shift_is_caught_on_the_feature_that_moved(population, profile, shape,
 
 def test_scores_alone_can_drift(population, profile):
     spec, _, test, scores = population
-    results = _judge(profile, spec, _requests(test, spec), np.clip(scores + 0.25, 0, 1))
+    results = _judge(profile, spec, to_request_rows(test, spec), np.clip(scores + 0.25, 0, 1))
     assert _failed(results) == {"psi[prediction]"}
 
 
 def test_too_little_traffic_is_not_judged(population, profile):
     spec, _, test, scores = population
-    rows = [{**r, "monthly_charges": 500.0} for r in _requests(test.head(100), spec)]
+    rows = [{**r, "monthly_charges": 500.0} for r in to_request_rows(test.head(100), spec)]
     results = _judge(profile, spec, rows, scores[:100])
     assert list(results) == ["feature_psi"] and results["feature_psi"]["status"] == "not_applicable"
     assert "100 served rows" in results["feature_psi"]["note"]
@@ -145,7 +138,7 @@ def _log(url: str, population, shift=None, start=T0) -> list[dict]:
     from include.serving.predlog import PredictionLog, PredictionRow
 
     spec, _, test, scores = population
-    rows = _requests(test, spec)
+    rows = to_request_rows(test, spec)
     rows = shift(rows) if shift else rows
     log = PredictionLog(url)
     log.start()
@@ -173,22 +166,15 @@ def _log(url: str, population, shift=None, start=T0) -> list[dict]:
     return rows
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def log_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'serving.db'}"
-    return request.getfixturevalue("pg_db").url
-
-
 def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile):
+    from include.serving.predlog import iso_utc
     from include.tasks.drift import Counts, count_window, stream_window
-    from include.tasks.monitor import iso
 
     spec, _, test, scores = population
     rows = _log(log_url, population)
     end = T0 + timedelta(seconds=len(rows))
     streamed, sample = count_window(
-        stream_window(log_url, PIPELINE, iso(T0), iso(end), chunk=97), profile, sample_rows=50
+        stream_window(log_url, PIPELINE, iso_utc(T0), iso_utc(end), chunk=97), profile, sample_rows=50
     )
     whole = Counts(profile)
     whole.add(rows, [float(s) for i, s in enumerate(scores) if i % 3])
@@ -198,6 +184,6 @@ def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile)
     assert len(sample) == 50 and all(set(s) == set(spec.features.all) for s in sample)
     # The window's bounds hold: the first hundred seconds only.
     first, _ = count_window(
-        stream_window(log_url, PIPELINE, iso(T0), iso(T0 + timedelta(seconds=100))), profile
+        stream_window(log_url, PIPELINE, iso_utc(T0), iso_utc(T0 + timedelta(seconds=100))), profile
     )
     assert first.rows == 100

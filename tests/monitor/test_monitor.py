@@ -11,17 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.tasks.gates import check, not_applicable
-from tests.serving.conftest import pg_db  # noqa: F401 - the throwaway PostgreSQL fixture
 
 PIPELINE = "telco_churn"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'serving.db'}"
-    return request.getfixturevalue("pg_db").url
+@pytest.fixture
+def db(log_url):
+    return log_url
 
 
 @pytest.fixture
@@ -46,16 +43,17 @@ def _perf(auc: float | None) -> list[dict]:
 
 def _hour(cfg, db, hour: int, drift: list[dict], perf: list[dict], rows: int = 1000):
     """Judge and record the interval ending ``hour`` hours after T0, as judge_interval does."""
-    from include.tasks.monitor import Check, decide, earlier, iso, record
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import Check, decide, earlier, record
 
     end = T0 + timedelta(hours=hour)
-    d = decide(cfg, end, rows, drift, perf, earlier(db, PIPELINE, iso(end)))
+    d = decide(cfg, end, rows, drift, perf, earlier(db, PIPELINE, iso_utc(end)))
     record(
         db,
         Check(
             PIPELINE,
-            iso(end - timedelta(hours=1)),
-            iso(end),
+            iso_utc(end - timedelta(hours=1)),
+            iso_utc(end),
             3,
             rows,
             d.status,
@@ -100,12 +98,13 @@ def test_a_performance_drop_triggers_once_sustained(cfg, db):
 
 def test_a_rerun_of_an_interval_replaces_its_record_and_triggers_again(cfg, db):
     """A retry after the record was written (the event not yet emitted) must still emit it."""
-    from include.tasks.monitor import earlier, iso
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import earlier
 
     assert _hour(cfg, db, 1, _drift(0.6), _perf(None)).trigger == "drift"
     assert _hour(cfg, db, 1, _drift(0.6), _perf(None)).trigger == "drift"
-    rows = earlier(db, PIPELINE, iso(T0 + timedelta(hours=2)))
-    assert [r.interval_end for r in rows] == [iso(T0 + timedelta(hours=1))]
+    rows = earlier(db, PIPELINE, iso_utc(T0 + timedelta(hours=2)))
+    assert [r.interval_end for r in rows] == [iso_utc(T0 + timedelta(hours=1))]
 
 
 def _predictions(db: str, created: list[datetime], versions: list[int]) -> list[str]:
@@ -134,19 +133,20 @@ def _predictions(db: str, created: list[datetime], versions: list[int]) -> list[
 
 
 def test_late_labels_join_the_predictions_they_belong_to(db):
-    from include.tasks.monitor import iso, read_labelled
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import read_labelled
 
     created = [T0 + timedelta(minutes=10 * i) for i in range(24)]
     _predictions(db, created, [3] * 20 + [4] * 4)
-    labelled = read_labelled(db, PIPELINE, 3, iso(T0), iso(T0 + timedelta(hours=3)))
+    labelled = read_labelled(db, PIPELINE, 3, iso_utc(T0), iso_utc(T0 + timedelta(hours=3)))
     # 18 of version 3 fall in the 3 hours; every fourth has no label: 14 labelled (indices 0..17).
     expected = [i for i in range(18) if i % 4 != 3]
     assert len(labelled.label) == len(expected)
     assert labelled.label.tolist() == [int(i % 2 == 0) for i in expected]
     assert labelled.probability.tolist() == [[0.9, 0.2, 0.8, 0.1, 0.7, 0.3][i % 6] for i in expected]
     # Another version's predictions, and rows outside the window, never join.
-    assert len(read_labelled(db, PIPELINE, 4, iso(T0), iso(T0 + timedelta(hours=3))).label) == 0
-    assert len(read_labelled(db, PIPELINE, 4, iso(T0), iso(T0 + timedelta(hours=4))).label) == 3
+    assert len(read_labelled(db, PIPELINE, 4, iso_utc(T0), iso_utc(T0 + timedelta(hours=3))).label) == 0
+    assert len(read_labelled(db, PIPELINE, 4, iso_utc(T0), iso_utc(T0 + timedelta(hours=4))).label) == 3
 
 
 def test_performance_checks_use_the_version_record_and_need_enough_labels():
@@ -176,3 +176,24 @@ def test_performance_checks_use_the_version_record_and_need_enough_labels():
     assert by["value_per_1000"]["status"] == ("passed" if live >= 3750 else "failed")
     assert performance_checks(cfg, spec, noise, tags)[0]["status"] == "failed"
     assert {r["status"] for r in performance_checks(cfg, spec, few, tags)} == {"not_applicable"}
+
+
+def test_reading_before_the_first_record_is_empty_and_creates_nothing(cfg, db):
+    """The service's /metrics and the retirement DAG read the monitor's record before any monitor
+    run: an empty answer, and no table created by a reader (a read never takes a write lock)."""
+    from include.serving.db import database
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import earlier, latest, latest_summary
+
+    assert earlier(db, PIPELINE, "9999") == [] and latest(db, PIPELINE) is None
+    assert latest_summary(db, [PIPELINE]) == {}
+    d = database(db)
+    with d.reading() as conn:
+        cur = conn.cursor()
+        if d.dialect == "sqlite":
+            cur.execute("SELECT count(*) FROM sqlite_master WHERE name = 'slipway_monitor'")
+        else:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'slipway_monitor'")
+        assert cur.fetchone()[0] == 0
+    _hour(cfg, db, 1, _drift(0.6), _perf(None))  # the first record creates the table
+    assert [c.interval_end for c in earlier(db, PIPELINE, "9999")] == [iso_utc(T0 + timedelta(hours=1))]

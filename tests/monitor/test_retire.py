@@ -47,8 +47,9 @@ def _serve(db: str, version: int, at: datetime, n: int = 3) -> None:
 
 def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolated_home, monkeypatch):
     from include.serving.db import database
+    from include.serving.predlog import iso_utc
     from include.spec import load_pipeline
-    from include.tasks.monitor import Check, iso, record
+    from include.tasks.monitor import Check, record
     from include.tasks.promotion import EVENT_PREFIX, aliases, history
     from include.tasks.retire import RETIRED_TAG, archive, champion_checks, judge, last_served
 
@@ -73,7 +74,7 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
         record(
             db,
             Check(
-                NAME, iso(end - timedelta(hours=1)), iso(end), 9, 500, "breach", False, True, None, False, {}
+                NAME, iso_utc(end - timedelta(hours=1)), iso_utc(end), 9, 500, "breach", False, True, None, False, {}
             ),
         )
 

@@ -17,9 +17,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,69 +24,6 @@ import pytest
 from tests.dags.e2e import ROOT, clean_env, slipway, wait_until
 
 PIPELINE = "telco_churn"
-
-
-PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
-
-
-def pg_url(name: str, password: str | None = None) -> str:
-    """The URL of database ``name`` on the machine's PostgreSQL (trust auth ignores ``password``)."""
-    secret = f":{password}" if password else ""
-    return f"postgresql://postgres{secret}@127.0.0.1:5432/{name}"
-
-
-def pg_admin():
-    """An autocommit connection to the server's ``postgres`` database (create, alter, drop)."""
-    import psycopg2
-
-    conn = psycopg2.connect(**PG_ADMIN, connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def pg_terminate_backends(cur, name: str) -> None:
-    """End every other session on database ``name``."""
-    cur.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (name,),
-    )
-
-
-@dataclass(frozen=True)
-class PgDatabase:
-    name: str
-    url: str  # without a password
-
-
-@pytest.fixture
-def pg_db() -> Iterator[PgDatabase]:
-    """A fresh, uniquely named PostgreSQL database for one test; skipped if the server is unreachable.
-
-    Dropped at teardown even if the test failed: connections allowed again (a test may have refused
-    them), its remaining sessions terminated, then ``DROP DATABASE``.
-    """
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = pg_admin()
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    name = f"slipway_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
-    try:
-        yield PgDatabase(name, pg_url(name))
-    finally:
-        admin = pg_admin()  # none held open while the test runs
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                pg_terminate_backends(cur, name)
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        finally:
-            admin.close()
 
 
 def free_port() -> int:

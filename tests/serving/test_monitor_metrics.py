@@ -16,7 +16,8 @@ def _gauges(text: str) -> dict[str, float]:
 
 
 def test_metrics_show_the_newest_monitor_check(service):
-    from include.tasks.monitor import Check, iso, record
+    from include.serving.predlog import iso_utc
+    from include.tasks.monitor import Check, record
 
     key = service.key("metrics", None)
     status, text = service.get("/metrics", key=key)
@@ -27,8 +28,8 @@ def test_metrics_show_the_newest_monitor_check(service):
             service.db_url,
             Check(
                 PIPELINE,
-                iso(end.replace(hour=hour - 1)),
-                iso(end),
+                iso_utc(end.replace(hour=hour - 1)),
+                iso_utc(end),
                 1,
                 rows,
                 state,

@@ -25,7 +25,7 @@ from include.serving.predlog import (
     PredictionRow,
     UnknownRequest,
 )
-from tests.serving.conftest import pg_admin, pg_terminate_backends, pg_url
+from tests.pg import pg_admin, pg_terminate_backends, pg_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PG_PASSWORD = "not-a-real-secret"  # put in a URL: trust auth ignores it; it must never be echoed
@@ -45,13 +45,6 @@ def make_row(request_id: str | None = None, *, variant: str = "champion", pipeli
         latency_ms=1.7,
         created_at=datetime.now(UTC),
     )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def log_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'serving.db'}"
-    return request.getfixturevalue("pg_db").url
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import urllib.request
 import pytest
 
 from tests.dags.e2e import wait_until
-from tests.serving.conftest import PIPELINE, Service, free_port, pg_admin, pg_terminate_backends
+from tests.pg import pg_admin, pg_terminate_backends
+from tests.serving.conftest import PIPELINE, Service, free_port
 from tests.serving.test_service_http import _metric, _rows
 
 
