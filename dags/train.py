@@ -9,8 +9,8 @@ robustness, ONNX parity and latency) and `bless_candidate` judges them all at on
 with **every** failed check listed, or the model card is written and the ONNX graph is registered
 as a model version with the alias `candidate` (never moved back to an older interval).
 
-**Tasks**, in order: `wait_for_batch` (deferrable sensor) → `ingest_batch` → `version_snapshot`
-(DVC) → `validate_snapshot` (Great Expectations) → `train_model` → `evaluate_model` (threshold,
+**Tasks**, in order: `wait_for_batch` (deferrable sensor) → `ingest_batch` → `curate_feedback`
+(labelled predictions from the service's log) → `version_snapshot` (DVC) → `validate_snapshot` (Great Expectations) → `train_model` → `evaluate_model` (threshold,
 metric floors, data validation) → side by side: `compare_champion` (champion and business
 gates), `check_fairness`, `explain_model` (SHAP, forbidden features, proxy probe),
 `check_robustness`, `optimise_onnx` (parity at the decision threshold, latency) →
@@ -118,7 +118,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
     ) as dag:
         landed = b.wait_for_batch(name)
         ingested = b.ingest_batch(name)(landed.output)
-        versioned = b.version_snapshot(name)(ingested)
+        versioned = b.version_snapshot(name)(ingested, b.curate_feedback(name)(ingested))
         validated = b.validate_snapshot(name)(versioned)
         trained = b.train_model(name)(versioned, validated)
         evaluated = b.evaluate_model(name)(trained, validated)

@@ -468,6 +468,7 @@ def _retrain_lines(client) -> list[str]:
     return [
         f"  {r.data.tags['slipway.dag_id']} {r.data.tags['slipway.run_id']}: trigger drift, month "
         f"{r.data.tags.get('slipway.month')}, registered version {r.data.tags.get('slipway.registered_version', '-')}"
+        f"\n    feedback in its snapshot: {r.data.tags.get('slipway.feedback', 'none recorded')}"
         for r in runs
     ]
 

@@ -87,6 +87,7 @@ SLOW_MODULES = (
     "tests/dags/test_train_e2e.py",
     "tests/dags/test_train_e2e_production.py",
     "tests/dags/test_second_pipeline_e2e.py",
+    "tests/dags/test_feedback_e2e.py",
     "tests/dags/test_dag_processor.py",
     "tests/integration/test_make_up.py",
     "tests/dags/test_lineage_faults.py",

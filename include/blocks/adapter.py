@@ -43,6 +43,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from include.spec import SpecError
     from include.tasks.explain import ExplainError
     from include.tasks.fairness import FairnessInputError
+    from include.tasks.feedback import FeedbackError
     from include.tasks.gates import GateFailed
     from include.tasks.ingest import BatchError
     from include.tasks.promotion import PromotionConflict, ServedVersionMismatch
@@ -57,6 +58,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         TrainingError,
         ExplainError,
         FairnessInputError,
+        FeedbackError,
         PromotionConflict,
         ServedVersionMismatch,
     )

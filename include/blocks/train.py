@@ -46,21 +46,88 @@ def ingest_batch(step: Step, landed: dict | None = None) -> dict:
     return {"month": out["month"], "batch_uris": out["batch_uris"], "rows": out["rows"], "outputs": refs}
 
 
+def feedback_cutoff(context) -> str:
+    """Labels received before this moment feed the run: a scheduled or backfill run's data interval
+    end (a backfill never learns from later labels), else the moment the run was triggered."""
+    from include.serving.predlog import iso_utc
+
+    dag_run = context["dag_run"]
+    run_type = str(getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")))
+    end = context.get("data_interval_end")
+    if run_type in {"scheduled", "backfill"} and end is not None:
+        return iso_utc(end, "the data interval's end")
+    return iso_utc(dag_run.run_after, "the run's run_after")
+
+
 @block
-def version_snapshot(step: Step, ingested: dict) -> dict:
-    """Snapshot = every batch up to the interval, added to DVC and pushed; its md5 is the data version."""
+def curate_feedback(step: Step, ingested: dict) -> dict:
+    """Labelled predictions from the service's log, curated by the documented rule into a feedback batch."""
+    from include.tasks.feedback import curate_feedback as curate
+
+    cutoff = feedback_cutoff(step.context)
+    out = curate(step.spec, None, step.settings.lake_uri, ingested["batch_uris"], cutoff)
+    dropped = {k: v for k, v in out["dropped"].items() if v}
+    step.mlflow.log_metrics(
+        {"feedback.labelled": out["labelled"], "feedback.rows": out["rows"]}
+        | {f"feedback.dropped.{k}": v for k, v in out["dropped"].items()}
+    )
+    step.mlflow.set_tag("slipway.feedback.cutoff", cutoff)
+    if out["uri"]:
+        step.mlflow.set_tag("slipway.feedback_uri", out["uri"])
+    log.info(
+        "feedback up to %s: %d labelled prediction(s), %d row(s) in the batch%s%s",
+        cutoff,
+        out["labelled"],
+        out["rows"],
+        f" {out['uri']}" if out["uri"] else " (no batch: nothing to add to the snapshot)",
+        "".join(f"\n  dropped {n}: {reason.replace('_', ' ')}" for reason, n in dropped.items()),
+    )
+    parent = step.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent:  # the DAG run's record says what the labels added, without opening this task
+        summary = f"{out['rows']} row(s) from {out['labelled']} labelled prediction(s) up to {cutoff}"
+        step.mlflow.MlflowClient().set_tag(parent, "slipway.feedback", summary)
+    refs = [data_ref("feedback", out["uri"], out["sha256"], "lake")] if out["uri"] else []
+    return {
+        "feedback_uri": out["uri"],
+        "rows": out["rows"],
+        "labelled": out["labelled"],
+        "cutoff": cutoff,
+        "outputs": refs,
+    }
+
+
+@block
+def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -> dict:
+    """Snapshot = every batch up to the interval plus the feedback batch, added to DVC and pushed; its md5 is the data version."""
+    from include.tasks.feedback import cutoff_token
     from include.tasks.version import build_snapshot
     from include.tasks.version import version_snapshot as dvc_version
     from include.uri import join
 
     s, month = step.settings, ingested["month"]
-    snap_uri = join(s.lake_uri, step.pipeline, "snapshots", f"month={month}", "snapshot.parquet")
-    snap = build_snapshot(ingested["batch_uris"], snap_uri)
+    feedback_uri = (feedback or {}).get("feedback_uri")
+    folder = join(s.lake_uri, step.pipeline, "snapshots", f"month={month}")
+    if feedback_uri:  # runs of one month with different feedback never share a key
+        folder = join(folder, f"until={cutoff_token(feedback['cutoff'])}")
+    snap_uri = join(folder, "snapshot.parquet")
+    snap = build_snapshot(ingested["batch_uris"], snap_uri, feedback_uri, step.spec.entity_column)
     ver = dvc_version(snap_uri, step.pipeline, s.dvc_workdir, s.dvc_remote_uri, s.s3_endpoint_url)
-    step.mlflow.log_params({"data_version": ver["data_version"], "snapshot_rows": snap["rows"]})
+    step.mlflow.log_params(
+        {
+            "data_version": ver["data_version"],
+            "snapshot_rows": snap["rows"],
+            "feedback_rows": snap["feedback_rows"],
+            "feedback_superseded": snap["superseded"],
+        }
+    )
     step.mlflow.set_tag("slipway.data_version", ver["data_version"])
     log.info(
-        "snapshot of %d rows is data version %s (DVC: %s)", snap["rows"], ver["data_version"], ver["dvc_uri"]
+        "snapshot of %d rows (%d from feedback, replacing %d landed) is data version %s (DVC: %s)",
+        snap["rows"],
+        snap["feedback_rows"],
+        snap["superseded"],
+        ver["data_version"],
+        ver["dvc_uri"],
     )
     return {
         "month": month,

@@ -37,11 +37,15 @@ class VersioningError(RuntimeError):
     """A snapshot could not be versioned or fetched; the message names the problem and the fix."""
 
 
-def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
+def build_snapshot(
+    batch_uris: list[str], snapshot_uri: str, feedback_uri: str | None = None, entity: str | None = None
+) -> dict:
     """Concatenate the Parquet batches (in the given order) into one Parquet object at ``snapshot_uri``.
 
-    The bytes depend only on the batches' contents and order, so a re-run writes an identical
-    object and DVC sees the same md5. Returns ``{"snapshot_uri", "rows", "sha256"}``.
+    With a feedback batch (:mod:`include.tasks.feedback`), each of its rows replaces the rows of the
+    same ``entity`` in the batches and the feedback rows come last. The bytes depend only on the
+    inputs' contents and order, so a re-run writes an identical object and DVC sees the same md5.
+    Returns ``{"snapshot_uri", "rows", "sha256", "superseded", "feedback_rows"}``.
     """
     if not batch_uris:
         raise ValueError(
@@ -61,6 +65,16 @@ def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
                 f"build_snapshot: batch {uri} does not exist; re-run the task that lands it "
                 "or drop it from the batch list"
             ) from exc
+    superseded = feedback_rows = 0
+    if feedback_uri:
+        if not entity:
+            raise ValueError(f"build_snapshot({snapshot_uri}): a feedback batch needs the entity column")
+        feedback = pd.read_parquet(io.BytesIO(storage.read_bytes(feedback_uri)), engine="pyarrow")
+        keys = set(feedback[entity])
+        kept = [f[~f[entity].isin(keys)] for f in frames]
+        superseded = sum(len(f) for f in frames) - sum(len(f) for f in kept)
+        frames = [*kept, feedback]
+        feedback_rows = len(feedback)
     # A column can come out as int64 in one month and as text in another (a sensitive attribute is
     # written as int64 only when every value of that batch is a whole number): the snapshot keeps
     # such a column as text in every row, where concatenating would mix types Parquet refuses.
@@ -85,6 +99,8 @@ def build_snapshot(batch_uris: list[str], snapshot_uri: str) -> dict:
         "snapshot_uri": snapshot_uri,
         "rows": len(snapshot),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "superseded": superseded,
+        "feedback_rows": feedback_rows,
     }
 
 

@@ -53,6 +53,7 @@ def test_every_dag_is_well_formed(bag):
             assert verb in {
                 "wait",
                 "ingest",
+                "curate",
                 "version",
                 "validate",
                 "train",
@@ -85,6 +86,7 @@ def test_train_dag_shape(bag):
     assert ids == {
         "wait_for_batch",
         "ingest_batch",
+        "curate_feedback",
         "version_snapshot",
         "validate_snapshot",
         "train_model",
@@ -103,6 +105,9 @@ def test_train_dag_shape(bag):
     for gate in gates:
         assert dag.get_task(gate).upstream_task_ids == {"train_model", "evaluate_model"}
     assert dag.get_task("bless_candidate").upstream_task_ids == gates | {"evaluate_model"}
+    # Feedback is curated against the landed batches and goes into the snapshot with them.
+    assert dag.get_task("curate_feedback").upstream_task_ids == {"ingest_batch"}
+    assert dag.get_task("version_snapshot").upstream_task_ids == {"ingest_batch", "curate_feedback"}
     register = dag.get_task("register_model")
     # Registration depends (transitively) on every other task, with the all_success rule.
     assert register.trigger_rule == "all_success"
@@ -184,7 +189,7 @@ def test_second_pipeline_from_a_spec_alone(tmp_path, monkeypatch):
     assert bag.import_errors == {}
     dag = bag.dags["credit_default__train"]
     assert dag.default_args["owner"] == "risk-analytics"
-    assert len(dag.tasks) == 14
+    assert len(dag.tasks) == 15
 
 
 def test_lint_airflow_rules():

@@ -50,7 +50,7 @@ def test_a_run_started_from_the_command_line_has_its_logs_and_true_duration_in_t
 
     # Every task's log is served by the API server, and tells the task's own story.
     states = stack.task_states(DAG, run["dag_run_id"])
-    assert len(states) == 14 and set(states.values()) == {"success"}
+    assert len(states) == 15 and set(states.values()) == {"success"}
     for task_id in states:
         lines = _lines(stack, run["dag_run_id"], task_id)
         events = " ".join(str(line.get("event", "")) for line in lines)

@@ -34,6 +34,6 @@ def test_credit_default_pipeline_from_spec_and_suite(tmp_path):
     assert rec["metrics"]["roc_auc"] > 0.85
     assert rec["validation"]["result"] == "passed"
     client = mlflow_client(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    assert len(task_runs(client, "credit_default", "credit_default__train")) == 14
+    assert len(task_runs(client, "credit_default", "credit_default__train")) == 15
     status = slipway(env, "status").stdout
     assert "credit_default: dags credit_default__train; aliases candidate=v1" in status

@@ -81,7 +81,7 @@ def test_lineage_and_runs_in_the_postgres_backed_mlflow(production):
     assert rec["data_version"]["uri"].startswith("s3://dvc/slipway/files/md5/")
     client = mlflow_client(production["tracking"])
     runs = task_runs(client, "telco_churn", "telco_churn__train")
-    assert len(runs) == 14 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 15 and all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_airflow_metadata_is_in_postgres(production):
@@ -94,5 +94,5 @@ def test_airflow_metadata_is_in_postgres(production):
         cur.execute(
             "SELECT count(*) FROM task_instance WHERE dag_id = 'telco_churn__train' AND state = 'success'"
         )
-        assert cur.fetchone()[0] == 14
+        assert cur.fetchone()[0] == 15
     conn.close()
