@@ -5,12 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install demo test lint up bench policy clean
+.PHONY: help install demo test lint up down up-embedded bench policy clean
 
 help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
 	@echo "make test   install what is missing, run linters and the whole test suite"
-	@echo "make up     Airflow (UI on :8080) + MLflow UI (:5000) on the embedded stack, in the foreground"
+	@echo "make up     the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus), in the background"
+	@echo "make down   stop what make up started"
+	@echo "make up-embedded  Airflow (UI on :8080) + MLflow UI (:5000) on the embedded SQLite stack, in the foreground"
 	@echo "make bench  scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently"
 	@echo "make policy the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean  remove the embedded state folder (.slipway/)"
@@ -36,6 +38,13 @@ test: lint
 	$(BIN)/python -m pytest -n 2
 
 up: install
+	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
+	$(BIN)/python -m include.topology up
+
+down: install
+	$(BIN)/python -m include.topology down
+
+up-embedded: install
 	$(BIN)/python -m include.stack
 
 bench: install

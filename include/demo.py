@@ -505,6 +505,6 @@ def _summary(client, traffic: Traffic | None, t0: float) -> None:
     print("=" * 78)
     _say(f"demo finished in {time.monotonic() - t0:.0f} s")
     _say(
-        "see it all: make up (Airflow UI :8080, MLflow UI :5000); slipway history telco_churn; "
+        "see it all: make up-embedded (this state: Airflow UI :8080, MLflow UI :5000); slipway history telco_churn; "
         "slipway serve serves the champion"
     )

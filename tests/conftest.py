@@ -78,7 +78,13 @@ def pytest_xdist_make_scheduler(config, log):
 # The live stack's modules run in the order of a model's life: trained, rolled out (the first
 # champion), past months trained on the scheduler, then monitored, last: the monitor's drift starts
 # a retrain of the newest month, which no later test may find half done.
-LIVE_ORDER = ("test_local_run_record", "test_rollout_e2e", "test_scheduler_e2e", "test_monitor_e2e")
+LIVE_ORDER = (
+    "test_local_run_record",
+    "test_rollout_e2e",
+    "test_models_view",
+    "test_scheduler_e2e",
+    "test_monitor_e2e",
+)
 
 
 # Modules of a minute or more (measured), started before the quick ones so none is left running

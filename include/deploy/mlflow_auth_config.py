@@ -11,23 +11,31 @@ import configparser
 import os
 
 
-def main() -> None:
-    """Write the INI file named by ``MLFLOW_AUTH_CONFIG_PATH``."""
-    path = os.environ["MLFLOW_AUTH_CONFIG_PATH"]
-    from urllib.parse import quote
-
-    # URL-quoted for the database URL (@ / : in a password), then %-escaped for configparser.
-    password = quote(os.environ["POSTGRES_PASSWORD"], safe="").replace("%", "%%")
-    config = configparser.ConfigParser()
+def write_config(path: str, database_uri: str) -> None:
+    """Write the basic-auth INI to ``path`` (mode 0600), its user store at ``database_uri``."""
+    config = configparser.ConfigParser(interpolation=None)
     config["mlflow"] = {
         "default_permission": "NO_PERMISSIONS",
-        "database_uri": f"postgresql+psycopg2://slipway:{password}@postgres:5432/mlflow_auth",
+        "database_uri": database_uri,
         "admin_username": "admin",
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         config.write(fh)
+    os.chmod(path, 0o600)
+
+
+def main() -> None:
+    """Write the INI file named by ``MLFLOW_AUTH_CONFIG_PATH`` (the compose stack's mlflow service)."""
+    from urllib.parse import quote
+
+    # URL-quoted for the database URL (@ / : in a password), then %-escaped for configparser.
+    password = quote(os.environ["POSTGRES_PASSWORD"], safe="").replace("%", "%%")
+    write_config(
+        os.environ["MLFLOW_AUTH_CONFIG_PATH"],
+        f"postgresql+psycopg2://slipway:{password}@postgres:5432/mlflow_auth",
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def cmd_serve(args) -> None:
         # Each worker writes its samples here; /metrics in any worker sums them.
         metrics_dir = tempfile.mkdtemp(prefix="slipway-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    _adopt_keys_from_secrets()
     print(f"[slipway] serving on http://{args.host}:{args.port} with {args.workers} worker(s)", flush=True)
     try:
         uvicorn.run(
@@ -41,6 +42,27 @@ def cmd_serve(args) -> None:
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+#: Keys a deployment hands the service as secrets (never on a command line): the operator's admin key
+#: and the key Prometheus scrapes /metrics with. Stored hashed on start; the values are never logged.
+SECRET_KEYS = {"SLIPWAY_SERVING_ADMIN_KEY": ["admin"], "SLIPWAY_SERVING_METRICS_KEY": ["metrics"]}
+
+
+def _adopt_keys_from_secrets() -> None:
+    from include.serving.keys import KeyStore, KeyStoreError
+
+    wanted = {var: scopes for var, scopes in SECRET_KEYS.items() if os.environ.get(var)}
+    if not wanted:
+        return
+    store = KeyStore()
+    store.start()
+    for var, scopes in wanted.items():
+        try:
+            key = store.adopt(os.environ[var], scopes, f"from {var}")
+        except KeyStoreError as exc:
+            raise SystemExit(f"{var}: {exc}") from None
+        print(f"[slipway] {var}: key {key.key_id} ({','.join(scopes)}) is active", flush=True)
 
 
 def cmd_keys(args) -> None:

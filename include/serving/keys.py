@@ -230,6 +230,44 @@ class KeyStore:
         log.info("created API key %s (scopes %s, pipeline %s)", key_id, ",".join(sorted(wanted)), pipeline)
         return record, f"{PREFIX}{key_id}_{secret}"
 
+    def adopt(self, presented: str, scopes: list[str], name: str) -> ApiKey:
+        """Register a key generated elsewhere (a deployment's secret, e.g. the admin key) by its hash.
+
+        Idempotent: a replica or a restart adopting the same key changes nothing. A key id already
+        stored with another secret or other scopes is refused, never overwritten.
+        """
+        match = _PRESENTED_RE.match(presented or "")
+        if not match:
+            raise KeyStoreError(
+                "the key to adopt must read slw_<12 hex>_<secret of 32+ URL-safe characters>; generate one "
+                "with: python -c \"import secrets; print('slw_' + secrets.token_hex(6) + '_' + "
+                'secrets.token_urlsafe(32))"'
+            )
+        key_id, secret = match.groups()
+        wanted = _validate_scopes(scopes)
+        record = ApiKey(key_id, None, wanted, name, _now(), None)
+        with self._connect() as conn:
+            cur = conn.cursor()
+            cur.execute(
+                self._sql(
+                    f"INSERT INTO {TABLE} (key_id, secret_sha256, pipeline, scopes, name, created_at, revoked_at)"
+                    " VALUES (?, ?, NULL, ?, ?, ?, NULL) ON CONFLICT (key_id) DO NOTHING"
+                ),
+                (key_id, _sha256(secret), ",".join(sorted(wanted)), name, record.created_at),
+            )
+            cur.execute(self._sql(f"SELECT secret_sha256, scopes FROM {TABLE} WHERE key_id = ?"), (key_id,))
+            stored_hash, stored_scopes = cur.fetchone()
+            if self.db.dialect == "postgresql":
+                conn.commit()
+        if not hmac.compare_digest(stored_hash, _sha256(secret)) or set(stored_scopes.split(",")) != wanted:
+            raise KeyStoreError(
+                f"key {key_id} is already stored with another secret or other scopes; generate a new key "
+                "for the secret, or revoke the stored one first"
+            )
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return record
+
     def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
         with self._connect() as conn:
             cur = conn.cursor()

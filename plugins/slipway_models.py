@@ -1,0 +1,150 @@
+"""Airflow plugin: the "Models" page in the Airflow UI (Browse → Models).
+
+A FastAPI app mounted by the api-server at ``/models/`` and shown inside the UI (an external view
+with a ``url_route``, rendered in a same-origin frame). Mounted apps do not inherit Airflow's
+authentication, so every route of this app checks it itself: the UI's session (the ``_token``
+cookie) or an ``Authorization: Bearer`` token from ``POST /auth/token``, then Airflow's own
+permission to view the website. Anonymous requests get 401, an invalid token 403.
+
+Routes: ``/models/`` (the page), ``/models/api/models`` (the same record as JSON),
+``/models/card/<pipeline>/<version>`` (the version's model card, from MLflow).
+
+Imports stay light at module level: every Airflow component imports this file.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+log = logging.getLogger(__name__)
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def require_user(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+):
+    """The Airflow user of the request (Bearer token first, else the UI's cookie); 401/403 otherwise."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import get_user
+
+    user = await get_user(request, _oauth_token=None, bearer_credentials=creds)
+    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+    return user
+
+
+app = FastAPI(title="Slipway models", dependencies=[Depends(require_user)], docs_url=None, redoc_url=None)
+
+# A page inside Airflow's frame, from the same origin only; its links open in the top window.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _pending_approvals(pipelines: list[str]) -> dict[str, list[dict]]:
+    """Rollouts whose approval task is waiting for an answer (deferred), per pipeline."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dags = {f"{p}__rollout": p for p in pipelines}
+    out: dict[str, list[dict]] = {}
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id).where(
+                TaskInstance.dag_id.in_(list(dags)),
+                TaskInstance.task_id == "approve_promotion",
+                TaskInstance.state == "deferred",
+            )
+        ).all()
+    for dag_id, run_id, task_id in rows:
+        out.setdefault(dags[dag_id], []).append({"dag_id": dag_id, "run_id": run_id, "task_id": task_id})
+    return out
+
+
+def _record() -> tuple[dict, str | None]:
+    import os
+
+    from include.lineage import mlflow_client
+    from include.models_view import models_record
+    from include.settings import get_settings
+    from include.spec import discover
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a down registry: seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    pipelines = [s.name for s in discover()[0]]
+    try:
+        pending = _pending_approvals(pipelines)
+    except Exception:  # the page still shows the registry
+        log.exception("could not read the pending approvals")
+        pending = {}
+    return models_record(mlflow_client(), pipelines, pending), get_settings().mlflow_ui_url
+
+
+@app.get("/", response_class=HTMLResponse)
+def page() -> HTMLResponse:
+    from include.models_view import render
+
+    record, mlflow_ui = _record()
+    return HTMLResponse(render(record, mlflow_ui), headers=_HEADERS)
+
+
+@app.get("/api/models")
+def models() -> JSONResponse:
+    record, _ = _record()
+    return JSONResponse(record, headers={"Cache-Control": "no-store"})
+
+
+@app.get("/card/{pipeline}/{version}")
+def card(pipeline: str, version: int) -> Response:
+    """The version's model card (HTML from its MLflow run), shown with scripts disabled."""
+    import tempfile
+    from pathlib import Path
+
+    from include.lineage import mlflow_client
+    from include.spec import discover
+
+    if pipeline not in {s.name for s in discover()[0]}:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {pipeline!r}")
+    client = mlflow_client()
+    try:
+        uri = client.get_model_version(pipeline, str(version)).tags.get("slipway.model_card_uri")
+    except Exception as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{pipeline} has no version {version}") from exc
+    if not uri or not uri.startswith("runs:/") or not uri.endswith("/model_card/model_card.html"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{pipeline} version {version} has no model card")
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="slipway-card-") as tmp:
+        path = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+        body = path.read_text(encoding="utf-8")
+    return HTMLResponse(
+        body,
+        headers={
+            **_HEADERS,
+            "Content-Security-Policy": "sandbox; " + _HEADERS["Content-Security-Policy"] + "; img-src data:",
+        },
+    )
+
+
+class SlipwayModelsPlugin(AirflowPlugin):
+    name = "slipway_models"
+    fastapi_apps = [{"app": app, "url_prefix": "/models", "name": "Slipway models"}]
+    external_views = [
+        {
+            "name": "Models",
+            "href": "models/",  # relative to the UI's base URL; the trailing slash reaches the app
+            "url_route": "models",  # rendered inside the UI at /plugin/models
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]
