@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install demo test lint up down up-embedded bench policy clean
+.PHONY: help install system-deps demo test lint up down up-embedded bench policy clean
 
 help:
 	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
@@ -34,11 +34,20 @@ lint: install
 
 # Two workers: the live Airflow stack's tests mostly wait on the scheduler, so the other tests run
 # beside them; each worker takes whole groups (see tests/conftest.py).
-test: lint
+# Debian packages the suite uses: chromium (the Airflow UI under Playwright) and prometheus (make up's
+# scraper). Installed when missing, as root or with sudo.
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "[slipway] installing$$missing (apt)"; \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends $$missing; fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest -n 2
 
 up: install
-	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
+	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
 	$(BIN)/python -m include.topology up
 
 down: install
