@@ -20,8 +20,6 @@ def _say(msg: str) -> None:
 # ---------------------------------------------------------------- lineage / status
 
 
-
-
 def resolve_version(client, ref: str):
     """``name@alias`` or ``name/version`` (or ``name`` for the candidate) to a ModelVersion."""
     from mlflow.exceptions import MlflowException
@@ -69,6 +67,16 @@ def lineage_record(ref: str) -> dict:
                 "error": r.data.tags.get("slipway.error"),
             }
         )
+    feedback = None
+    curated = next((r for r in runs if r.data.tags.get("slipway.task_id") == "curate_feedback"), None)
+    if curated is not None or (parent and "slipway.feedback" in parent.data.tags):
+        written = json.loads((curated.data.tags.get("slipway.data.written") if curated else None) or "[]")
+        batch = next((ref for ref in written if ref.get("name") == "feedback"), None)
+        feedback = {
+            "summary": parent.data.tags.get("slipway.feedback") if parent else None,
+            "batch": batch["uri"] if batch else None,
+            "sha256": batch["digest"] if batch else None,
+        }
     validation = None
     vrun = tags.get("slipway.validation_run_id")
     if vrun:
@@ -102,6 +110,7 @@ def lineage_record(ref: str) -> dict:
         },
         "tasks": tasks,
         "data_version": {"dvc_md5": tags.get("slipway.data_version"), "uri": tags.get("slipway.dvc_uri")},
+        "feedback": feedback,
         "validation": validation,
         "metrics": {
             k.removeprefix("slipway.metric."): float(v)
@@ -216,6 +225,10 @@ def print_lineage(rec: dict) -> None:
             + (f"  {_trigger_line(d['trigger_evidence'])}" if d.get("trigger_evidence") else "")
         )
     print(f"data       DVC md5 {rec['data_version']['dvc_md5']}  {rec['data_version']['uri']}")
+    fb = rec.get("feedback")
+    if fb:
+        where = f"  {fb['batch']} (sha256 {fb['sha256'][:16]})" if fb.get("batch") else ""
+        print(f"feedback   {fb.get('summary') or 'none'}{where}")
     v = rec["validation"] or {}
     print(
         f"validation {v.get('result')}: {v.get('expectations_evaluated')} expectations, "

@@ -182,7 +182,7 @@ def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
     loop_log = get_settings().home / "logs" / f"{dag_id}.log"
     try:
         if quiet:
-            _say("task logs: in the Airflow UI (make up), and under " + _base_log_folder())
+            _say("task logs: in the Airflow UI (make up-embedded), and under " + _base_log_folder())
             with output_to(loop_log):
                 dr = dag.test(logical_date=logical_date_for(month))
         else:

@@ -15,16 +15,7 @@ from __future__ import annotations
 import html
 from urllib.parse import quote
 
-GATES = (
-    "data_validation",
-    "evaluation",
-    "champion",
-    "business",
-    "fairness",
-    "explainability",
-    "robustness",
-    "onnx",
-)
+from include.tasks.blessing import ORDER as GATES  # the blessing's gates, in its order
 
 
 def models_record(

@@ -1,4 +1,4 @@
-"""``make up``: the embedded stack for interactive use, in the foreground (Ctrl-C stops it).
+"""``make up-embedded``: the embedded stack for interactive use, in the foreground (Ctrl-C stops it).
 
 Airflow's components as separate processes (api-server with the UI, scheduler, dag-processor,
 triggerer; SQLite and the LocalExecutor) on http://127.0.0.1:8080, and the MLflow UI on

@@ -118,6 +118,21 @@ def sweep_temporaries(prefix_uri: str, older_than_s: float = STALE_AFTER_S) -> i
     return removed
 
 
+def sse_args() -> dict[str, str]:
+    """Server-side encryption every S3 write requests: ``SLIPWAY_S3_SSE`` = ``AES256`` (default,
+    SSE-S3), ``aws:kms`` (with ``SLIPWAY_S3_SSE_KMS_KEY_ID``, else the bucket's default key) or
+    ``none`` (an S3-compatible store without encryption support)."""
+    mode = os.environ.get("SLIPWAY_S3_SSE", "AES256").strip()
+    if mode.lower() == "none":
+        return {}
+    if mode not in ("AES256", "aws:kms"):
+        raise ValueError(f"SLIPWAY_S3_SSE={mode!r}: use AES256, aws:kms or none")
+    out = {"ServerSideEncryption": mode}
+    if mode == "aws:kms" and os.environ.get("SLIPWAY_S3_SSE_KMS_KEY_ID"):
+        out["SSEKMSKeyId"] = os.environ["SLIPWAY_S3_SSE_KMS_KEY_ID"]
+    return out
+
+
 def write_bytes(uri: str, data: bytes) -> str:
     """Write ``data`` at ``uri`` atomically; return the URI.
 
@@ -128,7 +143,7 @@ def write_bytes(uri: str, data: bytes) -> str:
         bucket, key = split_s3(uri)
         client = s3_client()
         _abort_incomplete_uploads(client, bucket, key, exact=True)
-        client.put_object(Bucket=bucket, Key=key, Body=data)
+        client.put_object(Bucket=bucket, Key=key, Body=data, **sse_args())
         return uri
     path = _local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)

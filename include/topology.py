@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -125,11 +126,16 @@ def topology() -> Topology:
         "serving": int(env.get("SLIPWAY_SERVING_PORT", "8000")),
         "prometheus": int(env.get("SLIPWAY_PROMETHEUS_PORT", "9090")),
     }
+    prefix = env.get("SLIPWAY_STACK_DB_PREFIX", "slipway_stack")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", prefix):
+        raise SystemExit(
+            f"SLIPWAY_STACK_DB_PREFIX={prefix!r}: use lowercase letters, digits and '_' (it names databases)"
+        )
     return Topology(
         home=get_settings().home,
         pg=env.get("SLIPWAY_STACK_PG", "postgresql://postgres@127.0.0.1:5432"),
         redis=env.get("SLIPWAY_STACK_REDIS", "redis://127.0.0.1:6379/0"),
-        db_prefix=env.get("SLIPWAY_STACK_DB_PREFIX", "slipway_stack"),
+        db_prefix=prefix,
         ports=ports,
     )
 
@@ -272,6 +278,8 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
                 "MLFLOW_AUTH_ADMIN_PASSWORD": secret["MLFLOW_ADMIN_PASSWORD"],
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secret["MLFLOW_FLASK_SERVER_SECRET_KEY"],
                 "MLFLOW_S3_ENDPOINT_URL": topo.url("s3"),
+                # The artifacts it proxies to S3 are written with server-side encryption, as the lake is.
+                "MLFLOW_S3_UPLOAD_EXTRA_ARGS": '{"ServerSideEncryption": "AES256"}',
             },
         ),
         Service(
@@ -368,33 +376,36 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _create_databases(topo: Topology) -> None:
+_PURPOSES = ("airflow", "mlflow", "mlflow_auth", "serving")
+
+
+def _on_server(topo: Topology, statement_for) -> None:
+    """Run ``statement_for(database)`` for each of the stack's databases, on the server's ``postgres``."""
     import psycopg2
 
     conn = psycopg2.connect(f"{topo.pg.rstrip('/')}/postgres")
     conn.autocommit = True
     try:
         cur = conn.cursor()
-        for purpose in ("airflow", "mlflow", "mlflow_auth", "serving"):
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (topo.database(purpose),))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{topo.database(purpose)}"')
+        for purpose in _PURPOSES:
+            statement = statement_for(cur, topo.database(purpose))
+            if statement:
+                cur.execute(statement)
     finally:
         conn.close()
+
+
+def _create_databases(topo: Topology) -> None:
+    def create(cur, name: str) -> str | None:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        return None if cur.fetchone() else f'CREATE DATABASE "{name}"'
+
+    _on_server(topo, create)
 
 
 def drop_databases(topo: Topology) -> None:
     """Drop the stack's databases (``reset``; tests clean up with it)."""
-    import psycopg2
-
-    conn = psycopg2.connect(f"{topo.pg.rstrip('/')}/postgres")
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
-        for purpose in ("airflow", "mlflow", "mlflow_auth", "serving"):
-            cur.execute(f'DROP DATABASE IF EXISTS "{topo.database(purpose)}" WITH (FORCE)')
-    finally:
-        conn.close()
+    _on_server(topo, lambda cur, name: f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def prepare(topo: Topology) -> dict[str, str]:
@@ -419,7 +430,9 @@ def prepare(topo: Topology) -> dict[str, str]:
     topo.logs.mkdir(parents=True, exist_ok=True)
     airflow_home = topo.folder / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
-    _write_private(airflow_home / "passwords.json", json.dumps({"admin": secret["AIRFLOW_ADMIN_PASSWORD"]}))
+    from include.deploy.airflow_passwords import write_passwords
+
+    write_passwords(str(airflow_home / "passwords.json"), secret["AIRFLOW_ADMIN_PASSWORD"])
     _write_private(topo.folder / "metrics.key", secret["SLIPWAY_SERVING_METRICS_KEY"])
     (topo.folder / "prometheus.yml").write_text(prometheus_config(topo))
     from include.deploy.mlflow_auth_config import write_config

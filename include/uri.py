@@ -20,11 +20,25 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+class UnsafePath(ValueError):
+    """A path segment would leave its root (``..``): refused wherever a key is built."""
+
+
 def join(base: str, *parts: str) -> str:
-    """Join URI path segments with single slashes."""
+    """Join URI path segments with single slashes; a ``..`` (or ``.``) segment is refused.
+
+    Keys are built from names that can come from outside (a spec's pipeline name, a month, an
+    artifact's file name); none may climb out of the folder it is joined to.
+    """
     out = base.rstrip("/")
     for part in parts:
-        out += "/" + part.strip("/")
+        segments = str(part).replace("\\", "/").split("/")
+        if any(seg in ("..", ".") for seg in segments):
+            raise UnsafePath(
+                f"path segment {part!r} would leave {out}: '..' and '.' are not allowed in a key; "
+                "use a plain name"
+            )
+        out += "/" + str(part).strip("/")
     return out
 
 

@@ -90,6 +90,7 @@ LIVE_ORDER = (
 # Modules of a minute or more (measured), started before the quick ones so none is left running
 # alone at the end.
 SLOW_MODULES = (
+    "tests/integration/test_topology.py",
     "tests/dags/test_train_e2e.py",
     "tests/dags/test_train_e2e_production.py",
     "tests/dags/test_second_pipeline_e2e.py",

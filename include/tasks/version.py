@@ -341,6 +341,12 @@ def _open_workspace(workspace: Path, remote: str, endpoint: str | None):
         section: dict = {"url": remote}
         if endpoint:
             section["endpointurl"] = endpoint
+        if storage.is_s3(remote):  # DVC's pushes request the same server-side encryption as the lake
+            sse = storage.sse_args()
+            if sse:
+                section["sse"] = sse["ServerSideEncryption"]
+                if "SSEKMSKeyId" in sse:
+                    section["sse_kms_key_id"] = sse["SSEKMSKeyId"]
         conf["remote"][_REMOTE_NAME] = section
     return Repo(str(workspace))
 

@@ -93,6 +93,12 @@ def test_labelled_predictions_replace_landed_rows_in_the_versioned_snapshot(trai
     )
     assert by_task["validate_snapshot"].data.tags["slipway.validation"] == "passed"
 
+    # `slipway lineage` names the feedback batch the version was trained with.
+    from tests.dags.e2e import lineage
+
+    rec = lineage(clean_env(SLIPWAY_HOME=str(trained["home"])), f"{NAME}@candidate")
+    assert rec["feedback"]["batch"] == written["uri"] and len(rec["feedback"]["sha256"]) == 64
+    assert rec["feedback"]["summary"].startswith(f"{LABELLED} row(s)")
     mv = client.get_model_version_by_alias(NAME, "candidate")
     assert "/until=" in mv.tags["slipway.snapshot_uri"]
     path = fetch_version(

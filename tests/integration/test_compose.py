@@ -96,6 +96,8 @@ SECRETS = (
     "SLIPWAY_SERVING_ADMIN_KEY",
     "SLIPWAY_SERVING_METRICS_KEY",
     "GRAFANA_ADMIN_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "MINIO_KMS_SECRET_KEY",
 )
 
 
@@ -154,10 +156,6 @@ NATIVE_ONLY = {
     "AIRFLOW__API__WORKERS",
     # The native UI's loopback URL; in compose it is the TLS proxy's URL, a deployment choice.
     "AIRFLOW__API__BASE_URL",
-    # The native stack writes the admin password from its secrets file; the compose api-server
-    # uses the simple auth manager's defaults (behind your proxy, or your own auth manager).
-    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
-    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
     # Sized to the one machine natively; compose scales with more workers (--scale airflow-worker=N).
     "AIRFLOW__CORE__PARALLELISM",
     "AIRFLOW__CELERY__WORKER_CONCURRENCY",
@@ -427,3 +425,23 @@ def test_deploy_env_example_names_every_required_variable_without_a_value():
     assert required <= set(entries), f"deploy.env.example lacks {sorted(required - set(entries))}"
     assert set(entries) <= referenced, f"deploy.env.example names unused {sorted(set(entries) - referenced)}"
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_helm_values_use_the_compose_variables_and_hold_no_secret():
+    values = yaml.safe_load((ROOT / "include" / "deploy" / "helm" / "values-slipway.yaml").read_text())
+    assert values["executor"] == "CeleryExecutor"
+    compose_env = set(_compose()["x-airflow-env"])
+    env_names = {e["name"] for e in values["env"]}
+    secret_names = {e["envName"] for e in values["secret"]}
+    # The chart's pods read the same variables as the compose services.
+    assert (env_names | secret_names) - compose_env == set()
+    # Secrets come from Kubernetes secrets, never as values in the file.
+    for name in (
+        "SLIPWAY_PII_KEY",
+        "MLFLOW_TRACKING_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+    ):
+        assert name in secret_names and name not in env_names, name
+    assert values["data"]["metadataSecretName"] and values["fernetKeySecretName"]
+    assert values["workers"]["resources"]["limits"]["memory"]  # what bounds one training task

@@ -24,6 +24,11 @@ from tests.integration.test_make_up import LOOPBACK, _descendants, _free_port, _
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 REDIS_DB = 11  # the stack's broker database, flushed at the end
+# Planted where an operator might put a secret: an Airflow connection's password and a DAG run's
+# argument (its conf). Neither, nor any of the stack's own secrets, may reach a log, a rendered
+# template, an MLflow tag or param, or the service's log.
+PLANTED_CONNECTION = f"planted-connection-{uuid.uuid4().hex}"
+PLANTED_ARGUMENT = f"planted-argument-{uuid.uuid4().hex}"
 
 
 def _topology(env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -170,11 +175,21 @@ def test_the_train_dag_runs_on_celery_with_lineage_in_mlflow_and_artifacts_on_s3
     wait_until(
         lambda: _api(stack, "GET", f"/api/v2/dags/{dag}"), 180, "the DAG parsed", retry_on=(AssertionError,)
     )
-    _api(stack, "PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
-    run = _api(
-        stack, "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": {"month": "2025-12"}}
+    _api(
+        stack,
+        "POST",
+        "/api/v2/connections",
+        {
+            "connection_id": "slipway_planted",
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "password": PLANTED_CONNECTION,
+        },
     )
-    run_id = run["dag_run_id"]
+    _api(stack, "PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
+    conf = {"month": "2025-12", "note": PLANTED_ARGUMENT}
+    run = _api(stack, "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": conf})
+    run_id = stack["run_id"] = run["dag_run_id"]
     state = wait_until(
         lambda: (
             (s := _api(stack, "GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}")["state"])
@@ -204,7 +219,17 @@ def test_the_train_dag_runs_on_celery_with_lineage_in_mlflow_and_artifacts_on_s3
     assert lineage.returncode == 0, lineage.stderr[-3000:]
     rec = json.loads(lineage.stdout[lineage.stdout.index("{") :])
     assert rec["dag_run"]["run_id"] == run_id and rec["dag_run"]["state"] == "success"
-    assert all(t["state"] == "success" for t in rec["tasks"]) and len(rec["tasks"]) == 15
+    latest = {}
+    for t in sorted(rec["tasks"], key=lambda t: t["try_number"]):
+        latest[t["task_id"]] = t
+    retried = [
+        (t["task_id"], t["try_number"], t["state"], t["error"])
+        for t in rec["tasks"]
+        if t["state"] != "success"
+    ]
+    # Every task's last try succeeded; an earlier try that failed (a retry) is on record too, with its error.
+    assert len(latest) == 15 and {t["state"] for t in latest.values()} == {"success"}, retried
+    print(f"tries that failed and were retried: {retried}")
     assert rec["blessing"]["state"] == "passed" and rec["data_version"]["uri"].startswith("s3://dvc/slipway/")
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -223,6 +248,65 @@ def test_the_train_dag_runs_on_celery_with_lineage_in_mlflow_and_artifacts_on_s3
     assert any(k.endswith("model.onnx") for k in keys), keys[:20]
     lake = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix="slipway/").get("Contents", [])]
     assert "slipway/telco_churn/batches/month=2025-12/batch.parquet" in lake
+    # Every write requested server-side encryption: the lake's, DVC's pushes and MLflow's artifacts.
+    dvc = [o["Key"] for o in s3.list_objects_v2(Bucket="dvc", Prefix="slipway/").get("Contents", [])]
+    onnx = next(k for k in keys if k.endswith("model.onnx"))
+    for bucket, key in (
+        ("lake", "slipway/telco_churn/batches/month=2025-12/batch.parquet"),
+        ("dvc", dvc[0]),
+        ("mlflow", onnx),
+    ):
+        assert s3.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption") == "AES256", (bucket, key)
+
+
+def test_no_secret_reaches_logs_rendered_templates_mlflow_or_the_service_log(stack, monkeypatch):
+    import mlflow
+
+    secrets = [PLANTED_CONNECTION, PLANTED_ARGUMENT] + [
+        stack["secrets"][name]
+        for name in (
+            "AIRFLOW_ADMIN_PASSWORD",
+            "MLFLOW_ADMIN_PASSWORD",
+            "AIRFLOW_FERNET_KEY",
+            "AIRFLOW_API_SECRET_KEY",
+            "AIRFLOW_JWT_SECRET",
+            "SLIPWAY_PII_KEY",
+            "SLIPWAY_S3_SECRET_KEY",
+            "SLIPWAY_SERVING_ADMIN_KEY",
+            "SLIPWAY_SERVING_METRICS_KEY",
+        )
+    ]
+    run_id = stack.get("run_id")
+    assert run_id, "the training test runs first and triggers the run this test searches"
+    # Task logs, the services' logs (the inference service's included), the supervisor's: every text
+    # file the stack wrote, except the secret files themselves.
+    own_secret_files = {"secrets.env", "passwords.json", "metrics.key", "mlflow-auth.ini"}
+    searched = 0
+    for path in (stack["home"] / "stack").rglob("*"):
+        if path.is_file() and path.name not in own_secret_files and "prometheus" not in path.parts:
+            text = path.read_bytes().decode(errors="replace")
+            searched += 1
+            for secret in secrets:
+                assert secret not in text, f"a secret in {path}"
+    task_logs = list((stack["home"] / "stack" / "airflow" / "logs").rglob("*.log"))
+    assert searched > 20 and len(task_logs) >= 15, (searched, len(task_logs))
+    # Rendered templates of every task instance of the run.
+    dag = "telco_churn__train"
+    for ti in _api(stack, "GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances")["task_instances"]:
+        rendered = json.dumps(ti.get("rendered_fields"))
+        for secret in secrets:
+            assert secret not in rendered, ti["task_id"]
+    # MLflow: every run's tags and params, every version's tags.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack["secrets"]["MLFLOW_ADMIN_PASSWORD"])
+    client = mlflow.MlflowClient(tracking_uri=stack["stack_env"]["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("telco_churn")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    recorded = json.dumps([[r.data.tags, r.data.params] for r in runs])
+    recorded += json.dumps([mv.tags for mv in client.search_model_versions("name = 'telco_churn'")])
+    assert len(runs) >= 16
+    for secret in secrets:
+        assert secret not in recorded
 
 
 def test_prometheus_scrapes_the_service_with_its_metrics_key(stack):

@@ -332,3 +332,28 @@ def test_presented_key_reads_bearer_and_x_api_key():
 )
 def test_presented_key_missing_is_none(headers):
     assert presented_key(headers) is None
+
+
+# --- keys handed over as secrets (the deployment's admin and metrics keys) ------------------------------
+
+
+def test_an_adopted_key_is_stored_hashed_idempotent_and_never_overwritten(store, tmp_path):
+    import secrets as pysecrets
+
+    key_id = pysecrets.token_hex(6)
+    secret = pysecrets.token_urlsafe(32)
+    presented = f"slw_{key_id}_{secret}"
+    adopted = store.adopt(presented, ["admin"], "from SLIPWAY_SERVING_ADMIN_KEY")
+    again = store.adopt(presented, ["admin"], "from SLIPWAY_SERVING_ADMIN_KEY")  # a restart, a replica
+
+    assert adopted.key_id == again.key_id == key_id
+    assert store.authenticate(presented).allows("explain", "telco_churn")
+    rows = _all_rows(_sqlite_url(tmp_path))
+    assert len(rows) == 1 and secret not in repr(rows)
+    with pytest.raises(KeyStoreError, match="already stored with another secret"):
+        store.adopt(f"slw_{key_id}_{pysecrets.token_urlsafe(32)}", ["admin"], "an impostor")
+    with pytest.raises(KeyStoreError, match="already stored with another secret or other scopes"):
+        store.adopt(presented, ["metrics"], "a narrower copy")
+    assert store.authenticate(presented).allows("admin", None)  # the stored key is unchanged
+    with pytest.raises(KeyStoreError, match="must read slw_"):
+        store.adopt("admin-password", ["admin"], "not a key")

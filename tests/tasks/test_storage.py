@@ -121,3 +121,30 @@ def test_incomplete_multipart_uploads_are_aborted_on_s3(s3_env):
     assert storage.read_bytes(f"s3://{bucket}/{key}") == b"whole"
     assert storage.sweep_temporaries(f"s3://{bucket}/slipway", older_than_s=0) == 1
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_s3_writes_request_server_side_encryption(s3_env, monkeypatch):
+    storage.ensure_bucket("s3://lake-sse")
+    uri = "s3://lake-sse/p/batch.parquet"
+    storage.write_bytes(uri, b"x")
+    head = storage.s3_client().head_object(Bucket="lake-sse", Key="p/batch.parquet")
+    assert head["ServerSideEncryption"] == "AES256"
+    monkeypatch.setenv("SLIPWAY_S3_SSE", "none")  # a store without encryption support
+    storage.write_bytes(uri, b"y")
+    assert "ServerSideEncryption" not in storage.s3_client().head_object(
+        Bucket="lake-sse", Key="p/batch.parquet"
+    )
+    monkeypatch.setenv("SLIPWAY_S3_SSE", "rot13")
+    with pytest.raises(ValueError, match="use AES256, aws:kms or none"):
+        storage.write_bytes(uri, b"z")
+    assert storage.read_bytes(uri) == b"y"  # the refused write changed nothing
+
+
+@pytest.mark.parametrize("part", ["..", "../etc", "a/../../b", ".", "x\\..\\y"])
+def test_a_key_segment_that_climbs_out_of_its_root_is_refused(tmp_path, part):
+    from include.uri import UnsafePath
+
+    root = storage.path_to_uri(tmp_path / "lake")
+    with pytest.raises(UnsafePath, match="not allowed in a key"):
+        storage.join(root, "telco_churn", part, "batch.parquet")
+    assert not (tmp_path / "lake").exists()
