@@ -25,7 +25,7 @@ def models_record(
     from mlflow.exceptions import MlflowException
 
     from include.tasks.monitor import latest
-    from include.tasks.promotion import traffic
+    from include.tasks.promotion import history, traffic
 
     out: dict = {"pipelines": [], "error": None}
     for name in pipelines:
@@ -35,6 +35,7 @@ def models_record(
             "aliases": {},
             "traffic": None,
             "monitor": None,
+            "events": [],
             "pending_approvals": pending.get(name, []),
         }
         try:
@@ -50,6 +51,12 @@ def models_record(
             continue
         entry["aliases"] = {a: int(v) for a, v in model.aliases.items()}
         entry["traffic"] = traffic(client, name)
+        # The rollout's phase as its own record tells it: the newest events (selected, shadow, canary
+        # steps, promoted or rolled back).
+        entry["events"] = [
+            {k: e.get(k) for k in ("at", "version", "event", "weight", "reason")}
+            for e in history(client, name)[-6:]
+        ]
         for mv in client.search_model_versions(f"name = '{name}'", max_results=200):
             tags = mv.tags or {}
             version = int(mv.version)
@@ -172,6 +179,15 @@ def render(record: dict, mlflow_ui: str | None) -> str:
             split = "all traffic to the champion" if "champion" in p["aliases"] else "nothing served yet"
         parts.append(f"<p>Traffic: {_e(split)}</p>")
         parts.append(f"<p>Monitor: {_monitor_line(p['monitor'])}</p>")
+        if p.get("events"):
+            items = "".join(
+                f"<li>{_e(str(e['at'])[:19])} version {_e(e['version'])} {_e(e['event'])}"
+                + (f" {float(e['weight']):.0%}" if e.get("weight") else "")
+                + (f" ({_e(e['reason'])})" if e.get("reason") else "")
+                + "</li>"
+                for e in reversed(p["events"])
+            )
+            parts.append(f"<p>Rollout, newest first:</p><ul class='note'>{items}</ul>")
         for ask in p["pending_approvals"]:
             parts.append(
                 "<p class='error'>Approval waiting: "

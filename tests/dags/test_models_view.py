@@ -65,6 +65,15 @@ def test_the_record_lists_versions_aliases_and_blessings(stack):
     assert set(first["gates"].values()) <= {"passed", "not_applicable"}
     assert churn["aliases"], churn
     assert churn["traffic"]["mode"] in ("none", "shadow", "canary")
+    # The rollout's phase: the newest events of its own record, as `slipway history` reads them.
+    import mlflow
+
+    from include.tasks.promotion import history
+
+    recorded = history(mlflow.MlflowClient(tracking_uri=stack.tracking), "telco_churn")[-6:]
+    assert [(e["event"], e["version"]) for e in churn["events"]] == [
+        (e["event"], e["version"]) for e in recorded
+    ]
 
 
 def test_the_page_renders_behind_the_login_in_chromium(stack, tmp_path):
