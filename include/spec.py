@@ -428,10 +428,31 @@ class Guardrails(_Strict):
     max_metric_degradation: float = Field(
         0.02, ge=0, description="Challenger mean loss minus champion's that counts as worse."
     )
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="One-sided Welch t-test confidence.")
-    min_labelled_per_variant: int = Field(
-        200, ge=10, description="Labelled rows per variant the test needs; fewer: not applicable yet."
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="One-sided Welch t-test confidence at each step's final look."
     )
+    interim_confidence: float = Field(
+        0.999,
+        gt=0.5,
+        lt=1,
+        description="Confidence of the looks before a step ends (every check_interval_seconds): "
+        "stricter, so that looking often does not multiply false rollbacks (Haybittle-Peto).",
+    )
+    min_labelled_per_variant: int = Field(
+        200,
+        ge=10,
+        description="Labelled entities (customers) per variant the test needs, an entity's repeated "
+        "requests counted once; fewer: not applicable yet.",
+    )
+
+    @model_validator(mode="after")
+    def _interim_at_least_final(self):
+        if self.interim_confidence < self.confidence:
+            raise ValueError(
+                f"interim_confidence {self.interim_confidence} is below confidence {self.confidence}: "
+                "interim looks must be at least as strict as the final one; raise interim_confidence"
+            )
+        return self
 
 
 def _default_steps() -> list[CanaryStep]:

@@ -10,8 +10,21 @@ versions in play.
   model latency and failure rate.
 * **Canary**: each entity routed to one variant. Error rate, p99 model latency, the PSI of the
   challenger's scores against the champion's in the same window and, once labels arrived, a
-  one-sided Welch t-test of the per-row loss: the challenger fails when it is worse than the
-  champion by more than ``max_metric_degradation`` at the spec's confidence.
+  one-sided Welch t-test of the loss: the challenger fails when it is worse than the champion by
+  more than ``max_metric_degradation`` at the spec's confidence.
+
+Two things keep that test honest on live traffic:
+
+* **One observation per entity.** Routing is sticky, so a customer who calls ten times is ten rows
+  of one variant with the same score and label. Counting them as ten independent rows would make
+  the test (and ``min_labelled_per_variant``) believe in ten times the evidence. Each entity's rows
+  are averaged into one loss first; rows without an entity key stand alone.
+* **Interim looks are stricter.** The check runs every ``check_interval_seconds`` and stops the
+  canary at the first breach; testing at the spec's confidence on every look would roll back a
+  challenger of equal quality far more often than 1 - confidence (repeated significance testing).
+  Looks before the step's end therefore need ``interim_confidence`` (0.999 by default), the step's
+  final look the spec's ``confidence``: the Haybittle-Peto boundary, which keeps the overall false
+  rollback rate close to 1 - confidence while still stopping a clearly worse challenger early.
 
 Every result is a gate check (:mod:`include.tasks.gates`); a check with too little data is
 ``not_applicable`` with the count it had, never ``passed``.
@@ -39,6 +52,7 @@ class Arm:
     latency_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
     label: np.ndarray = field(default_factory=lambda: np.empty(0))  # NaN where no label yet
     request_id: list[str] = field(default_factory=list)
+    entity: list[str | None] = field(default_factory=list)  # hashed entity key; None when absent
     failures: int = 0
 
     @property
@@ -86,7 +100,7 @@ def read_window(
         cur = conn.cursor()
         cur.execute(
             "SELECT pr.request_id, pr.variant, pr.model_version, pr.probability, pr.decision, pr.latency_ms, "
-            "f.label FROM slipway_predictions pr LEFT JOIN slipway_feedback f ON f.request_id = pr.request_id "
+            "f.label, pr.entity_key FROM slipway_predictions pr LEFT JOIN slipway_feedback f ON f.request_id = pr.request_id "
             f"WHERE pr.pipeline = {p} AND pr.created_at >= {p} AND pr.created_at < {p} AND ("
             f"(pr.variant = 'champion' AND pr.model_version = {p} AND pr.served = 1) OR "
             f"(pr.variant = 'challenger' AND pr.model_version = {p} AND pr.served = {p})) "
@@ -109,6 +123,7 @@ def read_window(
     for variant, arm in arms.items():
         mine = [r for r in rows if r[1] == variant]
         arm.request_id = [r[0] for r in mine]
+        arm.entity = [r[7] for r in mine]
         arm.probability = np.array([r[3] for r in mine], dtype=float)
         arm.decision = np.array([r[4] for r in mine], dtype=int)
         arm.latency_ms = np.array([r[5] for r in mine], dtype=float)
@@ -158,6 +173,21 @@ def worse_test(challenger_loss: np.ndarray, champion_loss: np.ndarray, margin: f
     result = stats.ttest_ind(challenger_loss - margin, champion_loss, equal_var=False, alternative="greater")
     pvalue = float(result.pvalue)
     return diff, (1.0 if math.isnan(pvalue) else pvalue)
+
+
+def entity_losses(arm: Arm, metric: str, threshold: float) -> tuple[np.ndarray, int]:
+    """(one mean loss per labelled entity, labelled rows): an entity's repeated rows are one
+    observation; a row without an entity key (or an arm built without keys) stands alone."""
+    labelled = ~np.isnan(arm.label)
+    losses = row_loss(metric, arm.probability[labelled], arm.label[labelled], threshold)
+    entities = arm.entity if len(arm.entity) == arm.rows else [None] * arm.rows
+    keys = [e if e is not None else ("row", i) for i, e in enumerate(entities) if labelled[i]]
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    if len(groups) == len(keys):
+        return losses, len(keys)
+    return np.array([losses[idx].mean() for idx in groups.values()]), len(keys)
 
 
 def shadow_checks(cfg, window: Window, final: bool) -> list[dict]:
@@ -215,30 +245,28 @@ def canary_checks(
                 "each to tell a shift from sampling noise",
             )
         )
-    labelled = [arm.label[~np.isnan(arm.label)] for arm in (ch, cp)]
-    n_ch, n_cp = (len(x) for x in labelled)
+    (loss_ch, rows_ch), (loss_cp, rows_cp) = (entity_losses(arm, guard.metric, threshold) for arm in (ch, cp))
+    n_ch, n_cp = len(loss_ch), len(loss_cp)
     metric = f"{guard.metric}_worse_pvalue"
     if min(n_ch, n_cp) >= guard.min_labelled_per_variant:
-        losses = [
-            row_loss(
-                guard.metric,
-                arm.probability[~np.isnan(arm.label)],
-                arm.label[~np.isnan(arm.label)],
-                threshold,
-            )
-            for arm in (ch, cp)
-        ]
-        diff, pvalue = worse_test(losses[0], losses[1], guard.max_metric_degradation)
-        alpha = round(1 - guard.confidence, 6)
+        diff, pvalue = worse_test(loss_ch, loss_cp, guard.max_metric_degradation)
+        confidence = guard.confidence if final else guard.interim_confidence
+        look = (
+            "the step's final look"
+            if final
+            else "an interim look (stricter: stops early only on strong evidence)"
+        )
         results.append(
             check(
                 gate,
                 metric,
                 pvalue,
-                alpha,
+                round(1 - confidence, 6),
                 ">=",
                 note=f"Welch t-test, one-sided, H1: challenger {guard.metric} > champion's + "
-                f"{guard.max_metric_degradation}; mean difference {diff:+.4f} on {n_ch} vs {n_cp} labelled rows",
+                f"{guard.max_metric_degradation}; mean difference {diff:+.4f} on {n_ch} vs {n_cp} labelled "
+                f"entities ({rows_ch} vs {rows_cp} rows; an entity's repeated rows count once); {look} "
+                f"at confidence {confidence}",
             )
         )
     elif final:
@@ -246,8 +274,9 @@ def canary_checks(
             not_applicable(
                 gate,
                 metric,
-                f"{n_ch} challenger and {n_cp} champion rows have labels; the test needs "
-                f"{guard.min_labelled_per_variant} of each (labels arrive later: the approval shows this)",
+                f"{n_ch} challenger and {n_cp} champion entities have labels ({rows_ch} vs {rows_cp} rows; "
+                f"an entity's repeated rows count once); the test needs {guard.min_labelled_per_variant} of "
+                "each (labels arrive later: the approval shows this)",
             )
         )
     return results

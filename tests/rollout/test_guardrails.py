@@ -437,15 +437,103 @@ def test_canary_labels_counted_per_variant(guard):
     assert f"{guard.min_labelled_per_variant - 1} challenger and 400 champion" in checks[metric]["note"]
 
 
+def with_entities(arm: g.Arm, entities: list) -> g.Arm:
+    arm.entity = list(entities)
+    return arm
+
+
+def test_canary_repeated_rows_of_one_entity_count_once(guard):
+    # 40 customers, each calling 10 times (sticky routing: same variant, score and label each time).
+    # As 400 independent rows this challenger would look decisively worse; as 40 customers it is
+    # below min_labelled_per_variant, so the test may not judge it.
+    champion, challenger = canary_pair(600, 600, seed=36, labelled=400, challenger_noise=0.3)
+    repeat = lambda x: np.repeat(x[:40], 10)  # noqa: E731
+    challenger.probability = np.concatenate([repeat(challenger.probability), challenger.probability[400:]])
+    challenger.label = np.concatenate([repeat(challenger.label), challenger.label[400:]])
+    challenger.decision = (challenger.probability >= 0.5).astype(int)
+    metric = f"{guard.metric}_worse_pvalue"
+    rowwise = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
+    assert rowwise[metric]["status"] == FAILED  # without entity keys: every row its own observation
+    with_entities(challenger, [f"c{i // 10}" for i in range(400)] + [None] * 200)
+    checks = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
+    assert checks[metric]["status"] == NOT_APPLICABLE
+    assert "40 challenger and 400 champion entities" in checks[metric]["note"]
+    assert "400 vs 400 rows" in checks[metric]["note"]
+
+
+def test_entity_losses_average_each_entitys_rows():
+    arm = make_arm(4, np.array([0.9, 0.9, 0.2, 0.6]), label=np.array([0.0, 0.0, 0.0, np.nan]))
+    with_entities(arm, ["a", "a", None, "b"])
+    losses, rows = g.entity_losses(arm, "brier", 0.5)
+    assert rows == 3  # the unlabelled row of "b" is not an observation
+    assert sorted(losses.tolist()) == pytest.approx([0.04, 0.81])
+
+
+def test_canary_interim_looks_need_stronger_evidence_than_the_final_look(guard):
+    # A challenger worse by a little more than the margin: significant at 95% but not at 99.9%.
+    metric = f"{guard.metric}_worse_pvalue"
+    for seed in range(40, 80):
+        champion, challenger = canary_pair(600, 600, seed=seed, labelled=400, challenger_noise=0.2)
+        final = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
+        if 1 - guard.interim_confidence < final[metric]["value"] < 1 - guard.confidence:
+            break
+    else:
+        pytest.fail("no seed gave a p-value between the interim and final boundaries")
+    assert final[metric]["status"] == FAILED
+    assert "final look" in final[metric]["note"]
+    interim = by_metric(g.canary_checks(guard, window(champion, challenger), final=False, min_requests=500))
+    assert interim[metric]["status"] == PASSED
+    assert interim[metric]["threshold"] == pytest.approx(1 - guard.interim_confidence)
+    assert "interim look" in interim[metric]["note"]
+
+
+def test_interim_confidence_below_the_final_confidence_is_refused(guard):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="raise interim_confidence"):
+        type(guard).model_validate({**guard.model_dump(), "interim_confidence": 0.9})
+
+
+def test_equal_quality_rarely_rolls_back_over_many_looks(guard):
+    # 200 canaries of a challenger exactly as good as the champion, with no margin (the hardest case
+    # for a false rollback), each looked at 15 times as its labels accumulate: the share rolled back
+    # stays near 1 - confidence, while testing at 95% on every look rolls back far more of them.
+    exact = guard.model_copy(update={"max_metric_degradation": 0.0})
+    metric = f"{guard.metric}_worse_pvalue"
+    looks = np.linspace(guard.min_labelled_per_variant, 400, 15).astype(int)
+    strict = naive = 0
+    for seed in range(200):
+        champion, challenger = canary_pair(400, 400, seed=1000 + seed, labelled=400)
+        for k, n in enumerate(looks):
+            part = [
+                make_arm(a.version, a.probability[:n], label=a.label[:n], prefix=a.request_id[0][:2])
+                for a in (champion, challenger)
+            ]
+            res = by_metric(g.canary_checks(exact, window(*part), final=k == len(looks) - 1, min_requests=1))
+            if res[metric]["status"] == FAILED:
+                strict += 1
+                break
+        for n in looks:
+            losses = [
+                g.row_loss(guard.metric, a.probability[:n], a.label[:n]) for a in (challenger, champion)
+            ]
+            if g.worse_test(*losses, 0.0)[1] < 1 - guard.confidence:
+                naive += 1
+                break
+    print(f"rolled back: {strict} of 200 with the interim boundary, {naive} of 200 looking at 95% each time")
+    assert strict <= 0.09 * 200, strict
+    assert naive >= 1.8 * strict, (naive, strict)
+
+
 def test_canary_worse_challenger_fails_the_metric(guard):
     champion, challenger = canary_pair(600, 600, seed=32, labelled=400, challenger_noise=0.3)
     metric = f"{guard.metric}_worse_pvalue"
     results = g.canary_checks(guard, window(champion, challenger), final=False, min_requests=500)
     checks = by_metric(results)
-    assert checks[metric]["status"] == FAILED
-    assert checks[metric]["value"] < 1 - guard.confidence
-    assert checks[metric]["threshold"] == pytest.approx(1 - guard.confidence)
-    assert "400 vs 400 labelled rows" in checks[metric]["note"]
+    assert checks[metric]["status"] == FAILED  # clearly worse: stopped at an interim look already
+    assert checks[metric]["value"] < 1 - guard.interim_confidence
+    assert checks[metric]["threshold"] == pytest.approx(1 - guard.interim_confidence)
+    assert "400 vs 400 labelled entities" in checks[metric]["note"]
     assert metric in {r["metric"] for r in g.breached(results)}
 
 
@@ -583,6 +671,7 @@ def test_read_window_shadow_reads_the_unserved_challenger_rows(log_url):
     assert win.champion.version == 3 and win.challenger.version == 4
     assert win.champion.request_id == ["s1", "s2", "s3"]
     assert win.challenger.request_id == ["s1", "s2", "s3"]
+    assert win.challenger.entity == ["e-s1", "e-s2", "e-s3"]  # the hashed key, for one loss per entity
     np.testing.assert_allclose(win.champion.probability, [0.10, 0.60, 0.30])
     np.testing.assert_allclose(win.challenger.probability, [0.15, 0.55, 0.70])
     np.testing.assert_array_equal(win.challenger.decision, [0, 1, 1])
