@@ -30,8 +30,6 @@ log = logging.getLogger("slipway")
 PHASES = ("shadow", "canary")
 
 
-
-
 def _run_ref(context) -> dict:
     ti = context["ti"]
     return {"dag_run": f"{ti.dag_id}/{ti.run_id}"}
@@ -132,10 +130,21 @@ def validate_infra(step: Step, selected: dict) -> dict:
     return {"gate": GATE, "results": out["results"], "evidence_uri": uri}
 
 
+# Waits shorter than this stay in the worker (a sleep between checks); longer ones are deferred to
+# the triggerer. Airflow's own advice for sensors (reschedule mode only from a minute up), and more:
+# Airflow 3.3.2's scheduler can take the worker's exit on deferral as a task killed externally when
+# the trigger fires before the scheduler has processed that exit (apache/airflow#67287, #72716: the
+# QUEUED and RUNNING variants are not fixed in 3.3.2). A deferral of a few seconds runs into it under
+# load (the exit's event took 6 s to be processed on a busy 2-core machine) and costs the canary a
+# retry that restarts it; a wait of a minute or more leaves the scheduler ample time.
+DEFER_FROM_SECONDS = 60.0
+
+
 class TrafficPhase(BaseOperator):
     """Shadow or canary (:class:`include.tasks.phases.Phase`): set the traffic, then judge the
-    prediction log every interval, deferred in between, until the window is complete (pass) or a
-    guardrail breaks (rollback, fail)."""
+    prediction log every ``check_interval_seconds`` until the window is complete (pass) or a
+    guardrail breaks (rollback, fail). Between checks the task is deferred (its worker slot free)
+    when the wait is ``DEFER_FROM_SECONDS`` or more, and sleeps in the worker otherwise."""
 
     def __init__(self, *, pipeline: str, phase: str, **kwargs: Any) -> None:
         if phase not in PHASES:
@@ -156,6 +165,8 @@ class TrafficPhase(BaseOperator):
             return record(self._judge(context, state))
 
     def _judge(self, context: Any, state: dict | None) -> dict:
+        import time
+
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         from include.spec import load_pipeline
@@ -168,14 +179,18 @@ class TrafficPhase(BaseOperator):
         now = datetime.now(UTC)
         if state is None:
             state = runner.start(0, now)
-        state, outcome = runner.tick(state, now)
-        if outcome is not None:
-            return outcome
-        self.defer(
-            trigger=DateTimeTrigger(moment=runner.wake(state, now)),
-            method_name="resume",
-            kwargs={"state": state},
-        )
+        while True:
+            state, outcome = runner.tick(state, now)
+            if outcome is not None:
+                return outcome
+            wake = runner.wake(state, now)
+            wait = (wake - datetime.now(UTC)).total_seconds()
+            if wait >= DEFER_FROM_SECONDS:
+                self.defer(
+                    trigger=DateTimeTrigger(moment=wake), method_name="resume", kwargs={"state": state}
+                )
+            time.sleep(max(0.0, wait))
+            now = datetime.now(UTC)
 
 
 class ApprovePromotion(ApprovalOperator):
@@ -320,7 +335,11 @@ def restore_previous_champion(step: Step) -> dict:
     reason = conf.get("reason") or "manual rollback"
     by = getattr(step.context.get("dag_run"), "triggering_user_name", None) or "unknown"
     event = restore_previous(
-        mlflow_client(), step.pipeline, reason=f"{reason} (triggered by {by})", by=by, **_run_ref(step.context)
+        mlflow_client(),
+        step.pipeline,
+        reason=f"{reason} (triggered by {by})",
+        by=by,
+        **_run_ref(step.context),
     )
     served = verify_served(
         step.pipeline, event["version"], event.get("from_version"), get_settings().serving_url
