@@ -245,9 +245,10 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
             if line.startswith("- "):
                 print(f"           {line}")
 
-    # Answered a few seconds after the question, as a person reading the evidence would, and again
-    # if Airflow asks again (see include/approvals.py).
-    answer(af.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked)
+    # Answered 20 s after the question, as a person reading the evidence would, and again if Airflow
+    # asks again (see include/approvals.py: an answer within seconds can meet Airflow 3.3.2's stale
+    # defer-exit race, apache/airflow#67287, and the retry asks again after its retry delay).
+    answer(af.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked, settle_s=20)
     _say(
         f"+{time.monotonic() - t0:5.0f} s  approved through the REST API (PATCH …/hitlDetails) as user admin"
     )
