@@ -42,7 +42,7 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             # WAL: readers never block the writer; FULL: a committed transaction survives power loss.
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn, sqlite3, timeout_s)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             return conn
@@ -86,6 +86,24 @@ class Database:
             netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
             return parts._replace(netloc=netloc).geturl()
         return self.url
+
+
+def _set_wal(conn, sqlite3, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock: on a fresh file,
+    processes starting at once all switch the mode, and that switch answers "database is locked" at
+    once instead of waiting for busy_timeout (seen with 8 service workers starting together)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
 
 
 def database(url: str | None = None) -> Database:
