@@ -42,7 +42,7 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             # WAL: readers never block the writer; FULL: a committed transaction survives power loss.
-            _set_wal(conn, sqlite3, timeout_s)
+            _set_wal(conn, timeout_s)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             return conn
@@ -88,10 +88,11 @@ class Database:
         return self.url
 
 
-def _set_wal(conn, sqlite3, timeout_s: float) -> None:
+def _set_wal(conn, timeout_s: float) -> None:
     """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock: on a fresh file,
     processes starting at once all switch the mode, and that switch answers "database is locked" at
     once instead of waiting for busy_timeout (seen with 8 service workers starting together)."""
+    import sqlite3
     import time
 
     deadline = time.monotonic() + timeout_s

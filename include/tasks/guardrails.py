@@ -185,8 +185,6 @@ def entity_losses(arm: Arm, metric: str, threshold: float) -> tuple[np.ndarray, 
     groups: dict = {}
     for i, k in enumerate(keys):
         groups.setdefault(k, []).append(i)
-    if len(groups) == len(keys):
-        return losses, len(keys)
     return np.array([losses[idx].mean() for idx in groups.values()]), len(keys)
 
 
