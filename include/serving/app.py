@@ -21,7 +21,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,7 +32,14 @@ from include.serving.asgi import AccessLog, App, Request, Response
 from include.serving.explain import ExplainBusy, Explainers, ExplainUnavailable
 from include.serving.keys import KeyStore, presented_key
 from include.serving.models import ModelRegistry, PipelineState, sticky_share
-from include.serving.predlog import FailureRow, LogOverloaded, LogUnavailable, PredictionLog, PredictionRow
+from include.serving.predlog import (
+    FailureRow,
+    LogOverloaded,
+    LogUnavailable,
+    PredictionLog,
+    PredictionRow,
+    new_request_id,
+)
 from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
 
 log = logging.getLogger(__name__)
@@ -221,7 +227,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         request.state["rows"] = len(rows)
         arrays = schema.arrays(values)
         keys = [service.entity(schema, k) for k in raw_keys]
-        ids = [uuid.uuid4().hex for _ in rows]
+        ids = [new_request_id() for _ in rows]
         variants = [_variant(state, pipeline, k, i) for k, i in zip(keys, ids, strict=True)]
         now = datetime.now(UTC)
         out: list[dict | None] = [None] * len(rows)

@@ -24,6 +24,7 @@ from include.serving.predlog import (
     PredictionLog,
     PredictionRow,
     UnknownRequest,
+    new_request_id,
 )
 from tests.pg import pg_admin, pg_terminate_backends, pg_url
 
@@ -45,6 +46,21 @@ def make_row(request_id: str | None = None, *, variant: str = "champion", pipeli
         latency_ms=1.7,
         created_at=datetime.now(UTC),
     )
+
+
+def test_request_ids_are_uuid7_in_time_order():
+    import time
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert len(rid) == 32 and parsed.hex == rid
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= int(rid[:12], 16) <= after  # the first 48 bits: Unix milliseconds
+    assert [rid[:12] for rid in ids] == sorted(rid[:12] for rid in ids)
 
 
 @pytest.fixture
@@ -241,6 +257,76 @@ def test_overload_refuses_at_once_and_bounds_the_queue(tmp_path):
         assert not refused & log.request_ids()
         assert log.queue_depth == 0
     finally:
+        log.close()
+
+
+def test_sqlite_commits_on_the_loop_and_a_foreign_lock_does_not_block_it(tmp_path):
+    """record()'s SQLite commit runs on the event loop; while a writer outside Slipway holds the
+    database, the loop keeps running, and the rows commit once the lock is released."""
+    path = tmp_path / "serving.db"
+    log = PredictionLog(f"sqlite:///{path}")
+    log.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+
+        async def main():
+            commit_threads = []
+            real_commit = log._commit
+            log._commit = lambda batch, on_loop=False: (  # record which thread commits
+                commit_threads.append(threading.get_ident()),
+                real_commit(batch, on_loop),
+            )[1]
+            await log.record([make_row()])  # no lock held: committed on this thread
+            blocker.execute("BEGIN IMMEDIATE")
+            rows = [make_row() for _ in range(5)]
+            task = asyncio.gather(*(log.record([row]) for row in rows))
+            ticks = 0
+            for _ in range(30):  # 30 x 10 ms: the loop is not held by the waiting commit
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not task.done() and log.queue_depth == 5
+            blocker.execute("COMMIT")
+            await asyncio.wait_for(task, 5)
+            return rows, ticks, commit_threads
+
+        rows, ticks, commit_threads = asyncio.run(main())
+        assert ticks == 30
+        assert set(commit_threads) == {threading.get_ident()}  # the loop's thread, not the writer's
+        assert {r.request_id for r in rows} <= log.request_ids()
+        assert log.queue_depth == 0 and log.status() == (True, "ok")
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        log.close()
+
+
+def test_a_foreign_lock_held_past_lock_timeout_fails_the_rows_then_the_log_recovers(tmp_path):
+    path = tmp_path / "serving.db"
+    log = PredictionLog(f"sqlite:///{path}", lock_timeout_s=0.3)
+    log.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+
+        async def main():
+            blocker.execute("BEGIN IMMEDIATE")
+            stuck = make_row()
+            with pytest.raises(LogUnavailable, match="database is locked"):
+                await asyncio.wait_for(log.record([stuck]), 5)
+            unhealthy = log.status()
+            blocker.execute("COMMIT")
+            later = make_row()
+            await asyncio.wait_for(log.record([later]), 5)
+            return stuck, later, unhealthy
+
+        stuck, later, unhealthy = asyncio.run(main())
+        assert unhealthy[0] is False and "predictions are refused" in unhealthy[1]
+        assert log.status() == (True, "ok")
+        assert log.request_ids() == {later.request_id}  # the refused row was not written
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
         log.close()
 
 
