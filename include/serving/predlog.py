@@ -16,8 +16,12 @@ process is SIGKILLed or the machine loses power. The converse does not hold: a r
 for a request whose response never left (the process died between commit and send), so the log may
 hold a few predictions that no client saw.
 
-One writer thread owns one connection and does every insert; readers (``feedback``, ``get``, ...)
-use a small pool of their own connections. Memory is bounded by ``max_queue`` rows waiting for a
+On SQLite, :meth:`PredictionLog.record` commits on the caller's event loop, with its own
+connection: the rows that queued while the previous commit ran go into the next one. A writer
+thread with its own connection commits :meth:`PredictionLog.record_sync`'s rows, and every row on
+PostgreSQL (a network round trip must not hold the loop). Worker processes sharing a SQLite file
+take turns through an flock on ``<database>.write-lock``. Readers (``feedback``, ``get``, ...) use a
+small pool of their own connections. Memory is bounded by ``max_queue`` rows waiting for a
 commit: beyond it ``record`` refuses at once with :class:`LogOverloaded` (the caller answers 503 with
 Retry-After) instead of queueing without limit while the database lags.
 """
@@ -287,12 +291,15 @@ _STOP = None  # queue sentinel: everything put before it has been taken when the
 
 
 class PredictionLog:
-    """The prediction and feedback tables, with one group-committing writer thread.
+    """The prediction and feedback tables, with group commit (on the event loop for SQLite, in a
+    writer thread otherwise).
 
     Batching needs no timer: while one commit is being made, the rows that arrive queue up and go
     into the next one, so the batch grows with the load by itself. ``max_wait_ms`` > 0 adds a wait
     for more rows before each commit; measured with 8 concurrent clients on SQLite (synchronous
-    FULL), a 2 ms wait cut the throughput from ~8,900 to ~3,000 rows/s, so the default is 0.
+    FULL), a 2 ms wait cut the throughput from ~8,900 to ~3,000 rows/s, so the default is 0 (it
+    applies to the writer thread). ``lock_timeout_s``: how long record()'s rows wait for a SQLite
+    database that a writer outside Slipway's lock holds before their requests are refused.
     """
 
     def __init__(
