@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
 import orjson
 
 from include.serving import metrics as m
@@ -80,7 +79,7 @@ class Service:
         self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri, config.pinned)
         self.log = PredictionLog(config.db_url)
         self.keys = KeyStore(config.db_url)
-        self._pii_key = pii_key()
+        self._entity_mac = hmac.new(pii_key(), digestmod="sha256")
         self._shadow_tasks: set[asyncio.Task] = set()
         self.explainers = Explainers(config.tracking_uri)
 
@@ -98,7 +97,9 @@ class Service:
         if raw is None:
             return None
         if schema.entity_hashed:  # the same keyed hash as ingest: joins with the lake, never the raw id
-            return hmac.new(self._pii_key, raw.encode(), "sha256").hexdigest()
+            mac = self._entity_mac.copy()  # the key's pads are hashed once, at start
+            mac.update(raw.encode())
+            return mac.hexdigest()
         return raw
 
     def authorise(self, request: Request, scope: str, pipeline: str | None):
@@ -144,10 +145,14 @@ class Service:
 class Scored:
     """One model call over some rows: probabilities, which rows failed and why, how long it took."""
 
-    probs: np.ndarray | None
-    bad: np.ndarray  # bool per row: an exception, or no probability in [0, 1] (NaN included)
+    probs: list[float] | None
+    bad: list[bool]  # per row: an exception, or no probability in [0, 1] (NaN included)
     reason: str
     took_s: float
+
+    @property
+    def good(self) -> int:
+        return len(self.bad) - sum(self.bad)
 
 
 def _score(model, arrays: dict, idx: list[int], n: int) -> Scored:
@@ -158,10 +163,12 @@ def _score(model, arrays: dict, idx: list[int], n: int) -> Scored:
     except Exception as exc:  # a model that cannot score these rows is a failure to record, not a 500
         took = time.perf_counter() - t0
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        return Scored(None, np.ones(len(idx), dtype=bool), reason, took)
+        return Scored(None, [True] * len(idx), reason, took)
     took = time.perf_counter() - t0
-    bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN compares false both ways
-    return Scored(probs, bad, "probability not a number in [0, 1]" if bad.any() else "", took)
+    # Python floats from here: per-element numpy calls cost more than the row's whole check.
+    probs = probs.tolist()
+    bad = [not 0.0 <= p <= 1.0 for p in probs]  # NaN compares false both ways
+    return Scored(probs, bad, "probability not a number in [0, 1]" if any(bad) else "", took)
 
 
 def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: str) -> str:
@@ -243,7 +250,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
             scored = _score(model, arrays, idx, len(rows))
             took = scored.took_s
             m.child(m.LATENCY, pipeline, str(model.version), variant).observe(took)
-            if scored.bad.any():
+            if scored.good < len(idx):
                 failed = [i for i, b in zip(idx, scored.bad, strict=True) if b]
                 m.MODEL_FAILURES.labels(pipeline, str(model.version), variant).inc(len(failed))
                 failures += [
@@ -254,11 +261,11 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
                     return await _champion_failed(service, pipeline, model, failures, scored.reason)
                 for i in failed:
                     variants[i] = "champion"
-            m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(int((~scored.bad).sum()))
+            m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(scored.good)
             for j, i in enumerate(idx):
                 if scored.bad[j]:
                     continue
-                p = float(scored.probs[j])
+                p = scored.probs[j]
                 decision = int(p >= model.threshold)
                 out[i] = {
                     "request_id": ids[i],
@@ -477,10 +484,11 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
     async def run() -> None:
         scored = _score(challenger, arrays, list(range(len(ids))), len(ids))
         took = scored.took_s * 1000 / len(ids)
-        m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(int((~scored.bad).sum()))
+        m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(scored.good)
         failures = [
             FailureRow(ids[i], pipeline, challenger.version, "challenger", False, scored.reason, now)
-            for i in np.flatnonzero(scored.bad)
+            for i, bad in enumerate(scored.bad)
+            if bad
         ]
         if failures:
             m.MODEL_FAILURES.labels(pipeline, str(challenger.version), "challenger").inc(len(failures))

@@ -160,6 +160,8 @@ def new_request_id() -> str:
 
 def iso_utc(value: datetime, what: str = "a timestamp") -> str:
     """Fixed-width ISO-8601 in UTC, so the TEXT column sorts in time order in both dialects."""
+    if value.__class__ is datetime and value.tzinfo is UTC:  # the service's own timestamps
+        return value.isoformat(timespec="microseconds")
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
     return value.astimezone(UTC).isoformat(timespec="microseconds")

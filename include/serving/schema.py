@@ -318,8 +318,11 @@ class RequestSchema:
     def arrays(self, values: dict[str, list]) -> dict[str, np.ndarray]:
         """The graph's inputs: one (n, 1) array per feature."""
         out = {}
-        for n in self.numeric + self.binary:
-            out[n] = np.asarray(values[n], dtype=np.float32).reshape(-1, 1)
+        floats = self.numeric + self.binary
+        if floats:  # one conversion for every float column; each input is a (n, 1) view of its row
+            block = np.array([values[n] for n in floats], dtype=np.float32)
+            for i, n in enumerate(floats):
+                out[n] = block[i].reshape(-1, 1)
         for n in self.categorical:
             out[n] = np.asarray(values[n], dtype=object).reshape(-1, 1)
         return out
