@@ -43,7 +43,7 @@ class Database:
             conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             # WAL: readers never block the writer; FULL: a committed transaction survives power loss.
             _set_wal(conn, timeout_s)
-            conn.execute("PRAGMA synchronous=" + os.environ.get("SYNC","FULL"))
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             return conn
         import psycopg2
