@@ -178,24 +178,33 @@ def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: s
     return "challenger" if sticky_share(pipeline, key or request_id) < t.weight else "champion"
 
 
+def _too_big() -> RequestError:
+    return RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+
+
 async def _read_json(request: Request):
-    too_big = RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
         raise RequestError(400, "Content-Length is not a number")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:  # the body's ASGI messages
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             chunks = []  # keep reading (and dropping) a moderately oversized body, so a client that
             if size > DRAIN_LIMIT_BYTES:  # sends it whole before reading gets the 413, not a reset
-                raise too_big
-            continue
-        chunks.append(chunk)
+                raise _too_big()
+        elif chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     if size > MAX_BODY_BYTES or (length is not None and int(length) > MAX_BODY_BYTES):
-        raise too_big
+        raise _too_big()
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise RequestError(
             400,
@@ -228,7 +237,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         for n in schema.categorical:
             known = state.champion.categories.get(n)
             if known:
-                unknown = sum(v not in known for v in values[n])
+                unknown = len(values[n]) - sum(map(known.__contains__, values[n]))
                 if unknown:
                     m.UNKNOWN_CATEGORY.labels(pipeline, n).inc(unknown)
         request.state["rows"] = len(rows)

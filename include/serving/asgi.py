@@ -34,17 +34,6 @@ class Request:
     receive: Callable
     state: dict = field(default_factory=dict)
 
-    async def stream(self):
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            if body:
-                yield body
-            if not message.get("more_body", False):
-                return
-
 
 @dataclass
 class Response:

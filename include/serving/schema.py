@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -45,9 +46,17 @@ class RequestSchema:
     entity: str | None  # the identifier column a request may carry
     entity_hashed: bool
 
-    @property
+    @cached_property  # read several times per request: computed once
     def features(self) -> tuple[str, ...]:
         return self.numeric + self.binary + self.categorical
+
+    @cached_property
+    def _feature_set(self) -> frozenset[str]:
+        return frozenset(self.features)
+
+    @cached_property
+    def _allowed(self) -> frozenset[str]:
+        return self._feature_set | ({self.entity} if self.entity else set())
 
     @classmethod
     def from_spec(cls, spec) -> RequestSchema:
@@ -256,15 +265,15 @@ class RequestSchema:
         problems: list[str] = []
         values: dict[str, list] = {n: [] for n in self.features}
         keys: list[str | None] = []
-        allowed = set(self.features) | ({self.entity} if self.entity else set())
         for i, row in enumerate(rows):
             where = f"instances[{i}]" if len(rows) > 1 else "inputs"
             if not isinstance(row, dict):
                 problems.append(f"{where}: must be an object of field: value")
                 keys.append(None)
                 continue
-            missing = [n for n in self.features if n not in row]
-            unknown = sorted(set(row) - allowed)
+            present = row.keys()
+            missing = [] if present >= self._feature_set else [n for n in self.features if n not in row]
+            unknown = [] if present <= self._allowed else sorted(set(row) - self._allowed)
             if missing:
                 problems.append(f"{where}: missing fields {missing}")
             if unknown:
@@ -318,13 +327,13 @@ class RequestSchema:
     def arrays(self, values: dict[str, list]) -> dict[str, np.ndarray]:
         """The graph's inputs: one (n, 1) array per feature."""
         out = {}
-        floats = self.numeric + self.binary
-        if floats:  # one conversion for every float column; each input is a (n, 1) view of its row
-            block = np.array([values[n] for n in floats], dtype=np.float32)
-            for i, n in enumerate(floats):
-                out[n] = block[i].reshape(-1, 1)
-        for n in self.categorical:
-            out[n] = np.asarray(values[n], dtype=object).reshape(-1, 1)
+        # One conversion per type, not per column; each input is a (n, 1) view of its block's row.
+        for names, dtype in ((self.numeric + self.binary, np.float32), (self.categorical, object)):
+            if names:
+                block = np.empty((len(names), len(values[names[0]])), dtype=dtype)
+                block[:] = [values[n] for n in names]
+                for i, n in enumerate(names):
+                    out[n] = block[i].reshape(-1, 1)
         return out
 
 
