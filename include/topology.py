@@ -46,6 +46,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.deploy.private import write_private
+
 ROOT = Path(__file__).resolve().parents[1]
 BUCKETS = ("landing", "lake", "dvc", "mlflow")
 SECRET_NAMES = (
@@ -163,11 +165,11 @@ def load_secrets(topo: Topology) -> dict[str, str]:
     missing = [n for n in SECRET_NAMES if not values.get(n)]
     if missing:
         values |= {n: _new_secret(n) for n in missing}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("# Secrets of the native stack (make up); generated once. Keep this file private.\n")
-            fh.writelines(f"{n}={values[n]}\n" for n in SECRET_NAMES)
+        write_private(
+            path,
+            "# Secrets of the native stack (make up); generated once. Keep this file private.\n"
+            + "".join(f"{n}={values[n]}\n" for n in SECRET_NAMES),
+        )
     os.chmod(path, 0o600)
     return {n: values[n] for n in SECRET_NAMES}
 
@@ -433,18 +435,12 @@ def prepare(topo: Topology) -> dict[str, str]:
     from include.deploy.airflow_passwords import write_passwords
 
     write_passwords(str(airflow_home / "passwords.json"), secret["AIRFLOW_ADMIN_PASSWORD"])
-    _write_private(topo.folder / "metrics.key", secret["SLIPWAY_SERVING_METRICS_KEY"])
+    write_private(topo.folder / "metrics.key", secret["SLIPWAY_SERVING_METRICS_KEY"])
     (topo.folder / "prometheus.yml").write_text(prometheus_config(topo))
     from include.deploy.mlflow_auth_config import write_config
 
     write_config(str(topo.folder / "mlflow-auth.ini"), topo.pg_url("mlflow_auth", "postgresql+psycopg2"))
     return secret
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 # -------------------------------------------------------------------------------------- supervisor

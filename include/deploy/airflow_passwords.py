@@ -10,18 +10,14 @@ from __future__ import annotations
 import json
 import os
 
+from include.deploy.private import write_private
+
 
 def write_passwords(path: str, password: str, user: str = "admin") -> None:
     """``{user: password}`` as the file named by AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE."""
     if not password:
         raise SystemExit("AIRFLOW_ADMIN_PASSWORD is empty: set it from your secret store")
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({user: password}, fh)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps({user: password}))
 
 
 def main() -> None:

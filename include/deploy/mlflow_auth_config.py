@@ -8,7 +8,10 @@ The admin password is read by MLflow itself from ``MLFLOW_AUTH_ADMIN_PASSWORD`` 
 from __future__ import annotations
 
 import configparser
+import io
 import os
+
+from include.deploy.private import write_private
 
 
 def write_config(path: str, database_uri: str) -> None:
@@ -20,10 +23,9 @@ def write_config(path: str, database_uri: str) -> None:
         "admin_username": "admin",
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        config.write(fh)
-    os.chmod(path, 0o600)
+    text = io.StringIO()
+    config.write(text)
+    write_private(path, text.getvalue())
 
 
 def main() -> None:
