@@ -88,6 +88,16 @@ class Database:
         return self.url
 
 
+def missing_table(exc: BaseException, table: str) -> bool:
+    """Whether ``exc`` says that ``table`` (or, for a prefix like ``slipway_``, one of its tables)
+    does not exist yet: PostgreSQL's undefined-table error (SQLSTATE 42P01), SQLite's "no such
+    table" (SQLite gives no code of its own for it, only the message)."""
+    text = str(exc)
+    if table not in text:
+        return False
+    return getattr(exc, "pgcode", None) == "42P01" or "no such table" in text
+
+
 def _set_wal(conn, timeout_s: float) -> None:
     """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock: on a fresh file,
     processes starting at once all switch the mode, and that switch answers "database is locked" at

@@ -100,7 +100,7 @@ def read_labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) ->
     No prediction log yet (a SQLite file that does not exist, tables not created) means no feedback;
     a log that cannot be reached raises, so an outage never trains as "no feedback".
     """
-    from include.serving.db import database
+    from include.serving.db import database, missing_table
 
     db = database(db_url)
     if db.dialect == "sqlite":
@@ -122,7 +122,7 @@ def read_labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) ->
             return cur.fetchall()
     except Exception as exc:
         text = str(exc)
-        if "slipway_" in text and ("no such table" in text or "does not exist" in text):
+        if missing_table(exc, "slipway_"):
             logger.info("the prediction log in %s has no tables yet: no feedback", db.redacted())
             return []
         raise FeedbackUnavailable(

@@ -170,7 +170,7 @@ def _create_table(db) -> None:
 def _select(db_url: str | None, sql: str, params: tuple) -> list[tuple]:
     """Rows of a read of ``slipway_monitor`` (``{p}`` in ``sql`` is the dialect's placeholder); none
     before the first interval is recorded, when the table does not exist yet."""
-    from include.serving.db import database
+    from include.serving.db import database, missing_table
 
     db = database(db_url)
     try:
@@ -178,9 +178,8 @@ def _select(db_url: str | None, sql: str, params: tuple) -> list[tuple]:
             cur = conn.cursor()
             cur.execute(sql.format(p=db.param), params)
             return cur.fetchall()
-    except Exception as exc:  # sqlite3 "no such table" / psycopg2 "relation ... does not exist"
-        text = str(exc)
-        if "slipway_monitor" in text and ("no such table" in text or "does not exist" in text):
+    except Exception as exc:
+        if missing_table(exc, "slipway_monitor"):
             return []
         raise
 

@@ -534,3 +534,24 @@ def test_every_answered_row_survives_sigkill(tmp_path):
         assert not missing, f"{len(missing)} answered rows were lost"
     finally:
         log.close()
+
+
+def test_missing_table_is_told_apart_from_other_errors(log_url):
+    """Readers treat "no table yet" as "nothing logged yet"; any other error must not look like it."""
+    from include.serving.db import database, missing_table
+
+    db = database(log_url)
+    with db.reading() as conn:
+        cur = conn.cursor()
+        with pytest.raises(Exception) as no_table:
+            cur.execute("SELECT * FROM slipway_not_created_yet")
+    with db.reading() as conn:
+        cur = conn.cursor()
+        with pytest.raises(Exception) as bad_column:
+            cur.execute("CREATE TABLE slipway_probe (a INTEGER)")
+            cur.execute("SELECT b FROM slipway_probe")
+    assert missing_table(no_table.value, "slipway_not_created_yet")
+    assert missing_table(no_table.value, "slipway_")
+    assert not missing_table(no_table.value, "slipway_monitor")  # another table's absence
+    assert not missing_table(bad_column.value, "slipway_")
+    assert not missing_table(ConnectionError("connection refused to slipway_ db"), "slipway_")
