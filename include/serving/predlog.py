@@ -542,12 +542,18 @@ class PredictionLog:
             batch, self._loop_pending = self._loop_pending, []
             with self._write_lock(self._loop_lock_fd):  # shutting down: waiting for it is fine
                 self._commit(batch, on_loop=True)
-        if self._loop_conn is not None:
-            _close_quietly(self._loop_conn)
-            self._loop_conn = None
-        if self._loop_lock_fd is not None:
-            os.close(self._loop_lock_fd)
-            self._loop_lock_fd = None
+        self._drop_writer("_loop_conn", "_loop_lock_fd")
+
+    def _drop_writer(self, conn_attr: str, fd_attr: str) -> None:
+        """Close one writer's connection and lock file (the writer thread's, or the loop's)."""
+        conn = getattr(self, conn_attr)
+        if conn is not None:
+            _close_quietly(conn)
+            setattr(self, conn_attr, None)
+        fd = getattr(self, fd_attr)
+        if fd is not None:
+            os.close(fd)
+            setattr(self, fd_attr, None)
 
     # ---------------------------------------------------------------- recording
 
@@ -706,12 +712,7 @@ class PredictionLog:
                 batch.append(item)
                 n += item.size
             self._commit(batch)
-        if self._conn is not None:
-            _close_quietly(self._conn)
-            self._conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._drop_writer("_conn", "_lock_fd")
 
     def _commit(self, batch: list[_Pending], on_loop: bool = False) -> None:
         try:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +62,22 @@ def test_request_ids_are_uuid7_in_time_order():
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
         assert before <= int(rid[:12], 16) <= after  # the first 48 bits: Unix milliseconds
     assert [rid[:12] for rid in ids] == sorted(rid[:12] for rid in ids)
+
+
+@contextmanager
+def sqlite_log_and_blocker(tmp_path, **kwargs):
+    """A started SQLite log and a second connection to its file, to hold the database's lock."""
+    path = tmp_path / "serving.db"
+    log = PredictionLog(f"sqlite:///{path}", **kwargs)
+    log.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield log, blocker
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        log.close()
 
 
 @pytest.fixture
@@ -217,12 +234,8 @@ def test_a_duplicate_request_id_fails_alone_not_the_requests_sharing_its_commit(
 
 
 def test_overload_refuses_at_once_and_bounds_the_queue(tmp_path):
-    path = tmp_path / "serving.db"
-    log = PredictionLog(f"sqlite:///{path}", max_queue=5)
-    log.start()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
-        blocker.execute("BEGIN EXCLUSIVE")  # the writer's next commit waits for this lock (busy_timeout 5 s)
+    with sqlite_log_and_blocker(tmp_path, max_queue=5) as (log, blocker):
+        blocker.execute("BEGIN EXCLUSIVE")  # the log's commits wait (retrying) until this lock goes
 
         async def main():
             rows = [make_row() for _ in range(20)]
@@ -242,11 +255,6 @@ def test_overload_refuses_at_once_and_bounds_the_queue(tmp_path):
             return rows, results, len(refused), depth_while_blocked
 
         rows, results, n_refused, depth_while_blocked = asyncio.run(main())
-    finally:
-        if blocker.in_transaction:
-            blocker.execute("ROLLBACK")
-        blocker.close()
-    try:
         assert n_refused == 15
         assert depth_while_blocked == 5
         assert log.overloaded == 16
@@ -256,18 +264,12 @@ def test_overload_refuses_at_once_and_bounds_the_queue(tmp_path):
         assert log.request_ids() == answered
         assert not refused & log.request_ids()
         assert log.queue_depth == 0
-    finally:
-        log.close()
 
 
 def test_sqlite_commits_on_the_loop_and_a_foreign_lock_does_not_block_it(tmp_path):
     """record()'s SQLite commit runs on the event loop; while a writer outside Slipway holds the
     database, the loop keeps running, and the rows commit once the lock is released."""
-    path = tmp_path / "serving.db"
-    log = PredictionLog(f"sqlite:///{path}")
-    log.start()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
+    with sqlite_log_and_blocker(tmp_path) as (log, blocker):
 
         async def main():
             commit_threads = []
@@ -294,19 +296,10 @@ def test_sqlite_commits_on_the_loop_and_a_foreign_lock_does_not_block_it(tmp_pat
         assert set(commit_threads) == {threading.get_ident()}  # the loop's thread, not the writer's
         assert {r.request_id for r in rows} <= log.request_ids()
         assert log.queue_depth == 0 and log.status() == (True, "ok")
-    finally:
-        if blocker.in_transaction:
-            blocker.execute("ROLLBACK")
-        blocker.close()
-        log.close()
 
 
 def test_a_foreign_lock_held_past_lock_timeout_fails_the_rows_then_the_log_recovers(tmp_path):
-    path = tmp_path / "serving.db"
-    log = PredictionLog(f"sqlite:///{path}", lock_timeout_s=0.3)
-    log.start()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
+    with sqlite_log_and_blocker(tmp_path, lock_timeout_s=0.3) as (log, blocker):
 
         async def main():
             blocker.execute("BEGIN IMMEDIATE")
@@ -323,11 +316,6 @@ def test_a_foreign_lock_held_past_lock_timeout_fails_the_rows_then_the_log_recov
         assert unhealthy[0] is False and "predictions are refused" in unhealthy[1]
         assert log.status() == (True, "ok")
         assert log.request_ids() == {later.request_id}  # the refused row was not written
-    finally:
-        if blocker.in_transaction:
-            blocker.execute("ROLLBACK")
-        blocker.close()
-        log.close()
 
 
 def test_record_from_several_event_loops_and_threads(tmp_path):
