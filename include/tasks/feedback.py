@@ -175,6 +175,8 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
     import orjson
     import pandas as pd
 
+    from include.tasks.ingest import sensitive_values
+
     out = Curated(frame=None, labelled=len(rows))
     key = spec.entity_column
     if not rows:
@@ -229,9 +231,7 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
         elif kind == "int64":
             frame[col] = frame[col].astype("int64")
         elif col in spec.sensitive_attributes:
-            num = pd.to_numeric(frame[col], errors="coerce")
-            whole = num.notna().all() and (num == num.round()).all()
-            frame[col] = num.astype("int64") if whole else frame[col].astype(str).astype(object)
+            frame[col] = sensitive_values(frame[col])
         else:
             frame[col] = frame[col].astype(object)
     out.frame = frame.sort_values(key, kind="stable").reset_index(drop=True)

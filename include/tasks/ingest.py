@@ -79,6 +79,17 @@ def _hash(value: str, key: bytes) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
+def sensitive_values(s):
+    """A sensitive attribute's column as the lake holds it: int64 when every value is a whole number
+    (0/1 flags, codes), the values as they are otherwise. Ingest and the feedback's curated rows type
+    it alike, so a curated row concatenates with the landed batches."""
+    import pandas as pd
+
+    num = pd.to_numeric(s, errors="coerce")
+    whole = num.notna().all() and (num == num.round()).all()
+    return num.astype("int64") if whole else s.astype(object)
+
+
 def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes):
     """Check and type one raw batch (all-text DataFrame) against the spec; return the lake frame."""
     import pandas as pd
@@ -140,9 +151,7 @@ def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes)
                 continue
             out[col] = num.astype("float64")
         elif col in spec.sensitive_attributes:
-            num = pd.to_numeric(s, errors="coerce")
-            is_int = num.notna().all() and (num == num.round()).all()
-            out[col] = num.astype("int64") if is_int else s.astype(object)
+            out[col] = sensitive_values(s)
         elif col == spec.target.column:
             if s.isna().any():
                 problems.append(f"target {col!r} is blank in {int(s.isna().sum())} rows")

@@ -117,6 +117,8 @@ def test_labelled_predictions_replace_their_landed_rows_and_the_snapshot_passes_
     feedback = _frame(out["uri"])
     landed = pd.concat([_frame(u) for u in lake.batch_uris], ignore_index=True).set_index("customer_id")
     assert list(feedback.columns) == list(landed.reset_index().columns)  # the lake's exact columns
+    sensitive = list(telco_spec.sensitive_attributes)
+    assert dict(feedback[sensitive].dtypes) == dict(landed[sensitive].dtypes)  # typed as ingest types them
     for _, row in feedback.iterrows():
         base = landed.loc[row["customer_id"]]
         assert row["churn"] != base["churn"]  # the label came from feedback
