@@ -71,17 +71,35 @@ def _pending_approvals(pipelines: list[str]) -> dict[str, list[dict]]:
     return out
 
 
+_SPECS: dict = {"signature": None, "names": []}
+
+
+def _pipeline_names() -> list[str]:
+    """The valid specs' names, parsed again only when a spec file was added, removed or changed
+    (every page view and card would otherwise read and validate every YAML)."""
+    from include.settings import get_settings
+    from include.spec import discover
+
+    folder = get_settings().pipelines_dir
+    signature = tuple(
+        (p.name, st.st_mtime_ns, st.st_size) for p in sorted(folder.glob("*.y*ml")) for st in [p.stat()]
+    )
+    if signature != _SPECS["signature"]:
+        _SPECS["names"] = [s.name for s in discover(folder)[0]]
+        _SPECS["signature"] = signature
+    return list(_SPECS["names"])
+
+
 def _record() -> tuple[dict, str | None]:
     import os
 
     from include.lineage import mlflow_client
     from include.models_view import models_record
     from include.settings import get_settings
-    from include.spec import discover
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a down registry: seconds, not minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    pipelines = [s.name for s in discover()[0]]
+    pipelines = _pipeline_names()
     try:
         pending = _pending_approvals(pipelines)
     except Exception:  # the page still shows the registry
@@ -111,9 +129,8 @@ def card(pipeline: str, version: int) -> Response:
     from pathlib import Path
 
     from include.lineage import mlflow_client
-    from include.spec import discover
 
-    if pipeline not in {s.name for s in discover()[0]}:
+    if pipeline not in _pipeline_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {pipeline!r}")
     client = mlflow_client()
     try:
