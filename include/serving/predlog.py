@@ -56,10 +56,6 @@ _MAX_IDLE_READERS = 4
 _LOCK_RETRY_S = 0.0005  # the event loop's next try for the SQLite write lock another process holds
 _BUSY_RETRY_S = 0.005  # ... and for the database, when a writer outside Slipway's lock holds it
 _SQLITE_BUSY = frozenset({5, 6, 261, 517})  # SQLITE_BUSY, SQLITE_LOCKED, BUSY_RECOVERY, BUSY_SNAPSHOT
-
-
-class _Busy(Exception):
-    """BEGIN found the SQLite database locked by a writer outside the write lock; nothing was written."""
 _VARIANTS = frozenset({"champion", "challenger"})
 _COLUMNS = (
     "request_id",
@@ -97,6 +93,10 @@ class LogOverloaded(RuntimeError):
     """Too many rows are waiting for the database: answer 503 with Retry-After, do not queue more."""
 
     retry_after_s = 1
+
+
+class _Busy(Exception):
+    """BEGIN found the SQLite database locked by a writer outside the write lock; nothing was written."""
 
 
 class LogUnavailable(RuntimeError):
@@ -563,12 +563,12 @@ class PredictionLog:
         waiter: _AsyncWaiter | _SyncWaiter,
         failures: list[FailureRow] = (),
     ) -> None:
-        item = _Pending([_to_params(row) for row in rows], waiter, [_failure_params(row) for row in failures])
-        self._admit(item.size)
-        self._queue.put(item)
+        self._queue.put(self._admitted(rows, waiter, failures))
 
-    def _admit(self, n: int) -> None:
-        """Count ``n`` more rows waiting for a commit, or refuse them (closed, or the queue is full)."""
+    def _admitted(self, rows: list[PredictionRow], waiter, failures: list[FailureRow]) -> _Pending:
+        """The rows as one pending commit, counted as waiting; refused when the log is closed or full."""
+        item = _Pending([_to_params(row) for row in rows], waiter, [_failure_params(row) for row in failures])
+        n = item.size
         with self._lock:
             if self._closing or not self._started:
                 raise LogUnavailable(
@@ -585,6 +585,7 @@ class PredictionLog:
                     "persists, the database cannot keep up with the request rate"
                 )
             self._depth += n
+        return item
 
     async def record(self, rows: list[PredictionRow], failures: list[FailureRow] = ()) -> None:
         """Return once ``rows`` (and ``failures``) are committed; :class:`LogOverloaded` at once if the
@@ -596,11 +597,7 @@ class PredictionLog:
         if self._on_loop and self._loop is not loop:
             self._adopt_loop(loop)
         if self._on_loop and self._loop is loop:
-            item = _Pending(
-                [_to_params(row) for row in rows], _LoopWaiter(future), [_failure_params(row) for row in failures]
-            )
-            self._admit(item.size)
-            self._loop_pending.append(item)
+            self._loop_pending.append(self._admitted(rows, _LoopWaiter(future), failures))
             if self._loop_flush is None:
                 self._loop_flush = loop.call_soon(self._flush_on_loop)
         else:  # PostgreSQL, or a second event loop in this process: the writer thread
@@ -791,7 +788,7 @@ class PredictionLog:
 
     def _open_lock_file(self) -> int:
         """A new open file description of ``<database>.write-lock``: flock excludes between
-        descriptions, so each writer (the thread, the event loop, a feedback call) opens its own."""
+        descriptions, so each writer (the thread, the event loop) opens its own."""
         path = self._db.url.split("sqlite:///", 1)[1] + ".write-lock"
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 

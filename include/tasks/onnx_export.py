@@ -202,8 +202,7 @@ def latency(fn, rows: list, repeats: int, rounds: int = 1) -> dict:
     for row in rows[:warmup]:
         fn(row)
     clock = time.perf_counter_ns
-    best = None
-    p99s = []
+    timed = []  # ms per call, one array per round
     for _ in range(rounds):
         times = np.empty(repeats)
         for i in range(repeats):
@@ -211,14 +210,12 @@ def latency(fn, rows: list, repeats: int, rounds: int = 1) -> dict:
             t0 = clock()
             fn(row)
             times[i] = clock() - t0
-        ms = times / 1e6
-        p99s.append(round(float(np.percentile(ms, 99)), 4))
-        if best is None or p99s[-1] < best[0]:
-            best = (p99s[-1], ms)
-    ms = best[1]
+        timed.append(times / 1e6)
+    p99s = [round(float(np.percentile(ms, 99)), 4) for ms in timed]
+    ms = timed[p99s.index(min(p99s))]
     out = {
         "p50": round(float(np.percentile(ms, 50)), 4),
-        "p99": best[0],
+        "p99": min(p99s),
         "mean": round(float(ms.mean()), 4),
         "calls": repeats,
         "warmup_calls": warmup,
