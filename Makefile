@@ -48,23 +48,23 @@ test: lint system-deps
 
 up: install
 	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
-	$(BIN)/python -m include.topology up
+	$(BIN)/python -m include.deploy.production up
 
 down: install
-	$(BIN)/python -m include.topology down
+	$(BIN)/python -m include.deploy.production down
 
 up-embedded: install
-	$(BIN)/python -m include.stack
+	$(BIN)/python -m include.deploy.embedded
 
 bench: install
-	$(BIN)/python -m include.bench
-	$(BIN)/python -m include.bench --estimator gradient_boosting
+	$(BIN)/python -m benchmarks.scoring
+	$(BIN)/python -m benchmarks.scoring --estimator gradient_boosting
 	command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }
-	$(BIN)/python -m include.bench_serving
-	$(BIN)/python -m include.bench_drift
+	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.drift
 
 clean:
 	rm -rf .slipway
 
 policy: install
-	$(BIN)/python -m include.policy
+	$(BIN)/python -m include.demo.fairness_policy

@@ -9,8 +9,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from include.deploy.dag_run import migrate_airflow_db, run_dag, use_airflow_env
 from include.lineage import mlflow_client
-from include.local_run import migrate_airflow_db, run_dag, use_airflow_env
 
 
 def _say(msg: str) -> None:
@@ -373,7 +373,7 @@ def print_status(rec: dict) -> None:
 
 
 def cmd_seed(args) -> None:
-    from include.demo_data import seed_landing
+    from include.demo.data import seed_landing
     from include.settings import get_settings
 
     landing = get_settings().landing_uri
@@ -454,7 +454,7 @@ def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
 
 
 def cmd_demo(args) -> None:
-    from include.demo import main
+    from include.demo.lifecycle import main
 
     main()
 
@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="the lifecycle on the embedded stack: train, roll out with traffic, approve, promote (see include/demo.py)",
+        help="the lifecycle on the embedded stack: train, roll out with traffic, approve, promote (see include/demo/lifecycle.py)",
     )
     p.set_defaults(func=cmd_demo)
 

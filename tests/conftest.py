@@ -148,7 +148,7 @@ def telco_spec():
 @pytest.fixture(scope="session")
 def wa_churn():
     """The full demo table (7,043 rows), loaded once."""
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
 
     return load_wa_churn()
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from include.blocks.adapter import Step, block, data_ref
-from include.sensors import BatchSensor, interval_month
+from include.blocks.sensors import BatchSensor, interval_month
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import urllib.request
 
 import pytest
 
-from include.approvals import answer
+from include.demo.approvals import answer
 from tests.dags.e2e import ROOT, mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -157,7 +157,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     # 1. The first candidate: sandbox, no shadow/canary, approval through the REST API.
     _trigger(stack, "rollout__first", first)
     # Answered a few seconds after the task asks, as a person would, and again if Airflow asks again
-    # (an answer racing the task's parking is lost by Airflow 3.3.2: see include/approvals.py).
+    # (an answer racing the task's parking is lost by Airflow 3.3.2: see include/demo/approvals.py).
     detail = answer(stack.api, DAG, "rollout__first", APPROVAL, "Approve", timeout=600)
     assert f"Promote {NAME} version {first}?" in detail["subject"]
     assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from include import storage
-from include.sensors import BatchArrivedTrigger, BatchSensor
+from include.blocks.sensors import BatchArrivedTrigger, BatchSensor
 
 
 def test_trigger_fires_when_the_object_appears(tmp_path):
@@ -26,7 +26,7 @@ def test_trigger_fires_when_the_object_appears(tmp_path):
     event = asyncio.run(scenario())
     assert event.payload == {"status": "found", "uri": uri}
     classpath, kwargs = BatchArrivedTrigger(uri=uri, poll_interval=3).serialize()
-    assert classpath == "include.sensors.BatchArrivedTrigger" and kwargs == {"uri": uri, "poll_interval": 3}
+    assert classpath == "include.blocks.sensors.BatchArrivedTrigger" and kwargs == {"uri": uri, "poll_interval": 3}
 
 
 def _context(month_start: datetime, run_id: str = "scheduled__x"):

@@ -146,7 +146,7 @@ def test_images_are_pinned_and_the_code_version_is_built_in():
 
 
 # ------------------------------------------------- the compose file and `make up`'s native topology
-#: Variables of ``include.topology.stack_env`` that only the native stack sets, and why.
+#: Variables of ``include.deploy.production.stack_env`` that only the native stack sets, and why.
 NATIVE_ONLY = {
     # Every native listener binds 127.0.0.1 on a port that SLIPWAY_AIRFLOW_PORT can move; in compose
     # the api-server listens on its default 0.0.0.0:8080 inside its container.
@@ -175,7 +175,7 @@ SAME_VALUE = (
 
 @pytest.fixture
 def native(tmp_path, monkeypatch):
-    import include.topology as topology
+    import include.deploy.production as topology
 
     monkeypatch.setenv("SLIPWAY_HOME", str(tmp_path))
     for name in ("AIRFLOW", "MLFLOW", "S3", "SERVING", "PROMETHEUS"):
@@ -204,7 +204,7 @@ def test_compose_airflow_env_has_the_native_stack_env(native):
     missing = shared - NATIVE_ONLY - set(compose_env)
     assert not missing, f"x-airflow-env lacks {sorted(missing)} (stack_env sets them)"
     extra = {n for n in compose_env if n.startswith(SHARED_PREFIXES)} - set(native_env)
-    assert not extra, f"x-airflow-env sets {sorted(extra)}, include.topology.stack_env does not"
+    assert not extra, f"x-airflow-env sets {sorted(extra)}, include.deploy.production.stack_env does not"
     for name in SAME_VALUE:
         assert compose_env[name] == native_env[name], name
 

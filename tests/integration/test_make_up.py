@@ -68,7 +68,7 @@ def test_make_up_listens_on_loopback_only_and_stops_cleanly(tmp_path):
     port, mlflow_port = _free_port(), _free_port()
     env = clean_env(SLIPWAY_HOME=str(tmp_path), SLIPWAY_AIRFLOW_PORT=str(port), SLIPWAY_MLFLOW_PORT=str(mlflow_port))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "include.stack"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "include.deploy.embedded"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
     lines = []

@@ -33,7 +33,7 @@ PLANTED_ARGUMENT = f"planted-argument-{uuid.uuid4().hex}"
 
 def _topology(env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "include.topology", *args],
+        [sys.executable, "-m", "include.deploy.production", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -95,7 +95,7 @@ def stack(tmp_path_factory):
             if (home / "stack" / "supervisor.pid").exists()
             else None
         )
-        subprocess.run([sys.executable, "-m", "include.topology", "reset"], cwd=ROOT, env=env, timeout=300)
+        subprocess.run([sys.executable, "-m", "include.deploy.production", "reset"], cwd=ROOT, env=env, timeout=300)
         if pid:
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
         import redis

@@ -21,7 +21,7 @@ T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
 def population(tmp_path_factory):
     """The demo table as a training snapshot: its training split is the reference, its test split
     is traffic from the same population."""
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.spec import SPLIT_COLUMN, load_pipeline
     from include.tasks.drift import read_snapshot
 

@@ -203,7 +203,7 @@ def service(registry, tmp_path_factory):
 @pytest.fixture(scope="session")
 def row() -> dict:
     """One valid request row, from the demo data (raw, as an application would send it)."""
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.spec import load_pipeline
 
     spec = load_pipeline(PIPELINE)

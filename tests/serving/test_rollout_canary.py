@@ -196,7 +196,7 @@ def test_the_rollback_dag_restores_previous_and_checks_what_is_served(
     )
     env = {**registry.env, "SLIPWAY_SERVING_URL": service.url, "SLIPWAY_SERVING_DB": service.db_url}
     code = (
-        "from include.local_run import run_dag; "
+        "from include.deploy.dag_run import run_dag; "
         "dr = run_dag('telco_churn__rollback'); raise SystemExit(0 if str(dr.state) == 'success' else 1)"
     )
     try:

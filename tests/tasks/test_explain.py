@@ -359,7 +359,7 @@ def telco():
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory, telco):
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
 
     raw = load_wa_churn().iloc[:1500].astype(str).replace({"nan": None})
     df = conform_batch(raw, telco, "mem://", "2025-01", b"k")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_policy_replay_marks_the_months_that_fail(tmp_path, telco_spec):
-    from include.policy import evaluate_policy, markdown
+    from include.demo.fairness_policy import evaluate_policy, markdown
 
     strict = telco_spec.model_copy(
         update={
@@ -34,7 +34,7 @@ def _with_eod(spec, limit: float):
 
 
 def test_seed_table_counts_passes_over_other_splits(tmp_path, telco_spec):
-    from include.policy import seed_table
+    from include.demo.fairness_policy import seed_table
 
     strict = seed_table(_with_eod(telco_spec, 0.0001), ["2025-01"], 2, tmp_path)
     row = strict.splitlines()[2]

@@ -246,7 +246,7 @@ def test_raise_for_failures_message_lists_each_failure():
 
 @pytest.mark.parametrize("rows", [587, None], ids=["first_month", "full_table"])
 def test_real_suite_passes_on_the_real_data(tmp_path, rows, telco_spec):
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.tasks.ingest import assign_splits
 
     frame = load_wa_churn()

@@ -46,7 +46,7 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
 
 def configure(port: str, mlflow_port: str | None = None) -> None:
     """The embedded stack's environment: Airflow on ``port`` (loopback), tasks reporting back to it."""
-    from include.local_run import use_airflow_env
+    from include.deploy.dag_run import use_airflow_env
 
     use_airflow_env()
     os.environ.setdefault("AIRFLOW__API__PORT", port)
@@ -83,7 +83,7 @@ def airflow_components() -> dict[str, list[str]]:
 
 def main() -> None:
     """Start Airflow's components and the MLflow UI; stop them all on Ctrl-C or SIGTERM."""
-    from include.local_run import _say, migrate_airflow_db
+    from include.deploy.dag_run import _say, migrate_airflow_db
     from include.settings import get_settings
 
     port = os.environ.get("SLIPWAY_AIRFLOW_PORT", "8080")

@@ -1,6 +1,6 @@
 """Bench: the hourly drift check on 1M logged rows x every feature, Slipway's lean path vs Evidently.
 
-``python -m include.bench_drift`` builds, in a temp folder:
+``python -m benchmarks.drift`` builds, in a temp folder:
 
 * the **reference**: the demo table (7,043 customers) as ingest writes it; its training split is
   binned once (:func:`include.tasks.drift.build_profile`), as the monitor does per model version;
@@ -54,7 +54,7 @@ def _snapshot(base: Path):
     """The demo table as ingest writes it (identifiers hashed, splits assigned)."""
     import pandas as pd
 
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.tasks.ingest import conform_batch
 
     raw = load_wa_churn().astype(str).replace({"nan": None})
@@ -192,7 +192,7 @@ def _measure(kind: str, args, paths: dict) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "include.bench_drift",
+        "benchmarks.drift",
         "--worker",
         kind,
         "--db-url",

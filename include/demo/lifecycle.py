@@ -226,7 +226,7 @@ def _monitor(af: Airflow, run_id: str, procs: dict) -> dict:
 
 
 def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
-    from include.approvals import answer
+    from include.demo.approvals import answer
 
     dag = f"{PIPELINE}__rollout"
 
@@ -246,7 +246,7 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
                 print(f"           {line}")
 
     # Answered 20 s after the question, as a person reading the evidence would, and again if Airflow
-    # asks again (see include/approvals.py: an answer within seconds can meet Airflow 3.3.2's stale
+    # asks again (see include/demo/approvals.py: an answer within seconds can meet Airflow 3.3.2's stale
     # defer-exit race, apache/airflow#67287, and the retry asks again after its retry delay).
     answer(af.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked, settle_s=20)
     _say(
@@ -263,10 +263,10 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
 
 
 def main() -> None:
-    from include import stack
-    from include.demo_data import seed_landing
+    from include.demo.data import seed_landing
+    from include.deploy import embedded as stack
+    from include.deploy.dag_run import migrate_airflow_db, run_dag
     from include.lineage import mlflow_client
-    from include.local_run import migrate_airflow_db, run_dag
     from include.settings import get_settings
     from include.spec import load_pipeline
 

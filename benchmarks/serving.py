@@ -1,6 +1,6 @@
 """Bench: Slipway's inference service vs MLflow's scoring server, same model version, same machine.
 
-``python -m include.bench_serving`` trains and registers ``telco_churn`` version 1 in a temp
+``python -m benchmarks.serving`` trains and registers ``telco_churn`` version 1 in a temp
 folder (``slipway seed`` + ``slipway run``, about 40 s), then serves that one ONNX version two ways
 and loads each with the same single-row request for a fixed time:
 
@@ -101,7 +101,7 @@ def register_model(env: dict[str, str]) -> int:
 
 def request_rows() -> tuple[dict, dict]:
     """One demo row as each server wants it: Slipway's raw row, and the peer's ONNX feeds."""
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.spec import load_pipeline
 
     spec = load_pipeline(PIPELINE)
@@ -527,9 +527,9 @@ def _terminate(signum, frame):  # SIGTERM runs the finally blocks: servers stopp
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m include.bench_serving [--duration S] [--workers 1,2] [--skip-peer]``."""
+    """Command line: ``python -m benchmarks.serving [--duration S] [--workers 1,2] [--skip-peer]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m include.bench_serving", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.serving", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--duration", type=float, default=15, help="measured seconds per configuration")
     parser.add_argument("--warmup", type=float, default=5, help="uncounted seconds of load before each")

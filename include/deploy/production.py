@@ -22,12 +22,12 @@ Grafana runs in the compose stack only (no Debian package); its dashboard reads 
 Secrets are generated on the first ``make up`` into ``<state>/stack/secrets.env`` (mode 0600) and
 handed to the services through their environment, never on a command line: the Airflow and MLflow
 admin passwords, Airflow's Fernet, API and JWT keys, the PII key, the service's admin and metrics
-keys. Every listener is on 127.0.0.1. A supervisor process (``python -m include.topology
+keys. Every listener is on 127.0.0.1. A supervisor process (``python -m include.deploy.production
 supervise``) owns the services; ``make down`` stops it, and it stops them in reverse order.
 
 moto keeps objects in memory: the S3 contents live as long as the stack. Databases persist, so
 ``make up`` after ``make down`` starts from empty buckets with the earlier runs still on record;
-``python -m include.topology reset`` drops the stack's databases for a clean start.
+``python -m include.deploy.production reset`` drops the stack's databases for a clean start.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 
 from include.deploy.private import write_private
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUCKETS = ("landing", "lake", "dvc", "mlflow")
 SECRET_NAMES = (
     "AIRFLOW_ADMIN_PASSWORD",
@@ -591,7 +591,7 @@ def up(timeout: float = 600) -> None:
     (topo.folder / "ready").unlink(missing_ok=True)
     log = open(topo.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the supervisor
     proc = subprocess.Popen(
-        [sys.executable, "-m", "include.topology", "supervise"],
+        [sys.executable, "-m", "include.deploy.production", "supervise"],
         cwd=ROOT,
         env=os.environ,
         stdout=log,
@@ -618,7 +618,7 @@ def up(timeout: float = 600) -> None:
     else:
         _say("Prometheus   not installed here (apt-get install prometheus); the compose stack has it")
     _say(f"S3 (moto)    {topo.url('s3')}  buckets {', '.join(BUCKETS)}")
-    _say('shell: eval "$(python -m include.topology env)" to point slipway and the AWS/MLflow CLIs at it')
+    _say('shell: eval "$(python -m include.deploy.production env)" to point slipway and the AWS/MLflow CLIs at it')
     _say("make down stops it")
 
 
@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         _say("databases dropped")
         return
     if command not in actions:
-        raise SystemExit(f"usage: python -m include.topology [{'|'.join([*actions, 'reset'])}]")
+        raise SystemExit(f"usage: python -m include.deploy.production [{'|'.join([*actions, 'reset'])}]")
     actions[command]()
 
 

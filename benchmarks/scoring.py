@@ -1,6 +1,6 @@
 """Bench: scikit-learn vs onnxruntime on the demo model, single-row latency and 10k-row throughput.
 
-``python -m include.bench`` trains the telco model on the full demo data (or loads
+``python -m benchmarks.scoring`` trains the telco model on the full demo data (or loads
 ``--model-uri``), converts and optimises it to ONNX, and prints one table measured in one run.
 Numbers measured while other work runs on the machine are noisy; the header shows the load.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from include.spec import ESTIMATORS, PipelineSpec, load_spec
 
-DEFAULT_SPEC = Path(__file__).resolve().parent / "pipelines" / "telco_churn.yaml"
+DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "telco_churn.yaml"
 PII_KEY = b"slipway-bench-pii-key"  # fixed: the bench must not depend on the environment's key
 
 
@@ -33,7 +33,7 @@ def _spec(path: str | Path, estimator: str | None) -> PipelineSpec:
 
 def _train_demo(spec: PipelineSpec, workdir: str) -> tuple[str, str, int]:
     from include import storage
-    from include.demo_data import load_wa_churn
+    from include.demo.data import load_wa_churn
     from include.tasks.ingest import conform_batch, to_parquet_bytes
     from include.tasks.train import train_model
 
@@ -175,8 +175,8 @@ def run(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m include.bench [--estimator KIND] [--model-uri URI]``."""
-    parser = argparse.ArgumentParser(prog="python -m include.bench", description=__doc__.splitlines()[0])
+    """Command line: ``python -m benchmarks.scoring [--estimator KIND] [--model-uri URI]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scoring", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(DEFAULT_SPEC), help="pipeline spec (default: telco_churn)")
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), help="train this estimator instead")
     parser.add_argument("--model-uri", help="bench this skops model instead of training one")

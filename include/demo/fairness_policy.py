@@ -1,4 +1,4 @@
-"""The fairness policy, month after month: ``python -m include.policy`` (``make policy``).
+"""The fairness policy, month after month: ``python -m include.demo.fairness_policy`` (``make policy``).
 
 Thresholds are policy, not numbers tuned to pass one run. This replays the demo the way the
 training DAG sees it, one monthly snapshot at a time (every batch up to the month), with the
@@ -18,7 +18,7 @@ from pathlib import Path
 def evaluate_policy(spec, months: list[str], workdir: Path) -> list[dict]:
     """One row per month: rows trained on, the decision threshold and the fairness gate's results."""
     from include import storage
-    from include.demo_data import seed_landing
+    from include.demo.data import seed_landing
     from include.tasks.evaluate import evaluate_model
     from include.tasks.fairness import assess_fairness
     from include.tasks.ingest import ingest_batches
@@ -118,10 +118,10 @@ def seed_table(spec, months: list[str], seeds: int, workdir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the policy table for the demo pipeline; exit 1 if any month fails the policy."""
-    from include.demo_data import month_labels
+    from include.demo.data import month_labels
     from include.spec import load_pipeline
 
-    parser = argparse.ArgumentParser(prog="python -m include.policy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m include.demo.fairness_policy", description=__doc__)
     parser.add_argument("--pipeline", default="telco_churn")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument(

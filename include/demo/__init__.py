@@ -1,0 +1,1 @@
+"""The demo: its data, the lifecycle ``make demo`` runs, the fairness policy replay."""
