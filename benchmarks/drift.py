@@ -70,8 +70,8 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
     import numpy as np
     import orjson
 
-    from include.serving.db import database
-    from include.serving.predlog import PredictionLog
+    from include.database import database
+    from include.prediction_log.writer import PredictionLog
     from include.tasks.drift import build_profile
 
     spec = _spec()
@@ -136,7 +136,8 @@ def _peak_gib() -> float:
 
 def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample: int) -> dict:
     """One measured path, in this process; returns its numbers (printed as one JSON line)."""
-    from include.tasks.drift import Profile, count_window, drift_checks, stream_window
+    from include.prediction_log.reads import served_inputs
+    from include.tasks.drift import Profile, count_window, drift_checks
 
     spec = _spec()
     until = (START + timedelta(hours=1)).isoformat(timespec="microseconds")
@@ -144,7 +145,7 @@ def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample
     t0 = time.perf_counter()
     if kind == "lean":
         profile = Profile.from_json(Path(profile_path).read_bytes())
-        counts, _ = count_window(stream_window(db_url, PIPELINE, since, until), profile)
+        counts, _ = count_window(served_inputs(db_url, PIPELINE, since, until), profile)
         results = drift_checks(spec.monitoring.drift, counts)
         drifted = sorted(r["metric"] for r in results if r["status"] == "failed")
         return {
@@ -161,7 +162,7 @@ def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample
 
     kinds = feature_kinds(spec)
     inputs = []
-    for chunk in stream_window(db_url, PIPELINE, since, until):
+    for chunk in served_inputs(db_url, PIPELINE, since, until):
         inputs.extend(orjson.loads(r[0]) for r in chunk)
     if kind == "evidently_sample":
         import random

@@ -465,7 +465,7 @@ def cmd_lineage(args) -> None:
     prediction = None
     ref = args.ref
     if args.request:
-        from include.serving.predlog import PredictionLog
+        from include.prediction_log.writer import PredictionLog
 
         plog = PredictionLog()
         rows = plog.get(args.request)

@@ -24,7 +24,7 @@ def models_record(
     """``{"pipelines": [...], "error": str | None}``; ``pending``: approvals waiting, per pipeline."""
     from mlflow.exceptions import MlflowException
 
-    from include.tasks.monitor import latest
+    from include.prediction_log.monitor_checks import latest
     from include.tasks.promotion import history, traffic
 
     out: dict = {"pipelines": [], "error": None}

@@ -28,7 +28,7 @@ def _interval(step: Step) -> tuple[str, str]:
     before the moment it was triggered (an operator's "check the last half hour now")."""
     from datetime import timedelta
 
-    from include.serving.predlog import iso_utc
+    from include.prediction_log.rows import iso_utc
 
     ctx = step.context
     minutes = (ctx.get("params") or {}).get("minutes")
@@ -118,7 +118,8 @@ def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
 @block
 def check_drift(step: Step) -> dict:
     """Per-feature and prediction drift of the interval's served rows against the champion's reference."""
-    from include.tasks.drift import count_window, drift_checks, stream_window
+    from include.prediction_log.reads import served_inputs
+    from include.tasks.drift import count_window, drift_checks
     from include.tasks.promotion import aliases
 
     name, cfg = step.pipeline, step.spec.monitoring.drift
@@ -129,7 +130,7 @@ def check_drift(step: Step) -> dict:
         log.info("%s has no champion yet: nothing is served, nothing to watch", name)
         return {"since": since, "until": until, "champion": None, "rows": 0, "results": []}
     profile, reference_uri = reference(step, client, champion)
-    counts, sample = count_window(stream_window(None, name, since, until), profile, cfg.report_sample_rows)
+    counts, sample = count_window(served_inputs(None, name, since, until), profile, cfg.report_sample_rows)
     results = drift_checks(cfg, counts) if counts.rows else []
     metrics = {"drift.served_rows": counts.rows, "drift.champion_rows": counts.scored}
     metrics.update({f"drift.psi.{k}": v for k, v in counts.feature_psi().items()} if counts.rows else {})
@@ -172,7 +173,7 @@ def check_performance(step: Step) -> dict:
     """Live ROC AUC and business value on the predictions whose labels had time to arrive."""
     from datetime import datetime, timedelta
 
-    from include.serving.predlog import iso_utc
+    from include.prediction_log.rows import iso_utc
     from include.tasks.monitor import performance_checks, read_labelled
     from include.tasks.promotion import aliases
 
@@ -214,8 +215,9 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
     """Record the interval in ``slipway_monitor``; decide alert and retraining under the cool-down."""
     from datetime import datetime
 
+    from include.prediction_log.monitor_checks import Check, earlier, record
     from include.settings import get_settings
-    from include.tasks.monitor import Check, decide, earlier, evidence, newest_landed_month, record
+    from include.tasks.monitor import decide, evidence, newest_landed_month
 
     name, cfg = step.pipeline, step.spec.monitoring
     since, until = drift["since"], drift["until"]

@@ -13,8 +13,9 @@ log = logging.getLogger("slipway")
 def retire_versions(step: Step) -> dict:
     """Judge every version against ``retirement`` (see :mod:`include.tasks.retire`); archive those due."""
     from include.lineage import mlflow_client
+    from include.prediction_log.reads import last_served
     from include.tasks.promotion import PromotionConflict, aliases
-    from include.tasks.retire import archive, champion_checks, judge, last_served
+    from include.tasks.retire import archive, champion_checks, judge
 
     name, policy = step.pipeline, step.spec.retirement
     client = mlflow_client()

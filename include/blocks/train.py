@@ -49,7 +49,7 @@ def ingest_batch(step: Step, landed: dict | None = None) -> dict:
 def feedback_cutoff(context) -> str:
     """Labels received before this moment feed the run: a scheduled or backfill run's data interval
     end (a backfill never learns from later labels), else the moment the run was triggered."""
-    from include.serving.predlog import iso_utc
+    from include.prediction_log.rows import iso_utc
 
     dag_run = context["dag_run"]
     run_type = str(getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")))

@@ -445,7 +445,7 @@ def _drift_episode(
 
 
 def _monitor_lines() -> list[str]:
-    from include.tasks.monitor import earlier
+    from include.prediction_log.monitor_checks import earlier
 
     out = []
     for c in reversed(earlier(None, PIPELINE, "9999", limit=20)):

@@ -26,19 +26,14 @@ from datetime import UTC, datetime
 
 import orjson
 
+from include.prediction_log.errors import LogOverloaded, LogUnavailable
+from include.prediction_log.rows import FailureRow, PredictionRow, new_request_id
+from include.prediction_log.writer import PredictionLog
 from include.serving import metrics as m
 from include.serving.asgi import AccessLog, App, Request, Response
 from include.serving.explain import ExplainBusy, Explainers, ExplainUnavailable
 from include.serving.keys import KeyStore, presented_key
 from include.serving.models import ModelRegistry, PipelineState, sticky_share
-from include.serving.predlog import (
-    FailureRow,
-    LogOverloaded,
-    LogUnavailable,
-    PredictionLog,
-    PredictionRow,
-    new_request_id,
-)
 from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
 
 log = logging.getLogger(__name__)
@@ -320,7 +315,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
         )
 
     async def feedback(request: Request) -> Response:
-        from include.serving.predlog import ConflictingLabel, UnknownRequest
+        from include.prediction_log.errors import ConflictingLabel, UnknownRequest
 
         pipeline, _, denied = service.admit(request, "feedback")
         if denied:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.serving.db import Database, database
+from include.database import Database, database
 
 log = logging.getLogger(__name__)
 

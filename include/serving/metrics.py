@@ -99,7 +99,7 @@ def sync_counters(service) -> None:
 
 def sync_monitor(db_url: str | None, pipelines: list[str]) -> None:
     """Copy the monitor's newest check of each pipeline into the gauges (blocking: a DB read)."""
-    from include.tasks.monitor import latest_summary
+    from include.prediction_log.monitor_checks import latest_summary
 
     for pipeline, values in latest_summary(db_url, pipelines).items():
         for key, value in values.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -209,39 +209,6 @@ class Counts:
         if not self.scored:
             return None
         return psi_from_shares(self.profile.scores.shares, self.scores / self.scored)
-
-
-def stream_window(
-    db_url: str | None, pipeline: str, since: str, until: str, chunk: int = 20000
-) -> Iterator[list[tuple[str, int, float]]]:
-    """The interval's served rows, ``(inputs JSON, model_version, probability)``, ``chunk`` at a time
-    (a server-side cursor on PostgreSQL: the interval is never held in memory at once)."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    p = db.param
-    conn = db.connect()
-    try:
-        if db.dialect == "postgresql":
-            cur = conn.cursor(name="slipway_drift_window")
-            cur.itersize = chunk
-        else:
-            cur = conn.cursor()
-        cur.execute(
-            "SELECT inputs, model_version, probability FROM slipway_predictions "
-            f"WHERE pipeline = {p} AND created_at >= {p} AND created_at < {p} AND served = 1",
-            (pipeline, since, until),
-        )
-        while True:
-            rows = cur.fetchmany(chunk)
-            if not rows:
-                break
-            yield rows
-        cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
 
 
 def count_window(chunks: Iterable[list[tuple[str, int, float]]], profile: Profile, sample_rows: int = 0):

@@ -43,10 +43,11 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from include import storage
+from include.database import database
 from include.months import month_end
+from include.prediction_log import reads
 from include.spec import SPLIT_COLUMN, PipelineSpec, post_ingest_schema
 
 logger = logging.getLogger(__name__)
@@ -95,40 +96,19 @@ def feedback_batch_uri(lake_uri: str, pipeline: str, cutoff: str) -> str:
 
 def read_labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list[tuple]:
     """``(request_id, entity_key, inputs JSON, created_at, label)`` of the answered, labelled rows
-    made and labelled before ``cutoff`` (ISO UTC, as :func:`include.serving.predlog.iso_utc`).
+    made and labelled before ``cutoff`` (ISO UTC, as :func:`include.prediction_log.rows.iso_utc`).
 
-    No prediction log yet (a SQLite file that does not exist, tables not created) means no feedback;
-    a log that cannot be reached raises, so an outage never trains as "no feedback".
+    No prediction log yet means no feedback; a log that cannot be reached raises
+    :class:`FeedbackUnavailable`, so an outage never trains as "no feedback".
     """
-    from include.serving.db import database, missing_table
-
-    db = database(db_url)
-    if db.dialect == "sqlite":
-        path = db.url.split("sqlite:///", 1)[1]
-        if path != ":memory:" and not Path(path).is_file():
-            logger.info("no prediction log at %s yet: no feedback", db.redacted())
-            return []
-    p = db.param
     try:
-        with db.reading() as conn:
-            cur = conn.cursor()
-            cur.execute(
-                "SELECT pr.request_id, pr.entity_key, pr.inputs, pr.created_at, f.label "
-                "FROM slipway_predictions pr JOIN slipway_feedback f ON f.request_id = pr.request_id "
-                f"WHERE pr.pipeline = {p} AND pr.served = 1 AND pr.created_at < {p} AND f.received_at < {p} "
-                "ORDER BY pr.created_at, pr.request_id",
-                (pipeline, cutoff, cutoff),
-            )
-            return cur.fetchall()
+        return reads.labelled_predictions(db_url, pipeline, cutoff)
     except Exception as exc:
         text = str(exc)
-        if missing_table(exc, "slipway_"):
-            logger.info("the prediction log in %s has no tables yet: no feedback", db.redacted())
-            return []
         raise FeedbackUnavailable(
-            f"cannot read feedback from the prediction log in {db.redacted()} ({type(exc).__name__}: "
-            f"{text.strip().splitlines()[0] if text.strip() else ''}); start the database or fix "
-            "SLIPWAY_SERVING_DB, then retry the task"
+            f"cannot read feedback from the prediction log in {database(db_url).redacted()} "
+            f"({type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}); start the "
+            "database or fix SLIPWAY_SERVING_DB, then retry the task"
         ) from exc
 
 

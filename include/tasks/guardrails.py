@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from include.prediction_log import reads
 from include.tasks.gates import FAILED, check, not_applicable
 
 PSI_BINS = 10
@@ -90,35 +91,7 @@ def read_window(
 ) -> Window:
     """The window's rows from the prediction log. ``shadow``: the challenger's unserved mirror rows;
     otherwise the rows each variant served. ``since``/``until`` are ISO-8601 UTC (the log's format)."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    p = db.param
-    served_challenger = 0 if shadow else 1
-    conn = db.connect()
-    try:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT pr.request_id, pr.variant, pr.model_version, pr.probability, pr.decision, pr.latency_ms, "
-            "f.label, pr.entity_key FROM slipway_predictions pr LEFT JOIN slipway_feedback f ON f.request_id = pr.request_id "
-            f"WHERE pr.pipeline = {p} AND pr.created_at >= {p} AND pr.created_at < {p} AND ("
-            f"(pr.variant = 'champion' AND pr.model_version = {p} AND pr.served = 1) OR "
-            f"(pr.variant = 'challenger' AND pr.model_version = {p} AND pr.served = {p})) "
-            "ORDER BY pr.created_at",
-            (pipeline, since, until, champion, challenger, served_challenger),
-        )
-        rows = cur.fetchall()
-        cur.execute(
-            f"SELECT COUNT(*) FROM slipway_failures WHERE pipeline = {p} AND created_at >= {p} AND "
-            f"created_at < {p} AND variant = 'challenger' AND model_version = {p} AND served = {p}",
-            (pipeline, since, until, challenger, served_challenger),
-        )
-        (failed,) = cur.fetchone()
-        cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
+    rows, failed = reads.rollout_window(db_url, pipeline, champion, challenger, since, until, shadow)
     arms = {"champion": Arm(champion), "challenger": Arm(challenger, failures=int(failed))}
     for variant, arm in arms.items():
         mine = [r for r in rows if r[1] == variant]

@@ -19,19 +19,16 @@ replaces its own row and never counts itself as an earlier breach.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 
-from include.serving.predlog import iso_utc
+from include.prediction_log import reads
+from include.prediction_log.monitor_checks import BREACH, NO_TRAFFIC, OK
+from include.prediction_log.rows import iso_utc
 from include.tasks.gates import FAILED, check, not_applicable
-
-NO_TRAFFIC = "no_traffic"
-OK = "ok"
-BREACH = "breach"
 
 
 # ---------------------------------------------------------------------------------------- performance
@@ -45,20 +42,7 @@ class Labelled:
 
 def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, until: str) -> Labelled:
     """The rows ``version`` served in ``[since, until)`` that have a feedback label."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    p = db.param
-    with db.reading() as conn:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT pr.probability, f.label FROM slipway_predictions pr "
-            "JOIN slipway_feedback f ON f.request_id = pr.request_id "
-            f"WHERE pr.pipeline = {p} AND pr.model_version = {p} AND pr.served = 1 "
-            f"AND pr.created_at >= {p} AND pr.created_at < {p}",
-            (pipeline, version, since, until),
-        )
-        rows = cur.fetchall()
+    rows = reads.labelled_scores(db_url, pipeline, version, since, until)
     return Labelled(
         np.array([r[0] for r in rows], dtype=float), np.array([r[1] for r in rows], dtype=int), since, until
     )
@@ -115,143 +99,6 @@ def performance_checks(cfg, spec, labelled: Labelled, version_tags: dict[str, st
                 )
             )
     return results
-
-
-# ---------------------------------------------------------------------------------------- the record
-_PG_TABLE_LOCK_KEY = 0x534C4D4E  # "SLMN"
-_TABLE = """CREATE TABLE IF NOT EXISTS slipway_monitor (
-    pipeline TEXT NOT NULL,
-    interval_end TEXT NOT NULL,
-    interval_start TEXT NOT NULL,
-    champion_version INTEGER,
-    served_rows INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    drift_breach INTEGER NOT NULL,
-    performance_breach INTEGER NOT NULL,
-    triggered TEXT,
-    alerted INTEGER NOT NULL,
-    evidence TEXT NOT NULL,
-    PRIMARY KEY (pipeline, interval_end)
-)"""
-
-
-@dataclass(frozen=True)
-class Check:
-    """One interval's result, as recorded."""
-
-    pipeline: str
-    interval_start: str
-    interval_end: str
-    champion_version: int | None
-    served_rows: int
-    status: str
-    drift_breach: bool
-    performance_breach: bool
-    triggered: str | None  # "drift" | "performance" | None
-    alerted: bool
-    evidence: dict
-
-
-_COLUMNS = (
-    "pipeline, interval_start, interval_end, champion_version, served_rows, status, drift_breach, "
-    "performance_breach, triggered, alerted, evidence"
-)
-
-
-def _create_table(db) -> None:
-    """Create the monitor's table if missing (only writers do: a read never takes a write lock)."""
-    with db.writing() as conn:
-        cur = conn.cursor()
-        if db.dialect == "postgresql":  # concurrent CREATE ... IF NOT EXISTS can collide in the catalogue
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_TABLE_LOCK_KEY,))
-        cur.execute(_TABLE)
-
-
-def _select(db_url: str | None, sql: str, params: tuple) -> list[tuple]:
-    """Rows of a read of ``slipway_monitor`` (``{p}`` in ``sql`` is the dialect's placeholder); none
-    before the first interval is recorded, when the table does not exist yet."""
-    from include.serving.db import database, missing_table
-
-    db = database(db_url)
-    try:
-        with db.reading() as conn:
-            cur = conn.cursor()
-            cur.execute(sql.format(p=db.param), params)
-            return cur.fetchall()
-    except Exception as exc:
-        if missing_table(exc, "slipway_monitor"):
-            return []
-        raise
-
-
-def earlier(db_url: str | None, pipeline: str, before: str, limit: int = 200) -> list[Check]:
-    """The pipeline's recorded checks of intervals ending before ``before``, newest first."""
-    rows = _select(
-        db_url,
-        f"SELECT {_COLUMNS} FROM slipway_monitor WHERE pipeline = {{p}} AND interval_end < {{p}} "
-        f"ORDER BY interval_end DESC LIMIT {int(limit)}",
-        (pipeline, before),
-    )
-    return [
-        Check(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], bool(r[9]), json.loads(r[10]))
-        for r in rows
-    ]
-
-
-def record(db_url: str | None, result: Check) -> None:
-    """Write (or, for a re-run of the interval, replace) the interval's row, in one transaction."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    _create_table(db)
-    p = db.param
-    with db.writing() as conn:
-        cur = conn.cursor()
-        cur.execute(
-            f"DELETE FROM slipway_monitor WHERE pipeline = {p} AND interval_end = {p}",
-            (result.pipeline, result.interval_end),
-        )
-        cur.execute(
-            "INSERT INTO slipway_monitor (pipeline, interval_end, interval_start, champion_version, served_rows, "
-            "status, drift_breach, performance_breach, triggered, alerted, evidence) VALUES "
-            f"({', '.join([p] * 11)})",
-            (
-                result.pipeline,
-                result.interval_end,
-                result.interval_start,
-                result.champion_version,
-                result.served_rows,
-                result.status,
-                int(result.drift_breach),
-                int(result.performance_breach),
-                result.triggered,
-                int(result.alerted),
-                json.dumps(result.evidence, sort_keys=True, default=str),
-            ),
-        )
-
-
-def latest(db_url: str | None, pipeline: str) -> Check | None:
-    found = earlier(db_url, pipeline, "9999", limit=1)
-    return found[0] if found else None
-
-
-def latest_summary(db_url: str | None, pipelines: list[str]) -> dict[str, dict]:
-    """The newest check of each pipeline as numbers (for Prometheus), read-only: before the first
-    monitor run there is no table and the answer is empty."""
-    out: dict[str, dict] = {}
-    for name in pipelines:
-        check = latest(db_url, name)
-        if check is not None:
-            out[name] = {
-                "interval_end": datetime.fromisoformat(check.interval_end).timestamp(),
-                "served_rows": check.served_rows,
-                "no_traffic": int(check.status == NO_TRAFFIC),
-                "drift_breach": int(check.drift_breach),
-                "performance_breach": int(check.performance_breach),
-                "drifted_checks": check.evidence.get("drifted_count", 0),
-            }
-    return out
 
 
 # ---------------------------------------------------------------------------------------- decision

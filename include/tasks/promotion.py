@@ -45,7 +45,7 @@ def _now() -> datetime:
 @contextlib.contextmanager
 def alias_lock(pipeline: str, db_url: str | None = None, timeout_s: float = 120.0):
     """Hold the pipeline's alias lock (one alias change at a time, across processes and machines)."""
-    from include.serving.db import database
+    from include.database import database
 
     db = database(db_url)
     if db.dialect == "sqlite":
@@ -309,7 +309,7 @@ def verify_served(
     import time
     import urllib.request
 
-    from include.serving.db import database
+    from include.prediction_log import reads
 
     deadline = time.monotonic() + timeout_s
     seen: dict = {}
@@ -332,19 +332,7 @@ def verify_served(
     if gone is not None:
         since = _now().isoformat(timespec="microseconds")
         time.sleep(quiet_s)
-        db = database(db_url)
-        p = db.param
-        conn = db.connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(
-                f"SELECT COUNT(*) FROM slipway_predictions WHERE pipeline = {p} AND model_version = {p} "
-                f"AND served = 1 AND created_at >= {p}",
-                (pipeline, gone, since),
-            )
-            (served_after,) = cur.fetchone()
-        finally:
-            conn.close()
+        served_after = reads.served_since(db_url, pipeline, gone, since)
         if served_after:
             raise ServedVersionMismatch(
                 f"version {gone} of {pipeline} still answered {served_after} request(s) after it was rolled back "

@@ -41,34 +41,13 @@ class Verdict:
     reason: str
 
 
-def last_served(db_url: str | None, pipeline: str) -> dict[int, str]:
-    """Per version, the time of its newest served prediction (ISO-8601 UTC)."""
-    from include.serving.db import database
-
-    db = database(db_url)
-    p = db.param
-    with db.reading() as conn:
-        cur = conn.cursor()
-        try:
-            cur.execute(
-                "SELECT model_version, MAX(created_at) FROM slipway_predictions "
-                f"WHERE pipeline = {p} AND served = 1 GROUP BY model_version",
-                (pipeline,),
-            )
-        except Exception as exc:  # no prediction log yet: nothing was ever served
-            if "slipway_predictions" in str(exc):
-                return {}
-            raise
-        return {int(v): str(at) for v, at in cur.fetchall()}
-
-
 def champion_checks(db_url: str | None, pipeline: str, limit: int) -> dict[int, list[bool]]:
     """Per version, the performance breaches of its newest ``limit`` monitor checks as champion."""
-    from include.tasks.monitor import earlier
+    from include.prediction_log.monitor_checks import NO_TRAFFIC, earlier
 
     out: dict[int, list[bool]] = {}
     for c in earlier(db_url, pipeline, "9999", limit=5000):
-        if c.champion_version is not None and c.status != "no_traffic":
+        if c.champion_version is not None and c.status != NO_TRAFFIC:
             mine = out.setdefault(int(c.champion_version), [])
             if len(mine) < limit:
                 mine.append(c.performance_breach)

@@ -29,7 +29,8 @@ def _key(raw: str) -> str:
 def _log_traffic(home) -> tuple[list[str], datetime]:
     """Predictions of landed 2025-12 customers made an hour ago and labelled half an hour later, as
     the service logs them; the first FLIPPED labels contradict the landed churn value."""
-    from include.serving.predlog import PredictionLog, PredictionRow
+    from include.prediction_log.rows import PredictionRow
+    from include.prediction_log.writer import PredictionLog
     from include.spec import load_pipeline
 
     spec = load_pipeline(NAME)

@@ -79,7 +79,8 @@ def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:
 def _write_traffic(
     stack, rows: list[dict], scores: list[float], start: datetime, hours: int, version: int
 ) -> None:
-    from include.serving.predlog import PredictionLog, PredictionRow
+    from include.prediction_log.rows import PredictionRow
+    from include.prediction_log.writer import PredictionLog
 
     (stack.home / "serving").mkdir(parents=True, exist_ok=True)
     log = PredictionLog(f"sqlite:///{stack.home / 'serving' / 'serving.db'}")

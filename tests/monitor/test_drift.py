@@ -135,7 +135,8 @@ def test_profile_survives_its_json_and_keys_categories_as_served(population, pro
 def _log(url: str, population, shift=None, start=T0) -> list[dict]:
     """Write the test split as served predictions, one second apart from ``start``; every third by
     another version (its scores are not the profile version's)."""
-    from include.serving.predlog import PredictionLog, PredictionRow
+    from include.prediction_log.rows import PredictionRow
+    from include.prediction_log.writer import PredictionLog
 
     spec, _, test, scores = population
     rows = to_request_rows(test, spec)
@@ -167,14 +168,15 @@ def _log(url: str, population, shift=None, start=T0) -> list[dict]:
 
 
 def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile):
-    from include.serving.predlog import iso_utc
-    from include.tasks.drift import Counts, count_window, stream_window
+    from include.prediction_log.reads import served_inputs
+    from include.prediction_log.rows import iso_utc
+    from include.tasks.drift import Counts, count_window
 
     spec, _, test, scores = population
     rows = _log(log_url, population)
     end = T0 + timedelta(seconds=len(rows))
     streamed, sample = count_window(
-        stream_window(log_url, PIPELINE, iso_utc(T0), iso_utc(end), chunk=97), profile, sample_rows=50
+        served_inputs(log_url, PIPELINE, iso_utc(T0), iso_utc(end), chunk=97), profile, sample_rows=50
     )
     whole = Counts(profile)
     whole.add(rows, [float(s) for i, s in enumerate(scores) if i % 3])
@@ -184,6 +186,6 @@ def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile)
     assert len(sample) == 50 and all(set(s) == set(spec.features.all) for s in sample)
     # The window's bounds hold: the first hundred seconds only.
     first, _ = count_window(
-        stream_window(log_url, PIPELINE, iso_utc(T0), iso_utc(T0 + timedelta(seconds=100))), profile
+        served_inputs(log_url, PIPELINE, iso_utc(T0), iso_utc(T0 + timedelta(seconds=100))), profile
     )
     assert first.rows == 100

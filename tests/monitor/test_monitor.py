@@ -43,8 +43,9 @@ def _perf(auc: float | None) -> list[dict]:
 
 def _hour(cfg, db, hour: int, drift: list[dict], perf: list[dict], rows: int = 1000):
     """Judge and record the interval ending ``hour`` hours after T0, as judge_interval does."""
-    from include.serving.predlog import iso_utc
-    from include.tasks.monitor import Check, decide, earlier, record
+    from include.prediction_log.monitor_checks import Check, earlier, record
+    from include.prediction_log.rows import iso_utc
+    from include.tasks.monitor import decide
 
     end = T0 + timedelta(hours=hour)
     d = decide(cfg, end, rows, drift, perf, earlier(db, PIPELINE, iso_utc(end)))
@@ -77,7 +78,7 @@ def test_one_drift_episode_triggers_one_retrain_per_cooldown(cfg, db):
 
 
 def test_no_drift_triggers_nothing_and_an_empty_interval_is_no_traffic(cfg, db):
-    from include.tasks.monitor import latest
+    from include.prediction_log.monitor_checks import latest
 
     decisions = [_hour(cfg, db, h, _drift(0.05), _perf(0.85)) for h in range(1, 6)]
     assert {(d.status, d.trigger, d.alert) for d in decisions} == {("ok", None, False)}
@@ -98,8 +99,8 @@ def test_a_performance_drop_triggers_once_sustained(cfg, db):
 
 def test_a_rerun_of_an_interval_replaces_its_record_and_triggers_again(cfg, db):
     """A retry after the record was written (the event not yet emitted) must still emit it."""
-    from include.serving.predlog import iso_utc
-    from include.tasks.monitor import earlier
+    from include.prediction_log.monitor_checks import earlier
+    from include.prediction_log.rows import iso_utc
 
     assert _hour(cfg, db, 1, _drift(0.6), _perf(None)).trigger == "drift"
     assert _hour(cfg, db, 1, _drift(0.6), _perf(None)).trigger == "drift"
@@ -108,7 +109,8 @@ def test_a_rerun_of_an_interval_replaces_its_record_and_triggers_again(cfg, db):
 
 
 def _predictions(db: str, created: list[datetime], versions: list[int]) -> list[str]:
-    from include.serving.predlog import PredictionLog, PredictionRow
+    from include.prediction_log.rows import PredictionRow
+    from include.prediction_log.writer import PredictionLog
 
     ids = [uuid.uuid4().hex for _ in created]
     log = PredictionLog(db)
@@ -133,7 +135,7 @@ def _predictions(db: str, created: list[datetime], versions: list[int]) -> list[
 
 
 def test_late_labels_join_the_predictions_they_belong_to(db):
-    from include.serving.predlog import iso_utc
+    from include.prediction_log.rows import iso_utc
     from include.tasks.monitor import read_labelled
 
     created = [T0 + timedelta(minutes=10 * i) for i in range(24)]
@@ -181,9 +183,9 @@ def test_performance_checks_use_the_version_record_and_need_enough_labels():
 def test_reading_before_the_first_record_is_empty_and_creates_nothing(cfg, db):
     """The service's /metrics and the retirement DAG read the monitor's record before any monitor
     run: an empty answer, and no table created by a reader (a read never takes a write lock)."""
-    from include.serving.db import database
-    from include.serving.predlog import iso_utc
-    from include.tasks.monitor import earlier, latest, latest_summary
+    from include.database import database
+    from include.prediction_log.monitor_checks import earlier, latest, latest_summary
+    from include.prediction_log.rows import iso_utc
 
     assert earlier(db, PIPELINE, "9999") == [] and latest(db, PIPELINE) is None
     assert latest_summary(db, [PIPELINE]) == {}

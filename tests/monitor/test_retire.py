@@ -28,7 +28,8 @@ def registry(isolated_home):
 
 
 def _serve(db: str, version: int, at: datetime, n: int = 3) -> None:
-    from include.serving.predlog import PredictionLog, PredictionRow
+    from include.prediction_log.rows import PredictionRow
+    from include.prediction_log.writer import PredictionLog
 
     log = PredictionLog(db)
     log.start()
@@ -46,12 +47,13 @@ def _serve(db: str, version: int, at: datetime, n: int = 3) -> None:
 
 
 def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolated_home, monkeypatch):
-    from include.serving.db import database
-    from include.serving.predlog import iso_utc
+    from include.database import database
+    from include.prediction_log.monitor_checks import Check, record
+    from include.prediction_log.reads import last_served
+    from include.prediction_log.rows import iso_utc
     from include.spec import load_pipeline
-    from include.tasks.monitor import Check, record
     from include.tasks.promotion import EVENT_PREFIX, aliases, history
-    from include.tasks.retire import RETIRED_TAG, archive, champion_checks, judge, last_served
+    from include.tasks.retire import RETIRED_TAG, archive, champion_checks, judge
 
     client = registry
     db = f"sqlite:///{isolated_home / 'serving' / 'serving.db'}"

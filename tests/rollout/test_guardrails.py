@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from include.serving.predlog import FailureRow, PredictionLog, PredictionRow
+from include.prediction_log.rows import FailureRow, PredictionRow
+from include.prediction_log.writer import PredictionLog
 from include.spec import Rollout
 from include.tasks import guardrails as g
 from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED

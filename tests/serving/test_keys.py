@@ -24,7 +24,7 @@ def store(tmp_path) -> KeyStore:
 
 
 def _all_rows(url: str) -> list[tuple]:
-    from include.serving.db import database
+    from include.database import database
 
     conn = database(url).connect()
     try:

@@ -16,8 +16,8 @@ def _gauges(text: str) -> dict[str, float]:
 
 
 def test_metrics_show_the_newest_monitor_check(service):
-    from include.serving.predlog import iso_utc
-    from include.tasks.monitor import Check, record
+    from include.prediction_log.monitor_checks import Check, record
+    from include.prediction_log.rows import iso_utc
 
     key = service.key("metrics", None)
     status, text = service.get("/metrics", key=key)

@@ -17,16 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from include.serving.predlog import (
-    SCHEMA_VERSION,
-    ConflictingLabel,
-    LogOverloaded,
-    LogUnavailable,
-    PredictionLog,
-    PredictionRow,
-    UnknownRequest,
-    new_request_id,
-)
+from include.prediction_log.errors import ConflictingLabel, LogOverloaded, LogUnavailable, UnknownRequest
+from include.prediction_log.rows import PredictionRow, new_request_id
+from include.prediction_log.schema import SCHEMA_VERSION
+from include.prediction_log.writer import PredictionLog
 from tests.pg import pg_admin, pg_terminate_backends, pg_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -462,7 +456,8 @@ def test_database_outage_fails_records_then_recovers(pg_db):
 _KILL_CHILD = """
 import sys, threading, uuid
 from datetime import UTC, datetime
-from include.serving.predlog import PredictionLog, PredictionRow
+from include.prediction_log.writer import PredictionLog
+from include.prediction_log.rows import PredictionRow
 
 log = PredictionLog(sys.argv[1])
 log.start()
@@ -526,7 +521,7 @@ def test_every_answered_row_survives_sigkill(tmp_path):
 
 def test_missing_table_is_told_apart_from_other_errors(log_url):
     """Readers treat "no table yet" as "nothing logged yet"; any other error must not look like it."""
-    from include.serving.db import database, missing_table
+    from include.database import database, missing_table
 
     db = database(log_url)
     with db.reading() as conn:

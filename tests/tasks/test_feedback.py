@@ -15,7 +15,8 @@ import pytest
 
 from include import storage
 from include.blocks.train import feedback_cutoff
-from include.serving.predlog import PredictionLog, PredictionRow, iso_utc
+from include.prediction_log.rows import PredictionRow, iso_utc
+from include.prediction_log.writer import PredictionLog
 from include.tasks.feedback import (
     FeedbackError,
     FeedbackUnavailable,

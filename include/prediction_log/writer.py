@@ -3,7 +3,7 @@ requests share one commit (group commit), so durability costs one fsync per batc
 
 What survives a power loss:
 
-- **SQLite** (WAL, ``synchronous=FULL``, see :mod:`include.serving.db`): every committed row. The WAL
+- **SQLite** (WAL, ``synchronous=FULL``, see :mod:`include.database`): every committed row. The WAL
   is fsynced at each commit, so a commit that returned is on disk. Keep the file on a local disk:
   SQLite's locking is unreliable on network filesystems.
 - **PostgreSQL** with ``synchronous_commit=on`` (its default): every committed row; the commit
@@ -30,166 +30,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from time import monotonic, time_ns
+from datetime import datetime
+from time import monotonic
 from typing import Any
 
-import orjson
-
-from include.serving.db import Database, database
+from include.database import Database, database
+from include.prediction_log import labels, reads
+from include.prediction_log.errors import LogOverloaded, LogUnavailable
+from include.prediction_log.rows import COLUMNS, FailureRow, PredictionRow, failure_params, row_params
+from include.prediction_log.schema import create_schema, rollback_quietly
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_SCHEMA_NAME = "prediction_log"
-# Serialises schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
-# can still collide on the catalogue's unique index. Any constant works; this one spells "SLPW".
-_PG_SCHEMA_LOCK_KEY = 0x534C5057
 _MAX_IDLE_READERS = 4
 _LOCK_RETRY_S = 0.0005  # the event loop's next try for the SQLite write lock another process holds
 _BUSY_RETRY_S = 0.005  # ... and for the database, when a writer outside Slipway's lock holds it
 _SQLITE_BUSY = frozenset({5, 6, 261, 517})  # SQLITE_BUSY, SQLITE_LOCKED, BUSY_RECOVERY, BUSY_SNAPSHOT
-_VARIANTS = frozenset({"champion", "challenger"})
-_COLUMNS = (
-    "request_id",
-    "variant",
-    "pipeline",
-    "entity_key",
-    "model_version",
-    "served",
-    "inputs",
-    "probability",
-    "decision",
-    "latency_ms",
-    "created_at",
-)
-
-
-@dataclass(frozen=True)
-class PredictionRow:
-    """One scored input row as it is logged (a batch request logs one row per input row)."""
-
-    request_id: str  # unique per answered row (new_request_id(): a UUIDv7 in hex)
-    pipeline: str
-    entity_key: str | None  # already hashed by the caller when the spec marks it PII
-    model_version: int
-    variant: str  # "champion" | "challenger"
-    served: bool  # False for shadow rows (scored, logged, never returned)
-    inputs: dict  # the validated input row, stored as JSON text
-    probability: float
-    decision: int  # 0/1 at the version's threshold
-    latency_ms: float
-    created_at: datetime  # UTC, timezone-aware
-
-
-class LogOverloaded(RuntimeError):
-    """Too many rows are waiting for the database: answer 503 with Retry-After, do not queue more."""
-
-    retry_after_s = 1
 
 
 class _Busy(Exception):
     """BEGIN found the SQLite database locked by a writer outside the write lock; nothing was written."""
-
-
-class LogUnavailable(RuntimeError):
-    """The commit that carried the rows failed (or the log is not running): answer 503."""
-
-
-class UnknownRequest(LookupError):
-    """Feedback names a request id that was never logged (404)."""
-
-
-@dataclass(frozen=True)
-class FailureRow:
-    """A model that could not score a routed row (an exception, or no valid probability)."""
-
-    request_id: str
-    pipeline: str
-    model_version: int
-    variant: str  # "champion" | "challenger"
-    served: bool  # False when the row was a shadow mirror
-    reason: str  # the exception type and first line, or "probability nan"; never input values
-    created_at: datetime
-
-
-def _failure_params(row: FailureRow) -> tuple:
-    if row.variant not in _VARIANTS:
-        raise ValueError(f"FailureRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
-    return (
-        row.request_id,
-        row.variant,
-        row.pipeline,
-        int(row.model_version),
-        1 if row.served else 0,
-        row.reason[:500],
-        iso_utc(row.created_at, "FailureRow.created_at"),
-    )
-
-
-class ConflictingLabel(ValueError):
-    """A different label is already recorded for this request; labels are write-once (409)."""
-
-
-def new_request_id() -> str:
-    """A fresh request id: a UUID version 7 (RFC 9562) as 32 hex digits.
-
-    Its first 48 bits are the Unix time in milliseconds, the other 74 are random. Ids made one
-    after another sort together, so each commit appends to the end of the log's primary-key index
-    instead of touching random pages of it (measured on SQLite: a commit of 8 rows took 265 us
-    against 573 us with random UUIDv4 ids). The time in it is the time of the answer, which the
-    row stores anyway.
-    """
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        (time_ns() // 1_000_000) << 80
-        | 0x7 << 76  # version 7
-        | ((rand >> 62) & 0xFFF) << 64  # rand_a: 12 bits
-        | 0b10 << 62  # the RFC's variant
-        | (rand & ((1 << 62) - 1))  # rand_b: 62 bits
-    )
-    return f"{value:032x}"
-
-
-def iso_utc(value: datetime, what: str = "a timestamp") -> str:
-    """Fixed-width ISO-8601 in UTC, so the TEXT column sorts in time order in both dialects."""
-    if value.__class__ is datetime and value.tzinfo is UTC:  # the service's own timestamps
-        return value.isoformat(timespec="microseconds")
-    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{what} must be a timezone-aware datetime (UTC), got {type(value).__name__}")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _to_params(row: PredictionRow) -> tuple:
-    """The row as insert parameters; checked here, in the caller, so a bad row fails its own request
-    with a clear error instead of failing the whole shared commit in the writer."""
-    if row.variant not in _VARIANTS:
-        raise ValueError(f"PredictionRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
-    if row.decision not in (0, 1):
-        raise ValueError(f"PredictionRow.decision must be 0 or 1, got {row.decision!r}")
-    for name in ("probability", "latency_ms"):
-        if not math.isfinite(getattr(row, name)):
-            raise ValueError(f"PredictionRow.{name} must be a finite number")
-    return (
-        row.request_id,
-        row.variant,
-        row.pipeline,
-        row.entity_key,
-        int(row.model_version),
-        1 if row.served else 0,
-        orjson.dumps(row.inputs).decode(),
-        float(row.probability),
-        int(row.decision),
-        float(row.latency_ms),
-        iso_utc(row.created_at, "PredictionRow.created_at"),
-    )
 
 
 #: Rows per SQLite INSERT statement (x 11 columns = 704 variables, under SQLite's oldest limit of 999).
@@ -359,9 +225,9 @@ class PredictionLog:
 
             self._db_errors = (psycopg2.Error,)
             self._integrity_error = psycopg2.IntegrityError
-        columns = ", ".join(_COLUMNS)
+        columns = ", ".join(COLUMNS)
         if self._db.dialect == "sqlite":
-            marks = ", ".join("?" for _ in _COLUMNS)
+            marks = ", ".join("?" for _ in COLUMNS)
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES ({marks})"
         else:
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES %s"
@@ -386,7 +252,7 @@ class PredictionLog:
                 "is reachable and SLIPWAY_SERVING_DB is right"
             ) from exc
         try:
-            self._create_schema(conn)
+            create_schema(self._db, conn)
         except self._db_errors as exc:
             _close_quietly(conn)
             raise LogUnavailable(
@@ -407,77 +273,6 @@ class PredictionLog:
             self._thread = threading.Thread(target=self._run, name="slipway-predlog-writer", daemon=True)
             self._thread.start()
             self._started = True
-
-    def _create_schema(self, conn: Any) -> None:
-        real = "REAL" if self._db.dialect == "sqlite" else "DOUBLE PRECISION"
-        p = self._db.param
-        statements = [
-            f"""CREATE TABLE IF NOT EXISTS slipway_predictions (
-                request_id TEXT NOT NULL,
-                variant TEXT NOT NULL,
-                pipeline TEXT NOT NULL,
-                entity_key TEXT,
-                model_version INTEGER NOT NULL,
-                served INTEGER NOT NULL,
-                inputs TEXT NOT NULL,
-                probability {real} NOT NULL,
-                decision INTEGER NOT NULL,
-                latency_ms {real} NOT NULL,
-                created_at TEXT NOT NULL,
-                PRIMARY KEY (request_id, variant)
-            )""",
-            "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
-            "ON slipway_predictions (pipeline, created_at)",
-            # Rows a model could not score (the canary's error rate): written in the same commits.
-            """CREATE TABLE IF NOT EXISTS slipway_failures (
-                request_id TEXT NOT NULL,
-                variant TEXT NOT NULL,
-                pipeline TEXT NOT NULL,
-                model_version INTEGER NOT NULL,
-                served INTEGER NOT NULL,
-                reason TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                PRIMARY KEY (request_id, variant)
-            )""",
-            "CREATE INDEX IF NOT EXISTS slipway_failures_pipeline_created "
-            "ON slipway_failures (pipeline, created_at)",
-            """CREATE TABLE IF NOT EXISTS slipway_feedback (
-                request_id TEXT PRIMARY KEY,
-                pipeline TEXT NOT NULL,
-                label INTEGER NOT NULL,
-                received_at TEXT NOT NULL
-            )""",
-            "CREATE TABLE IF NOT EXISTS slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
-        ]
-        cur = conn.cursor()
-        try:
-            if self._db.dialect == "sqlite":
-                cur.execute("BEGIN IMMEDIATE")  # one creator at a time; the others wait (busy_timeout)
-            else:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK_KEY,))
-            for sql in statements:
-                cur.execute(sql)
-            cur.execute(
-                f"INSERT INTO slipway_schema (name, version) VALUES ({p}, {p}) ON CONFLICT (name) DO NOTHING",
-                (_SCHEMA_NAME, SCHEMA_VERSION),
-            )
-            cur.execute(f"SELECT version FROM slipway_schema WHERE name = {p}", (_SCHEMA_NAME,))
-            (version,) = cur.fetchone()
-            if self._db.dialect == "sqlite":
-                cur.execute("COMMIT")
-            else:
-                conn.commit()
-        except BaseException:
-            self._rollback_quietly(conn)
-            raise
-        finally:
-            cur.close()
-        if version != SCHEMA_VERSION:
-            raise LogUnavailable(
-                f"the prediction log in {self._db.redacted()} has schema version {version}, this Slipway "
-                f"writes version {SCHEMA_VERSION}; run the Slipway release that matches the database, or "
-                "point SLIPWAY_SERVING_DB at another database"
-            )
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new rows, commit everything already queued, stop the writer and close connections."""
@@ -567,7 +362,7 @@ class PredictionLog:
 
     def _admitted(self, rows: list[PredictionRow], waiter, failures: list[FailureRow]) -> _Pending:
         """The rows as one pending commit, counted as waiting; refused when the log is closed or full."""
-        item = _Pending([_to_params(row) for row in rows], waiter, [_failure_params(row) for row in failures])
+        item = _Pending([row_params(row) for row in rows], waiter, [failure_params(row) for row in failures])
         n = item.size
         with self._lock:
             if self._closing or not self._started:
@@ -780,7 +575,7 @@ class PredictionLog:
                         execute_values(cur, self._failure_sql, failures, page_size=len(failures))
                 conn.commit()
         except Exception as exc:
-            self._rollback_quietly(conn)
+            rollback_quietly(self._db, conn)
             if not isinstance(exc, self._integrity_error | _Busy):
                 _close_quietly(conn)
                 setattr(self, attr, None)
@@ -807,16 +602,6 @@ class PredictionLog:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _rollback_quietly(self, conn: Any) -> None:
-        try:
-            if self._db.dialect == "sqlite":
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            else:
-                conn.rollback()
-        except Exception:  # the connection is broken; it is dropped by the caller
-            pass
 
     def _duplicate_error(self) -> LogUnavailable:
         return LogUnavailable(
@@ -895,89 +680,17 @@ class PredictionLog:
     def feedback(
         self, request_id: str, label: int, *, pipeline: str | None = None, at: datetime | None = None
     ) -> str:
-        """Attach the ground-truth label (0/1) to a logged request: "recorded", or "unchanged" when the
-        same label is already there. Labels are write-once, so a different one raises ConflictingLabel;
-        late labels are accepted whatever their age. Blocking (call it from a thread pool)."""
-        if isinstance(label, bool):
-            label = int(label)
-        if not isinstance(label, int) or label not in (0, 1):
-            raise ValueError(f"label must be 0 or 1, got {label!r}")
-        received_at = iso_utc(at if at is not None else datetime.now(UTC), "at")
-        p = self._db.param
-        where, params = f"request_id = {p}", [request_id]
-        if pipeline is not None:
-            where += f" AND pipeline = {p}"
-            params.append(pipeline)
-        inserted, stored = False, None
-        with self._reader() as conn:
-            cur = conn.cursor()
-            try:
-                cur.execute(f"SELECT pipeline FROM slipway_predictions WHERE {where} LIMIT 1", params)
-                found = cur.fetchone()
-                if found is not None:
-                    # Insert-or-keep, then read back: whichever process wins a race, everyone agrees
-                    # on the stored label, and a loser with a different label learns of the conflict.
-                    cur.execute(
-                        "INSERT INTO slipway_feedback (request_id, pipeline, label, received_at) "
-                        f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (request_id) DO NOTHING",
-                        (request_id, found[0], label, received_at),
-                    )
-                    inserted = cur.rowcount == 1
-                    cur.execute(f"SELECT label FROM slipway_feedback WHERE request_id = {p}", (request_id,))
-                    (stored,) = cur.fetchone()
-            finally:
-                cur.close()
-        if found is None:
-            scope = " in this pipeline" if pipeline is not None else ""
-            raise UnknownRequest(
-                f"no prediction with this request id was logged{scope}; send the request_id returned by "
-                "the prediction response"
-            )
-        if inserted:
-            return "recorded"
-        if stored == label:
-            return "unchanged"
-        raise ConflictingLabel(
-            f"this request already has label {stored}; labels are write-once, so {label} was not "
-            "recorded. If the first label was wrong, correct it in the database with an audit note"
-        )
+        """Attach a write-once label to a logged request (see :func:`labels.record_label`)."""
+        return labels.record_label(self._reader, self._db.param, request_id, label, pipeline=pipeline, at=at)
 
     def get(self, request_id: str) -> list[dict]:
-        """The logged rows of a request (served first, then shadow), each with its label if any.
-        Timestamps are returned as stored: ISO-8601 text in UTC."""
-        p = self._db.param
-        columns = ", ".join(f"p.{c}" for c in _COLUMNS)
-        rows = self._query(
-            f"SELECT {columns}, f.label, f.received_at FROM slipway_predictions p "
-            "LEFT JOIN slipway_feedback f ON f.request_id = p.request_id "
-            f"WHERE p.request_id = {p} ORDER BY p.served DESC, p.variant",
-            (request_id,),
-        )
-        result = []
-        for row in rows:
-            item = dict(zip(_COLUMNS, row[: len(_COLUMNS)], strict=True))
-            item["served"] = bool(item["served"])
-            item["inputs"] = orjson.loads(item["inputs"])
-            item["label"], item["label_received_at"] = row[len(_COLUMNS)], row[len(_COLUMNS) + 1]
-            result.append(item)
-        return result
+        """The logged rows of a request, each with its label (see :func:`reads.logged`)."""
+        return reads.logged(self._query, self._db.param, request_id)
 
     def count(self, pipeline: str | None = None) -> int:
         """Logged rows (served and shadow), of one pipeline or all."""
-        if pipeline is None:
-            return self._query("SELECT COUNT(*) FROM slipway_predictions")[0][0]
-        p = self._db.param
-        return self._query(f"SELECT COUNT(*) FROM slipway_predictions WHERE pipeline = {p}", (pipeline,))[0][
-            0
-        ]
+        return reads.count(self._query, self._db.param, pipeline)
 
     def request_ids(self, pipeline: str | None = None) -> set[str]:
         """Every logged request id, of one pipeline or all (tests and audits; not for large tables)."""
-        if pipeline is None:
-            rows = self._query("SELECT DISTINCT request_id FROM slipway_predictions")
-        else:
-            p = self._db.param
-            rows = self._query(
-                f"SELECT DISTINCT request_id FROM slipway_predictions WHERE pipeline = {p}", (pipeline,)
-            )
-        return {r[0] for r in rows}
+        return reads.request_ids(self._query, self._db.param, pipeline)

@@ -1,0 +1,70 @@
+"""Ground-truth labels on logged predictions: write-once, late labels welcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from include.prediction_log.errors import ConflictingLabel, UnknownRequest
+from include.prediction_log.rows import iso_utc
+
+
+def record_label(
+    reader: Callable[[], AbstractContextManager[Any]],
+    param: str,
+    request_id: str,
+    label: int,
+    *,
+    pipeline: str | None = None,
+    at: datetime | None = None,
+) -> str:
+    """Attach the ground-truth label (0/1) to a logged request: "recorded", or "unchanged" when the
+    same label is already there. Labels are write-once, so a different one raises ConflictingLabel;
+    late labels are accepted whatever their age. ``reader()`` lends a connection; ``param`` is its
+    placeholder. Blocking (call it from a thread pool)."""
+    if isinstance(label, bool):
+        label = int(label)
+    if not isinstance(label, int) or label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    received_at = iso_utc(at if at is not None else datetime.now(UTC), "at")
+    p = param
+    where, params = f"request_id = {p}", [request_id]
+    if pipeline is not None:
+        where += f" AND pipeline = {p}"
+        params.append(pipeline)
+    inserted, stored = False, None
+    with reader() as conn:
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SELECT pipeline FROM slipway_predictions WHERE {where} LIMIT 1", params)
+            found = cur.fetchone()
+            if found is not None:
+                # Insert-or-keep, then read back: whichever process wins a race, everyone agrees
+                # on the stored label, and a loser with a different label learns of the conflict.
+                cur.execute(
+                    "INSERT INTO slipway_feedback (request_id, pipeline, label, received_at) "
+                    f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (request_id) DO NOTHING",
+                    (request_id, found[0], label, received_at),
+                )
+                inserted = cur.rowcount == 1
+                cur.execute(f"SELECT label FROM slipway_feedback WHERE request_id = {p}", (request_id,))
+                (stored,) = cur.fetchone()
+        finally:
+            cur.close()
+    if found is None:
+        scope = " in this pipeline" if pipeline is not None else ""
+        raise UnknownRequest(
+            f"no prediction with this request id was logged{scope}; send the request_id returned by "
+            "the prediction response"
+        )
+    if inserted:
+        return "recorded"
+    if stored == label:
+        return "unchanged"
+    raise ConflictingLabel(
+        f"this request already has label {stored}; labels are write-once, so {label} was not "
+        "recorded. If the first label was wrong, correct it in the database with an audit note"
+    )
+

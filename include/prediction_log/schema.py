@@ -1,0 +1,133 @@
+"""The prediction log's tables: their DDL, created once and safely when several processes start at once.
+
+``slipway_predictions`` (every scored row, served or shadow), ``slipway_failures`` (rows a model could
+not score), ``slipway_feedback`` (write-once labels), ``slipway_schema`` (the schema version) and
+``slipway_monitor`` (one row per monitored interval).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.database import Database
+from include.prediction_log.errors import LogUnavailable
+
+SCHEMA_VERSION = 1
+_SCHEMA_NAME = "prediction_log"
+# Serialise schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
+# can still collide on the catalogue's unique index. Any constants work; these spell "SLPW", "SLMN".
+_PG_SCHEMA_LOCK_KEY = 0x534C5057
+_PG_MONITOR_LOCK_KEY = 0x534C4D4E
+
+
+def _statements(db: Database) -> list[str]:
+    real = "REAL" if db.dialect == "sqlite" else "DOUBLE PRECISION"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS slipway_predictions (
+            request_id TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            pipeline TEXT NOT NULL,
+            entity_key TEXT,
+            model_version INTEGER NOT NULL,
+            served INTEGER NOT NULL,
+            inputs TEXT NOT NULL,
+            probability {real} NOT NULL,
+            decision INTEGER NOT NULL,
+            latency_ms {real} NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (request_id, variant)
+        )""",
+        "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
+        "ON slipway_predictions (pipeline, created_at)",
+        # Rows a model could not score (the canary's error rate): written in the same commits.
+        """CREATE TABLE IF NOT EXISTS slipway_failures (
+            request_id TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            pipeline TEXT NOT NULL,
+            model_version INTEGER NOT NULL,
+            served INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (request_id, variant)
+        )""",
+        "CREATE INDEX IF NOT EXISTS slipway_failures_pipeline_created "
+        "ON slipway_failures (pipeline, created_at)",
+        """CREATE TABLE IF NOT EXISTS slipway_feedback (
+            request_id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            label INTEGER NOT NULL,
+            received_at TEXT NOT NULL
+        )""",
+        "CREATE TABLE IF NOT EXISTS slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    ]
+
+
+MONITOR_TABLE = """CREATE TABLE IF NOT EXISTS slipway_monitor (
+    pipeline TEXT NOT NULL,
+    interval_end TEXT NOT NULL,
+    interval_start TEXT NOT NULL,
+    champion_version INTEGER,
+    served_rows INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    drift_breach INTEGER NOT NULL,
+    performance_breach INTEGER NOT NULL,
+    triggered TEXT,
+    alerted INTEGER NOT NULL,
+    evidence TEXT NOT NULL,
+    PRIMARY KEY (pipeline, interval_end)
+)"""
+
+
+def rollback_quietly(db: Database, conn: Any) -> None:
+    """Roll back whatever ``conn`` has open; a broken connection is left to its caller to drop."""
+    try:
+        if db.dialect == "sqlite":
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        else:
+            conn.rollback()
+    except Exception:  # the connection is broken; it is dropped by the caller
+        pass
+
+
+def create_schema(db: Database, conn: Any) -> None:
+    """Create the log's tables if missing, on ``conn``, and check the stored schema version."""
+    p = db.param
+    cur = conn.cursor()
+    try:
+        if db.dialect == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")  # one creator at a time; the others wait (busy_timeout)
+        else:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK_KEY,))
+        for sql in _statements(db):
+            cur.execute(sql)
+        cur.execute(
+            f"INSERT INTO slipway_schema (name, version) VALUES ({p}, {p}) ON CONFLICT (name) DO NOTHING",
+            (_SCHEMA_NAME, SCHEMA_VERSION),
+        )
+        cur.execute(f"SELECT version FROM slipway_schema WHERE name = {p}", (_SCHEMA_NAME,))
+        (version,) = cur.fetchone()
+        if db.dialect == "sqlite":
+            cur.execute("COMMIT")
+        else:
+            conn.commit()
+    except BaseException:
+        rollback_quietly(db, conn)
+        raise
+    finally:
+        cur.close()
+    if version != SCHEMA_VERSION:
+        raise LogUnavailable(
+            f"the prediction log in {db.redacted()} has schema version {version}, this Slipway "
+            f"writes version {SCHEMA_VERSION}; run the Slipway release that matches the database, or "
+            "point SLIPWAY_SERVING_DB at another database"
+        )
+
+
+def create_monitor_table(db: Database) -> None:
+    """Create the monitor's table if missing (only writers do: a read never takes a write lock)."""
+    with db.writing() as conn:
+        cur = conn.cursor()
+        if db.dialect == "postgresql":  # concurrent CREATE ... IF NOT EXISTS can collide in the catalogue
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_MONITOR_LOCK_KEY,))
+        cur.execute(MONITOR_TABLE)
