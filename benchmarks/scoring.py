@@ -34,7 +34,8 @@ def _spec(path: str | Path, estimator: str | None) -> PipelineSpec:
 def _train_demo(spec: PipelineSpec, workdir: str) -> tuple[str, str, int]:
     from include import storage
     from include.demo.data import load_wa_churn
-    from include.tasks.ingest import conform_batch, to_parquet_bytes
+    from include.frames import to_parquet_bytes
+    from include.tasks.ingest import conform_batch
     from include.tasks.train import train_model
 
     raw = load_wa_churn().astype(str).replace({"nan": None})
@@ -75,18 +76,9 @@ def run(args) -> str:
 
     import numpy as np
 
-    from include.tasks.ingest import read_parquet
-    from include.tasks.onnx_export import (
-        _parity,
-        _session,
-        _single_rows,
-        convert,
-        latency,
-        onnx_inputs,
-        optimise,
-        predict_proba_onnx,
-    )
-    from include.tasks.train import feature_frame, read_model
+    from include.frames import feature_frame, read_parquet
+    from include.model_files import onnx_inputs, onnx_session, predict_proba_onnx, read_model
+    from include.tasks.onnx_export import _parity, _single_rows, convert, latency, optimise
 
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -105,7 +97,7 @@ def run(args) -> str:
     t0 = time.perf_counter()
     onnx_bytes = optimise(convert(spec, model))
     convert_s = time.perf_counter() - t0
-    session = _session(onnx_bytes, threads=1)
+    session = onnx_session(onnx_bytes, threads=1)
     parity = _parity(predict_proba_onnx(session, spec, X), model.predict_proba(X)[:, 1])
 
     # Single rows: different test rows per call, inputs prebuilt on both sides.
@@ -123,7 +115,7 @@ def run(args) -> str:
     skl_rps = _throughput(lambda: model.predict_proba(batch), len(batch), args.batch_runs)
     ort_rps = _throughput(lambda: session.run(None, batch_feeds), len(batch), args.batch_runs)
     cores = os.cpu_count() or 1
-    session_n = _session(onnx_bytes, threads=cores)
+    session_n = onnx_session(onnx_bytes, threads=cores)
     ort_n_rps = _throughput(lambda: session_n.run(None, batch_feeds), len(batch), args.batch_runs)
 
     est = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__

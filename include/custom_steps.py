@@ -7,7 +7,7 @@ def profile_churn_by_contract(versioned: dict) -> dict:
     """Churn rate per contract type in the training snapshot, logged to the task's MLflow run."""
     import mlflow
 
-    from include.tasks.ingest import read_parquet
+    from include.frames import read_parquet
 
     df = read_parquet(versioned["snapshot_uri"])
     rates = (df["churn"] == "Yes").groupby(df["contract"]).mean().round(4).to_dict()

@@ -194,7 +194,8 @@ def s3_env(moto_s3, monkeypatch):
 def make_snapshot(frame, spec, path: Path) -> str:
     """A training snapshot (as ingest would write it) of ``frame`` at ``path``; returns its URI."""
     from include import storage
-    from include.tasks.ingest import conform_batch, to_parquet_bytes
+    from include.frames import to_parquet_bytes
+    from include.tasks.ingest import conform_batch
 
     raw = frame.astype(str).replace({"nan": None})
     df = conform_batch(raw, spec, "mem://", "2025-01", b"k")

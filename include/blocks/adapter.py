@@ -40,8 +40,9 @@ __all__ = ["DEFAULT_ARGS", "Step", "block", "custom_task", "data_ref", "expected
 
 def _deterministic_errors() -> tuple[type[BaseException], ...]:
     """The product's errors that a retry cannot fix (imported lazily: some pull in pandas)."""
+    from include.attributions import ExplainError
+    from include.model_files import ModelFileError
     from include.spec import SpecError
-    from include.tasks.explain import ExplainError
     from include.tasks.fairness import FairnessInputError
     from include.tasks.feedback import FeedbackError
     from include.tasks.gates import GateFailed
@@ -56,6 +57,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         DataValidationError,
         GateFailed,
         TrainingError,
+        ModelFileError,
         ExplainError,
         FairnessInputError,
         FeedbackError,

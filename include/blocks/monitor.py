@@ -68,11 +68,11 @@ def _build_reference(step: Step, client, version: int, profile_uri: str, sample_
     import io
 
     from include import storage
+    from include.frames import feature_frame
+    from include.model_files import predict_proba_onnx
     from include.serving.models import load_version
     from include.spec import SPLIT_COLUMN
     from include.tasks.drift import build_profile, feature_kinds, read_snapshot
-    from include.tasks.onnx_export import predict_proba_onnx
-    from include.tasks.train import feature_frame
 
     snapshot_uri = client.get_model_version(step.pipeline, str(version)).tags["slipway.snapshot_uri"]
     snapshot = read_snapshot(snapshot_uri)

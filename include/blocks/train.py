@@ -532,8 +532,8 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     """Register the blessed ONNX graph as a version (reused on a re-run) and move ``candidate`` forward only."""
     from include import assets, storage
     from include.lineage import code_version
+    from include.model_files import read_model_bytes, verify_sha256
     from include.tasks.register import register_candidate
-    from include.tasks.train import read_model_bytes, verify_sha256
 
     ti = step.context["ti"]
     dag_run = step.context["dag_run"]

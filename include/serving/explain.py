@@ -50,10 +50,10 @@ class Explainers:
         import mlflow
 
         from include import storage
+        from include.frames import read_parquet
         from include.lineage import mlflow_client
+        from include.model_files import load_model
         from include.spec import SPLIT_COLUMN
-        from include.tasks.ingest import read_parquet
-        from include.tasks.train import load_model
 
         client = (
             mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
@@ -90,7 +90,7 @@ class Explainers:
     def _explain(self, pipeline: str, version: int, features: tuple[str, ...], values: dict) -> dict:
         import pandas as pd
 
-        from include.tasks.explain import explain_pipeline
+        from include.attributions import explain_pipeline
 
         loaded = self._load(pipeline, version)
         sample = pd.DataFrame({n: [values[n]] for n in features})

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from include.model_files import ModelRefused, OnnxModel, load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +44,8 @@ TAG_MODE, TAG_WEIGHT, TAG_VERSION = (
 RETRY_REFUSED_S = 60.0
 
 
-class ModelRefused(RuntimeError):
-    """A registered version cannot be served as it is (digest, external data, graph)."""
-
-
 class _AlreadyRefused(ModelRefused):
     """Refused on an earlier pass; not downloaded again before ``RETRY_REFUSED_S``."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One loaded version: the session, its threshold and the input schema read from the graph."""
-
-    pipeline: str
-    version: int
-    threshold: float
-    onnx_sha256: str
-    session: object
-    inputs: dict[str, str]  # name -> "float" | "string"
-    categories: dict[str, frozenset[str]]
-    output_index: int
-
-    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """Probability of the positive class per row; ``columns`` hold one (n, 1) array per input."""
-        out = self.session.run(None, columns)[self.output_index]
-        return np.asarray(out, dtype=np.float64)[:, 1]
 
 
 @dataclass(frozen=True)
@@ -82,91 +59,13 @@ class Traffic:
 class PipelineState:
     """What a pipeline serves now. Replaced whole on each refresh (readers never see half a change)."""
 
-    champion: ServedModel | None = None
-    challenger: ServedModel | None = None
+    champion: OnnxModel | None = None
+    challenger: OnnxModel | None = None
     traffic: Traffic = field(default_factory=Traffic)
     problems: tuple[str, ...] = ()
 
 
-def _external_locations(model) -> list[str]:
-    from onnx import TensorProto
-    from onnx.external_data_helper import _get_all_tensors
-
-    out = []
-    for tensor in _get_all_tensors(model):
-        if tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL:
-            entry = {e.key: e.value for e in tensor.external_data}
-            out.append(entry.get("location", ""))
-    return out
-
-
-def check_external_data(model, folder: Path) -> None:
-    """Refuse a graph whose tensors point at external data outside ``folder`` (CVE-2024-27318 class)."""
-    root = folder.resolve()
-    for location in _external_locations(model):
-        target = (root / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(root) or target == root:
-            raise ModelRefused(
-                f"the ONNX graph references external data at {location!r}, outside its own folder: refused "
-                "(path traversal); re-export the model with its weights inside the graph"
-            )
-
-
-def _schema(model) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
-    from onnx import TensorProto
-
-    kinds = {TensorProto.FLOAT: "float", TensorProto.DOUBLE: "float", TensorProto.STRING: "string"}
-    inputs = {}
-    for i in model.graph.input:
-        kind = kinds.get(i.type.tensor_type.elem_type)
-        if kind is None:
-            raise ModelRefused(f"the ONNX graph's input {i.name!r} has a type the service does not feed")
-        inputs[i.name] = kind
-    categories: dict[str, frozenset[str]] = {}
-    for node in model.graph.node:
-        if node.op_type == "OneHotEncoder" and node.input and node.input[0] in inputs:
-            for attr in node.attribute:
-                if attr.name == "cats_strings":
-                    categories[node.input[0]] = frozenset(s.decode() for s in attr.strings)
-    return inputs, categories
-
-
-def load_onnx(
-    pipeline: str, version: int, folder: Path, expected_sha256: str, threshold: float
-) -> ServedModel:
-    """Check and load ``folder/model.onnx``; raise :class:`ModelRefused` with the reason."""
-    import onnx
-    import onnxruntime as ort
-
-    path = folder / "model.onnx"
-    if not path.is_file():
-        raise ModelRefused(f"version {version} has no model.onnx in its artifacts")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if not expected_sha256 or digest != expected_sha256:
-        raise ModelRefused(
-            f"version {version}'s model.onnx has sha256 {digest[:16]}…, not the registered "
-            f"{(expected_sha256 or 'none')[:16]}…: the artifact was changed or corrupted after registration"
-        )
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # a truncated or crafted file: refused, never a crash
-        raise ModelRefused(f"version {version}'s model.onnx is not a readable ONNX graph ({exc})") from exc
-    check_external_data(model, folder)
-    inputs, categories = _schema(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelRefused(f"onnxruntime cannot load version {version}: {exc}") from exc
-    outputs = [o.name for o in session.get_outputs()]
-    index = outputs.index("probabilities") if "probabilities" in outputs else len(outputs) - 1
-    return ServedModel(pipeline, version, threshold, digest, session, inputs, categories, index)
-
-
-def load_version(client, pipeline: str, version: int, folder: Path) -> ServedModel:
+def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel:
     """Download a registered version's artifacts into ``folder`` and load its ONNX graph, checked
     against the registered digest and carrying its business threshold (the one way every reader of a
     version's model — the service, the monitor's reference, the tests — loads it)."""
@@ -219,7 +118,7 @@ class ModelRegistry:
             return mlflow.MlflowClient(self.tracking_uri)
         return mlflow_client()
 
-    def _load(self, client, pipeline: str, version: int, current: ServedModel | None) -> ServedModel:
+    def _load(self, client, pipeline: str, version: int, current: OnnxModel | None) -> OnnxModel:
         if current is not None and current.version == version:
             return current
         refused = self._refused.get((pipeline, version))
@@ -280,7 +179,7 @@ class ModelRegistry:
         if pipeline in self.pinned:
             aliases, tags = {"champion": self.pinned[pipeline]}, {}
         problems: list[str] = []
-        loaded: dict[str, ServedModel | None] = {}
+        loaded: dict[str, OnnxModel | None] = {}
         for alias in ALIASES:
             current = getattr(old, alias)
             if alias not in aliases:
@@ -323,7 +222,7 @@ class ModelRegistry:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def _traffic(tags: dict[str, str], challenger: ServedModel | None, problems: list[str]) -> Traffic:
+def _traffic(tags: dict[str, str], challenger: OnnxModel | None, problems: list[str]) -> Traffic:
     mode = tags.get(TAG_MODE, "none")
     if mode == "none" or challenger is None:
         return Traffic()

@@ -10,21 +10,19 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from include.spec import PipelineSpec
-from include.tasks.business import value_per_1000
-from include.tasks.evaluate import compute_metrics
-from include.tasks.gates import check, not_applicable
-from include.tasks.ingest import read_parquet
-from include.tasks.train import (
+from include.frames import feature_frame, labels, read_parquet
+from include.model_files import (
     SHA256_HEX,
+    ModelFileError,
     ModelIntegrityError,
-    TrainingError,
-    feature_frame,
-    labels,
     load_model,
     read_model,
     verify_sha256,
 )
+from include.spec import PipelineSpec
+from include.tasks.business import value_per_1000
+from include.tasks.evaluate import compute_metrics
+from include.tasks.gates import check, not_applicable
 
 SKLEARN_SHA256_TAG = "slipway.sklearn_sha256"
 
@@ -89,7 +87,7 @@ def load_champion(name: str, alias: str = "champion", tracking_uri: str | None =
             raise _unavailable(f"download the skops model of {label} from run {mv.run_id}", exc) from exc
         files = sorted(root.rglob("model.skops")) if root.is_dir() else []
         if not files:
-            raise TrainingError(
+            raise ModelFileError(
                 f"{label} has no skops model under 'sklearn/' in run {mv.run_id}; "
                 "re-register it with this version of Slipway"
             )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from include.frames import feature_frame, labels, read_parquet
+from include.model_files import read_model
 from include.spec import EvaluationGate, PipelineSpec
 from include.tasks.gates import check
-from include.tasks.ingest import read_parquet
-from include.tasks.train import feature_frame, labels, read_model
 
 
 def compute_metrics(y_true, proba, threshold: float = 0.5) -> dict:

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include import storage
+from include.frames import feature_frame, labels, read_parquet
+from include.model_files import read_model
 from include.spec import FairnessGate, PipelineSpec
 from include.tasks.gates import (  # noqa: F401 (GateFailed, raise_for_gate re-exported)
     GateFailed,
@@ -45,8 +47,7 @@ from include.tasks.gates import (  # noqa: F401 (GateFailed, raise_for_gate re-e
     raise_for_gate,
     status_of,
 )
-from include.tasks.ingest import read_parquet
-from include.tasks.train import build_pipeline, feature_frame, labels, read_model
+from include.tasks.train import build_pipeline
 
 if TYPE_CHECKING:
     import pandas as pd

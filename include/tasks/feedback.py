@@ -238,7 +238,7 @@ def curate_feedback(
     Returns ``{"uri", "rows", "sha256", "labelled", "dropped", "kept_stored", "cutoff"}``; ``uri`` is
     None when no row survived the rule and nothing was stored for this cut-off.
     """
-    from include.tasks.ingest import to_parquet_bytes
+    from include.frames import to_parquet_bytes
 
     uri = feedback_batch_uri(lake_uri, spec.name, cutoff)
     rows = read_labelled_predictions(db_url, spec.name, cutoff)

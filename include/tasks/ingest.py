@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from include import storage
+from include.frames import to_parquet_bytes
 from include.spec import SPLIT_COLUMN, PipelineSpec, Split
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -188,20 +189,6 @@ def assign_splits(ids, split: Split) -> list[str]:
         u = int.from_bytes(digest[:8], "big") / 2**64
         out.append("test" if u < test_cut else "validation" if u < val_cut else "train")
     return out
-
-
-def to_parquet_bytes(df) -> bytes:
-    """Deterministic Parquet bytes (same frame -> same bytes)."""
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, engine="pyarrow", compression="snappy")
-    return buf.getvalue()
-
-
-def read_parquet(uri: str):
-    """A lake object as a DataFrame."""
-    import pandas as pd
-
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
 def id_index_uri(lake_uri: str, spec: PipelineSpec, month: str) -> str:

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from include import storage
+from include.model_files import onnx_inputs, onnx_session, predict_proba_onnx
 from include.spec import OnnxGate, PipelineSpec
 from include.tasks.gates import check
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
+    pass
 
 # Requested opsets. skl2onnx lowers each domain to the highest version the graph actually uses
 # (the record keeps both). 18 / ml 3 are supported by every onnxruntime since 1.14, so the
@@ -39,7 +39,6 @@ OPTIMISATION_LEVEL = "ORT_ENABLE_ALL"
 # Layout transforms for the machine's SIMD width: onnxruntime warns that a model saved with
 # them "should only be used in the same environment", and the artifact is served elsewhere.
 DISABLED_OPTIMISERS = ["NchwcTransformer"]
-PROBABILITIES = "probabilities"
 QUANTISABLE = {"MatMul", "Gemm"}
 # A forest of 100 fully grown trees gives exactly 0.5 when the votes split evenly (or 0.62 when 62
 # of them vote yes); onnxruntime's float32 sum gives 0.4999998 (seen on 6 of 1,409 test rows at
@@ -79,27 +78,13 @@ def _root_cause(exc: BaseException, limit: int = 300) -> str:
     return first(exc) if inner is exc else f"{first(exc)} (caused by {first(inner)})"
 
 
-def _numeric(spec: PipelineSpec) -> list[str]:
-    return [*spec.features.numeric, *spec.features.binary]
-
-
-def _session(onnx_bytes: bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # warnings such as the hardware-specific one would go to stderr
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-
 def convert(spec: PipelineSpec, model) -> bytes:
     """The whole fitted Pipeline (preprocessing + estimator) as ONNX bytes, one input per feature column."""
     from skl2onnx import __version__ as skl2onnx_version
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    initial_types = [(c, FloatTensorType([None, 1])) for c in _numeric(spec)] + [
+    initial_types = [(c, FloatTensorType([None, 1])) for c in [*spec.features.numeric, *spec.features.binary]] + [
         (c, StringTensorType([None, 1])) for c in spec.features.categorical
     ]
     what = _describe(model)
@@ -126,7 +111,7 @@ def convert(spec: PipelineSpec, model) -> bytes:
     onx.opset_import.extend(imports)
     data = onx.SerializeToString()
     try:
-        _session(data)
+        onnx_session(data)
     except Exception as exc:
         raise ConversionError(
             f"skl2onnx {skl2onnx_version} converted {what}, but onnxruntime cannot load the graph: "
@@ -152,35 +137,10 @@ def optimise(onnx_bytes: bytes) -> bytes:
         )
         data = target.read_bytes()
     try:
-        _session(data)
+        onnx_session(data)
     except Exception as exc:
         raise ConversionError(f"the optimised graph no longer loads: {_root_cause(exc)}") from exc
     return data
-
-
-def onnx_inputs(spec: PipelineSpec, X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """One named input per feature column, shape (n, 1): float32 for numeric/binary, str for categoricals."""
-    import numpy as np
-
-    feeds: dict[str, np.ndarray] = {}
-    for col in _numeric(spec):
-        feeds[col] = X[col].astype("float64").to_numpy().astype(np.float32).reshape(-1, 1)
-    for col in spec.features.categorical:
-        feeds[col] = X[col].astype(str).to_numpy(dtype=object).reshape(-1, 1)
-    return feeds
-
-
-def _proba_index(session) -> int:
-    names = [o.name for o in session.get_outputs()]
-    return names.index(PROBABILITIES) if PROBABILITIES in names else len(names) - 1
-
-
-def predict_proba_onnx(session, spec: PipelineSpec, X: pd.DataFrame) -> np.ndarray:
-    """Positive-class probabilities from an onnxruntime session (labels are 0/1, so column 1)."""
-    import numpy as np
-
-    out = session.run(None, onnx_inputs(spec, X))[_proba_index(session)]
-    return np.asarray(out, dtype=np.float64)[:, 1]
 
 
 def latency(fn, rows: list, repeats: int, rounds: int = 1) -> dict:
@@ -317,10 +277,10 @@ def quantise_if_useful(
         try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
             q_bytes = dst.read_bytes()
-            q_session = _session(q_bytes)
+            q_session = onnx_session(q_bytes)
         except Exception as exc:
             return {**out, "reason": f"quantize_dynamic failed, float graph kept: {_root_cause(exc)}"}
-    base_session = _session(onnx_bytes)
+    base_session = onnx_session(onnx_bytes)
     parity = _parity(predict_proba_onnx(q_session, spec, X), y_proba_ref, threshold)
     rows = _single_rows(spec, X, 200)
     base = latency(lambda r: base_session.run(None, r), rows, 200)
@@ -380,8 +340,8 @@ def export_and_check(
     """
     import onnx
 
-    from include.tasks.ingest import read_parquet
-    from include.tasks.train import feature_frame, read_model
+    from include.frames import feature_frame, read_parquet
+    from include.model_files import read_model
 
     threshold = _check_threshold(threshold)
     remote = "://" in str(out_dir)
@@ -403,7 +363,7 @@ def export_and_check(
     p_sklearn = model.predict_proba(X)[:, 1]
     quant = quantise_if_useful(optimised, spec, X, p_sklearn, spec.gates.onnx, threshold=threshold)
     deployable = optimise(quant.pop("model_bytes")) if quant["kept"] else optimised
-    session = _session(deployable)
+    session = onnx_session(deployable)
     parity = _parity(predict_proba_onnx(session, spec, X), p_sklearn, threshold)
 
     rows = _single_rows(spec, X, onnx_calls)

@@ -12,10 +12,10 @@ the question asked here is about plausible data changes, not a worst-case advers
 
 from __future__ import annotations
 
+from include.frames import feature_frame, read_parquet
+from include.model_files import read_model
 from include.spec import PipelineSpec, RobustnessGate
 from include.tasks.gates import check, not_applicable
-from include.tasks.ingest import read_parquet
-from include.tasks.train import feature_frame, read_model
 
 
 def perturbed(X, feature: str, kind: str, delta: float, sign: int):

@@ -13,53 +13,19 @@ The model URI that ``train_model`` returns is pinned with the digest of the byte
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib
 import inspect
-import re
-import warnings
 
 from include import storage
+from include.frames import feature_frame, labels, read_parquet, to_parquet_bytes
+from include.model_files import pin, save_model, sha256_hex
 from include.spec import SPLIT_COLUMN, PipelineSpec
-from include.tasks.ingest import read_parquet, to_parquet_bytes
 
 _LINEAR = {"logistic_regression"}
 
 
-# skops types a Slipway model may need beyond skops' own defaults. Derived by fitting every kind in
-# include/spec.py ESTIMATORS inside build_pipeline's Pipeline (numeric-only, categorical-only and
-# mixed features; balanced and unweighted; several parameter sets each) and taking the union of
-# skops.io.get_untrusted_types (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes,
-# every tree model keeps sklearn's Cython Tree. Anything else (builtins.eval, a foreign class) is
-# refused; add a type here only after the same check shows a shipped estimator needs it.
-TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"numpy.dtype", "sklearn.tree._tree.Tree"})
-
-_PIN = "#sha256="
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
 class TrainingError(ValueError):
     """Training could not run; the message names the problem and the fix."""
-
-
-class ModelIntegrityError(TrainingError):
-    """A model's bytes are not the ones recorded when it was trained (or nothing was recorded)."""
-
-
-def feature_frame(df, spec: PipelineSpec):
-    """Model inputs in the spec's column order: numeric/binary as float64, categoricals as str."""
-    X = df[spec.features.all].copy()
-    for col in [*spec.features.numeric, *spec.features.binary]:
-        X[col] = X[col].astype("float64")
-    for col in spec.features.categorical:
-        X[col] = X[col].astype(str)
-    return X
-
-
-def labels(df, spec: PipelineSpec):
-    """0/1 labels: 1 where the target equals the spec's positive label."""
-    return (df[spec.target.column].astype(str) == str(spec.target.positive_label)).astype("int64").to_numpy()
 
 
 def entity_column(spec: PipelineSpec) -> str | None:
@@ -173,141 +139,6 @@ def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
     )
 
 
-def save_model(pipeline) -> bytes:
-    """Serialise with skops (no pickle), byte-deterministic (see :func:`canonical_skops`)."""
-    with quiet_skops():
-        import skops.io as sio  # importing it runs the scan once, too
-
-        data = sio.dumps(pipeline)
-    return canonical_skops(data)
-
-
-@contextlib.contextmanager
-def quiet_skops():
-    """Silence what skops trips over while it scans every loaded module for an object's home.
-
-    In an Airflow worker that scan touches Airflow's deprecated-import shims, and each touch warns:
-    about 1,160 lines of noise per model dump in the task log, none of them about the task.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def canonical_skops(data: bytes) -> bytes:
-    """The same skops archive with every run-dependent byte made canonical.
-
-    skops names array members and memo ids after ``id()`` of the objects (memory addresses) and
-    stamps members with the current time, so the same model serialises differently in every
-    process. Renumbering ids and members in order of first appearance (shared objects keep one
-    id, so references survive) and fixing timestamps and member order makes equal models equal
-    bytes: the model digest then identifies the model, and a re-run of an interval reuses the
-    version it registered.
-    """
-    import io
-    import json
-    import zipfile
-
-    src = zipfile.ZipFile(io.BytesIO(data))
-    schema = json.loads(src.read("schema.json"))
-    ids: dict[int, int] = {}
-    files: dict[str, str] = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if key == "__id__" and isinstance(value, int):
-                    out[key] = ids.setdefault(value, len(ids) + 1)
-                elif key == "file" and isinstance(value, str) and value in src.namelist():
-                    suffix = value[value.rfind(".") :] if "." in value else ""
-                    out[key] = files.setdefault(value, f"{len(files) + 1:06d}{suffix}")
-                else:
-                    out[key] = walk(value)
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    canonical = walk(schema)
-    unreferenced = set(src.namelist()) - set(files) - {"schema.json"}
-    if unreferenced:
-        raise TrainingError(f"skops archive has members the schema never references: {sorted(unreferenced)}")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as dst:
-
-        def put(name: str, payload: bytes, compress_type: int) -> None:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = compress_type
-            info.external_attr = 0o644 << 16
-            dst.writestr(info, payload)
-
-        for old, new in sorted(files.items(), key=lambda kv: kv[1]):
-            put(new, src.read(old), src.getinfo(old).compress_type)
-        put(
-            "schema.json",
-            json.dumps(canonical, indent=2).encode(),
-            src.getinfo("schema.json").compress_type,
-        )
-    return buf.getvalue()
-
-
-def load_model(data: bytes):
-    """Load a skops model whose types are all skops defaults or on :data:`TRUSTED_SKOPS_TYPES`.
-
-    Anything else is refused before any object in the file is constructed, so a crafted file
-    cannot run code (skops' reduce nodes call whatever type they name).
-    """
-    with quiet_skops():
-        import skops.io as sio
-        from skops.io.exceptions import UntrustedTypesFoundException
-
-    try:
-        with quiet_skops():
-            untrusted = sio.get_untrusted_types(data=data)
-    except Exception as exc:  # a truncated zip, a missing schema, a newer skops protocol...
-        raise TrainingError(f"not a readable skops model file ({exc}); re-run train_model") from None
-    foreign = sorted(set(untrusted) - TRUSTED_SKOPS_TYPES)
-    if foreign:
-        raise TrainingError(
-            f"refusing to load a model that contains types not on Slipway's allowlist: {foreign} "
-            f"(allowed beyond skops' defaults: {sorted(TRUSTED_SKOPS_TYPES)}); the file was not "
-            "produced by train_model or has been tampered with"
-        )
-    try:
-        # Only allowlisted names ever reach trusted=; skops audits the whole tree again on load.
-        with quiet_skops():
-            return sio.loads(data, trusted=sorted(set(untrusted) & TRUSTED_SKOPS_TYPES))
-    except UntrustedTypesFoundException as exc:
-        raise TrainingError(f"refusing to load a model with untrusted types: {exc}") from None
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def pin(uri: str, digest: str) -> str:
-    """``uri`` pinned to the sha256 of its content: ``<uri>#sha256=<hex>``."""
-    return f"{uri}{_PIN}{digest}"
-
-
-def unpin(model_uri: str) -> tuple[str, str | None]:
-    """``(plain uri, sha256 or None)`` of a possibly pinned model URI."""
-    base, sep, digest = model_uri.partition(_PIN)
-    return base, (digest if sep else None)
-
-
-def verify_sha256(data: bytes, expected: str, source: str, fix: str) -> None:
-    """Raise :class:`ModelIntegrityError` unless ``data`` hashes to ``expected``."""
-    actual = sha256_hex(data)
-    if actual != expected:
-        raise ModelIntegrityError(
-            f"model {source} has sha256 {actual}, but {expected} was recorded when it was produced: "
-            f"the file was replaced or corrupted since; {fix}"
-        )
-
-
 def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
     """Split the snapshot, fit the pipeline, write model and splits under ``out_uri``.
 
@@ -353,22 +184,3 @@ def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
 
 def _plain(v) -> bool:
     return v is None or isinstance(v, str | int | float | bool)
-
-
-def read_model_bytes(model_uri: str) -> bytes:
-    """The bytes of the model at a pinned ``model_uri``, checked against its sha256 pin."""
-    uri, expected = unpin(model_uri)
-    if expected is None or not SHA256_HEX.match(expected):
-        raise ModelIntegrityError(
-            f"model URI {model_uri} is not pinned to a digest ('{_PIN}<64 hex digits>'), so the model "
-            "cannot be proven to be the one trained; pass the model_uri that train_model returned, "
-            "or re-run train_model"
-        )
-    data = storage.read_bytes(uri)
-    verify_sha256(data, expected, uri, "re-run train_model to train and pin a new model")
-    return data
-
-
-def read_model(model_uri: str):
-    """Load the skops model at a pinned ``model_uri`` (digest and types checked)."""
-    return load_model(read_model_bytes(model_uri))

@@ -64,10 +64,10 @@ def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:
     import mlflow
     import pandas as pd
 
+    from include.frames import feature_frame
+    from include.model_files import predict_proba_onnx
     from include.serving.models import load_version
     from include.spec import load_pipeline
-    from include.tasks.onnx_export import predict_proba_onnx
-    from include.tasks.train import feature_frame
 
     mlflow.set_tracking_uri(stack.tracking)
     with tempfile.TemporaryDirectory() as tmp:

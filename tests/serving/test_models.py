@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from include.serving.models import ModelRefused, load_onnx
+from include.model_files import ModelRefused, load_onnx
 
 
 def _graph(folder, external: str | None) -> str:

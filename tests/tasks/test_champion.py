@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from include import storage
+from include.frames import feature_frame, read_parquet
+from include.model_files import ModelIntegrityError, read_model_bytes
 from include.tasks.champion import SKLEARN_SHA256_TAG, RegistryUnavailable, load_champion
-from include.tasks.ingest import read_parquet
-from include.tasks.train import ModelIntegrityError, TrainingError, feature_frame, read_model_bytes
+from include.tasks.train import TrainingError
 
 NAME = "telco_churn"
 
@@ -81,7 +82,7 @@ def test_verified_champion_loads_and_a_missing_alias_means_none(
     assert cand["version"] == int(version) and cand["threshold"] == 0.31
     assert cand["sha256"] == telco_trained["model_sha256"]
     X = feature_frame(read_parquet(telco_trained["splits"]["test"]), telco_spec)
-    from include.tasks.train import read_model
+    from include.model_files import read_model
 
     assert np.array_equal(cand["model"].predict_proba(X), read_model(telco_trained["model_uri"]).predict_proba(X))
 

@@ -10,8 +10,9 @@ import pytest
 
 from include import storage
 from include.cli import main
+from include.frames import read_parquet
 from include.spec import PipelineSpec, load_spec, post_ingest_schema
-from include.tasks.ingest import ingest_month, read_parquet
+from include.tasks.ingest import ingest_month
 from include.tasks.suite_check import check_suite_columns, type_accepts
 
 ROOT = Path(__file__).resolve().parents[2]

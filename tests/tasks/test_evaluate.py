@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from include import storage
+from include.frames import read_parquet, to_parquet_bytes
+from include.model_files import ModelIntegrityError, read_model_bytes
 from include.spec import EvaluationGate
 from include.tasks.evaluate import compute_metrics, evaluate_model, evaluation_gate
 from include.tasks.gates import GateFailed, raise_for_gate
-from include.tasks.ingest import read_parquet, to_parquet_bytes
-from include.tasks.train import ModelIntegrityError, read_model_bytes
 
 
 def test_metrics_on_a_known_case():

@@ -11,24 +11,27 @@ import pandas as pd
 import pytest
 
 from include import storage
+from include.attributions import (
+    ExplainError,
+    aggregate_importance,
+    choose_explainer,
+    explain_pipeline,
+    feature_origins,
+)
+from include.frames import feature_frame, labels, to_parquet_bytes
 from include.spec import ExplainabilityGate, PipelineSpec, load_spec
 from include.tasks.explain import (
     IMPORTANCE_FILE,
     IMPORTANCE_PLOT,
     SUMMARY_PLOT,
-    ExplainError,
     _plots,
-    aggregate_importance,
-    choose_explainer,
     explain_model,
-    explain_pipeline,
     explainability_gate,
-    feature_origins,
-    proxy_probe,
 )
 from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED, GateFailed, raise_for_gate
-from include.tasks.ingest import conform_batch, to_parquet_bytes
-from include.tasks.train import build_pipeline, feature_frame, labels, train_model
+from include.tasks.ingest import conform_batch
+from include.tasks.proxy_probe import proxy_probe
+from include.tasks.train import build_pipeline, train_model
 
 SPEC_FILE = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "telco_churn.yaml"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from include.model_files import read_model
 from include.spec import Business, BusinessGate, RobustnessGate
 from include.tasks.blessing import make_blessing, raise_unless_blessed, required_gates
 from include.tasks.business import business_gate, choose_threshold, value_per_1000
@@ -12,7 +13,6 @@ from include.tasks.champion import compare_with_champion
 from include.tasks.gates import GateFailed, check, raise_for_gate
 from include.tasks.model_card import write_model_card
 from include.tasks.robustness import check_robustness, perturbed, robustness_gate
-from include.tasks.train import read_model
 
 CHURN = Business(value_of_true_positive=500, cost_of_action=50, offer_acceptance_rate=0.3)
 
@@ -91,8 +91,7 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
         def predict_proba(self, X):
             return np.column_stack([1 - self.y, self.y]).astype(float)
 
-    from include.tasks.ingest import read_parquet
-    from include.tasks.train import labels
+    from include.frames import labels, read_parquet
 
     y = labels(read_parquet(trained["splits"]["test"]), telco_spec)
     worse = compare_with_champion(

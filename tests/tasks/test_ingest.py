@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from include import storage
+from include.frames import read_parquet
 from include.tasks.ingest import (
     BatchError,
     _read,
@@ -15,7 +16,6 @@ from include.tasks.ingest import (
     ingest_batches,
     ingest_month,
     lake_batch_uri,
-    read_parquet,
 )
 
 KEY = b"unit-test-key"
@@ -198,10 +198,10 @@ def test_recurring_entities_still_unique_within_a_batch_and_not_delivered_twice(
 
 def _count_batch_reads(monkeypatch):
     """Count reads of lake batch objects (not of the landing zone or the id index)."""
-    from include.tasks import ingest
+    from include import frames
 
     reads: list[str] = []
-    real_read_bytes, real_read_parquet = storage.read_bytes, ingest.read_parquet
+    real_read_bytes, real_read_parquet = storage.read_bytes, frames.read_parquet
 
     def read_bytes(uri):
         if uri.endswith("/batch.parquet"):
@@ -213,7 +213,7 @@ def _count_batch_reads(monkeypatch):
         return real_read_parquet(uri)
 
     monkeypatch.setattr(storage, "read_bytes", read_bytes)
-    monkeypatch.setattr(ingest, "read_parquet", read_parquet_counted)
+    monkeypatch.setattr(frames, "read_parquet", read_parquet_counted)
     return reads
 
 

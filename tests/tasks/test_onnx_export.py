@@ -9,31 +9,28 @@ import pytest
 from pydantic import ValidationError
 
 from include import storage
+from include.frames import feature_frame, labels, read_parquet
+from include.model_files import (
+    onnx_inputs,
+    onnx_session,
+    pin,
+    predict_proba_onnx,
+    read_model,
+    save_model,
+    sha256_hex,
+)
 from include.spec import OnnxGate, load_spec
 from include.tasks.gates import FAILED, PASSED, GateFailed, raise_for_gate
-from include.tasks.ingest import read_parquet
 from include.tasks.onnx_export import (
     ConversionError,
     _parity,
-    _session,
     convert,
     export_and_check,
     latency,
     onnx_gate,
-    onnx_inputs,
-    predict_proba_onnx,
     quantise_if_useful,
 )
-from include.tasks.train import (
-    build_pipeline,
-    feature_frame,
-    labels,
-    pin,
-    read_model,
-    save_model,
-    sha256_hex,
-    train_model,
-)
+from include.tasks.train import build_pipeline, train_model
 from tests.conftest import PROJECT_ROOT, make_snapshot
 
 # Fewer timed calls than production: latency is only recorded here, never asserted.
@@ -85,7 +82,7 @@ def test_parity_on_the_full_test_split(exported, kind):
     model = read_model(ex["trained"]["model_uri"])
     X = feature_frame(read_parquet(ex["trained"]["splits"]["test"]), spec)
     with open(res["onnx_path"], "rb") as fh:
-        p_onnx = predict_proba_onnx(_session(fh.read()), spec, X)
+        p_onnx = predict_proba_onnx(onnx_session(fh.read()), spec, X)
     p_skl = model.predict_proba(X)[:, 1]
     assert np.max(np.abs(p_onnx - p_skl)) == pytest.approx(res["max_abs_diff"], abs=1e-12)
     assert np.mean((p_onnx >= THRESHOLD) == (p_skl >= THRESHOLD)) >= 0.999

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from include.model_files import read_model, read_model_bytes
 from include.tasks.blessing import make_blessing, required_gates
 from include.tasks.gates import GateFailed, check
 from include.tasks.register import register_candidate
-from include.tasks.train import read_model, read_model_bytes
 
 
 @pytest.fixture

@@ -12,23 +12,19 @@ import pandas as pd
 import pytest
 
 from include import storage
-from include.spec import ESTIMATORS
-from include.tasks.ingest import conform_batch, read_parquet, to_parquet_bytes
-from include.tasks.train import (
+from include.frames import feature_frame, labels, read_parquet, to_parquet_bytes
+from include.model_files import (
     TRUSTED_SKOPS_TYPES,
+    ModelFileError,
     ModelIntegrityError,
-    TrainingError,
-    build_pipeline,
-    feature_frame,
-    labels,
     load_model,
-    needs_sample_weight,
     read_model,
     read_model_bytes,
     save_model,
-    split_frame,
-    train_model,
 )
+from include.spec import ESTIMATORS
+from include.tasks.ingest import conform_batch
+from include.tasks.train import TrainingError, build_pipeline, needs_sample_weight, split_frame, train_model
 from tests.conftest import make_snapshot
 
 
@@ -212,7 +208,7 @@ def test_model_with_foreign_types_is_refused():
     import skops.io as sio
 
     data = sio.dumps({"payload": Foreign()})
-    with pytest.raises(TrainingError, match=r"not on Slipway's allowlist.*test_train.Foreign"):
+    with pytest.raises(ModelFileError, match=r"not on Slipway's allowlist.*test_train.Foreign"):
         load_model(data)
 
 
@@ -257,13 +253,13 @@ def test_a_model_file_cannot_run_code(tmp_path, telco_spec, wa_churn, module, na
     marker = tmp_path / "pwned"
     payload = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
     crafted = _with_reduce(save_model(pipe), module, name, payload)
-    with pytest.raises(TrainingError, match=rf"builtins\.{name}") as err:
+    with pytest.raises(ModelFileError, match=rf"builtins\.{name}") as err:
         load_model(crafted)
     assert "not on Slipway's allowlist" in str(err.value)
     assert not marker.exists()
     # Stored and pinned like a real model, the read path refuses it the same way.
     uri = storage.write_bytes(storage.path_to_uri(tmp_path / "model.skops"), crafted)
-    with pytest.raises(TrainingError, match=rf"builtins\.{name}"):
+    with pytest.raises(ModelFileError, match=rf"builtins\.{name}"):
         read_model(f"{uri}#sha256={hashlib.sha256(crafted).hexdigest()}")
     assert not marker.exists()
 
@@ -276,7 +272,8 @@ _FIT_AND_DUMP = r"""
 import hashlib, sys
 import numpy as np
 from include.spec import load_spec
-from include.tasks.train import build_pipeline, save_model, load_model
+from include.tasks.train import build_pipeline
+from include.model_files import save_model, load_model
 spec = load_spec(sys.argv[1])
 for kind in ("logistic_regression", "random_forest"):
     s = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"kind": kind, "params": {}})})
@@ -317,7 +314,8 @@ import sys, warnings
 import airflow.sdk, airflow.models, airflow.utils.timezone  # what a task process has loaded
 import numpy as np, pandas as pd
 from include.spec import load_spec
-from include.tasks.train import build_pipeline, save_model
+from include.tasks.train import build_pipeline
+from include.model_files import save_model
 spec = load_spec(sys.argv[1])
 rng = np.random.RandomState(0)
 X = pd.DataFrame({c: rng.rand(60) for c in spec.features.numeric + spec.features.binary})

@@ -238,7 +238,8 @@ def test_version_snapshot_with_s3_lake_and_s3_remote(s3_env: str, tmp_path: Path
 
 def test_build_snapshot_of_a_column_typed_differently_by_month(tmp_path: Path, telco_spec, wa_churn) -> None:
     """A sensitive attribute written as int64 one month and as text (a blank) the next still snapshots."""
-    from include.tasks.ingest import conform_batch, to_parquet_bytes
+    from include.frames import to_parquet_bytes
+    from include.tasks.ingest import conform_batch
 
     raw = wa_churn.iloc[:20].astype(str).replace({"nan": None})
     later = raw.copy()
