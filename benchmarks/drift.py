@@ -3,7 +3,7 @@
 ``python -m benchmarks.drift`` builds, in a temp folder:
 
 * the **reference**: the demo table (7,043 customers) as ingest writes it; its training split is
-  binned once (:func:`include.tasks.drift.build_profile`), as the monitor does per model version;
+  binned once (:func:`include.tasks.monitor.drift.build_profile`), as the monitor does per model version;
 * the **interval**: ``--rows`` (1,000,000) request rows drawn from the same table, half of them
   with a 30% price rise and every third contract moved to month-to-month, written to a prediction
   log (SQLite by default; ``--db-url postgresql://...`` for PostgreSQL) as the service writes them
@@ -37,7 +37,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from include.tasks.infra_validation import to_request_rows
+from include.tasks.rollout.infra_validation import to_request_rows
 
 PIPELINE = "telco_churn"
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -55,7 +55,7 @@ def _snapshot(base: Path):
     import pandas as pd
 
     from include.demo.data import load_wa_churn
-    from include.tasks.ingest import conform_batch
+    from include.tasks.train.ingest import conform_batch
 
     raw = load_wa_churn().astype(str).replace({"nan": None})
     frame = conform_batch(raw, _spec(), "mem://", "2025-01", b"bench-key")
@@ -72,7 +72,7 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
 
     from include.database import database
     from include.prediction_log.writer import PredictionLog
-    from include.tasks.drift import build_profile
+    from include.tasks.monitor.drift import build_profile
 
     spec = _spec()
     snapshot, _ = _snapshot(base)
@@ -137,7 +137,7 @@ def _peak_gib() -> float:
 def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample: int) -> dict:
     """One measured path, in this process; returns its numbers (printed as one JSON line)."""
     from include.prediction_log.reads import served_inputs
-    from include.tasks.drift import Profile, count_window, drift_checks
+    from include.tasks.monitor.drift import Profile, count_window, drift_checks
 
     spec = _spec()
     until = (START + timedelta(hours=1)).isoformat(timespec="microseconds")
@@ -158,7 +158,7 @@ def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample
     import pandas as pd
 
     from include.spec import SPLIT_COLUMN
-    from include.tasks.drift import evidently_report, feature_kinds
+    from include.tasks.monitor.drift import evidently_report, feature_kinds
 
     kinds = feature_kinds(spec)
     inputs = []

@@ -35,8 +35,8 @@ def _train_demo(spec: PipelineSpec, workdir: str) -> tuple[str, str, int]:
     from include import storage
     from include.demo.data import load_wa_churn
     from include.frames import to_parquet_bytes
-    from include.tasks.ingest import conform_batch
-    from include.tasks.train import train_model
+    from include.tasks.train.fit import train_model
+    from include.tasks.train.ingest import conform_batch
 
     raw = load_wa_churn().astype(str).replace({"nan": None})
     df = conform_batch(raw, spec, "demo://wa_churn", "2025-01", PII_KEY)
@@ -78,7 +78,7 @@ def run(args) -> str:
 
     from include.frames import feature_frame, read_parquet
     from include.model_files import onnx_inputs, onnx_session, predict_proba_onnx, read_model
-    from include.tasks.onnx_export import _parity, _single_rows, convert, latency, optimise
+    from include.tasks.train.onnx_export import _parity, _single_rows, convert, latency, optimise
 
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

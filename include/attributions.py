@@ -277,7 +277,7 @@ def explain_pipeline(pipeline, background, sample, seed: int = 0) -> dict:
     if "preprocess" not in steps or "model" not in steps:
         raise ExplainError(
             f"expected a Pipeline with steps 'preprocess' and 'model', got {_name(pipeline)} with steps "
-            f"{list(steps)}: train it with include.tasks.train.build_pipeline"
+            f"{list(steps)}: train it with include.tasks.train.fit.build_pipeline"
         )
     pre, est = steps["preprocess"], steps["model"]
     pos = _positive_index(est)

@@ -7,10 +7,9 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
 
 from include.deploy.dag_run import migrate_airflow_db, run_dag, use_airflow_env
-from include.lineage import mlflow_client
+from include.tracking import mlflow_client
 
 
 def _say(msg: str) -> None:
@@ -148,7 +147,7 @@ def lineage_record(ref: str) -> dict:
 
 def _rollout_record(tags: dict) -> dict:
     """The version's rollout: each phase's evidence, the approval, and its history of events."""
-    from include.tasks.promotion import EVENT_PREFIX
+    from include.registry import EVENT_PREFIX
 
     events = sorted((k, v) for k, v in tags.items() if k.startswith(EVENT_PREFIX))
     return {
@@ -500,7 +499,7 @@ def cmd_lineage(args) -> None:
 
 
 def cmd_history(args) -> None:
-    from include.tasks.promotion import aliases, champion_timeline, history
+    from include.registry import aliases, champion_timeline, history
 
     client = mlflow_client()
     events = history(client, args.pipeline)
@@ -558,7 +557,7 @@ def _suite_for_spec_file(spec_file, suite_file: str):
 def cmd_check_spec(args) -> None:
     """Validate each spec file, and cross-check its expectation suite against the columns ingest writes."""
     from include.spec import SpecError, load_spec
-    from include.tasks.suite_check import check_suite_columns
+    from include.tasks.train.suite_check import check_suite_columns
 
     failed = False
     for path in args.paths:
@@ -583,63 +582,11 @@ def cmd_check_spec(args) -> None:
         raise SystemExit(1)
 
 
-def sweep_lineage(days: int = 14) -> list[str]:
-    """Close the lineage of finished DAG runs that MLflow missed (e.g. it was down when they ended).
-
-    Reads Airflow's metadata database for the Slipway DAG runs that ended in the last ``days`` days
-    and, where the MLflow parent run is still open or a task run under it is, closes them to match
-    Airflow's states. Returns ``dag_id/run_id`` of each DAG run it closed.
-    """
-    from datetime import timedelta
+def cmd_sweep(args) -> None:
+    from include.lineage import sweep_ended_runs
 
     use_airflow_env()
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance as TI
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    from include.lineage import TAG, close_parent, find_parent
-
-    client = mlflow_client()
-    since = datetime.now(UTC) - timedelta(days=days)
-    with create_session() as session:
-        ended = session.execute(
-            select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
-                DagRun.state.in_(["success", "failed"]), DagRun.end_date >= since
-            )
-        ).all()
-    closed = []
-    for dag_id, run_id, state in ended:
-        pipeline = dag_id.split("__", 1)[0] if "__" in dag_id else None
-        parent = find_parent(pipeline, dag_id, run_id) if pipeline else None
-        if parent is None:
-            continue
-        open_tasks = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
-            f"and tags.`{TAG}level` = 'task' and attributes.status = 'RUNNING'",
-            max_results=1,
-        ) + client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
-            f"and tags.`{TAG}level` = 'task' and attributes.status = 'SCHEDULED'",
-            max_results=1,
-        )
-        if parent.info.status == "RUNNING" or open_tasks:
-            with create_session() as session:
-                rows = session.execute(
-                    select(TI.task_id, TI.state, TI.try_number).where(
-                        TI.dag_id == dag_id, TI.run_id == run_id
-                    )
-                ).all()
-            states = {t: (str(getattr(st, "value", st) or "none"), int(n or 0)) for t, st, n in rows}
-            close_parent(pipeline, dag_id, run_id, str(getattr(state, "value", state)), states)
-            closed.append(f"{dag_id}/{run_id}")
-    return closed
-
-
-def cmd_sweep(args) -> None:
-    closed = sweep_lineage(args.days)
+    closed = sweep_ended_runs(args.days)
     for name in closed:
         _say(f"closed the lineage of {name}")
     _say(f"swept DAG runs that ended in the last {args.days} days: {len(closed)} needed closing")

@@ -30,28 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from include.settings import PROJECT_ROOT, get_settings
+from include.tracking import configure_mlflow, experiment_id, mlflow_client
 
 log = logging.getLogger(__name__)
 
 TAG = "slipway."
 DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
-
-
-def configure_mlflow():
-    """Point MLflow at the configured tracking store; return the module."""
-    import os
-
-    # Progress bars are noise in task logs (they land there as stderr "errors").
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)
-    return mlflow
-
-
-def mlflow_client():
-    """A client of the configured tracking store and model registry."""
-    return configure_mlflow().MlflowClient()
 
 
 # Where a change changes what runs: a new, uncommitted spec or suite makes the code version dirty.
@@ -94,28 +78,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-
-
-def experiment_id(pipeline: str) -> str:
-    """The MLflow experiment of a pipeline (created with the configured artifact location)."""
-    mlflow = configure_mlflow()
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(pipeline)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_root = get_settings().mlflow_artifact_uri
-    # A tracking server chooses its own artifact store; a direct database store needs to be told.
-    tracking = get_settings().mlflow_tracking_uri
-    location = (
-        None if tracking.startswith(("http://", "https://", "databricks")) else f"{artifact_root}/{pipeline}"
-    )
-    try:
-        return client.create_experiment(pipeline, artifact_location=location)
-    except Exception:  # created concurrently by another task: read it back
-        exp = client.get_experiment_by_name(pipeline)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def _search_one(client, exp_id: str, filters: dict[str, str]):
@@ -523,3 +485,56 @@ def tracked(pipeline: str):
         return inner
 
     return wrap
+
+
+def sweep_ended_runs(days: int = 14) -> list[str]:
+    """Close the lineage of finished DAG runs that MLflow missed (e.g. it was down when they ended).
+
+    Reads Airflow's metadata database for the Slipway DAG runs that ended in the last ``days`` days
+    and, where the MLflow parent run is still open or a task run under it is, closes them to match
+    Airflow's states. Returns ``dag_id/run_id`` of each DAG run it closed. Needs Airflow's
+    configuration in the environment (``slipway sweep-lineage`` sets it).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    client = mlflow_client()
+    since = datetime.now(UTC) - timedelta(days=days)
+    with create_session() as session:
+        ended = session.execute(
+            select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
+                DagRun.state.in_(["success", "failed"]), DagRun.end_date >= since
+            )
+        ).all()
+    closed = []
+    for dag_id, run_id, state in ended:
+        pipeline = dag_id.split("__", 1)[0] if "__" in dag_id else None
+        parent = find_parent(pipeline, dag_id, run_id) if pipeline else None
+        if parent is None:
+            continue
+        open_tasks = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
+            f"and tags.`{TAG}level` = 'task' and attributes.status = 'RUNNING'",
+            max_results=1,
+        ) + client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG}run_id` = '{run_id}' and tags.`{TAG}dag_id` = '{dag_id}' "
+            f"and tags.`{TAG}level` = 'task' and attributes.status = 'SCHEDULED'",
+            max_results=1,
+        )
+        if parent.info.status == "RUNNING" or open_tasks:
+            with create_session() as session:
+                rows = session.execute(
+                    select(TI.task_id, TI.state, TI.try_number).where(
+                        TI.dag_id == dag_id, TI.run_id == run_id
+                    )
+                ).all()
+            states = {t: (str(getattr(st, "value", st) or "none"), int(n or 0)) for t, st, n in rows}
+            close_parent(pipeline, dag_id, run_id, str(getattr(state, "value", state)), states)
+            closed.append(f"{dag_id}/{run_id}")
+    return closed

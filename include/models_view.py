@@ -25,7 +25,7 @@ def models_record(
     from mlflow.exceptions import MlflowException
 
     from include.prediction_log.monitor_checks import latest
-    from include.tasks.promotion import history, traffic
+    from include.registry import history, traffic
 
     out: dict = {"pipelines": [], "error": None}
     for name in pipelines:

@@ -93,9 +93,9 @@ def _pipeline_names() -> list[str]:
 def _record() -> tuple[dict, str | None]:
     import os
 
-    from include.lineage import mlflow_client
     from include.models_view import models_record
     from include.settings import get_settings
+    from include.tracking import mlflow_client
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a down registry: seconds, not minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -128,7 +128,7 @@ def card(pipeline: str, version: int) -> Response:
     import tempfile
     from pathlib import Path
 
-    from include.lineage import mlflow_client
+    from include.tracking import mlflow_client
 
     if pipeline not in _pipeline_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {pipeline!r}")

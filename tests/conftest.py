@@ -195,7 +195,7 @@ def make_snapshot(frame, spec, path: Path) -> str:
     """A training snapshot (as ingest would write it) of ``frame`` at ``path``; returns its URI."""
     from include import storage
     from include.frames import to_parquet_bytes
-    from include.tasks.ingest import conform_batch
+    from include.tasks.train.ingest import conform_batch
 
     raw = frame.astype(str).replace({"nan": None})
     df = conform_batch(raw, spec, "mem://", "2025-01", b"k")
@@ -206,7 +206,7 @@ def make_snapshot(frame, spec, path: Path) -> str:
 def telco_trained(tmp_path, telco_spec, wa_churn):
     """The telco logistic regression trained on the first 1,500 customers (model, splits under tmp_path)."""
     from include import storage
-    from include.tasks.train import train_model
+    from include.tasks.train.fit import train_model
 
     snap = make_snapshot(wa_churn.iloc[:1500], telco_spec, tmp_path / "snap.parquet")
     return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))

@@ -42,14 +42,15 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     """The product's errors that a retry cannot fix (imported lazily: some pull in pandas)."""
     from include.attributions import ExplainError
     from include.model_files import ModelFileError
+    from include.registry import PromotionConflict
     from include.spec import SpecError
-    from include.tasks.fairness import FairnessInputError
-    from include.tasks.feedback import FeedbackError
     from include.tasks.gates import GateFailed
-    from include.tasks.ingest import BatchError
-    from include.tasks.promotion import PromotionConflict, ServedVersionMismatch
-    from include.tasks.train import TrainingError
-    from include.tasks.validate import DataValidationError
+    from include.tasks.rollout.promotion import ServedVersionMismatch
+    from include.tasks.train.fairness import FairnessInputError
+    from include.tasks.train.feedback import FeedbackError
+    from include.tasks.train.fit import TrainingError
+    from include.tasks.train.ingest import BatchError
+    from include.tasks.train.validate import DataValidationError
 
     return (
         SpecError,

@@ -2,8 +2,8 @@
 
 ``check_drift`` and ``check_performance`` (side by side) → ``judge_interval`` (records the interval
 in ``slipway_monitor``, decides with the cool-down) → ``send_alert`` and ``trigger_retraining``
-(each skipped when there is nothing to send). The logic lives in :mod:`include.tasks.drift` and
-:mod:`include.tasks.monitor`; these bodies read the context, call it, and record what it found in
+(each skipped when there is nothing to send). The logic lives in :mod:`include.tasks.monitor.drift` and
+:mod:`include.tasks.monitor.performance`; these bodies read the context, call it, and record what it found in
 the task's MLflow run.
 """
 
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from include.blocks.adapter import Step, block
-from include.lineage import mlflow_client
+from include.tracking import mlflow_client
 from include.uri import join
 
 log = logging.getLogger("slipway")
@@ -55,7 +55,7 @@ def reference(step: Step, client, version: int):
     bins the hourly check counts against) and ``sample.parquet`` (a bounded sample of its training
     rows, what Evidently's report compares the interval with). Returns ``(profile, folder uri)``."""
     from include import storage
-    from include.tasks.drift import Profile
+    from include.tasks.monitor.drift import Profile
 
     folder = join(step.settings.lake_uri, step.pipeline, "monitoring", "reference", f"version={version}")
     profile_uri, sample_uri = join(folder, "profile.json"), join(folder, "sample.parquet")
@@ -70,9 +70,9 @@ def _build_reference(step: Step, client, version: int, profile_uri: str, sample_
     from include import storage
     from include.frames import feature_frame
     from include.model_files import predict_proba_onnx
-    from include.serving.models import load_version
+    from include.registry import load_version
     from include.spec import SPLIT_COLUMN
-    from include.tasks.drift import build_profile, feature_kinds, read_snapshot
+    from include.tasks.monitor.drift import build_profile, feature_kinds, read_snapshot
 
     snapshot_uri = client.get_model_version(step.pipeline, str(version)).tags["slipway.snapshot_uri"]
     snapshot = read_snapshot(snapshot_uri)
@@ -93,7 +93,7 @@ def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
     """Evidently's drift report on the sample of the interval against the reference's stored sample."""
     import pandas as pd
 
-    from include.tasks.drift import evidently_report, feature_kinds, read_snapshot
+    from include.tasks.monitor.drift import evidently_report, feature_kinds, read_snapshot
 
     kinds = feature_kinds(step.spec)
     ref = read_snapshot(join(reference_uri, "sample.parquet"))[list(kinds)]
@@ -119,8 +119,8 @@ def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
 def check_drift(step: Step) -> dict:
     """Per-feature and prediction drift of the interval's served rows against the champion's reference."""
     from include.prediction_log.reads import served_inputs
-    from include.tasks.drift import count_window, drift_checks
-    from include.tasks.promotion import aliases
+    from include.registry import aliases
+    from include.tasks.monitor.drift import count_window, drift_checks
 
     name, cfg = step.pipeline, step.spec.monitoring.drift
     since, until = _interval(step)
@@ -174,8 +174,8 @@ def check_performance(step: Step) -> dict:
     from datetime import datetime, timedelta
 
     from include.prediction_log.rows import iso_utc
-    from include.tasks.monitor import performance_checks, read_labelled
-    from include.tasks.promotion import aliases
+    from include.registry import aliases
+    from include.tasks.monitor.performance import performance_checks, read_labelled
 
     name, cfg = step.pipeline, step.spec.monitoring.performance
     _, end = _interval(step)
@@ -217,7 +217,7 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
 
     from include.prediction_log.monitor_checks import Check, earlier, record
     from include.settings import get_settings
-    from include.tasks.monitor import decide, evidence, newest_landed_month
+    from include.tasks.monitor.decision import decide, evidence, newest_landed_month
 
     name, cfg = step.pipeline, step.spec.monitoring
     since, until = drift["since"], drift["until"]

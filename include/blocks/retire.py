@@ -11,11 +11,11 @@ log = logging.getLogger("slipway")
 
 @block
 def retire_versions(step: Step) -> dict:
-    """Judge every version against ``retirement`` (see :mod:`include.tasks.retire`); archive those due."""
-    from include.lineage import mlflow_client
+    """Judge every version against ``retirement`` (see :mod:`include.tasks.retire.policy`); archive those due."""
     from include.prediction_log.reads import last_served
-    from include.tasks.promotion import PromotionConflict, aliases
-    from include.tasks.retire import archive, champion_checks, judge
+    from include.registry import PromotionConflict, aliases
+    from include.tasks.retire.policy import archive, champion_checks, judge
+    from include.tracking import mlflow_client
 
     name, policy = step.pipeline, step.spec.retirement
     client = mlflow_client()

@@ -4,9 +4,9 @@
 → ``approve_promotion`` (Airflow HITL) → ``promote_candidate`` → ``conclude_rollout``.
 
 Shadow and canary are :class:`TrafficPhase` operators: each interval they read the prediction
-log, judge the window with :mod:`include.tasks.guardrails` and either finish, roll back, or defer
+log, judge the window with :mod:`include.tasks.rollout.guardrails` and either finish, roll back, or defer
 until the next interval (the wait holds no worker slot). Any breach rolls the challenger back at
-once (:func:`include.tasks.promotion.end_challenger`) and the version served afterwards is
+once (:func:`include.registry.end_challenger`) and the version served afterwards is
 checked. ``conclude_rollout`` runs whatever happened upstream: a candidate that was not promoted
 (a breach, a rejection, a timeout, a crash) is rolled back there, and the run fails with the reason
 unless a person rejected it.
@@ -23,7 +23,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 
 from include.blocks.adapter import Step, block, expected_failures
-from include.lineage import mlflow_client, track
+from include.lineage import track
+from include.tracking import mlflow_client
 
 log = logging.getLogger("slipway")
 
@@ -46,8 +47,8 @@ def _gate_tags(client, name: str, version: int, gate: str, results: list[dict], 
 def select_candidate(step: Step) -> dict:
     """The version to roll out (the asset event's, the trigger form's, else ``candidate``), blessed."""
     from include import assets
+    from include.registry import aliases, record_event
     from include.tasks.gates import GateFailed
-    from include.tasks.promotion import aliases, record_event
 
     name = step.pipeline
     client = mlflow_client()
@@ -100,7 +101,7 @@ def select_candidate(step: Step) -> dict:
 def validate_infra(step: Step, selected: dict) -> dict:
     """The candidate in a sandboxed service: valid and malformed requests, p99 against the budget."""
     from include.tasks.gates import GateFailed, failure_message, failures
-    from include.tasks.infra_validation import GATE, validate
+    from include.tasks.rollout.infra_validation import GATE, validate
 
     out = validate(step.spec, selected["version"], selected["snapshot_uri"])
     step.mlflow.log_dict({"results": out["results"], "evidence": out["evidence"]}, "infra_validation.json")
@@ -141,7 +142,7 @@ DEFER_FROM_SECONDS = 60.0
 
 
 class TrafficPhase(BaseOperator):
-    """Shadow or canary (:class:`include.tasks.phases.Phase`): set the traffic, then judge the
+    """Shadow or canary (:class:`include.tasks.rollout.phases.Phase`): set the traffic, then judge the
     prediction log every ``check_interval_seconds`` until the window is complete (pass) or a
     guardrail breaks (rollback, fail). Between checks the task is deferred (its worker slot free)
     when the wait is ``DEFER_FROM_SECONDS`` or more, and sleeps in the worker otherwise."""
@@ -170,7 +171,7 @@ class TrafficPhase(BaseOperator):
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         from include.spec import load_pipeline
-        from include.tasks.phases import Phase
+        from include.tasks.rollout.phases import Phase
 
         selected = context["ti"].xcom_pull(task_ids="select_candidate")
         runner = Phase(self.pipeline, self.phase, load_pipeline(self.pipeline), selected, _run_ref(context))
@@ -251,8 +252,9 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
 def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
     """``champion`` -> the candidate (old champion -> ``previous``), with who approved it and when."""
     from include import assets
+    from include.registry import promote
     from include.settings import get_settings
-    from include.tasks.promotion import promote, verify_served
+    from include.tasks.rollout.promotion import verify_served
 
     name, version = step.pipeline, selected["version"]
     by = decision.get("responded_by_user") or {}
@@ -287,7 +289,7 @@ def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
 def conclude_rollout(step: Step) -> dict:
     """Roll back whatever was not promoted, record why, and fail the run unless a person rejected it."""
     from include.tasks.gates import GateFailed
-    from include.tasks.promotion import approval_outcome, rollback_challenger
+    from include.tasks.rollout.promotion import approval_outcome, rollback_challenger
 
     context, pipeline = step.context, step.pipeline
     ti = context["ti"]
@@ -328,8 +330,9 @@ def conclude_rollout(step: Step) -> dict:
 def restore_previous_champion(step: Step) -> dict:
     """One-click rollback: ``champion`` -> ``previous``; the served version is checked."""
     from include import assets
+    from include.registry import restore_previous
     from include.settings import get_settings
-    from include.tasks.promotion import restore_previous, verify_served
+    from include.tasks.rollout.promotion import verify_served
 
     conf = step.context.get("params") or {}
     reason = conf.get("reason") or "manual rollback"

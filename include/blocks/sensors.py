@@ -73,7 +73,7 @@ class BatchSensor(BaseSensorOperator):
 
     def _uri(self, context) -> str:
         from include.settings import get_settings
-        from include.tasks.ingest import landing_batch_uri
+        from include.tasks.train.ingest import landing_batch_uri
 
         return landing_batch_uri(get_settings().landing_uri, self._spec(), interval_month(context))
 

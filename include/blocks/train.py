@@ -29,7 +29,7 @@ def wait_for_batch(pipeline: str, **kwargs) -> BatchSensor:
 def ingest_batch(step: Step, landed: dict | None = None) -> dict:
     """Check the batch against the spec, hash PII, write Parquet to the lake (earlier landed months too)."""
     from include.settings import pii_key
-    from include.tasks.ingest import ingest_batches
+    from include.tasks.train.ingest import ingest_batches
 
     s = step.settings
     out = ingest_batches(step.spec, interval_month(step.context), s.landing_uri, s.lake_uri, pii_key(s))
@@ -62,7 +62,7 @@ def feedback_cutoff(context) -> str:
 @block
 def curate_feedback(step: Step, ingested: dict) -> dict:
     """Labelled predictions from the service's log, curated by the documented rule into a feedback batch."""
-    from include.tasks.feedback import curate_feedback as curate
+    from include.tasks.train.feedback import curate_feedback as curate
 
     cutoff = feedback_cutoff(step.context)
     out = curate(step.spec, None, step.settings.lake_uri, ingested["batch_uris"], cutoff)
@@ -99,9 +99,9 @@ def curate_feedback(step: Step, ingested: dict) -> dict:
 @block
 def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -> dict:
     """Snapshot = every batch up to the interval plus the feedback batch, added to DVC and pushed; its md5 is the data version."""
-    from include.tasks.feedback import cutoff_token
-    from include.tasks.version import build_snapshot
-    from include.tasks.version import version_snapshot as dvc_version
+    from include.tasks.train.data_version import build_snapshot
+    from include.tasks.train.data_version import version_snapshot as dvc_version
+    from include.tasks.train.feedback import cutoff_token
     from include.uri import join
 
     s, month = step.settings, ingested["month"]
@@ -142,8 +142,8 @@ def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -
 @block
 def validate_snapshot(step: Step, versioned: dict) -> dict:
     """Great Expectations suite on the snapshot; result JSON and Data Docs to MLflow; a failed suite stops here."""
-    from include.tasks.validate import raise_for_failures
-    from include.tasks.validate import validate_snapshot as run_suite
+    from include.tasks.train.validate import raise_for_failures
+    from include.tasks.train.validate import validate_snapshot as run_suite
 
     mlflow = step.mlflow
     suite = step.settings.expectations_dir / step.spec.suite_file
@@ -175,8 +175,8 @@ def train_model(step: Step, versioned: dict, validated: dict | None = None) -> d
     import hashlib
 
     from include import storage
-    from include.tasks.train import TrainingError
-    from include.tasks.train import train_model as fit
+    from include.tasks.train.fit import TrainingError
+    from include.tasks.train.fit import train_model as fit
 
     spec = step.spec
     # Runs of the same month share the snapshot key: train on exactly the data version on record.
@@ -244,8 +244,8 @@ def _disabled(gate: str) -> dict:
 def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
     """Decision threshold for expected value on validation data; held-out metrics against the spec's floors."""
     from include.tasks.blessing import validation_result
-    from include.tasks.evaluate import evaluate_model as score
-    from include.tasks.evaluate import evaluation_gate
+    from include.tasks.train.evaluate import evaluate_model as score
+    from include.tasks.train.evaluate import evaluation_gate
 
     spec, mlflow = step.spec, step.mlflow
     out = score(spec, trained["model_uri"], trained["splits"]["test"], trained["splits"]["validation"])
@@ -281,7 +281,7 @@ def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
 def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
     """Candidate vs the champion on the candidate's test split: maximum regressions and the business value."""
     from include.tasks.business import business_gate
-    from include.tasks.champion import compare_with_champion, load_champion
+    from include.tasks.train.champion import compare_with_champion, load_champion
 
     spec, gates = step.spec, step.spec.gates
     if not (gates.champion.enabled or gates.business.enabled):
@@ -316,8 +316,8 @@ def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
 @block
 def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
     """fairlearn metrics over each sensitive attribute at the decision threshold; per-group rates and plots."""
-    from include.tasks.fairness import assess_fairness
     from include.tasks.gates import with_evidence
+    from include.tasks.train.fairness import assess_fairness
 
     spec = step.spec
     if not spec.gates.fairness.enabled:
@@ -341,8 +341,8 @@ def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
 @block
 def explain_model(step: Step, trained: dict, evaluated: dict) -> dict:
     """SHAP explanations (global and local), forbidden features and the sensitive-attribute proxy probe."""
-    from include.tasks.explain import explain_model as explain
-    from include.tasks.explain import explainability_gate
+    from include.tasks.train.explain import explain_model as explain
+    from include.tasks.train.explain import explainability_gate
 
     spec = step.spec
     if not spec.gates.explainability.enabled:
@@ -370,8 +370,8 @@ def explain_model(step: Step, trained: dict, evaluated: dict) -> dict:
 @block
 def check_robustness(step: Step, trained: dict, evaluated: dict) -> dict:
     """Decision flip rate under the spec's realistic perturbations, per feature and overall."""
-    from include.tasks.robustness import check_robustness as flips
-    from include.tasks.robustness import robustness_gate
+    from include.tasks.train.robustness import check_robustness as flips
+    from include.tasks.train.robustness import robustness_gate
 
     spec = step.spec
     if not spec.gates.robustness.enabled:
@@ -386,7 +386,7 @@ def check_robustness(step: Step, trained: dict, evaluated: dict) -> dict:
 @block
 def optimise_onnx(step: Step, trained: dict, evaluated: dict) -> dict:
     """Whole pipeline to ONNX, onnxruntime graph optimisations; parity at the decision threshold; p99 latency."""
-    from include.tasks.onnx_export import export_and_check, onnx_gate
+    from include.tasks.train.onnx_export import export_and_check, onnx_gate
 
     spec = step.spec
     with tempfile.TemporaryDirectory(prefix="slipway-onnx-") as tmp:
@@ -488,7 +488,7 @@ def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict
     """Model card (Markdown + HTML): intended use and limits from the spec, everything else from the records."""
     from include import storage
     from include.lineage import code_version
-    from include.tasks.model_card import write_model_card as write
+    from include.tasks.train.model_card import write_model_card as write
 
     spec, rec = step.spec, blessed["records"]
     card = {
@@ -533,7 +533,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     from include import assets, storage
     from include.lineage import code_version
     from include.model_files import read_model_bytes, verify_sha256
-    from include.tasks.register import register_candidate
+    from include.tasks.train.register import register_candidate
 
     ti = step.context["ti"]
     dag_run = step.context["dag_run"]

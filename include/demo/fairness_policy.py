@@ -19,11 +19,11 @@ def evaluate_policy(spec, months: list[str], workdir: Path) -> list[dict]:
     """One row per month: rows trained on, the decision threshold and the fairness gate's results."""
     from include import storage
     from include.demo.data import seed_landing
-    from include.tasks.evaluate import evaluate_model
-    from include.tasks.fairness import assess_fairness
-    from include.tasks.ingest import ingest_batches
-    from include.tasks.train import train_model
-    from include.tasks.version import build_snapshot
+    from include.tasks.train.data_version import build_snapshot
+    from include.tasks.train.evaluate import evaluate_model
+    from include.tasks.train.fairness import assess_fairness
+    from include.tasks.train.fit import train_model
+    from include.tasks.train.ingest import ingest_batches
 
     landing = storage.path_to_uri(workdir / "landing")
     lake = storage.path_to_uri(workdir / "lake")

@@ -266,9 +266,9 @@ def main() -> None:
     from include.demo.data import seed_landing
     from include.deploy import embedded as stack
     from include.deploy.dag_run import migrate_airflow_db, run_dag
-    from include.lineage import mlflow_client
     from include.settings import get_settings
     from include.spec import load_pipeline
+    from include.tracking import mlflow_client
 
     t0 = time.monotonic()
     s = get_settings()
@@ -460,7 +460,7 @@ def _monitor_lines() -> list[str]:
 
 
 def _retrain_lines(client) -> list[str]:
-    from include.lineage import experiment_id
+    from include.tracking import experiment_id
 
     runs = client.search_runs(
         [experiment_id(PIPELINE)],
@@ -475,7 +475,7 @@ def _retrain_lines(client) -> list[str]:
 
 
 def _summary(client, traffic: Traffic | None, t0: float) -> None:
-    from include.tasks.promotion import aliases, champion_timeline, history
+    from include.registry import aliases, champion_timeline, history
 
     print()
     print("=" * 78)

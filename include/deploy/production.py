@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from include.deploy.private import write_private
+from include.settings import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BUCKETS = ("landing", "lake", "dvc", "mlflow")
 SECRET_NAMES = (
     "AIRFLOW_ADMIN_PASSWORD",
@@ -182,8 +182,8 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": secret["AIRFLOW_FERNET_KEY"],
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{topo.url('airflow')}/execution/",
@@ -215,7 +215,7 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": secret["SLIPWAY_S3_ACCESS_KEY"],
         "AWS_SECRET_ACCESS_KEY": secret["SLIPWAY_S3_SECRET_KEY"],
         "AWS_DEFAULT_REGION": "us-east-1",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(PROJECT_ROOT),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
 
@@ -462,7 +462,7 @@ def _start(service: Service, logs: Path) -> subprocess.Popen:
     }
     return subprocess.Popen(
         service.command,
-        cwd=ROOT,
+        cwd=PROJECT_ROOT,
         env={**base, **service.env},
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -537,7 +537,7 @@ def supervise() -> None:
                 with open(topo.logs / "airflow-init.log", "ab") as out:
                     subprocess.run(
                         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-                        cwd=ROOT,
+                        cwd=PROJECT_ROOT,
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -592,7 +592,7 @@ def up(timeout: float = 600) -> None:
     log = open(topo.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the supervisor
     proc = subprocess.Popen(
         [sys.executable, "-m", "include.deploy.production", "supervise"],
-        cwd=ROOT,
+        cwd=PROJECT_ROOT,
         env=os.environ,
         stdout=log,
         stderr=subprocess.STDOUT,

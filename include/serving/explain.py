@@ -51,9 +51,9 @@ class Explainers:
 
         from include import storage
         from include.frames import read_parquet
-        from include.lineage import mlflow_client
         from include.model_files import load_model
         from include.spec import SPLIT_COLUMN
+        from include.tracking import mlflow_client
 
         client = (
             mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()

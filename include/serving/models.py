@@ -30,17 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from include.model_files import ModelRefused, OnnxModel, load_onnx
+from include.model_files import ModelRefused, OnnxModel
+from include.registry import ALIASES, TAG_MODE, TAG_VERSION, TAG_WEIGHT, TRAFFIC_MODES, load_version
 
 log = logging.getLogger(__name__)
 
-ALIASES = ("champion", "challenger")
-TRAFFIC_MODES = ("none", "shadow", "canary")
-TAG_MODE, TAG_WEIGHT, TAG_VERSION = (
-    "slipway.traffic.mode",
-    "slipway.traffic.weight",
-    "slipway.traffic.version",
-)
 RETRY_REFUSED_S = 60.0
 
 
@@ -63,22 +57,6 @@ class PipelineState:
     challenger: OnnxModel | None = None
     traffic: Traffic = field(default_factory=Traffic)
     problems: tuple[str, ...] = ()
-
-
-def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel:
-    """Download a registered version's artifacts into ``folder`` and load its ONNX graph, checked
-    against the registered digest and carrying its business threshold (the one way every reader of a
-    version's model — the service, the monitor's reference, the tests — loads it)."""
-    import mlflow
-
-    mv = client.get_model_version(pipeline, str(version))
-    tags = dict(mv.tags)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
-    try:
-        threshold = float(tags.get("slipway.decision_threshold", ""))
-    except ValueError as exc:
-        raise ModelRefused(f"version {version} has no decision threshold tag") from exc
-    return load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)
 
 
 class ModelRegistry:
@@ -111,7 +89,7 @@ class ModelRegistry:
     def _client(self):
         import mlflow
 
-        from include.lineage import mlflow_client
+        from include.tracking import mlflow_client
 
         if self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)

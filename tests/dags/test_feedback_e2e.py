@@ -76,7 +76,7 @@ def trained(tmp_path_factory):
 
 
 def test_labelled_predictions_replace_landed_rows_in_the_versioned_snapshot(trained):
-    from include.tasks.version import fetch_version
+    from include.tasks.train.data_version import fetch_version
 
     client = mlflow_client(trained["tracking"])
     by_task = {r.data.tags["slipway.task_id"]: r for r in task_runs(client, NAME, f"{NAME}__train")}

@@ -37,7 +37,7 @@ def _ctx(task_id: str, try_number: int, run_id: str = "manual__kill"):
 
 
 def _runs(run_id: str = "manual__kill", task_id: str | None = None) -> dict:
-    from include.lineage import configure_mlflow
+    from include.tracking import configure_mlflow
 
     client = configure_mlflow().MlflowClient()
     exp = client.get_experiment_by_name("telco_churn")
@@ -106,7 +106,8 @@ def test_the_dag_run_end_closes_what_is_left_open_to_match_airflow(isolated_home
 
 
 def test_a_cleared_run_reopens_its_parent_and_keeps_every_attempt(isolated_home):
-    from include.lineage import close_parent, configure_mlflow, find_parent, track
+    from include.lineage import close_parent, find_parent, track
+    from include.tracking import configure_mlflow
 
     with track("telco_churn", _ctx("train_model", 1, run_id="manual__clear")):
         pass

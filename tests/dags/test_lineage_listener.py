@@ -58,7 +58,8 @@ def test_closing_the_parent_run_never_blocks_the_scheduler(silent_mlflow, monkey
 
 
 def test_closing_the_parent_run_records_the_state(isolated_home, monkeypatch):
-    from include.lineage import configure_mlflow, parent_run
+    from include.lineage import parent_run
+    from include.tracking import configure_mlflow
 
     plugin = _plugin()
     parent = parent_run("telco_churn", "telco_churn__train", "manual__x")

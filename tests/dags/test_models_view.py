@@ -68,7 +68,7 @@ def test_the_record_lists_versions_aliases_and_blessings(stack):
     # The rollout's phase: the newest events of its own record, as `slipway history` reads them.
     import mlflow
 
-    from include.tasks.promotion import history
+    from include.registry import history
 
     recorded = history(mlflow.MlflowClient(tracking_uri=stack.tracking), "telco_churn")[-6:]
     assert [(e["event"], e["version"]) for e in churn["events"]] == [

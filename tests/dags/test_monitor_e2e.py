@@ -66,7 +66,7 @@ def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:
 
     from include.frames import feature_frame
     from include.model_files import predict_proba_onnx
-    from include.serving.models import load_version
+    from include.registry import load_version
     from include.spec import load_pipeline
 
     mlflow.set_tracking_uri(stack.tracking)
@@ -142,7 +142,7 @@ def _retrains(stack) -> list[dict]:
 
 def test_drift_triggers_one_retrain_and_no_drift_or_no_traffic_none(live_stack):
     from include.spec import load_pipeline
-    from include.tasks.infra_validation import request_rows
+    from include.tasks.rollout.infra_validation import request_rows
 
     stack = live_stack
     client = mlflow_client(stack.tracking)

@@ -50,8 +50,8 @@ def _this_month() -> datetime:
 def test_sensor_defers_then_completes_in_the_same_lineage_run(isolated_home):
     from airflow.sdk.exceptions import TaskDeferred
 
-    from include.lineage import configure_mlflow
     from include.settings import get_settings
+    from include.tracking import configure_mlflow
 
     month = _this_month()
     ctx = _context(month)
@@ -78,7 +78,7 @@ def test_sensor_defers_then_completes_in_the_same_lineage_run(isolated_home):
 
 
 def _sensor_runs(run_id: str):
-    from include.lineage import configure_mlflow
+    from include.tracking import configure_mlflow
 
     client = configure_mlflow().MlflowClient()
     exp = client.get_experiment_by_name("telco_churn")

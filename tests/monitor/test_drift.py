@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from include.tasks.infra_validation import to_request_rows
+from include.tasks.rollout.infra_validation import to_request_rows
 from tests.conftest import make_snapshot
 
 PIPELINE = "telco_churn"
@@ -23,7 +23,7 @@ def population(tmp_path_factory):
     is traffic from the same population."""
     from include.demo.data import load_wa_churn
     from include.spec import SPLIT_COLUMN, load_pipeline
-    from include.tasks.drift import read_snapshot
+    from include.tasks.monitor.drift import read_snapshot
 
     spec = load_pipeline(PIPELINE)
     uri = make_snapshot(load_wa_churn(), spec, tmp_path_factory.mktemp("snap") / "snapshot.parquet")
@@ -36,7 +36,7 @@ def population(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile(population):
-    from include.tasks.drift import build_profile
+    from include.tasks.monitor.drift import build_profile
 
     spec, snapshot, _, scores = population
     return build_profile(spec, 3, snapshot, scores)
@@ -44,7 +44,7 @@ def profile(population):
 
 
 def _judge(profile, spec, rows, scores, min_rows=500):
-    from include.tasks.drift import Counts, drift_checks
+    from include.tasks.monitor.drift import Counts, drift_checks
 
     counts = Counts(profile)
     counts.add(rows, list(scores))
@@ -120,7 +120,7 @@ def test_too_little_traffic_is_not_judged(population, profile):
 
 
 def test_profile_survives_its_json_and_keys_categories_as_served(population, profile):
-    from include.tasks.drift import Profile, category_key
+    from include.tasks.monitor.drift import Profile, category_key
 
     assert Profile.from_json(profile.to_json()) == profile
     assert category_key(1) == category_key(1.0) == category_key(True) == "1"
@@ -170,7 +170,7 @@ def _log(url: str, population, shift=None, start=T0) -> list[dict]:
 def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile):
     from include.prediction_log.reads import served_inputs
     from include.prediction_log.rows import iso_utc
-    from include.tasks.drift import Counts, count_window
+    from include.tasks.monitor.drift import Counts, count_window
 
     spec, _, test, scores = population
     rows = _log(log_url, population)

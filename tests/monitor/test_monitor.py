@@ -45,7 +45,7 @@ def _hour(cfg, db, hour: int, drift: list[dict], perf: list[dict], rows: int = 1
     """Judge and record the interval ending ``hour`` hours after T0, as judge_interval does."""
     from include.prediction_log.monitor_checks import Check, earlier, record
     from include.prediction_log.rows import iso_utc
-    from include.tasks.monitor import decide
+    from include.tasks.monitor.decision import decide
 
     end = T0 + timedelta(hours=hour)
     d = decide(cfg, end, rows, drift, perf, earlier(db, PIPELINE, iso_utc(end)))
@@ -136,7 +136,7 @@ def _predictions(db: str, created: list[datetime], versions: list[int]) -> list[
 
 def test_late_labels_join_the_predictions_they_belong_to(db):
     from include.prediction_log.rows import iso_utc
-    from include.tasks.monitor import read_labelled
+    from include.tasks.monitor.performance import read_labelled
 
     created = [T0 + timedelta(minutes=10 * i) for i in range(24)]
     _predictions(db, created, [3] * 20 + [4] * 4)
@@ -156,7 +156,7 @@ def test_performance_checks_use_the_version_record_and_need_enough_labels():
 
     from include.spec import load_pipeline
     from include.tasks.business import value_per_1000
-    from include.tasks.monitor import Labelled, performance_checks
+    from include.tasks.monitor.performance import Labelled, performance_checks
 
     spec = load_pipeline(PIPELINE)
     cfg = spec.monitoring.performance.model_copy(update={"min_labelled": 50})

@@ -15,7 +15,7 @@ NAME = "telco_churn"
 
 @pytest.fixture
 def registry(isolated_home):
-    from include.lineage import configure_mlflow
+    from include.tracking import configure_mlflow
 
     client = configure_mlflow().MlflowClient()
     client.create_registered_model(NAME)
@@ -51,9 +51,9 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
     from include.prediction_log.monitor_checks import Check, record
     from include.prediction_log.reads import last_served
     from include.prediction_log.rows import iso_utc
+    from include.registry import EVENT_PREFIX, aliases, history
     from include.spec import load_pipeline
-    from include.tasks.promotion import EVENT_PREFIX, aliases, history
-    from include.tasks.retire import RETIRED_TAG, archive, champion_checks, judge
+    from include.tasks.retire.policy import RETIRED_TAG, archive, champion_checks, judge
 
     client = registry
     db = f"sqlite:///{isolated_home / 'serving' / 'serving.db'}"
@@ -134,8 +134,8 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
 
 
 def test_a_version_that_became_protected_is_not_archived(registry):
-    from include.tasks.promotion import PromotionConflict
-    from include.tasks.retire import RETIRED_TAG, archive
+    from include.registry import PromotionConflict
+    from include.tasks.retire.policy import RETIRED_TAG, archive
 
     registry.set_registered_model_alias(NAME, "champion", "7")  # promoted after it was judged
     with pytest.raises(PromotionConflict, match="now holds"):

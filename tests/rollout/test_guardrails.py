@@ -1,4 +1,4 @@
-"""Shadow and canary guardrails (include/tasks/guardrails.py): the statistics, the checks each
+"""Shadow and canary guardrails (include/tasks/rollout/guardrails.py): the statistics, the checks each
 window yields, and the window read back from a real SQLite prediction log.
 
 Every random input comes from ``np.random.default_rng(seed)`` with the seed written at the call,
@@ -18,8 +18,8 @@ from scipy import stats
 from include.prediction_log.rows import FailureRow, PredictionRow
 from include.prediction_log.writer import PredictionLog
 from include.spec import Rollout
-from include.tasks import guardrails as g
 from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED
+from include.tasks.rollout import guardrails as g
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from include.tasks import promotion as pr
+from include import registry as pr
+from include.tasks.rollout.promotion import approval_outcome
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,6 @@ def test_two_concurrent_promotions_leave_a_consistent_registry(client, name, mon
     ],
 )
 def test_what_an_approval_means_for_a_candidate_that_was_not_promoted(decision, outcome, by, failed, needle):
-    got = pr.approval_outcome(decision)
+    got = approval_outcome(decision)
     assert (got["decision"], got["by"], got["failed"]) == (outcome, by, failed)
     assert needle in got["reason"]

@@ -10,7 +10,7 @@ import pytest
 from airflow.exceptions import TaskDeferred
 
 from include.blocks import rollout
-from include.tasks import phases
+from include.tasks.rollout import phases
 
 
 class FakePhase:

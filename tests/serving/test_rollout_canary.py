@@ -2,7 +2,7 @@
 its guardrails and the version served afterwards is checked; a sound one passes; the rollback
 DAG restores the previous champion.
 
-The phases are driven tick by tick (:class:`include.tasks.phases.Phase`, what the rollout DAG's
+The phases are driven tick by tick (:class:`include.tasks.rollout.phases.Phase`, what the rollout DAG's
 deferrable operator runs) while a client thread sends traffic to ``slipway serve`` over HTTP.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from include.tasks import promotion as pr
+from include import registry as pr
 from include.tasks.gates import GateFailed
 from tests.rollout.faults import with_errors, with_latency
 from tests.serving.conftest import PIPELINE
@@ -96,7 +96,7 @@ def _spec(min_requests: int = 200):
 
 def _drive(phase, traffic: Traffic, timeout_s: float = 180):
     """Tick the phase every second while traffic flows; return (outcome | GateFailed, rollback time)."""
-    from include.tasks.phases import Phase
+    from include.tasks.rollout.phases import Phase
 
     assert isinstance(phase, Phase)
     state = phase.start(0, datetime.now(UTC))
@@ -128,7 +128,7 @@ def _drive(phase, traffic: Traffic, timeout_s: float = 180):
 def test_a_broken_canary_is_rolled_back_and_the_champion_serves_again(
     service, registry, row, rollout_env, tmp_path, fault, transform, breach
 ):
-    from include.tasks.phases import Phase
+    from include.tasks.rollout.phases import Phase
 
     bad = _register_variant(registry, tmp_path, transform)
     selected = {"version": bad, "champion": 1, "threshold": 0.5}
@@ -159,7 +159,7 @@ def test_a_broken_canary_is_rolled_back_and_the_champion_serves_again(
 
 
 def test_a_sound_canary_passes_its_window(service, registry, row, rollout_env, tmp_path):
-    from include.tasks.phases import Phase
+    from include.tasks.rollout.phases import Phase
 
     copy = _register_variant(registry, tmp_path, lambda b: b)
     selected = {"version": copy, "champion": 1, "threshold": 0.5}

@@ -15,8 +15,8 @@ import pytest
 from include import storage
 from include.frames import feature_frame, read_parquet
 from include.model_files import ModelIntegrityError, read_model_bytes
-from include.tasks.champion import SKLEARN_SHA256_TAG, RegistryUnavailable, load_champion
-from include.tasks.train import TrainingError
+from include.tasks.train.champion import SKLEARN_SHA256_TAG, RegistryUnavailable, load_champion
+from include.tasks.train.fit import TrainingError
 
 NAME = "telco_churn"
 
@@ -90,7 +90,7 @@ def test_verified_champion_loads_and_a_missing_alias_means_none(
 @pytest.fixture
 def other_model(tmp_path, telco_spec, wa_churn):
     """A second valid model, different bytes."""
-    from include.tasks.train import train_model
+    from include.tasks.train.fit import train_model
     from tests.conftest import make_snapshot
 
     snap = make_snapshot(wa_churn.iloc[2000:2800], telco_spec, tmp_path / "other.parquet")

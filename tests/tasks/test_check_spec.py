@@ -12,8 +12,8 @@ from include import storage
 from include.cli import main
 from include.frames import read_parquet
 from include.spec import PipelineSpec, load_spec, post_ingest_schema
-from include.tasks.ingest import ingest_month
-from include.tasks.suite_check import check_suite_columns, type_accepts
+from include.tasks.train.ingest import ingest_month
+from include.tasks.train.suite_check import check_suite_columns, type_accepts
 
 ROOT = Path(__file__).resolve().parents[2]
 TELCO = ROOT / "include" / "pipelines" / "telco_churn.yaml"

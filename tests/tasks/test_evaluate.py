@@ -9,8 +9,8 @@ from include import storage
 from include.frames import read_parquet, to_parquet_bytes
 from include.model_files import ModelIntegrityError, read_model_bytes
 from include.spec import EvaluationGate
-from include.tasks.evaluate import compute_metrics, evaluate_model, evaluation_gate
 from include.tasks.gates import GateFailed, raise_for_gate
+from include.tasks.train.evaluate import compute_metrics, evaluate_model, evaluation_gate
 
 
 def test_metrics_on_a_known_case():
@@ -79,7 +79,7 @@ def test_out_of_time_slice_with_one_class_has_a_note_not_metrics(tmp_path, telco
 
 
 def test_evaluate_refuses_a_model_swapped_after_training(tmp_path, telco_spec, telco_trained, wa_churn):
-    from include.tasks.train import train_model
+    from include.tasks.train.fit import train_model
     from tests.conftest import make_snapshot
 
     snap = make_snapshot(wa_churn.iloc[1500:2300], telco_spec, tmp_path / "other.parquet")

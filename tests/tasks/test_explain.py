@@ -20,7 +20,8 @@ from include.attributions import (
 )
 from include.frames import feature_frame, labels, to_parquet_bytes
 from include.spec import ExplainabilityGate, PipelineSpec, load_spec
-from include.tasks.explain import (
+from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED, GateFailed, raise_for_gate
+from include.tasks.train.explain import (
     IMPORTANCE_FILE,
     IMPORTANCE_PLOT,
     SUMMARY_PLOT,
@@ -28,10 +29,9 @@ from include.tasks.explain import (
     explain_model,
     explainability_gate,
 )
-from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED, GateFailed, raise_for_gate
-from include.tasks.ingest import conform_batch
-from include.tasks.proxy_probe import proxy_probe
-from include.tasks.train import build_pipeline, train_model
+from include.tasks.train.fit import build_pipeline, train_model
+from include.tasks.train.ingest import conform_batch
+from include.tasks.train.proxy_probe import proxy_probe
 
 SPEC_FILE = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "telco_churn.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 from include import storage
 from include.frames import read_parquet, to_parquet_bytes
 from include.spec import FairnessGate
-from include.tasks.fairness import FairnessInputError, assess_fairness, fairness_gate, fairness_report
 from include.tasks.gates import FAILED, NOT_APPLICABLE, PASSED, GateFailed, raise_for_gate, status_of
+from include.tasks.train.fairness import FairnessInputError, assess_fairness, fairness_gate, fairness_report
 
 # Eight people, four per group, two positives and two negatives in each group.
 GROUP = np.array([0, 0, 0, 0, 1, 1, 1, 1])

@@ -17,16 +17,16 @@ from include import storage
 from include.blocks.train import feedback_cutoff
 from include.prediction_log.rows import PredictionRow, iso_utc
 from include.prediction_log.writer import PredictionLog
-from include.tasks.feedback import (
+from include.tasks.train.data_version import build_snapshot
+from include.tasks.train.feedback import (
     FeedbackError,
     FeedbackUnavailable,
     curate,
     curate_feedback,
     read_labelled_predictions,
 )
-from include.tasks.ingest import _hash, ingest_batches
-from include.tasks.validate import validate_snapshot
-from include.tasks.version import build_snapshot
+from include.tasks.train.ingest import _hash, ingest_batches
+from include.tasks.train.validate import validate_snapshot
 
 KEY = b"feedback-test-key"
 PIPELINE = "telco_churn"
@@ -204,7 +204,7 @@ def test_the_batch_is_written_once_per_cutoff(lake, predlog, telco_spec, wa_chur
     # A label back-dated before the cut-off (a restored log): the next run would curate other rows.
     predlog.predict(recs[2], AFTER_FEB, label=0)
 
-    with caplog.at_level(logging.WARNING, logger="include.tasks.feedback"):
+    with caplog.at_level(logging.WARNING, logger="include.tasks.train.feedback"):
         again = curate_feedback(telco_spec, predlog.url, lake.uri, lake.batch_uris, CUTOFF)
 
     assert (again["kept_stored"], again["rows"], again["sha256"]) == (True, 2, first["sha256"])
@@ -275,7 +275,7 @@ def test_the_cutoff_is_the_interval_end_for_schedules_and_the_trigger_time_other
 
 
 def test_inputs_must_carry_every_feature_with_its_type(telco_spec, wa_churn):
-    from include.tasks.feedback import _typed_inputs
+    from include.tasks.train.feedback import _typed_inputs
 
     good = _inputs(telco_spec, wa_churn.iloc[0])
     assert _typed_inputs(telco_spec, good)["tenure"] == 1.0

@@ -9,10 +9,10 @@ from include.model_files import read_model
 from include.spec import Business, BusinessGate, RobustnessGate
 from include.tasks.blessing import make_blessing, raise_unless_blessed, required_gates
 from include.tasks.business import business_gate, choose_threshold, value_per_1000
-from include.tasks.champion import compare_with_champion
 from include.tasks.gates import GateFailed, check, raise_for_gate
-from include.tasks.model_card import write_model_card
-from include.tasks.robustness import check_robustness, perturbed, robustness_gate
+from include.tasks.train.champion import compare_with_champion
+from include.tasks.train.model_card import write_model_card
+from include.tasks.train.robustness import check_robustness, perturbed, robustness_gate
 
 CHURN = Business(value_of_true_positive=500, cost_of_action=50, offer_acceptance_rate=0.3)
 

@@ -8,7 +8,7 @@ import pytest
 
 from include import storage
 from include.frames import read_parquet
-from include.tasks.ingest import (
+from include.tasks.train.ingest import (
     BatchError,
     _read,
     conform_batch,
@@ -357,7 +357,7 @@ def test_a_library_upgrade_is_not_a_changed_batch(monkeypatch, zones, telco_spec
     """New pandas/pyarrow write other Parquet bytes for the same rows: earlier months stay 'unchanged'."""
     import io
 
-    from include.tasks import ingest
+    from include.tasks.train import ingest
 
     landing, lake = zones
     _land(landing, "2025-01", wa_churn.iloc[:100])

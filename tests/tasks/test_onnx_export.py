@@ -21,7 +21,8 @@ from include.model_files import (
 )
 from include.spec import OnnxGate, load_spec
 from include.tasks.gates import FAILED, PASSED, GateFailed, raise_for_gate
-from include.tasks.onnx_export import (
+from include.tasks.train.fit import build_pipeline, train_model
+from include.tasks.train.onnx_export import (
     ConversionError,
     _parity,
     convert,
@@ -30,7 +31,6 @@ from include.tasks.onnx_export import (
     onnx_gate,
     quantise_if_useful,
 )
-from include.tasks.train import build_pipeline, train_model
 from tests.conftest import PROJECT_ROOT, make_snapshot
 
 # Fewer timed calls than production: latency is only recorded here, never asserted.
@@ -247,7 +247,7 @@ def test_label_agreement_is_measured_at_the_decision_threshold():
 
 
 def test_export_gates_agreement_at_the_threshold_it_is_given(tmp_path, exported, monkeypatch):
-    import include.tasks.onnx_export as onnx_export
+    import include.tasks.train.onnx_export as onnx_export
 
     ex = exported["logistic_regression"]
     spec, trained = ex["spec"], ex["trained"]

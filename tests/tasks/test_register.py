@@ -9,7 +9,7 @@ import pytest
 from include.model_files import read_model, read_model_bytes
 from include.tasks.blessing import make_blessing, required_gates
 from include.tasks.gates import GateFailed, check
-from include.tasks.register import register_candidate
+from include.tasks.train.register import register_candidate
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def _blessing(spec, passed=True):
 def test_register_blessed_candidate(isolated_home, tmp_path, telco_spec, trained):
     import mlflow
 
-    from include.lineage import configure_mlflow
-    from include.tasks.onnx_export import convert
+    from include.tasks.train.onnx_export import convert
+    from include.tracking import configure_mlflow
 
     configure_mlflow()
     mlflow.set_experiment("unit-register")
@@ -66,8 +66,8 @@ def test_registration_is_idempotent_and_the_alias_only_moves_forward(isolated_ho
     """Retry / re-run of an interval reuses its version; a backfill registers but leaves the alias alone."""
     import mlflow
 
-    from include.lineage import configure_mlflow
-    from include.tasks.onnx_export import convert
+    from include.tasks.train.onnx_export import convert
+    from include.tracking import configure_mlflow
 
     configure_mlflow()
     mlflow.set_experiment("unit-register-idempotent")

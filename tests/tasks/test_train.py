@@ -23,8 +23,14 @@ from include.model_files import (
     save_model,
 )
 from include.spec import ESTIMATORS
-from include.tasks.ingest import conform_batch
-from include.tasks.train import TrainingError, build_pipeline, needs_sample_weight, split_frame, train_model
+from include.tasks.train.fit import (
+    TrainingError,
+    build_pipeline,
+    needs_sample_weight,
+    split_frame,
+    train_model,
+)
+from include.tasks.train.ingest import conform_batch
 from tests.conftest import make_snapshot
 
 
@@ -272,7 +278,7 @@ _FIT_AND_DUMP = r"""
 import hashlib, sys
 import numpy as np
 from include.spec import load_spec
-from include.tasks.train import build_pipeline
+from include.tasks.train.fit import build_pipeline
 from include.model_files import save_model, load_model
 spec = load_spec(sys.argv[1])
 for kind in ("logistic_regression", "random_forest"):
@@ -314,7 +320,7 @@ import sys, warnings
 import airflow.sdk, airflow.models, airflow.utils.timezone  # what a task process has loaded
 import numpy as np, pandas as pd
 from include.spec import load_spec
-from include.tasks.train import build_pipeline
+from include.tasks.train.fit import build_pipeline
 from include.model_files import save_model
 spec = load_spec(sys.argv[1])
 rng = np.random.RandomState(0)

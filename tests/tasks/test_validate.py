@@ -1,4 +1,4 @@
-"""Unit tests for include/tasks/validate.py on small Parquet snapshots under tmp_path."""
+"""Unit tests for include/tasks/train/validate.py on small Parquet snapshots under tmp_path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.tasks.validate import DataValidationError, raise_for_failures, validate_snapshot
+from include.tasks.train.validate import DataValidationError, raise_for_failures, validate_snapshot
 
 SUITE = Path(__file__).resolve().parents[2] / "include" / "expectations" / "telco_churn.json"
 ADDONS = [
@@ -247,7 +247,7 @@ def test_raise_for_failures_message_lists_each_failure():
 @pytest.mark.parametrize("rows", [587, None], ids=["first_month", "full_table"])
 def test_real_suite_passes_on_the_real_data(tmp_path, rows, telco_spec):
     from include.demo.data import load_wa_churn
-    from include.tasks.ingest import assign_splits
+    from include.tasks.train.ingest import assign_splits
 
     frame = load_wa_churn()
     frame = frame.iloc[:rows].copy() if rows else frame

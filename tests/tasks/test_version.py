@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from include import storage
-from include.tasks.version import VersioningError, build_snapshot, fetch_version, version_snapshot
+from include.tasks.train.data_version import VersioningError, build_snapshot, fetch_version, version_snapshot
 
 
 def _write_batch(uri: str, start: int, rows: int = 5) -> str:
@@ -111,7 +111,7 @@ def test_version_snapshot_rerun_is_a_no_op(
     first = version_snapshot(*args)
     dvc_file_text = Path(first["dvc_file"]).read_text()
 
-    with caplog.at_level(logging.INFO, logger="include.tasks.version"):
+    with caplog.at_level(logging.INFO, logger="include.tasks.train.data_version"):
         again = version_snapshot(*args)
 
     assert again == first
@@ -239,7 +239,7 @@ def test_version_snapshot_with_s3_lake_and_s3_remote(s3_env: str, tmp_path: Path
 def test_build_snapshot_of_a_column_typed_differently_by_month(tmp_path: Path, telco_spec, wa_churn) -> None:
     """A sensitive attribute written as int64 one month and as text (a blank) the next still snapshots."""
     from include.frames import to_parquet_bytes
-    from include.tasks.ingest import conform_batch
+    from include.tasks.train.ingest import conform_batch
 
     raw = wa_churn.iloc[:20].astype(str).replace({"nan": None})
     later = raw.copy()

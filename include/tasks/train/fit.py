@@ -38,7 +38,7 @@ def split_frame(df, spec: PipelineSpec):
 
     With a hashed identifier in the spec (see :func:`entity_column`) rows go by the split ingest
     assigned from a stable hash of the raw entity id (column ``slipway_split``, see
-    :func:`include.tasks.ingest.assign_splits`): every row of a customer lands in one split, in
+    :func:`include.tasks.train.ingest.assign_splits`): every row of a customer lands in one split, in
     every snapshot and every installation, so a candidate
     is never tested on customers its champion trained on. Hashing cannot stratify: class shares
     and split sizes match ``split`` only approximately (``split.stratify`` is ignored). Without a

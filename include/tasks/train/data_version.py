@@ -42,7 +42,7 @@ def build_snapshot(
 ) -> dict:
     """Concatenate the Parquet batches (in the given order) into one Parquet object at ``snapshot_uri``.
 
-    With a feedback batch (:mod:`include.tasks.feedback`), each of its rows replaces the rows of the
+    With a feedback batch (:mod:`include.tasks.train.feedback`), each of its rows replaces the rows of the
     same ``entity`` in the batches and the feedback rows come last. The bytes depend only on the
     inputs' contents and order, so a re-run writes an identical object and DVC sees the same md5.
     Returns ``{"snapshot_uri", "rows", "sha256", "superseded", "feedback_rows"}``.

@@ -1,4 +1,4 @@
-"""Aliases and traffic in the MLflow registry: challenger, canary weights, promotion, rollback, history.
+"""The model registry (MLflow): aliases, traffic, events, the alias lock, history, and loading a version.
 
 The service reads what this module writes (see :mod:`include.serving.models`): the aliases
 ``champion`` and ``challenger`` and the registered-model tags ``slipway.traffic.mode``, ``.weight``
@@ -23,7 +23,13 @@ import json
 import logging
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
+from include.database import database
+from include.model_files import ModelRefused, OnnxModel, load_onnx
+
+ALIASES = ("champion", "challenger")  # the aliases the service routes to
+TRAFFIC_MODES = ("none", "shadow", "canary")
 TAG_MODE, TAG_WEIGHT, TAG_VERSION = (
     "slipway.traffic.mode",
     "slipway.traffic.weight",
@@ -45,8 +51,6 @@ def _now() -> datetime:
 @contextlib.contextmanager
 def alias_lock(pipeline: str, db_url: str | None = None, timeout_s: float = 120.0):
     """Hold the pipeline's alias lock (one alias change at a time, across processes and machines)."""
-    from include.database import database
-
     db = database(db_url)
     if db.dialect == "sqlite":
         import fcntl
@@ -125,7 +129,7 @@ def record_event(client, name: str, version: int, event: str, **details) -> dict
     return body
 
 
-def _delete_alias(client, name: str, alias: str) -> None:
+def delete_alias(client, name: str, alias: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -176,7 +180,7 @@ def end_challenger(client, name: str, version: int, reason: str, **details) -> d
             return None
         client.set_registered_model_tag(name, TAG_MODE, "none")  # first: the service routes nothing to it
         client.set_registered_model_tag(name, TAG_WEIGHT, "0")
-        _delete_alias(client, name, "challenger")
+        delete_alias(client, name, "challenger")
         return record_event(client, name, version, "rolled_back", reason=reason, **details)
 
 
@@ -206,7 +210,7 @@ def promote(client, name: str, version: int, expected_champion: int | None, reas
         if expected_champion is not None:
             client.set_registered_model_alias(name, "previous", str(expected_champion))
         client.set_registered_model_alias(name, "champion", str(version))
-        _delete_alias(client, name, "challenger")
+        delete_alias(client, name, "challenger")
         after = aliases(client, name)
         if after.get("champion") != version or "challenger" in after:
             raise PromotionConflict(
@@ -234,9 +238,9 @@ def restore_previous(client, name: str, reason: str, **details) -> dict:
         bad, good = current.get("champion"), current["previous"]
         if current.get("challenger") is not None:
             client.set_registered_model_tag(name, TAG_MODE, "none")
-            _delete_alias(client, name, "challenger")
+            delete_alias(client, name, "challenger")
         client.set_registered_model_alias(name, "champion", str(good))
-        _delete_alias(client, name, "previous")
+        delete_alias(client, name, "previous")
         after = aliases(client, name)
         if after.get("champion") != good:
             raise PromotionConflict(
@@ -288,124 +292,17 @@ def champion_timeline(events: list[dict]) -> list[dict]:
     return spans
 
 
-class ServedVersionMismatch(RuntimeError):
-    """After an alias change, the service still serves something else."""
+def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel:
+    """Download a registered version's artifacts into ``folder`` and load its ONNX graph, checked
+    against the registered digest and carrying its business threshold (the one way every reader of a
+    version's model — the service, the monitor's reference, the tests — loads it)."""
+    import mlflow
 
-
-def verify_served(
-    pipeline: str,
-    champion: int,
-    gone: int | None,
-    serving_url: str | None,
-    db_url: str | None = None,
-    timeout_s: float = 60.0,
-    quiet_s: float = 5.0,
-) -> dict:
-    """Check, rather than assume, that ``champion`` serves and ``gone`` answers nobody any more.
-
-    With the service's address: ``/ready`` must report ``champion`` and no challenger ``gone``
-    (polled until ``timeout_s``). Then, with or without it, the prediction log must hold no row
-    served by ``gone`` during ``quiet_s`` seconds after that point (every replica writes there)."""
-    import time
-    import urllib.request
-
-    from include.prediction_log import reads
-
-    deadline = time.monotonic() + timeout_s
-    seen: dict = {}
-    if serving_url:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{serving_url}/ready", timeout=5) as resp:
-                    seen = json.loads(resp.read()).get("pipelines", {}).get(pipeline, {})
-            except Exception as exc:  # an unreachable service is a failed check, reported with its reason
-                seen = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            if seen.get("champion") == champion and (gone is None or seen.get("challenger") != gone):
-                break
-            if time.monotonic() > deadline:
-                raise ServedVersionMismatch(
-                    f"{serving_url}/ready still reports {seen} for {pipeline} {timeout_s:.0f} s after the change "
-                    f"(expected champion {champion}" + (f", no challenger {gone})" if gone else ")")
-                )
-            time.sleep(1.0)
-    served_after = 0
-    if gone is not None:
-        since = _now().isoformat(timespec="microseconds")
-        time.sleep(quiet_s)
-        served_after = reads.served_since(db_url, pipeline, gone, since)
-        if served_after:
-            raise ServedVersionMismatch(
-                f"version {gone} of {pipeline} still answered {served_after} request(s) after it was rolled back "
-                "(prediction log); a replica did not pick up the change: check its /ready and the registry"
-            )
-    return {"champion": champion, "ready": seen, "rows_served_by_old_version_after": served_after}
-
-
-def rollback_challenger(
-    pipeline: str, selected: dict, reason: str, run_ref: dict, db_url: str | None = None
-) -> dict | None:
-    """All traffic back to the champion, ``challenger`` removed, then what is served is checked
-    (not assumed) and written to the version. None when it was already rolled back."""
-    from include.lineage import mlflow_client
-    from include.settings import get_settings
-
-    client = mlflow_client()
-    event = end_challenger(client, pipeline, selected["version"], reason, **run_ref)
-    if selected.get("champion") is not None:
-        served = verify_served(
-            pipeline, selected["champion"], selected["version"], get_settings().serving_url, db_url
-        )
-        client.set_model_version_tag(
-            pipeline,
-            str(selected["version"]),
-            "slipway.rollout.served_after_rollback",
-            json.dumps(served)[:4000],
-        )
-        log.warning(
-            "rolled back %s version %d (%s); served now: %s", pipeline, selected["version"], reason, served
-        )
-    return event
-
-
-def approval_outcome(decision: dict | None) -> dict:
-    """What an Airflow approval's result means for a candidate that was not promoted.
-
-    ``decision`` is the ApprovalOperator's XCom (``chosen_options``, ``responded_by_user``,
-    ``responded_at``), or None when the approval never ran. A person's Reject is a decision, not a
-    failure; the timeout's default (Reject with no responder) and an upstream failure are failures."""
-    decision = decision or {}
-    chosen = list(decision.get("chosen_options") or [])
-    user = decision.get("responded_by_user") or {}
-    by = user.get("name") or user.get("id")
-    at = str(decision.get("responded_at") or "")
-    if chosen == ["Reject"] and by:
-        return {
-            "decision": "rejected",
-            "by": by,
-            "at": at,
-            "reason": f"rejected by {by} at {at}",
-            "failed": False,
-        }
-    if chosen == ["Reject"]:
-        return {
-            "decision": "rejected",
-            "by": "timeout",
-            "at": at,
-            "reason": "no decision before the approval timeout: the default (reject) applied",
-            "failed": True,
-        }
-    if chosen == ["Approve"]:
-        return {
-            "decision": "approved",
-            "by": by or "unknown",
-            "at": at,
-            "reason": f"approved by {by} at {at}, but the promotion failed (promote_candidate's log says why)",
-            "failed": True,
-        }
-    return {
-        "decision": "none",
-        "by": None,
-        "at": "",
-        "reason": "an earlier task failed (its log says why)",
-        "failed": True,
-    }
+    mv = client.get_model_version(pipeline, str(version))
+    tags = dict(mv.tags)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
+    try:
+        threshold = float(tags.get("slipway.decision_threshold", ""))
+    except ValueError as exc:
+        raise ModelRefused(f"version {version} has no decision threshold tag") from exc
+    return load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)

@@ -21,8 +21,8 @@ from include.model_files import (
 )
 from include.spec import PipelineSpec
 from include.tasks.business import value_per_1000
-from include.tasks.evaluate import compute_metrics
 from include.tasks.gates import check, not_applicable
+from include.tasks.train.evaluate import compute_metrics
 
 SKLEARN_SHA256_TAG = "slipway.sklearn_sha256"
 

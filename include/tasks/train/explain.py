@@ -3,7 +3,7 @@ rank checks of forbidden features plus one proxy check per sensitive attribute.
 
 The background is a sample of the train split and the explained rows a sample of the test split,
 both of at most ``gates.explainability.sample_size`` rows drawn with ``split.random_state``
-(see :mod:`include.attributions` for the explainer and :mod:`include.tasks.proxy_probe` for the
+(see :mod:`include.attributions` for the explainer and :mod:`include.tasks.train.proxy_probe` for the
 proxy check).
 """
 
@@ -18,7 +18,7 @@ from include.frames import feature_frame, read_parquet
 from include.model_files import read_model
 from include.spec import ExplainabilityGate, PipelineSpec
 from include.tasks.gates import check, not_applicable
-from include.tasks.proxy_probe import proxy_probe
+from include.tasks.train.proxy_probe import proxy_probe
 
 IMPORTANCE_FILE = "shap_importance.json"
 SUMMARY_PLOT = "shap_summary.png"

@@ -1,13 +1,9 @@
-"""What ``<pipeline>__monitor`` decides each interval, and the record it keeps.
-
-Every check of an interval is one row of ``slipway_monitor`` in the prediction log's database (the
-service exports the newest row per pipeline as Prometheus gauges; the cool-down and the "sustained"
-rule read the earlier rows). A row is keyed by pipeline and interval end: a re-run of the interval
-replaces its own row and never counts itself as an earlier breach.
+"""What ``<pipeline>__monitor`` decides each interval, from its checks and the earlier intervals' record
+(:mod:`include.prediction_log.monitor_checks`).
 
 * **No traffic** in the interval: status ``no_traffic``; nothing is judged, nothing alerts.
 * **Drift**: any feature's PSI, or the champion's score PSI, above the spec's bound (see
-  :mod:`include.tasks.drift`).
+  :mod:`include.tasks.monitor.drift`).
 * **Performance**: live ROC AUC and the business value per 1,000 predictions on the predictions
   whose labels had time to arrive (made between ``label_delay_hours + window_hours`` and
   ``label_delay_hours`` before the interval's end), against the version's own test results. A drop
@@ -19,86 +15,12 @@ replaces its own row and never counts itself as an earlier breach.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import numpy as np
-
-from include.prediction_log import reads
 from include.prediction_log.monitor_checks import BREACH, NO_TRAFFIC, OK
 from include.prediction_log.rows import iso_utc
-from include.tasks.gates import FAILED, check, not_applicable
-
-
-# ---------------------------------------------------------------------------------------- performance
-@dataclass
-class Labelled:
-    probability: np.ndarray
-    label: np.ndarray
-    since: str
-    until: str
-
-
-def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, until: str) -> Labelled:
-    """The rows ``version`` served in ``[since, until)`` that have a feedback label."""
-    rows = reads.labelled_scores(db_url, pipeline, version, since, until)
-    return Labelled(
-        np.array([r[0] for r in rows], dtype=float), np.array([r[1] for r in rows], dtype=int), since, until
-    )
-
-
-def performance_checks(cfg, spec, labelled: Labelled, version_tags: dict[str, str]) -> list[dict]:
-    """Live ROC AUC and value per 1,000 predictions against the version's test results."""
-    from sklearn.metrics import roc_auc_score
-
-    from include.tasks.business import has_value_model, value_per_1000
-
-    gate = "performance"
-    n = len(labelled.label)
-    window = f"predictions made {labelled.since} to {labelled.until}"
-    if n < cfg.min_labelled:
-        why = f"{n} labelled {window}; judged from {cfg.min_labelled}"
-        return [not_applicable(gate, "roc_auc", why), not_applicable(gate, "value_per_1000", why)]
-    results = []
-    test_auc = float(version_tags.get("slipway.metric.roc_auc", "nan"))
-    if len(set(labelled.label.tolist())) < 2:
-        results.append(not_applicable(gate, "roc_auc", f"the {n} labels of {window} are all one class"))
-    elif math.isnan(test_auc):
-        results.append(not_applicable(gate, "roc_auc", "the version has no test ROC AUC on record"))
-    else:
-        live = float(roc_auc_score(labelled.label, labelled.probability))
-        results.append(
-            check(
-                gate,
-                "roc_auc",
-                live,
-                round(test_auc - cfg.max_roc_auc_drop, 6),
-                ">=",
-                note=f"test ROC AUC {test_auc:.4f}; {n} labelled {window}",
-            )
-        )
-    if not has_value_model(spec.business):
-        results.append(not_applicable(gate, "value_per_1000", "the spec has no cost/benefit (business:)"))
-    else:
-        threshold = float(version_tags.get("slipway.decision_threshold", "0.5"))
-        expected = float(version_tags.get("slipway.value_per_1000", "nan"))
-        live_value = value_per_1000(labelled.label, labelled.probability, threshold, spec.business)
-        if math.isnan(expected):
-            results.append(not_applicable(gate, "value_per_1000", "the version has no test value on record"))
-        else:
-            floor = expected - cfg.max_kpi_drop * abs(expected)
-            results.append(
-                check(
-                    gate,
-                    "value_per_1000",
-                    live_value,
-                    round(floor, 6),
-                    ">=",
-                    note=f"test value {expected:.2f} {spec.business.unit} per 1,000; {n} labelled",
-                )
-            )
-    return results
+from include.tasks.gates import FAILED
 
 
 # ---------------------------------------------------------------------------------------- decision

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from include.lineage import mlflow_client
-from include.tasks import guardrails as g
+from include.registry import set_challenger
 from include.tasks.gates import GateFailed, not_applicable
-from include.tasks.promotion import rollback_challenger, set_challenger
+from include.tasks.rollout import guardrails as g
+from include.tasks.rollout.promotion import rollback_challenger
+from include.tracking import mlflow_client
 
 log = logging.getLogger("slipway")
 
@@ -157,7 +158,7 @@ class Phase:
             client.set_model_version_tag(
                 self.pipeline, str(sel["version"]), f"slipway.rollout.{self.phase}_uri", uri
             )
-        from include.tasks.promotion import record_event
+        from include.registry import record_event
 
         record_event(client, self.pipeline, sel["version"], f"{self.phase}_passed", steps=len(done), **self.run_ref)
         log.info("%s passed: %d step(s)", self.phase, len(done))

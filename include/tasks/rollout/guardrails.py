@@ -39,6 +39,7 @@ import numpy as np
 
 from include.prediction_log import reads
 from include.tasks.gates import FAILED, check, not_applicable
+from include.tasks.psi import numeric_edges, psi_from_shares
 
 PSI_BINS = 10
 
@@ -111,9 +112,7 @@ def p99(values: np.ndarray) -> float | None:
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
     """Population stability index of ``current`` against ``reference``, on the reference's bins
     (its inner deciles, or one bin per value when it has ``bins`` or fewer: see
-    :func:`include.tasks.drift.numeric_edges`)."""
-    from include.tasks.drift import numeric_edges, psi_from_shares
-
+    :func:`include.tasks.psi.numeric_edges`)."""
     edges = numeric_edges(reference, bins)
     shares = [
         np.bincount(

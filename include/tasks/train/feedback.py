@@ -4,7 +4,7 @@
 (``POST /feedback``) before the run's cut-off, curates them by the rule below, and writes what is
 left as one Parquet batch with the lake batches' exact columns and types, at
 ``<lake>/<pipeline>/feedback/until=<cut-off>/batch.parquet``. ``build_snapshot``
-(:mod:`include.tasks.version`) then lets each feedback row replace its entity's landed row, and
+(:mod:`include.tasks.train.data_version`) then lets each feedback row replace its entity's landed row, and
 the snapshot goes through the same Great Expectations suite as any batch.
 
 The curation rule (also in the README, "The feedback loop"):
@@ -155,7 +155,7 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
     import orjson
     import pandas as pd
 
-    from include.tasks.ingest import sensitive_values
+    from include.tasks.train.ingest import sensitive_values
 
     out = Curated(frame=None, labelled=len(rows))
     key = spec.entity_column

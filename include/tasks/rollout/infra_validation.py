@@ -21,10 +21,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from include.settings import PROJECT_ROOT
 from include.tasks.gates import check
 
 GATE = "infra_validation"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -69,7 +69,7 @@ class Sandbox:
                 "--refresh-s",
                 "3600",
             ],
-            cwd=ROOT,
+            cwd=PROJECT_ROOT,
             env=env,
             stdout=self.out,
             stderr=subprocess.STDOUT,

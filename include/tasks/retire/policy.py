@@ -55,7 +55,7 @@ def champion_checks(db_url: str | None, pipeline: str, limit: int) -> dict[int, 
 
 
 def _events(tags: dict[str, str]) -> list[dict]:
-    from include.tasks.promotion import EVENT_PREFIX
+    from include.registry import EVENT_PREFIX
 
     return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(EVENT_PREFIX)]
 
@@ -115,7 +115,7 @@ def judge(policy, versions: list, aliases: dict[str, int], served: dict[int, str
 
 def archive(client, name: str, version: int, reason: str, at: datetime, **details) -> dict:
     """Retire one version: its aliases removed (re-checked under the alias lock), tagged, event recorded."""
-    from include.tasks.promotion import PromotionConflict, _delete_alias, alias_lock, aliases, record_event
+    from include.registry import PromotionConflict, alias_lock, aliases, delete_alias, record_event
 
     with alias_lock(name):
         held = [a for a, v in aliases(client, name).items() if v == version]
@@ -123,7 +123,7 @@ def archive(client, name: str, version: int, reason: str, at: datetime, **detail
         if protected:  # it became champion/candidate/... since it was judged: leave it
             raise PromotionConflict(f"version {version} of {name} now holds {protected}; not retired")
         for alias in held:
-            _delete_alias(client, name, alias)
+            delete_alias(client, name, alias)
         body = {"at": at.isoformat(), "reason": reason, "aliases_removed": held, **details}
         client.set_model_version_tag(
             name, str(version), RETIRED_TAG, json.dumps(body, sort_keys=True, default=str)

@@ -47,7 +47,7 @@ from include.tasks.gates import (  # noqa: F401 (GateFailed, raise_for_gate re-e
     raise_for_gate,
     status_of,
 )
-from include.tasks.train import build_pipeline
+from include.tasks.train.fit import build_pipeline
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,0 +1,1 @@
+"""Retirement: which versions the retirement policy archives, and what archiving does."""
