@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from include import storage
-from include.cli import main
+from include.cli.commands import main
 from include.frames import read_parquet
 from include.spec import PipelineSpec, load_spec, post_ingest_schema
 from include.tasks.train.ingest import ingest_month

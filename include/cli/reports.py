@@ -1,18 +1,14 @@
-"""The ``slipway`` command: seed the demo, run and inspect pipelines, trace a model's lineage."""
+"""What ``slipway lineage``, ``status``, ``history`` and ``run`` print: records read from MLflow and the
+registry, and their text."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
-import time
 
-from include.deploy.dag_run import migrate_airflow_db, run_dag, use_airflow_env
 from include.tracking import mlflow_client
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[slipway] {msg}", flush=True)
 
 
@@ -162,7 +158,7 @@ def _rollout_record(tags: dict) -> dict:
     }
 
 
-def _event_line(e: dict) -> str:
+def event_line(e: dict) -> str:
     extra = [
         f"{k} {e[k]}" for k in ("from_version", "to_version", "weight", "by") if e.get(k) not in (None, "")
     ]
@@ -272,7 +268,7 @@ def print_lineage(rec: dict) -> None:
             a = r["approval"]
             print(f"  approval {a.get('decision')} by {a.get('by')} at {a.get('at')}")
         for e in r.get("events", []):
-            print("  " + _event_line(e))
+            print("  " + event_line(e))
     print("tasks:")
     for t in rec["tasks"]:
         print(
@@ -371,28 +367,6 @@ def print_status(rec: dict) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def cmd_seed(args) -> None:
-    from include.demo.data import seed_landing
-    from include.settings import get_settings
-
-    landing = get_settings().landing_uri
-    uris = seed_landing(landing, start=args.start, months=args.months)
-    _say(f"landed {len(uris)} monthly batches of telco_churn in {landing}")
-
-
-def cmd_run(args) -> None:
-    from include.spec import load_pipeline
-
-    spec = load_pipeline(args.pipeline)
-    migrate_airflow_db()
-    t1 = time.monotonic()
-    dr = run_dag(spec.dag_id(args.purpose), args.month, quiet=not args.verbose)
-    _say(f"{spec.dag_id(args.purpose)} run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
-    summarise_run(spec.name, spec.dag_id(args.purpose), dr.run_id)
-    if str(dr.state) != "success":
-        raise SystemExit(1)
-
-
 def _registered_version(pipeline: str, dag_id: str, run_id: str) -> int | None:
     """The model version the DAG run's ``register_model`` registered or reused (latest try), if any."""
     client = mlflow_client()
@@ -452,222 +426,3 @@ def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
     print_gates(blessing["results"])
 
 
-def cmd_demo(args) -> None:
-    from include.demo.lifecycle import main
-
-    main()
-
-
-def cmd_lineage(args) -> None:
-    if bool(args.ref) == bool(args.request):
-        raise SystemExit("give a model reference (NAME@ALIAS or NAME/VERSION) or --request ID, not both")
-    prediction = None
-    ref = args.ref
-    if args.request:
-        from include.prediction_log.writer import PredictionLog
-
-        plog = PredictionLog()
-        rows = plog.get(args.request)
-        if not rows:
-            raise SystemExit(
-                f"no prediction {args.request!r} in the prediction log ({plog.database.redacted()}); "
-                "check the request id and SLIPWAY_SERVING_DB"
-            )
-        prediction = next((r for r in rows if r["served"]), rows[0])
-        prediction["shadow"] = [r for r in rows if r is not prediction]
-        ref = f"{prediction['pipeline']}/{prediction['model_version']}"
-    rec = lineage_record(ref)
-    if prediction is not None:
-        rec = {"prediction": prediction, **rec}
-    if args.json:
-        print(json.dumps(rec, indent=2, default=str))
-        return
-    if prediction is not None:
-        p = prediction
-        label = (
-            "no label yet" if p.get("label") is None else f"label {p['label']} ({p.get('label_received_at')})"
-        )
-        print(
-            f"request    {p['request_id']} at {p['created_at']}: {p['variant']} answered p={p['probability']:.4f}, "
-            f"decision {p['decision']}; {label}"
-        )
-        for shadow in p["shadow"]:
-            print(
-                f"shadow     {shadow['variant']} version {shadow['model_version']} scored p={shadow['probability']:.4f}"
-            )
-    print_lineage(rec)
-
-
-def cmd_history(args) -> None:
-    from include.registry import aliases, champion_timeline, history
-
-    client = mlflow_client()
-    events = history(client, args.pipeline)
-    if not events and not aliases(client, args.pipeline):
-        raise SystemExit(
-            f"{args.pipeline} has no recorded promotions or rollouts (is it registered? `slipway status`)"
-        )
-    spans = champion_timeline(events)
-    if args.json:
-        print(
-            json.dumps(
-                {"aliases": aliases(client, args.pipeline), "champions": spans, "events": events}, indent=2
-            )
-        )
-        return
-    print(f"{args.pipeline}: aliases now {aliases(client, args.pipeline)}")
-    print("champion:")
-    for span in spans:
-        until = span["until"] or "now"
-        print(f"  version {span['version']:<4} {span['since']} -> {until}: {span['why']}")
-        if span.get("ended_by"):
-            print(f"               ended by {span['ended_by']}")
-    print("events:")
-    for e in events:
-        print("  " + _event_line(e))
-
-
-def cmd_status(args) -> None:
-    # An operator's question, not a pipeline step: a down MLflow is reported in seconds, not after
-    # MLflow's default minutes of HTTP retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    rec = status_record()
-    if args.json:
-        print(json.dumps(rec, indent=2, default=str))
-    else:
-        print_status(rec)
-
-
-def _suite_for_spec_file(spec_file, suite_file: str):
-    """The suite a spec file is checked against: the configured folder for a spec in the configured
-    pipelines folder (what the DAGs use), else ``expectations/`` beside the spec's folder if it has it."""
-    from pathlib import Path
-
-    from include.settings import get_settings
-
-    settings = get_settings()
-    folder = Path(spec_file).resolve().parent
-    sibling = folder.parent / "expectations" / suite_file
-    if folder != settings.pipelines_dir.resolve() and sibling.is_file():
-        return sibling
-    return settings.expectations_dir / suite_file
-
-
-def cmd_check_spec(args) -> None:
-    """Validate each spec file, and cross-check its expectation suite against the columns ingest writes."""
-    from include.spec import SpecError, load_spec
-    from include.tasks.train.suite_check import check_suite_columns
-
-    failed = False
-    for path in args.paths:
-        try:
-            spec = load_spec(path)
-        except (SpecError, OSError) as exc:
-            failed = True
-            print(str(exc), file=sys.stderr)
-            continue
-        suite = _suite_for_spec_file(path, spec.suite_file)
-        problems = check_suite_columns(spec, suite)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            failed = True
-            continue
-        print(
-            f"{path}: ok ({spec.name}, {len(spec.features.all)} features, {spec.estimator.kind}; "
-            f"suite {suite} agrees with the columns ingest writes)"
-        )
-    if failed:
-        raise SystemExit(1)
-
-
-def cmd_sweep(args) -> None:
-    from include.lineage import sweep_ended_runs
-
-    use_airflow_env()
-    closed = sweep_ended_runs(args.days)
-    for name in closed:
-        _say(f"closed the lineage of {name}")
-    _say(f"swept DAG runs that ended in the last {args.days} days: {len(closed)} needed closing")
-
-
-def cmd_env(args) -> None:
-    from include.settings import airflow_environment, get_settings
-
-    s = get_settings()
-    print(f"# landing zone (each batch lands as <pipeline>/<source.batch_name of its spec>): {s.landing_uri}")
-    print(f"# lake (ingested batches, snapshots, run outputs): {s.lake_uri}")
-    print(f"# DVC remote: {s.dvc_remote_uri}")
-    for k, v in airflow_environment().items():
-        print(f"export {k}={json.dumps(v)}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``slipway`` console command."""
-    parser = argparse.ArgumentParser(prog="slipway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "demo",
-        help="the lifecycle on the embedded stack: train, roll out with traffic, approve, promote (see include/demo/lifecycle.py)",
-    )
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("seed", help="drop the Telco churn monthly batches into the landing zone")
-    p.add_argument("--start", default="2025-01")
-    p.add_argument("--months", type=int, default=12)
-    p.set_defaults(func=cmd_seed)
-
-    p = sub.add_parser("run", help="run one DAG run of a pipeline now (dag.test) for a month's data interval")
-    p.add_argument("pipeline")
-    p.add_argument("--purpose", default="train")
-    p.add_argument("--month", help="YYYY-MM of the data interval (default: the current one)")
-    p.add_argument("--verbose", action="store_true", help="print every task's log instead of only the errors")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser(
-        "lineage",
-        help="how a model version came to be: NAME@ALIAS, NAME/VERSION, or --request ID of a prediction",
-    )
-    p.add_argument("ref", nargs="?")
-    p.add_argument(
-        "--request", help="a prediction's request id: its model version and that version's lineage"
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_lineage)
-
-    p = sub.add_parser("history", help="which version was champion when, and why it changed")
-    p.add_argument("pipeline")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_history)
-
-    p = sub.add_parser("status", help="pipelines, registered versions and aliases")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("check-spec", help="validate pipeline spec files")
-    p.add_argument("paths", nargs="+")
-    p.set_defaults(func=cmd_check_spec)
-
-    p = sub.add_parser("env", help="print the environment of the embedded stack as shell exports")
-    p.set_defaults(func=cmd_env)
-
-    p = sub.add_parser(
-        "sweep",
-        help="close MLflow lineage that finished DAG runs left open (e.g. MLflow was down at their end)",
-    )
-    p.add_argument("--days", type=int, default=14, help="look at DAG runs that ended in the last N days")
-    p.set_defaults(func=cmd_sweep)
-
-    from include.serving.cli import add_commands
-
-    add_commands(sub)
-
-    args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in summaries
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

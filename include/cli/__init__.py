@@ -1,0 +1,1 @@
+"""The ``slipway`` command line: ``commands`` (the parser and each command), ``reports`` (what they print)."""

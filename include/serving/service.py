@@ -1,0 +1,152 @@
+"""What one worker process of the service holds (schemas, models, the prediction log, the keys), how a
+request is admitted (pipeline served here, key and scope), and JSON in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from include.prediction_log.writer import PredictionLog
+from include.serving.asgi import Request, Response
+from include.serving.explain import Explainers
+from include.serving.keys import KeyStore, presented_key
+from include.serving.models import ModelRegistry
+from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
+
+log = logging.getLogger(__name__)
+
+DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES  # beyond this an oversized body is cut off (413, then close)
+
+
+def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers)
+
+
+def error_response(status: int, message: str, problems: list[str] | None = None, headers: dict | None = None):
+    body = {"error": message}
+    if problems:
+        body["problems"] = problems
+    return json_response(body, status, headers)
+
+
+@dataclass
+class ServiceConfig:
+    pipelines: list[str]
+    refresh_s: float = 5.0
+    db_url: str | None = None
+    tracking_uri: str | None = None
+    pinned: dict[str, int] | None = None
+
+
+class Service:
+    """Everything one worker process holds: schemas, models, the log, the keys."""
+
+    def __init__(self, config: ServiceConfig):
+        from include.settings import pii_key
+        from include.spec import load_pipeline
+
+        self.config = config
+        self.schemas = {p: RequestSchema.from_spec(load_pipeline(p)) for p in config.pipelines}
+        self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri, config.pinned)
+        self.log = PredictionLog(config.db_url)
+        self.keys = KeyStore(config.db_url)
+        self._entity_mac = hmac.new(pii_key(), digestmod="sha256")
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self.explainers = Explainers(config.tracking_uri)
+
+    def start(self) -> None:
+        self.log.start()
+        self.keys.start()
+        self.registry.start()
+
+    def stop(self) -> None:
+        self.registry.stop()
+        self.log.close()
+
+    # ------------------------------------------------------------------ helpers
+    def entity(self, schema: RequestSchema, raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        if schema.entity_hashed:  # the same keyed hash as ingest: joins with the lake, never the raw id
+            mac = self._entity_mac.copy()  # the key's pads are hashed once, at start
+            mac.update(raw.encode())
+            return mac.hexdigest()
+        return raw
+
+    def authorise(self, request: Request, scope: str, pipeline: str | None):
+        try:
+            key = self.keys.authenticate(presented_key(request.headers))
+        except Exception as exc:  # the key store's database is down: fail closed, and say so
+            log.warning("key store unavailable: %s", type(exc).__name__)
+            return None, error_response(
+                503, "the key store is unavailable; retry later", headers={"Retry-After": "5"}
+            )
+        if key is not None:
+            request.state["key_id"] = key.key_id
+        if key is None:
+            return None, error_response(
+                401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+            )
+        if not key.allows(scope, pipeline):
+            return key, error_response(
+                403,
+                f"key {key.key_id} lacks scope {scope!r}"
+                + (f" for pipeline {pipeline!r}" if pipeline else ""),
+            )
+        return key, None
+
+    def admit(self, request: Request, scope: str, any_key: bool = False):
+        """(pipeline, schema, refusal): the pipeline must be served here and the key allowed ``scope``
+        (with ``any_key``, any valid key will do)."""
+        pipeline = request.path_params["pipeline"]
+        schema = self.schemas.get(pipeline)
+        if schema is None:
+            return (
+                pipeline,
+                None,
+                error_response(404, f"no pipeline {pipeline!r} is served here; served: {sorted(self.schemas)}"),
+            )
+        key, denied = self.authorise(request, scope, pipeline)
+        if denied is not None and not (any_key and key is not None):
+            return pipeline, schema, denied
+        return pipeline, schema, None
+
+
+def _too_big() -> RequestError:
+    return RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes; send fewer rows per request")
+
+
+async def read_json(request: Request):
+    length = request.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise RequestError(400, "Content-Length is not a number")
+    chunks, size = [], 0
+    while True:  # the body's ASGI messages
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            chunks = []  # keep reading (and dropping) a moderately oversized body, so a client that
+            if size > DRAIN_LIMIT_BYTES:  # sends it whole before reading gets the 413, not a reset
+                raise _too_big()
+        elif chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if size > MAX_BODY_BYTES or (length is not None and int(length) > MAX_BODY_BYTES):
+        raise _too_big()
+    try:
+        return orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(
+            400,
+            f"the body is not valid JSON ({exc.msg}); NaN and Infinity are not JSON: send null or a number",
+        ) from exc
+
+
