@@ -5,22 +5,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install system-deps demo test lint up down up-embedded bench policy clean
+.PHONY: help install system-deps demo test test-unit lint docs up down up-embedded bench policy clean
 
 help:
-	@echo "make demo   install what is missing, run the telco_churn training pipeline on the embedded stack"
-	@echo "make test   install what is missing, run linters and the whole test suite"
-	@echo "make up     the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus), in the background"
-	@echo "make down   stop what make up started"
+	@echo "make demo       install what is missing, then the whole lifecycle on the embedded stack: train, roll out with"
+	@echo "                live traffic, approve, promote; a drift episode retrains and rolls out a new model by itself"
+	@echo "make test       install what is missing, lint, run the whole test suite"
+	@echo "make test-unit  the tests that need no started stack (no Airflow scheduler, no trained service), in minutes"
+	@echo "make lint       ruff check, ruff format --check, mypy on include/, the docs built with their links checked"
+	@echo "make docs       build the documentation (MkDocs) into site/"
+	@echo "make up         the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus), in the background"
+	@echo "make down       stop what make up started"
 	@echo "make up-embedded  Airflow (UI on :8080) + MLflow UI (:5000) on the embedded SQLite stack, in the foreground"
-	@echo "make bench  scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently"
-	@echo "make policy the fairness policy replayed on every monthly snapshot of the demo data"
-	@echo "make clean  remove the embedded state folder (.slipway/)"
+	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently"
+	@echo "make policy     the fairness policy replayed on every monthly snapshot of the demo data"
+	@echo "make clean      remove the embedded state folder (.slipway/) and the built docs (site/)"
 
 # Locked install: two installs from uv.lock get the same versions. uv is bootstrapped with pip.
+# Bytecode is compiled at install: every process (each Airflow task, the service's workers) then
+# imports the libraries from .pyc, also where PYTHONDONTWRITEBYTECODE keeps Python from caching it.
 $(BIN)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
-	$(UV) sync --frozen --extra dev --python 3.11
+	$(UV) sync --frozen --extra dev --python 3.11 --compile-bytecode
 	@touch $@
 
 install: $(BIN)/.installed
@@ -31,6 +37,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff check --select AIR dags plugins include
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy include
+	d=$$(mktemp -d) && $(BIN)/mkdocs build --strict --quiet --site-dir "$$d"; s=$$?; rm -rf "$$d"; exit $$s
+	$(BIN)/python docs/check_links.py
+
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # Two workers: the live Airflow stack's tests mostly wait on the scheduler, so the other tests run
 # beside them; each worker takes whole groups (see tests/conftest.py).
@@ -45,6 +58,11 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/python -m pytest -n 2
+
+# No started stack: leaves out the live Airflow stack's tests, the trained registry and service's,
+# and the end-to-end DAG runs (pytest markers live, service, e2e).
+test-unit: install
+	$(BIN)/python -m pytest -n 2 -m "not e2e and not live and not service"
 
 up: install
 	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
@@ -64,7 +82,7 @@ bench: install
 	$(BIN)/python -m benchmarks.drift
 
 clean:
-	rm -rf .slipway
+	rm -rf .slipway site
 
 policy: install
 	$(BIN)/python -m include.demo.fairness_policy

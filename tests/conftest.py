@@ -50,13 +50,15 @@ _STRAY_AT_START = _stray_files()
 @functools.cache
 def _group(path: str) -> str:
     """The unit a pytest-xdist worker takes whole (``make test`` runs ``-n 2``): every module on the
-    one live Airflow stack together (it starts once per worker, so once), the serving tests together
-    (they share one trained registry and one service), otherwise the module (its fixtures built once)."""
-    if path.startswith("tests/serving/"):
-        return "serving"
+    one live Airflow stack together (it starts once per worker, so once), the serving tests and every
+    module on the service harness together (they share one trained registry and one service),
+    otherwise the module (its fixtures built once)."""
     source = PROJECT_ROOT / path
-    if source.suffix == ".py" and "live_stack" in source.read_text():
+    text = source.read_text() if source.suffix == ".py" else ""
+    if "live_stack" in text:
         return "live"
+    if path.startswith("tests/serving/") or "tests.support.service" in text:
+        return "serving"
     return path
 
 
@@ -90,13 +92,13 @@ LIVE_ORDER = (
 # Modules of a minute or more (measured), started before the quick ones so none is left running
 # alone at the end.
 SLOW_MODULES = (
-    "tests/integration/test_topology.py",
+    "tests/deploy/test_topology.py",
     "tests/dags/test_train_e2e.py",
     "tests/dags/test_train_e2e_production.py",
     "tests/dags/test_second_pipeline_e2e.py",
     "tests/dags/test_feedback_e2e.py",
     "tests/dags/test_dag_processor.py",
-    "tests/integration/test_make_up.py",
+    "tests/deploy/test_make_up.py",
     "tests/dags/test_lineage_faults.py",
 )
 
@@ -111,9 +113,22 @@ def _rank(item) -> tuple[int, int]:
     return (2, SLOW_MODULES.index(path)) if path in SLOW_MODULES else (3, 0)
 
 
+def _uses_shared(item, name: str) -> bool:
+    """Whether ``item`` uses this file's session fixture ``name`` (not a module's own of that name)."""
+    defs = item._fixtureinfo.name2fixturedefs.get(name)
+    return bool(defs) and defs[-1].func.__module__ == __name__
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The longest groups first (the live stack's, mostly waiting on the scheduler, the serving
-    tests, the slow modules), so each worker starts on one and the quick modules fill in last."""
+    """Mark what needs a shared stack (``live``: the Airflow stack; ``service``: the trained registry
+    and the service), so ``make test-unit`` can leave them out; then the longest groups first (the
+    live stack's, mostly waiting on the scheduler, the serving tests, the slow modules), so each
+    worker starts on one and the quick modules fill in last."""
+    for item in items:
+        if _uses_shared(item, "live_stack"):
+            item.add_marker(pytest.mark.live)
+        if _uses_shared(item, "registry") or _uses_shared(item, "service"):
+            item.add_marker(pytest.mark.service)
     items.sort(key=_rank)  # stable: the other modules keep their order
 
 
@@ -168,13 +183,11 @@ def isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def moto_s3():
     """moto's standalone S3 server on a free loopback port, stopped at the end of the session."""
-    import socket
-
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.support.processes import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -191,22 +204,12 @@ def s3_env(moto_s3, monkeypatch):
     return moto_s3
 
 
-def make_snapshot(frame, spec, path: Path) -> str:
-    """A training snapshot (as ingest would write it) of ``frame`` at ``path``; returns its URI."""
-    from include import storage
-    from include.frames import to_parquet_bytes
-    from include.tasks.train.ingest import conform_batch
-
-    raw = frame.astype(str).replace({"nan": None})
-    df = conform_batch(raw, spec, "mem://", "2025-01", b"k")
-    return storage.write_bytes(storage.path_to_uri(path), to_parquet_bytes(df))
-
-
 @pytest.fixture
 def telco_trained(tmp_path, telco_spec, wa_churn):
     """The telco logistic regression trained on the first 1,500 customers (model, splits under tmp_path)."""
     from include import storage
     from include.tasks.train.fit import train_model
+    from tests.support.snapshots import make_snapshot
 
     snap = make_snapshot(wa_churn.iloc[:1500], telco_spec, tmp_path / "snap.parquet")
     return train_model(telco_spec, snap, storage.path_to_uri(tmp_path / "run"))
@@ -219,7 +222,7 @@ def pg_db():
     Dropped at teardown even if the test failed (connections allowed again, sessions ended)."""
     import uuid
 
-    from tests.pg import PgDatabase, create_databases, drop_databases, pg_url
+    from tests.support.pg import PgDatabase, create_databases, drop_databases, pg_url
 
     psycopg2 = pytest.importorskip("psycopg2")
     name = f"slipway_test_{uuid.uuid4().hex[:12]}"
@@ -239,3 +242,60 @@ def log_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'serving.db'}"
     return request.getfixturevalue("pg_db").url
+
+
+# --------------------------------------------------------------------------- the shared live stacks
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory):
+    """The one real Airflow stack the session shares (see ``tests/support/live.py``)."""
+    from tests.support.live import LiveStack
+
+    stack = LiveStack(tmp_path_factory.mktemp("live")).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """The session's trained registry (one ``slipway run`` of telco_churn), version 1 the champion."""
+    from tests.support.processes import slipway
+    from tests.support.service import PIPELINE, Registry
+
+    reg = Registry(tmp_path_factory.mktemp("serving"))
+    slipway(reg.env, "seed")
+    slipway(reg.env, "run", PIPELINE, "--month", "2025-12", timeout=900)
+    versions = reg.client().search_model_versions(f"name='{PIPELINE}'")
+    assert [int(v.version) for v in versions] == [1]
+    reg.set_alias("champion", 1)
+    return reg
+
+
+@pytest.fixture(scope="session")
+def service(registry, tmp_path_factory):
+    """``slipway serve`` on the session's registry, as a process over HTTP."""
+    from tests.support.service import Service
+
+    svc = Service(registry, tmp_path_factory.mktemp("service")).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def row() -> dict:
+    """One valid request row, from the demo data (raw, as an application would send it)."""
+    from include.demo.data import load_wa_churn
+    from include.spec import load_pipeline
+    from tests.support.service import PIPELINE
+
+    spec = load_pipeline(PIPELINE)
+    rec = load_wa_churn().iloc[0]
+    out: dict = {"customer_id": str(rec["customer_id"])}
+    for n in spec.features.numeric:
+        out[n] = None if rec[n] != rec[n] else float(rec[n])
+    for n in spec.features.binary:
+        out[n] = int(rec[n])
+    for n in spec.features.categorical:
+        out[n] = str(rec[n])
+    return out

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dags.e2e import ROOT, clean_env
-from tests.pg import create_databases, drop_databases
+from tests.support.pg import create_databases, drop_databases
+from tests.support.processes import ROOT, clean_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

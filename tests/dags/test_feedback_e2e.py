@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from include import storage
-from tests.dags.e2e import TEST_PII_KEY, clean_env, mlflow_client, slipway, task_runs
+from tests.support.processes import TEST_PII_KEY, clean_env, mlflow_client, slipway, task_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +95,7 @@ def test_labelled_predictions_replace_landed_rows_in_the_versioned_snapshot(trai
     assert by_task["validate_snapshot"].data.tags["slipway.validation"] == "passed"
 
     # `slipway lineage` names the feedback batch the version was trained with.
-    from tests.dags.e2e import lineage
+    from tests.support.processes import lineage
 
     rec = lineage(clean_env(SLIPWAY_HOME=str(trained["home"])), f"{NAME}@candidate")
     assert rec["feedback"]["batch"] == written["uri"] and len(rec["feedback"]["sha256"]) == 64

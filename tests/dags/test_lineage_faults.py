@@ -13,7 +13,11 @@ import sys
 import time
 from types import SimpleNamespace
 
-from tests.dags.e2e import ROOT
+import pytest
+
+from tests.support.processes import ROOT
+
+pytestmark = pytest.mark.e2e  # task tries in processes, one SIGKILLed
 
 _KILLED_TRY = r"""
 import sys, time

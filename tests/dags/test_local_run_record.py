@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.dags.e2e import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

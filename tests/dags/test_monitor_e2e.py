@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.dags.e2e import mlflow_client, task_runs
+from tests.support.processes import mlflow_client, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -7,7 +7,7 @@
    answers the approval, the scheduler's timeout applies the default (Reject), and the candidate is
    rolled back: the run fails with the reason, the champion is unchanged and still serving.
 
-The spec of the live stack (tests/dags/live.py) shortens the windows and the approval timeout.
+The spec of the live stack (tests/support/live.py) shortens the windows and the approval timeout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import urllib.request
 import pytest
 
 from include.demo.approvals import answer
-from tests.dags.e2e import ROOT, mlflow_client, slipway, wait_until
+from tests.support.processes import ROOT, mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

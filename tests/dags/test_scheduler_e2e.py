@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dags.e2e import mlflow_client, task_runs
+from tests.support.processes import mlflow_client, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -150,7 +150,7 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
 
 def test_a_sweep_closes_lineage_that_mlflow_missed_at_the_end(live_stack):
     """MLflow down when a DAG run ended: its parent and a task run stayed open; `slipway sweep` closes them."""
-    from tests.dags.e2e import slipway
+    from tests.support.processes import slipway
 
     stack = live_stack
     client = mlflow_client(stack.tracking)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dags.e2e import ROOT, clean_env, lineage, mlflow_client, slipway, task_runs
+from tests.support.processes import ROOT, clean_env, lineage, mlflow_client, slipway, task_runs
 
 pytestmark = pytest.mark.e2e
 

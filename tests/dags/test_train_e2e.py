@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from include import storage
-from tests.dags.e2e import ROOT, clean_env, lineage, mlflow_client, slipway, task_runs
+from tests.support.processes import ROOT, clean_env, lineage, mlflow_client, slipway, task_runs
 
 pytestmark = pytest.mark.e2e
 

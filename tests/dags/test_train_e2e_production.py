@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from tests.dags.e2e import clean_env, lineage, mlflow_client, slipway, task_runs
-from tests.pg import create_databases, drop_databases
+from tests.support.pg import create_databases, drop_databases
+from tests.support.processes import clean_env, lineage, mlflow_client, slipway, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tests.serving.conftest import PIPELINE
+from tests.support.service import PIPELINE
 
 
 def _gauges(text: str) -> dict[str, float]:

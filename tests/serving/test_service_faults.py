@@ -14,10 +14,9 @@ import urllib.request
 
 import pytest
 
-from tests.dags.e2e import wait_until
-from tests.pg import pg_admin, pg_terminate_backends
-from tests.serving.conftest import PIPELINE, Service, free_port
-from tests.serving.test_service_http import _metric, _rows
+from tests.support.pg import pg_admin, pg_terminate_backends
+from tests.support.processes import free_port, wait_until
+from tests.support.service import PIPELINE, Service, logged_rows, metric
 
 
 def test_sigkill_under_load_loses_no_answered_prediction(registry, row, tmp_path):
@@ -48,7 +47,7 @@ def test_sigkill_under_load_loses_no_answered_prediction(registry, row, tmp_path
         for t in threads:
             t.join(timeout=35)
         svc.stop(signal.SIGKILL)
-    logged = {r["request_id"] for r in _rows(svc)}
+    logged = {r["request_id"] for r in logged_rows(svc)}
     missing = [rid for rid in answered if rid not in logged]
     assert len(answered) >= 300 and missing == [], f"{len(missing)} of {len(answered)} answered rows lost"
 
@@ -110,7 +109,7 @@ def test_a_stopped_registry_keeps_the_last_good_model_serving(registry, row, tmp
         for _ in range(20):
             status, body = svc.predict(row)
             assert status == 200 and body["model_version"] == 1, body
-        assert _metric(svc, "slipway_model_reload_failures_total") >= 1
+        assert metric(svc, "slipway_model_reload_failures_total") >= 1
         mlflow_proc = start_registry()
         svc.wait(
             lambda: svc.get("/ready", key=None)[1]["status"] == "ready", 60, "ready once the registry is back"
@@ -143,7 +142,7 @@ def test_two_workers_share_a_postgresql_log_and_sum_their_metrics(registry, row,
             cur.execute("SELECT label FROM slipway_feedback WHERE request_id = %s", (rid,))
             assert cur.fetchall() == [(0,)]
         # Two processes answered; /metrics (in whichever worker) counts both.
-        served = _metric(svc, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="200"}')
+        served = metric(svc, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="200"}')
         assert served == 120
     finally:
         svc.stop()
@@ -186,7 +185,7 @@ def test_a_log_database_outage_sheds_load_with_503_and_recovers(registry, row, t
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         svc.wait(lambda: svc.predict(row)[0] == 200, 30, "answers once the log is back")
-        assert _metric(svc, 'slipway_shed_total{pipeline="telco_churn",reason="log_unavailable"}') >= 1
+        assert metric(svc, 'slipway_shed_total{pipeline="telco_churn",reason="log_unavailable"}') >= 1
     finally:
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

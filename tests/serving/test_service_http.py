@@ -6,29 +6,11 @@ A 500 anywhere here is a failure: every refusal is a 4xx that names the field an
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import pytest
 
-from tests.serving.conftest import PIPELINE
-
-
-def _rows(service, where: str = "1=1", params: tuple = ()) -> list[dict]:
-    path = service.db_url.split("sqlite:///", 1)[1]
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(f"SELECT * FROM slipway_predictions WHERE {where}", params)]
-
-
-def _metric(service, name: str) -> float:
-    status, text = service.get("/metrics", key=service.key("metrics", None))
-    assert status == 200, text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.support.service import PIPELINE, logged_rows, metric
 
 
 def test_one_row_is_scored_logged_and_answered(service, row):
@@ -47,7 +29,7 @@ def test_one_row_is_scored_logged_and_answered(service, row):
         body["probability"] >= body["threshold"]
     )
     assert body["model_version"] == 1 and body["variant"] == "champion"
-    [logged] = _rows(service, "request_id = ?", (body["request_id"],))
+    [logged] = logged_rows(service, "request_id = ?", (body["request_id"],))
     assert (
         logged["served"] == 1
         and logged["model_version"] == 1
@@ -64,7 +46,7 @@ def test_a_batch_is_scored_row_by_row_with_one_request_id_each(service, row):
     assert status == 200, body
     ids = [p["request_id"] for p in body["predictions"]]
     assert len(set(ids)) == 100
-    assert len(_rows(service, f"request_id IN ({','.join('?' * 100)})", tuple(ids))) == 100
+    assert len(logged_rows(service, f"request_id IN ({','.join('?' * 100)})", tuple(ids))) == 100
     # Tenure moves the probability: the rows were scored as sent, not one row copied.
     assert len({round(p["probability"], 6) for p in body["predictions"]}) > 10
 
@@ -126,10 +108,10 @@ def test_oversized_bodies_and_batches_are_refused_with_413(service, row):
 
 
 def test_an_unknown_category_is_served_and_counted(service, row):
-    before = _metric(service, 'slipway_unknown_category_total{field="contract"')
+    before = metric(service, 'slipway_unknown_category_total{field="contract"')
     status, body = service.predict({**row, "contract": "Three year"})
     assert status == 200, body
-    assert _metric(service, 'slipway_unknown_category_total{field="contract"') == before + 1
+    assert metric(service, 'slipway_unknown_category_total{field="contract"') == before + 1
 
 
 def test_keys_and_scopes(service, row):
@@ -226,7 +208,7 @@ def test_alias_switch_is_picked_up_without_a_failed_request(service, registry, r
 
 
 def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(service, registry, row):
-    before = _metric(service, "slipway_model_reload_failures_total")
+    before = metric(service, "slipway_model_reload_failures_total")
     bad = registry.register_copy(1, **{"slipway.onnx_sha256": "0" * 64})
     try:
         registry.set_alias("champion", bad)
@@ -241,7 +223,7 @@ def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(servic
         ), ready
         status, body = service.predict(row)
         assert status == 200 and body["model_version"] == 1
-        assert _metric(service, "slipway_model_reload_failures_total") > before
+        assert metric(service, "slipway_model_reload_failures_total") > before
     finally:
         registry.set_alias("champion", 1)
         service.wait(lambda: service.get("/ready", key=None)[1]["status"] == "ready", 30, "ready again")
@@ -294,7 +276,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
         marks = ",".join("?" * len(ids))
         shadow = service.wait(
             lambda: (
-                len(r := _rows(service, f"served = 0 AND request_id IN ({marks})", tuple(ids))) == 30 and r
+                len(r := logged_rows(service, f"served = 0 AND request_id IN ({marks})", tuple(ids))) == 30 and r
             ),
             30,
             "30 shadow rows",
@@ -302,7 +284,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
         assert {r["variant"] for r in shadow} == {"challenger"} and {r["model_version"] for r in shadow} == {
             v2
         }
-        served = _rows(service, f"served = 1 AND request_id IN ({marks})", tuple(ids))
+        served = logged_rows(service, f"served = 1 AND request_id IN ({marks})", tuple(ids))
         assert len(served) == 30 and {r["variant"] for r in served} == {"champion"}
     finally:
         registry.set_traffic("none")
@@ -316,7 +298,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
 
 def test_no_500_was_answered(service):
     assert (
-        _metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
+        metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
     )
     assert "Traceback" not in service.log(), service.log()
 

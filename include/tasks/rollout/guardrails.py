@@ -154,10 +154,10 @@ def entity_losses(arm: Arm, metric: str, threshold: float) -> tuple[np.ndarray, 
     losses = row_loss(metric, arm.probability[labelled], arm.label[labelled], threshold)
     entities = arm.entity if len(arm.entity) == arm.rows else [None] * arm.rows
     keys = [e if e is not None else ("row", i) for i, e in enumerate(entities) if labelled[i]]
-    groups: dict = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    return np.array([losses[idx].mean() for idx in groups.values()]), len(keys)
+    ids: dict = {}  # entity -> its group, in order of first appearance
+    group = np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.intp, count=len(keys))
+    sums = np.bincount(group, weights=losses, minlength=len(ids))
+    return sums / np.bincount(group, minlength=len(ids)), len(keys)
 
 
 def shadow_checks(cfg, window: Window, final: bool) -> list[dict]:
