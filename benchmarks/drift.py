@@ -64,7 +64,6 @@ def _snapshot(base: Path):
     return pd.read_parquet(path), path
 
 
-
 def prepare(base: Path, rows: int, db_url: str) -> dict:
     """Write the reference profile and ``rows`` logged predictions; return their locations."""
     import numpy as np

@@ -528,9 +528,7 @@ def _terminate(signum, frame):  # SIGTERM runs the finally blocks: servers stopp
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m benchmarks.serving [--duration S] [--workers 1,2] [--skip-peer]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.serving", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15, help="measured seconds per configuration")
     parser.add_argument("--warmup", type=float, default=5, help="uncounted seconds of load before each")
     parser.add_argument("--workers", default="1,2", help="worker counts to try on each side")

@@ -85,9 +85,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
             defaults="Reject",
             response_timeout=timedelta(hours=spec.rollout.approval.timeout_hours),
         )
-        promoted = b.promote_candidate(name, outlets=[a.champion])(
-            selected, approve_promotion.output
-        )
+        promoted = b.promote_candidate(name, outlets=[a.champion])(selected, approve_promotion.output)
         infra >> shadow >> canary
         evidence >> approve_promotion
         promoted >> b.conclude_rollout(name)()

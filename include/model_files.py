@@ -42,7 +42,6 @@ class ModelRefused(RuntimeError):
     """A registered version cannot be served as it is (digest, external data, graph)."""
 
 
-
 # skops types a Slipway model may need beyond skops' own defaults. Derived by fitting every kind in
 # include/spec.py ESTIMATORS inside build_pipeline's Pipeline (numeric-only, categorical-only and
 # mixed features; balanced and unweighted; several parameter sets each) and taking the union of
@@ -165,7 +164,6 @@ def load_model(data: bytes):
         raise ModelFileError(f"refusing to load a model with untrusted types: {exc}") from None
 
 
-
 # ------------------------------------------------------------------------------ pins
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of ``data``."""
@@ -286,9 +284,7 @@ def _schema(model) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
     return inputs, categories
 
 
-def load_onnx(
-    pipeline: str, version: int, folder: Path, expected_sha256: str, threshold: float
-) -> OnnxModel:
+def load_onnx(pipeline: str, version: int, folder: Path, expected_sha256: str, threshold: float) -> OnnxModel:
     """Check and load ``folder/model.onnx`` from the bytes that were hashed; raise :class:`ModelRefused`
     with the reason."""
     import onnx
@@ -343,5 +339,3 @@ def predict_proba_onnx(session, spec: PipelineSpec, X: pd.DataFrame) -> np.ndarr
 
     out = session.run(None, onnx_inputs(spec, X))[_proba_index(session)]
     return np.asarray(out, dtype=np.float64)[:, 1]
-
-

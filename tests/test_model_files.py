@@ -169,12 +169,16 @@ def test_saving_a_model_in_an_airflow_worker_logs_no_warnings(project_root):
     import sys
 
     spec = str(project_root / "include" / "pipelines" / "telco_churn.yaml")
-    out = subprocess.run(
-        [sys.executable, "-c", _DUMP_IN_A_WORKER, spec],
-        cwd=project_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", _DUMP_IN_A_WORKER, spec],
+            cwd=project_root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert out == "0 []"

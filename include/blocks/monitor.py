@@ -21,8 +21,6 @@ from include.uri import join
 log = logging.getLogger("slipway")
 
 
-
-
 def _interval(step: Step) -> tuple[str, str]:
     """The window checked: the data interval, or for a run triggered with ``minutes`` the minutes
     before the moment it was triggered (an operator's "check the last half hour now")."""

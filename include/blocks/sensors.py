@@ -36,7 +36,10 @@ class BatchArrivedTrigger(BaseTrigger):
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("include.blocks.sensors.BatchArrivedTrigger", {"uri": self.uri, "poll_interval": self.poll_interval})
+        return (
+            "include.blocks.sensors.BatchArrivedTrigger",
+            {"uri": self.uri, "poll_interval": self.poll_interval},
+        )
 
     async def run(self):
         from include import storage

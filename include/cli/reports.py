@@ -424,5 +424,3 @@ def summarise_run(pipeline: str, dag_id: str, run_id: str) -> None:
         print(f"missing gates: {', '.join(blessing['missing'])}")
     print("gates:")
     print_gates(blessing["results"])
-
-

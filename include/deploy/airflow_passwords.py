@@ -22,7 +22,8 @@ def write_passwords(path: str, password: str, user: str = "admin") -> None:
 
 def main() -> None:
     write_passwords(
-        os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"], os.environ.get("AIRFLOW_ADMIN_PASSWORD", "")
+        os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"],
+        os.environ.get("AIRFLOW_ADMIN_PASSWORD", ""),
     )
 
 

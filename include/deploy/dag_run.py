@@ -90,7 +90,9 @@ class _TaskLogs:
                 finally:
                     fh.flush()
                     # The original stdout: sys.stdout may still be a redirection into the (closing) task log.
-                    configure_logging(json_output=False, output=sys.__stdout__, cache_logger_on_first_use=False)
+                    configure_logging(
+                        json_output=False, output=sys.__stdout__, cache_logger_on_first_use=False
+                    )
                     if self.echo:
                         print(f"--- {ti.task_id} (try {ti.try_number}): {path}\n{render(path)}", flush=True)
 

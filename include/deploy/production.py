@@ -618,7 +618,9 @@ def up(timeout: float = 600) -> None:
     else:
         _say("Prometheus   not installed here (apt-get install prometheus); the compose stack has it")
     _say(f"S3 (moto)    {topo.url('s3')}  buckets {', '.join(BUCKETS)}")
-    _say('shell: eval "$(python -m include.deploy.production env)" to point slipway and the AWS/MLflow CLIs at it')
+    _say(
+        'shell: eval "$(python -m include.deploy.production env)" to point slipway and the AWS/MLflow CLIs at it'
+    )
     _say("make down stops it")
 
 

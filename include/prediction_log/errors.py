@@ -9,7 +9,6 @@ class LogOverloaded(RuntimeError):
     retry_after_s = 1
 
 
-
 class LogUnavailable(RuntimeError):
     """The commit that carried the rows failed (or the log is not running): answer 503."""
 
@@ -18,8 +17,5 @@ class UnknownRequest(LookupError):
     """Feedback names a request id that was never logged (404)."""
 
 
-
 class ConflictingLabel(ValueError):
     """A different label is already recorded for this request; labels are write-once (409)."""
-
-

@@ -67,4 +67,3 @@ def record_label(
         f"this request already has label {stored}; labels are write-once, so {label} was not "
         "recorded. If the first label was wrong, correct it in the database with an audit note"
     )
-

@@ -26,7 +26,6 @@ COLUMNS = (
 )
 
 
-
 @dataclass(frozen=True)
 class PredictionRow:
     """One scored input row as it is logged (a batch request logs one row per input row)."""
@@ -42,7 +41,6 @@ class PredictionRow:
     decision: int  # 0/1 at the version's threshold
     latency_ms: float
     created_at: datetime  # UTC, timezone-aware
-
 
 
 @dataclass(frozen=True)
@@ -124,5 +122,3 @@ def row_params(row: PredictionRow) -> tuple:
         float(row.latency_ms),
         iso_utc(row.created_at, "PredictionRow.created_at"),
     )
-
-

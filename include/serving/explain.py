@@ -55,9 +55,7 @@ class Explainers:
         from include.spec import SPLIT_COLUMN
         from include.tracking import mlflow_client
 
-        client = (
-            mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
-        )
+        client = mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
         tags = dict(client.get_model_version(pipeline, str(version)).tags)
         uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")
         if not uri or not expected:

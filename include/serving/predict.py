@@ -42,7 +42,9 @@ async def predict(service: Service, request: Request) -> Response:
     if state is None or state.champion is None:
         m.REQUESTS.labels(pipeline, "predict", "503").inc()
         reason = "; ".join(state.problems) if state else "unknown pipeline"
-        return error_response(503, f"no model to serve for {pipeline}: {reason}", headers={"Retry-After": "5"})
+        return error_response(
+            503, f"no model to serve for {pipeline}: {reason}", headers={"Retry-After": "5"}
+        )
     for n in schema.categorical:
         known = state.champion.categories.get(n)
         if known:
@@ -72,8 +74,7 @@ async def predict(service: Service, request: Request) -> Response:
             failed = [i for i, b in zip(idx, scored.bad, strict=True) if b]
             m.MODEL_FAILURES.labels(pipeline, str(model.version), variant).inc(len(failed))
             failures += [
-                FailureRow(ids[i], pipeline, model.version, variant, True, scored.reason, now)
-                for i in failed
+                FailureRow(ids[i], pipeline, model.version, variant, True, scored.reason, now) for i in failed
             ]
             if variant == "champion":
                 return await _champion_failed(service, pipeline, model, failures, scored.reason)
@@ -120,7 +121,9 @@ async def predict(service: Service, request: Request) -> Response:
         m.SHED.labels(pipeline, "log_unavailable").inc()
         m.REQUESTS.labels(pipeline, "predict", "503").inc()
         log.warning("prediction log unavailable: %s", exc)
-        return error_response(503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"})
+        return error_response(
+            503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"}
+        )
     if state.traffic.mode == "shadow" and state.challenger is not None:
         _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now)
     m.child(m.REQUESTS, pipeline, "predict", "200").inc()
@@ -226,5 +229,3 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
     task = asyncio.get_running_loop().create_task(run())
     service._shadow_tasks.add(task)
     task.add_done_callback(service._shadow_tasks.discard)
-
-

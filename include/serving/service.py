@@ -108,7 +108,9 @@ class Service:
             return (
                 pipeline,
                 None,
-                error_response(404, f"no pipeline {pipeline!r} is served here; served: {sorted(self.schemas)}"),
+                error_response(
+                    404, f"no pipeline {pipeline!r} is served here; served: {sorted(self.schemas)}"
+                ),
             )
         key, denied = self.authorise(request, scope, pipeline)
         if denied is not None and not (any_key and key is not None):
@@ -148,5 +150,3 @@ async def read_json(request: Request):
             400,
             f"the body is not valid JSON ({exc.msg}); NaN and Infinity are not JSON: send null or a number",
         ) from exc
-
-

@@ -26,7 +26,10 @@ def test_trigger_fires_when_the_object_appears(tmp_path):
     event = asyncio.run(scenario())
     assert event.payload == {"status": "found", "uri": uri}
     classpath, kwargs = BatchArrivedTrigger(uri=uri, poll_interval=3).serialize()
-    assert classpath == "include.blocks.sensors.BatchArrivedTrigger" and kwargs == {"uri": uri, "poll_interval": 3}
+    assert classpath == "include.blocks.sensors.BatchArrivedTrigger" and kwargs == {
+        "uri": uri,
+        "poll_interval": 3,
+    }
 
 
 def _context(month_start: datetime, run_id: str = "scheduled__x"):
@@ -59,7 +62,9 @@ def test_sensor_defers_then_completes_in_the_same_lineage_run(isolated_home):
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(ctx)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, BatchArrivedTrigger) and trigger.uri.endswith(f"/telco_churn/{month:%Y-%m}.csv")
+    assert isinstance(trigger, BatchArrivedTrigger) and trigger.uri.endswith(
+        f"/telco_churn/{month:%Y-%m}.csv"
+    )
     # It waits until the deadline: 7 days (the spec's source.deadline_days) after the month ends.
     expected = ctx["data_interval_end"] + timedelta(days=7) - datetime.now(UTC)
     assert abs(expected - deferred.value.timeout) < timedelta(seconds=30)
@@ -92,7 +97,10 @@ def test_a_past_month_without_its_batch_is_skipped_at_once(isolated_home):
 
     ctx = _context(datetime(2025, 3, 1, tzinfo=UTC), run_id="manual__past")
     sensor = BatchSensor(task_id="wait_for_batch", pipeline="telco_churn")
-    with pytest.raises(AirflowSkipException, match=r"no batch for 2025-03: nothing landed at .*2025-03\.csv by its deadline 2025-04-08"):
+    with pytest.raises(
+        AirflowSkipException,
+        match=r"no batch for 2025-03: nothing landed at .*2025-03\.csv by its deadline 2025-04-08",
+    ):
         sensor.execute(ctx)
     [run] = _sensor_runs("manual__past")
     assert run.info.status == "FINISHED" and run.data.tags["slipway.state"] == "skipped"

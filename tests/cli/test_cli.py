@@ -11,7 +11,9 @@ def test_status_says_mlflow_is_unreachable_instead_of_no_versions(tmp_path):
     out = slipway(env, "status", timeout=120).stdout
     assert "is unreachable" in out and "unknown, not empty" in out
     assert "no registered versions yet" not in out
-    assert f"landing_zone  file://{tmp_path}/landing" in out and f"lake          file://{tmp_path}/lake" in out
+    assert (
+        f"landing_zone  file://{tmp_path}/landing" in out and f"lake          file://{tmp_path}/lake" in out
+    )
 
 
 def test_status_on_an_empty_store_says_no_versions(tmp_path):

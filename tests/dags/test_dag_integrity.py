@@ -243,7 +243,9 @@ def test_rollout_and_rollback_dag_shape(bag):
     assert dag.max_active_runs == 1
     approval = dag.get_task("approve_promotion")
     assert approval.defaults == ["Reject"]
-    assert approval.response_timeout == timedelta(hours=load_pipeline("telco_churn").rollout.approval.timeout_hours)
+    assert approval.response_timeout == timedelta(
+        hours=load_pipeline("telco_churn").rollout.approval.timeout_hours
+    )
     assert [o.name for o in dag.get_task("promote_candidate").outlets] == ["telco_churn__champion"]
     # Whatever happened upstream, the conclusion runs: a candidate not promoted is rolled back there.
     assert dag.get_task("conclude_rollout").trigger_rule == "all_done"

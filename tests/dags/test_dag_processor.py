@@ -25,10 +25,14 @@ from tests.support.processes import ROOT, clean_env
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
-
 def _airflow(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "airflow", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

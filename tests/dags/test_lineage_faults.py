@@ -35,8 +35,12 @@ with track("telco_churn", ctx):
 
 
 def _ctx(task_id: str, try_number: int, run_id: str = "manual__kill"):
-    ti = SimpleNamespace(dag_id="telco_churn__train", run_id=run_id, task_id=task_id, try_number=try_number, map_index=-1)
-    dag_run = SimpleNamespace(data_interval_start="2025-12-01", data_interval_end="2026-01-01", run_type="manual")
+    ti = SimpleNamespace(
+        dag_id="telco_churn__train", run_id=run_id, task_id=task_id, try_number=try_number, map_index=-1
+    )
+    dag_run = SimpleNamespace(
+        data_interval_start="2025-12-01", data_interval_end="2026-01-01", run_type="manual"
+    )
     return {"ti": ti, "dag_run": dag_run}
 
 
@@ -123,7 +127,9 @@ def test_a_cleared_run_reopens_its_parent_and_keeps_every_attempt(isolated_home)
     with track("telco_churn", _ctx("train_model", 2, run_id="manual__clear")):  # cleared: try 2 runs
         running = configure_mlflow().MlflowClient().get_run(parent.info.run_id)
         assert running.info.status == "RUNNING" and running.data.tags["slipway.state"] == "running"
-    close_parent("telco_churn", "telco_churn__train", "manual__clear", "success", {"train_model": ("success", 2)})
+    close_parent(
+        "telco_churn", "telco_churn__train", "manual__clear", "success", {"train_model": ("success", 2)}
+    )
     parent = find_parent("telco_churn", "telco_churn__train", "manual__clear")
     assert parent.info.status == "FINISHED" and parent.data.tags["slipway.attempt"] == "2"
     assert "data month **2025-12**, success" in parent.data.tags["mlflow.note.content"]

@@ -24,10 +24,14 @@ def _runs(stack, run_type: str) -> list[dict]:
 def test_a_past_month_runs_while_the_current_month_waits_for_its_batch(live_stack):
     stack = live_stack
     stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
-    [current] = stack.wait_for(lambda: _runs(stack, "scheduled"), 180, "the scheduled run of the current month")
+    [current] = stack.wait_for(
+        lambda: _runs(stack, "scheduled"), 180, "the scheduled run of the current month"
+    )
     waiting = current["dag_run_id"]
     stack.wait_for(
-        lambda: stack.task_states(DAG, waiting).get("wait_for_batch") == "deferred", 240, "the sensor to defer"
+        lambda: stack.task_states(DAG, waiting).get("wait_for_batch") == "deferred",
+        240,
+        "the sensor to defer",
     )
 
     stack.api(
@@ -36,8 +40,10 @@ def test_a_past_month_runs_while_the_current_month_waits_for_its_batch(live_stac
         {"dag_run_id": "manual__past_2025_12", "logical_date": "2026-01-01T00:00:00Z"},
     )
     final = stack.wait_for(
-        lambda: stack.run_state(DAG, "manual__past_2025_12") in ("success", "failed")
-        and stack.run_state(DAG, "manual__past_2025_12"),
+        lambda: (
+            stack.run_state(DAG, "manual__past_2025_12") in ("success", "failed")
+            and stack.run_state(DAG, "manual__past_2025_12")
+        ),
         1200,
         "the past month's run to finish",
         every=5,
@@ -92,7 +98,9 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
         {"dag_run_id": run_id, "logical_date": "2026-03-01T00:00:00Z", "conf": {"month": "2025-11"}},
     )
     # validate_snapshot has opened its MLflow run and is inside Great Expectations: kill its process.
-    stack.wait_for(lambda: _open_try(client, run_id, "validate_snapshot"), 600, "validate_snapshot to run", every=0.5)
+    stack.wait_for(
+        lambda: _open_try(client, run_id, "validate_snapshot"), 600, "validate_snapshot to run", every=0.5
+    )
     ti = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/validate_snapshot")
     assert ti["pid"], ti
     os.kill(ti["pid"], signal.SIGKILL)
@@ -111,7 +119,9 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     }
     assert tries[1].info.status == "FAILED" and tries[1].data.tags["slipway.state"] == "killed"
     assert tries[2].info.status == "FINISHED" and tries[2].data.tags["slipway.state"] == "success"
-    assert not [r for r in task_runs(client, "telco_churn", DAG, run_id) if r.info.status in ("RUNNING", "SCHEDULED")]
+    assert not [
+        r for r in task_runs(client, "telco_churn", DAG, run_id) if r.info.status in ("RUNNING", "SCHEDULED")
+    ]
 
     # Cleared by an operator from train_model on ("Clear" with downstream in the UI) and run again:
     # the parent reopens, then ends again; every try stays on record.
@@ -127,7 +137,9 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
             "reset_dag_runs": True,
         },
     )
-    stack.wait_for(lambda: stack.run_state(DAG, run_id) in ("queued", "running"), 120, "the cleared run to start")
+    stack.wait_for(
+        lambda: stack.run_state(DAG, run_id) in ("queued", "running"), 120, "the cleared run to start"
+    )
     final = stack.wait_for(
         lambda: stack.run_state(DAG, run_id) in ("success", "failed") and stack.run_state(DAG, run_id),
         900,
@@ -138,12 +150,21 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     runs = task_runs(client, "telco_churn", DAG, run_id)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.tags["slipway.state"] == "success"
-    assert int(parent.data.tags["slipway.attempt"]) >= 2 and "success" in parent.data.tags["slipway.previous_states"]
-    train_tries = sorted(int(r.data.tags["slipway.try_number"]) for r in runs if r.data.tags["slipway.task_id"] == "train_model")
+    assert (
+        int(parent.data.tags["slipway.attempt"]) >= 2
+        and "success" in parent.data.tags["slipway.previous_states"]
+    )
+    train_tries = sorted(
+        int(r.data.tags["slipway.try_number"])
+        for r in runs
+        if r.data.tags["slipway.task_id"] == "train_model"
+    )
     assert len(train_tries) == 2 and train_tries[0] < train_tries[1]
     # The backfill registered its own version (for the month named) and left candidate on the newer month.
     assert client.get_model_version_by_alias("telco_churn", "candidate").tags["slipway.month"] == "2025-12"
-    nov = [v for v in client.search_model_versions("name = 'telco_churn'") if v.tags["slipway.run_id"] == run_id]
+    nov = [
+        v for v in client.search_model_versions("name = 'telco_churn'") if v.tags["slipway.run_id"] == run_id
+    ]
     assert [v.tags["slipway.month"] for v in nov] == ["2025-11"]
     assert parent.data.tags["slipway.month"] == "2025-11"
 
@@ -164,6 +185,9 @@ def test_a_sweep_closes_lineage_that_mlflow_missed_at_the_end(live_stack):
     assert f"closed the lineage of {DAG}/manual__past_2025_12" in out
     assert client.get_run(parent_id).info.status == "FINISHED"
     closed = client.get_run(left_open.info.run_id)
-    assert closed.info.status == "FINISHED" and "Airflow has the task success" in closed.data.tags["slipway.reason"]
+    assert (
+        closed.info.status == "FINISHED"
+        and "Airflow has the task success" in closed.data.tags["slipway.reason"]
+    )
     assert "needed closing" in slipway(stack.env, "sweep", "--days", "2").stdout.splitlines()[-1]
     assert f"{DAG}/manual__past_2025_12" not in slipway(stack.env, "sweep", "--days", "2").stdout

@@ -307,7 +307,9 @@ def test_refused_candidate_names_every_failed_gate_and_moves_nothing(embedded, t
     assert latest.info.status == "FAILED"
     parent = client.get_run(latest.data.tags["mlflow.parentRunId"])
     siblings = {
-        r.data.tags["slipway.task_id"]: r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        r.data.tags["slipway.task_id"]: r
+        for r in runs
+        if r.data.tags["mlflow.parentRunId"] == parent.info.run_id
     }
     assert siblings["check_fairness"].info.status == "FINISHED"
     assert siblings["check_fairness"].data.tags["slipway.gate.fairness"] == "failed"
@@ -361,6 +363,8 @@ def test_a_planted_identifier_never_leaves_the_process(embedded):
     client = mlflow_client(embedded["tracking"])
     exp = client.get_experiment_by_name("telco_churn")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    assert any(r.data.tags.get("slipway.task_id") == "ingest_batch" and r.info.status == "FAILED" for r in runs)
+    assert any(
+        r.data.tags.get("slipway.task_id") == "ingest_batch" and r.info.status == "FAILED" for r in runs
+    )
     for r in runs:
         assert planted not in str(r.data.tags) + str(r.data.params), r.info.run_id

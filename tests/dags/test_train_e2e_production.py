@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
-
 @pytest.fixture(scope="module")
 def databases():
     suffix = uuid.uuid4().hex[:8]

@@ -17,14 +17,19 @@ from tests.support.processes import LOOPBACK, ROOT, clean_env, descendants, free
 pytestmark = pytest.mark.e2e
 
 
-
-
 def test_make_up_listens_on_loopback_only_and_stops_cleanly(tmp_path):
     port, mlflow_port = free_port(), free_port()
-    env = clean_env(SLIPWAY_HOME=str(tmp_path), SLIPWAY_AIRFLOW_PORT=str(port), SLIPWAY_MLFLOW_PORT=str(mlflow_port))
+    env = clean_env(
+        SLIPWAY_HOME=str(tmp_path), SLIPWAY_AIRFLOW_PORT=str(port), SLIPWAY_MLFLOW_PORT=str(mlflow_port)
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "include.deploy.embedded"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        [sys.executable, "-m", "include.deploy.embedded"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines = []
     try:
@@ -62,4 +67,8 @@ def test_make_up_listens_on_loopback_only_and_stops_cleanly(tmp_path):
     out = "".join(lines) + rest
     assert proc.returncode == 0, out[-3000:]
     assert "[slipway] stopped" in out and "Traceback" not in out
-    assert not [p for p in children if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert not [
+        p
+        for p in children
+        if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+    ]

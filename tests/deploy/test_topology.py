@@ -94,7 +94,9 @@ def stack(tmp_path_factory):
             if (home / "stack" / "supervisor.pid").exists()
             else None
         )
-        subprocess.run([sys.executable, "-m", "include.deploy.production", "reset"], cwd=ROOT, env=env, timeout=300)
+        subprocess.run(
+            [sys.executable, "-m", "include.deploy.production", "reset"], cwd=ROOT, env=env, timeout=300
+        )
         if pid:
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
         import redis

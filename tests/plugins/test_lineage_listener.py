@@ -14,7 +14,9 @@ from tests.support.processes import ROOT
 
 
 def _plugin():
-    spec = importlib.util.spec_from_file_location("slipway_lineage_plugin", ROOT / "plugins" / "slipway_lineage.py")
+    spec = importlib.util.spec_from_file_location(
+        "slipway_lineage_plugin", ROOT / "plugins" / "slipway_lineage.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -276,7 +276,8 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
         marks = ",".join("?" * len(ids))
         shadow = service.wait(
             lambda: (
-                len(r := logged_rows(service, f"served = 0 AND request_id IN ({marks})", tuple(ids))) == 30 and r
+                len(r := logged_rows(service, f"served = 0 AND request_id IN ({marks})", tuple(ids))) == 30
+                and r
             ),
             30,
             "30 shadow rows",
@@ -297,9 +298,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
 
 
 def test_no_500_was_answered(service):
-    assert (
-        metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
-    )
+    assert metric(service, 'slipway_requests_total{pipeline="telco_churn",route="predict",status="500"}') == 0
     assert "Traceback" not in service.log(), service.log()
 
 

@@ -152,5 +152,3 @@ def descendants(pid: int) -> set[int]:
                 except OSError:
                     continue
     return found
-
-

@@ -21,8 +21,6 @@ from include.tracking import mlflow_client
 log = logging.getLogger("slipway")
 
 
-
-
 def _mlflow():
     """The mlflow module when a run is active (inside a tracked task), else None."""
     import mlflow
@@ -55,7 +53,13 @@ class Phase:
         window = self.window_cfg(index)
         weight = 0.0 if self.phase == "shadow" else window.weight
         set_challenger(
-            mlflow_client(), self.pipeline, self.selected["version"], self.phase, weight, step=index, **self.run_ref
+            mlflow_client(),
+            self.pipeline,
+            self.selected["version"],
+            self.phase,
+            weight,
+            step=index,
+            **self.run_ref,
         )
         log.info(
             "%s step %d: version %d as challenger%s; needs %d requests within %.0f min",
@@ -160,6 +164,8 @@ class Phase:
             )
         from include.registry import record_event
 
-        record_event(client, self.pipeline, sel["version"], f"{self.phase}_passed", steps=len(done), **self.run_ref)
+        record_event(
+            client, self.pipeline, sel["version"], f"{self.phase}_passed", steps=len(done), **self.run_ref
+        )
         log.info("%s passed: %d step(s)", self.phase, len(done))
         return state, {"gate": self.phase, "results": all_results, "steps": done, "evidence_uri": uri}

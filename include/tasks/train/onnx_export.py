@@ -84,9 +84,9 @@ def convert(spec: PipelineSpec, model) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    initial_types = [(c, FloatTensorType([None, 1])) for c in [*spec.features.numeric, *spec.features.binary]] + [
-        (c, StringTensorType([None, 1])) for c in spec.features.categorical
-    ]
+    initial_types = [
+        (c, FloatTensorType([None, 1])) for c in [*spec.features.numeric, *spec.features.binary]
+    ] + [(c, StringTensorType([None, 1])) for c in spec.features.categorical]
     what = _describe(model)
     try:
         onx = convert_sklearn(

@@ -42,7 +42,6 @@ def profile(population):
     return build_profile(spec, 3, snapshot, scores)
 
 
-
 def _judge(profile, spec, rows, scores, min_rows=500):
     from include.tasks.monitor.drift import Counts, drift_checks
 

@@ -76,7 +76,17 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
         record(
             db,
             Check(
-                NAME, iso_utc(end - timedelta(hours=1)), iso_utc(end), 9, 500, "breach", False, True, None, False, {}
+                NAME,
+                iso_utc(end - timedelta(hours=1)),
+                iso_utc(end),
+                9,
+                500,
+                "breach",
+                False,
+                True,
+                None,
+                False,
+                {},
             ),
         )
 

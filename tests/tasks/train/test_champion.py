@@ -84,7 +84,9 @@ def test_verified_champion_loads_and_a_missing_alias_means_none(
     X = feature_frame(read_parquet(telco_trained["splits"]["test"]), telco_spec)
     from include.model_files import read_model
 
-    assert np.array_equal(cand["model"].predict_proba(X), read_model(telco_trained["model_uri"]).predict_proba(X))
+    assert np.array_equal(
+        cand["model"].predict_proba(X), read_model(telco_trained["model_uri"]).predict_proba(X)
+    )
 
 
 @pytest.fixture

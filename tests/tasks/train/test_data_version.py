@@ -248,7 +248,9 @@ def test_build_snapshot_of_a_column_typed_differently_by_month(tmp_path: Path, t
     uris = []
     for month, frame in (("2025-01", raw), ("2025-02", later)):
         df = conform_batch(frame, telco_spec, "mem://", month, b"k")
-        uris.append(storage.write_bytes(storage.path_to_uri(tmp_path / f"{month}.parquet"), to_parquet_bytes(df)))
+        uris.append(
+            storage.write_bytes(storage.path_to_uri(tmp_path / f"{month}.parquet"), to_parquet_bytes(df))
+        )
     assert pd.read_parquet(uris[0])["senior_citizen"].dtype == "int64"
     out = build_snapshot(uris, storage.path_to_uri(tmp_path / "snap.parquet"))
     snap = pd.read_parquet(out["snapshot_uri"])

@@ -83,7 +83,11 @@ def _proxy(**aucs) -> dict:
         "features": ["tenure", "contract", "internet_service"],
         "test_rows": 1409,
         "attributes": {
-            attr: {"roc_auc": auc, "probe": "logistic_regression", **({} if auc is not None else {"note": "one group"})}
+            attr: {
+                "roc_auc": auc,
+                "probe": "logistic_regression",
+                **({} if auc is not None else {"note": "one group"}),
+            }
             for attr, auc in aucs.items()
         },
     }
@@ -131,7 +135,9 @@ def test_proxy_checks_gate_each_sensitive_attribute():
     # the probe is what catches the model's main inputs standing in for senior_citizen.
     gate = ExplainabilityGate(forbidden_features=["senior_citizen"], max_proxy_roc_auc=0.8)
     importance = {k: v for k, v in IMPORTANCE.items() if k != "senior_citizen"}
-    results = explainability_gate(importance, gate, _proxy(female=0.51, senior_citizen=0.91), "file:///e.json")
+    results = explainability_gate(
+        importance, gate, _proxy(female=0.51, senior_citizen=0.91), "file:///e.json"
+    )
     assert _status(results) == {"proxy_roc_auc[female]": PASSED, "proxy_roc_auc[senior_citizen]": FAILED}
     senior = results[1]
     assert senior["value"] == 0.91 and senior["threshold"] == 0.8 and senior["comparison"] == "<="

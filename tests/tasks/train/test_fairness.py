@@ -57,7 +57,9 @@ def test_equal_decisions_pass_the_gate():
 def _counts(n, positives, true_pos, false_pos):
     """Labels and decisions of one group: ``positives`` of ``n`` are 1; TP and FP as given."""
     y_true = np.array([1] * positives + [0] * (n - positives))
-    y_pred = np.array([1] * true_pos + [0] * (positives - true_pos) + [1] * false_pos + [0] * (n - positives - false_pos))
+    y_pred = np.array(
+        [1] * true_pos + [0] * (positives - true_pos) + [1] * false_pos + [0] * (n - positives - false_pos)
+    )
     return y_true, y_pred
 
 
@@ -81,7 +83,9 @@ def test_precision_gap_fails_only_the_predictive_parity_check():
     failed = [r for r in results if r["status"] == FAILED]
     assert [r["metric"] for r in failed] == ["predictive_parity_difference[segment]"]
     assert failed[0]["threshold"] == 0.2 and failed[0]["comparison"] == "<="
-    with pytest.raises(GateFailed, match=r"predictive_parity_difference\[segment\] = 0\.2484, required <= 0\.2"):
+    with pytest.raises(
+        GateFailed, match=r"predictive_parity_difference\[segment\] = 0\.2484, required <= 0\.2"
+    ):
         raise_for_gate(results)
 
 
@@ -189,7 +193,9 @@ def test_assess_fairness_end_to_end(tmp_path, telco_spec, trained):
     assert all(r["status"] in (PASSED, FAILED) for r in out["gates"])
     for rep in out["report"]["attributes"].values():
         precisions = [g["precision"] for g in rep["by_group"].values()]
-        assert rep["predictive_parity_difference"] == pytest.approx(max(precisions) - min(precisions), abs=2e-6)
+        assert rep["predictive_parity_difference"] == pytest.approx(
+            max(precisions) - min(precisions), abs=2e-6
+        )
     assert {r["gate"] for r in out["gates"]} == {"fairness"}
     assert all(r["evidence_uri"].endswith("/fair/fairness.json") for r in out["gates"])
     assert out["mitigation"] is None
@@ -242,7 +248,9 @@ def test_threshold_optimizer_records_before_and_after(tmp_path, telco_spec, trai
 def test_missing_sensitive_column_is_named(tmp_path, telco_spec, trained):
     test = read_parquet(trained["splits"]["test"]).drop(columns=["senior_citizen"])
     uri = storage.write_bytes(storage.path_to_uri(tmp_path / "t.parquet"), to_parquet_bytes(test))
-    with pytest.raises(FairnessInputError, match=r"lacks sensitive attribute column\(s\) \['senior_citizen'\]"):
+    with pytest.raises(
+        FairnessInputError, match=r"lacks sensitive attribute column\(s\) \['senior_citizen'\]"
+    ):
         assess_fairness(telco_spec, trained["model_uri"], uri, 0.5, tmp_path / "fair")
 
 
@@ -267,7 +275,10 @@ def test_spec_without_sensitive_attributes_is_not_applicable(tmp_path, telco_spe
     because = "no personal attributes are collected for this product"
     fairness = telco_spec.gates.fairness.model_copy(update={"not_applicable_because": because})
     spec = telco_spec.model_copy(
-        update={"sensitive_attributes": [], "gates": telco_spec.gates.model_copy(update={"fairness": fairness})}
+        update={
+            "sensitive_attributes": [],
+            "gates": telco_spec.gates.model_copy(update={"fairness": fairness}),
+        }
     )
     out = assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "fair")
     assert out["report"] == {"attributes": {}}
