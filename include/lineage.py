@@ -173,7 +173,8 @@ def _log_refs(mlflow, refs: list[dict], context: str) -> None:
             from mlflow.data.http_dataset_source import HTTPDatasetSource
 
             source = HTTPDatasetSource(url=ref["uri"])
-        dataset = MetaDataset(source=source, name=ref["name"], digest=str(ref["digest"])[:36])
+        # MetaDataset declares ``profile`` abstract for its subclasses; it is instantiable as it is.
+        dataset = MetaDataset(source=source, name=ref["name"], digest=str(ref["digest"])[:36])  # type: ignore[abstract]
         mlflow.log_input(
             dataset, context=context, tags={"kind": ref["kind"], "full_digest": str(ref["digest"])}
         )
@@ -512,8 +513,10 @@ def sweep_ended_runs(days: int = 14) -> list[str]:
         ).all()
     closed = []
     for dag_id, run_id, state in ended:
-        pipeline = dag_id.split("__", 1)[0] if "__" in dag_id else None
-        parent = find_parent(pipeline, dag_id, run_id) if pipeline else None
+        if "__" not in dag_id:  # not a Slipway DAG
+            continue
+        pipeline = dag_id.split("__", 1)[0]
+        parent = find_parent(pipeline, dag_id, run_id)
         if parent is None:
             continue
         open_tasks = client.search_runs(

@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -219,7 +219,7 @@ class OnnxModel:
     version: int
     threshold: float
     onnx_sha256: str
-    session: object
+    session: Any  # an onnxruntime InferenceSession
     inputs: dict[str, str]  # name -> "float" | "string"
     categories: dict[str, frozenset[str]]
     output_index: int

@@ -239,13 +239,18 @@ class EvaluationGate(_Strict):
     max_brier: float = Field(1.0, ge=0, le=1)
 
 
+ChampionMetric = Literal["roc_auc", "pr_auc", "f1", "precision", "recall"]
+
+
+def _default_max_regression() -> dict[ChampionMetric, float]:
+    return {"roc_auc": 0.005}
+
+
 class ChampionGate(_Strict):
     """Candidate vs the current champion, both scored on the same current test set."""
 
     enabled: bool = True
-    max_regression: dict[Literal["roc_auc", "pr_auc", "f1", "precision", "recall"], float] = Field(
-        default_factory=lambda: {"roc_auc": 0.005}
-    )
+    max_regression: dict[ChampionMetric, float] = Field(default_factory=lambda: _default_max_regression())
     max_brier_increase: float = Field(0.01, ge=0)
 
     @field_validator("max_regression")
@@ -821,7 +826,7 @@ def _authoring_problems(spec: PipelineSpec) -> list[str]:
 
 
 def _format_error(file: str, exc: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")

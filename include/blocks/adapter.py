@@ -163,7 +163,7 @@ def block(fn=None, **fixed_task_kwargs):
 
         body.__name__ = body.__qualname__ = fn.__name__
         body.__doc__ = fn.__doc__
-        body.__signature__ = upstream_signature  # TaskFlow binds XCom arguments by this signature
+        body.__signature__ = upstream_signature  # type: ignore[attr-defined]  # TaskFlow binds XComs by it
         kwargs = {**fixed_task_kwargs, **task_kwargs}
         return task(task_id=kwargs.pop("task_id", fn.__name__), **kwargs)(body)
 

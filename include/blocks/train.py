@@ -105,9 +105,9 @@ def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -
     from include.uri import join
 
     s, month = step.settings, ingested["month"]
-    feedback_uri = (feedback or {}).get("feedback_uri")
+    feedback_uri = feedback.get("feedback_uri") if feedback else None
     folder = join(s.lake_uri, step.pipeline, "snapshots", f"month={month}")
-    if feedback_uri:  # runs of one month with different feedback never share a key
+    if feedback and feedback_uri:  # runs of one month with different feedback never share a key
         folder = join(folder, f"until={cutoff_token(feedback['cutoff'])}")
     snap_uri = join(folder, "snapshot.parquet")
     snap = build_snapshot(ingested["batch_uris"], snap_uri, feedback_uri, step.spec.entity_column)

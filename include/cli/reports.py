@@ -4,6 +4,7 @@ registry, and their text."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from include.tracking import mlflow_client
 
@@ -286,7 +287,7 @@ def status_record() -> dict:
     specs, errors = discover()
     s = get_settings()
     client = mlflow_client()
-    out = {
+    out: dict[str, Any] = {
         "locations": {
             "landing_zone": s.landing_uri,
             "lake": s.lake_uri,
@@ -298,7 +299,12 @@ def status_record() -> dict:
         "invalid_specs": errors,
     }
     for spec in specs:
-        entry = {"name": spec.name, "dags": [spec.dag_id("train")], "versions": [], "aliases": {}}
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "dags": [spec.dag_id("train")],
+            "versions": [],
+            "aliases": {},
+        }
         if out["mlflow_error"]:
             out["pipelines"].append(entry)
             continue

@@ -14,6 +14,7 @@ Nothing is downloaded: the package carries the data.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from include import storage
 
@@ -37,7 +38,7 @@ def month_labels(start: str, count: int) -> list[str]:
     return out
 
 
-def split_batches(df, months: list[str]) -> dict[str, object]:
+def split_batches(df, months: list[str]) -> dict[str, Any]:
     """Cut rows in order into ``len(months)`` consecutive near-equal batches."""
     import numpy as np
 

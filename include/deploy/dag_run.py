@@ -194,7 +194,7 @@ def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
         # dag.test leaves the root handler writing to the last task's (now closed) log file, and a
         # second configure_logging does not replace it: point it back at the console.
         for handler in logging.getLogger().handlers:
-            if type(handler) is logging.StreamHandler:
+            if type(handler) is logging.StreamHandler and handler.lock is not None:
                 with handler.lock:  # not setStream(): it flushes the old, closed stream first
                     handler.stream = sys.__stdout__
     if quiet and str(dr.state) != "success":

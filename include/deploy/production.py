@@ -490,7 +490,7 @@ def _wait_healthy(service: Service, proc: subprocess.Popen, timeout: float = 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{service.name} exited with {proc.returncode} while starting")
-        if _healthy(service.health):
+        if service.health is not None and _healthy(service.health):
             return
         time.sleep(1)
     raise RuntimeError(f"{service.name} did not answer {service.health} within {timeout:.0f} s")

@@ -33,7 +33,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,7 +62,7 @@ class _Busy(Exception):
 _ROWS_PER_STATEMENT = 64
 
 
-def _insert_rows(conn: Any, sql: str, rows: list[tuple]) -> None:
+def _insert_rows(conn: Any, sql: str, rows: Sequence[tuple]) -> None:
     """Insert ``rows`` with one multi-row ``INSERT ... VALUES (...), (...)`` per 64 rows (SQLite).
 
     ``executemany`` steps the statement once per row, and the sqlite3 module releases and re-takes
@@ -356,11 +356,11 @@ class PredictionLog:
         self,
         rows: list[PredictionRow],
         waiter: _AsyncWaiter | _SyncWaiter,
-        failures: list[FailureRow] = (),
+        failures: Sequence[FailureRow] = (),
     ) -> None:
         self._queue.put(self._admitted(rows, waiter, failures))
 
-    def _admitted(self, rows: list[PredictionRow], waiter, failures: list[FailureRow]) -> _Pending:
+    def _admitted(self, rows: list[PredictionRow], waiter, failures: Sequence[FailureRow]) -> _Pending:
         """The rows as one pending commit, counted as waiting; refused when the log is closed or full."""
         item = _Pending([row_params(row) for row in rows], waiter, [failure_params(row) for row in failures])
         n = item.size
@@ -382,7 +382,7 @@ class PredictionLog:
             self._depth += n
         return item
 
-    async def record(self, rows: list[PredictionRow], failures: list[FailureRow] = ()) -> None:
+    async def record(self, rows: list[PredictionRow], failures: Sequence[FailureRow] = ()) -> None:
         """Return once ``rows`` (and ``failures``) are committed; :class:`LogOverloaded` at once if the
         queue is full, :class:`LogUnavailable` if their commit failed."""
         if not rows and not failures:
@@ -424,7 +424,8 @@ class PredictionLog:
         later, with the rows that arrived meanwhile in the same commit.
         """
         self._loop_flush = None
-        if not self._loop_pending:
+        loop = self._loop
+        if not self._loop_pending or loop is None:
             return
         if self._loop_lock_fd is None:
             self._loop_lock_fd = self._open_lock_file()
@@ -433,7 +434,7 @@ class PredictionLog:
         try:
             fcntl.flock(self._loop_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._loop_flush = self._loop.call_later(_LOCK_RETRY_S, self._flush_on_loop)
+            self._loop_flush = loop.call_later(_LOCK_RETRY_S, self._flush_on_loop)
             return
         batch, self._loop_pending = self._loop_pending, []
         try:
@@ -443,7 +444,7 @@ class PredictionLog:
             self._loop_busy_since = self._loop_busy_since or now
             if now - self._loop_busy_since < self._lock_timeout_s:
                 self._loop_pending[:0] = batch
-                self._loop_flush = self._loop.call_later(_BUSY_RETRY_S, self._flush_on_loop)
+                self._loop_flush = loop.call_later(_BUSY_RETRY_S, self._flush_on_loop)
             else:
                 self._loop_busy_since = None
                 self._failed(batch, exc.__cause__ or exc)
@@ -538,7 +539,7 @@ class PredictionLog:
                 return
             self._succeeded([item])
 
-    def _insert(self, params: list[tuple], failures: list[tuple] = (), *, on_loop: bool = False) -> None:
+    def _insert(self, params: list[tuple], failures: Sequence[tuple] = (), *, on_loop: bool = False) -> None:
         """One transaction: all of ``params`` and ``failures`` or none. Drops the connection after a database error,
         so the next batch reconnects (a PostgreSQL restart costs one failed batch, not the service).
 

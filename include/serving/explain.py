@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 BACKGROUND_ROWS = 100
 LOAD_TIMEOUT_S = 60.0  # loading a version for explanations, on its first explanation
@@ -28,8 +29,8 @@ class ExplainBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class _Loaded:
-    pipeline: object
-    background: object
+    pipeline: Any  # the fitted scikit-learn Pipeline
+    background: Any  # a pandas DataFrame of training rows
 
 
 class Explainers:

@@ -67,6 +67,7 @@ async def predict(service: Service, request: Request) -> Response:
         if not idx:
             continue
         model = state.champion if variant == "champion" else state.challenger
+        assert model is not None  # rows go to the challenger only while one is loaded
         scored = _score(model, arrays, idx, len(rows))
         took = scored.took_s
         m.child(m.LATENCY, pipeline, str(model.version), variant).observe(took)
@@ -81,10 +82,11 @@ async def predict(service: Service, request: Request) -> Response:
             for i in failed:
                 variants[i] = "champion"
         m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(scored.good)
+        probs = scored.probs or []  # None only when every row failed: none is read below
         for j, i in enumerate(idx):
             if scored.bad[j]:
                 continue
-            p = scored.probs[j]
+            p = probs[j]
             decision = int(p >= model.threshold)
             out[i] = {
                 "request_id": ids[i],
@@ -128,7 +130,7 @@ async def predict(service: Service, request: Request) -> Response:
         _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now)
     m.child(m.REQUESTS, pipeline, "predict", "200").inc()
     return json_response(
-        {"pipeline": pipeline, "predictions": out} if batch else {"pipeline": pipeline, **out[0]}
+        {"pipeline": pipeline, "predictions": out} if batch else {"pipeline": pipeline, **(out[0] or {})}
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class RequestSchema:
                 "maxLength": MAX_TEXT,
                 "description": "categorical" + (f"; known: {known}" if known else ""),
             }
-        row = {
+        row: dict[str, Any] = {
             "type": "object",
             "required": list(self.features),
             "additionalProperties": False,
@@ -137,7 +138,7 @@ class RequestSchema:
             "422": {"description": "fields that do not match the schema", "content": _json(error)},
             "503": {"description": "no model, or the prediction log cannot keep up (Retry-After)"},
         }
-        security = [{"apiKey": []}, {"bearer": []}]
+        security: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
         return {
             "openapi": "3.1.0",
             "info": {"title": f"Slipway inference: {p}", "version": "1"},

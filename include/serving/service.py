@@ -27,7 +27,7 @@ def json_response(body: object, status: int = 200, headers: dict | None = None) 
 
 
 def error_response(status: int, message: str, problems: list[str] | None = None, headers: dict | None = None):
-    body = {"error": message}
+    body: dict[str, object] = {"error": message}
     if problems:
         body["problems"] = problems
     return json_response(body, status, headers)
@@ -126,7 +126,8 @@ async def read_json(request: Request):
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
         raise RequestError(400, "Content-Length is not a number")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:  # the body's ASGI messages
         message = await request.receive()
         if message["type"] == "http.disconnect":

@@ -41,8 +41,8 @@ def check(
     """One measured gate result: ``passed`` or ``failed``. A missing or NaN value never passes."""
     if comparison not in (">=", "<="):
         raise ValueError(f"comparison must be '>=' or '<=', got {comparison!r}")
-    ok = value is not None and not math.isnan(value)
-    if ok:
+    ok = False
+    if value is not None and not math.isnan(value):
         ok = value >= threshold if comparison == ">=" else value <= threshold
     out = {
         "gate": gate,

@@ -4,11 +4,12 @@ how far one distribution of values moved from another."""
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 BINS = 10  # numeric bins: the reference's deciles
 
 
-def psi_from_shares(reference: np.ndarray, current: np.ndarray, eps: float = 1e-4) -> float:
+def psi_from_shares(reference: ArrayLike, current: ArrayLike, eps: float = 1e-4) -> float:
     """Population stability index of two share vectors over the same bins (empty bins clipped to eps)."""
     r = np.clip(np.asarray(reference, dtype=float), eps, None)
     c = np.clip(np.asarray(current, dtype=float), eps, None)

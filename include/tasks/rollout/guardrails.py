@@ -121,7 +121,7 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> flo
         / len(x)
         for x in (reference, current)
     ]
-    return psi_from_shares(*shares)
+    return psi_from_shares(shares[0], shares[1])
 
 
 def row_loss(metric: str, probability: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -165,7 +165,8 @@ def shadow_checks(cfg, window: Window, final: bool) -> list[dict]:
     ch, cp = window.challenger, window.champion
     gate = "shadow"
     results: list[dict] = []
-    results.append(check(gate, "requests", ch.routed, cfg.min_requests, ">=") if final else None)
+    if final:
+        results.append(check(gate, "requests", ch.routed, cfg.min_requests, ">="))
     error_rate = ch.failures / ch.routed if ch.routed else None
     if ch.routed:
         results.append(check(gate, "error_rate", error_rate, cfg.max_error_rate, "<="))
@@ -186,7 +187,7 @@ def shadow_checks(cfg, window: Window, final: bool) -> list[dict]:
         results.append(
             check(gate, "paired_requests", 0, 1, ">=", note="no request was scored by both variants")
         )
-    return [r for r in results if r is not None]
+    return results
 
 
 def canary_checks(

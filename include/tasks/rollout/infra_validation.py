@@ -184,7 +184,9 @@ def validate(spec, version: int, snapshot_uri: str) -> dict:
 
     cfg = spec.rollout.infra
     rows = request_rows(spec, snapshot_uri, cfg.requests)
-    latencies, statuses, wrong_version, bad_answers = [], {}, 0, 0
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    wrong_version = bad_answers = 0
     cases_out = {}
     with Sandbox(spec.name, version) as box:
         for row in rows[: min(20, len(rows))]:  # warm-up: first calls load the session's code paths

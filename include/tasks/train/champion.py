@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from include.frames import feature_frame, labels, read_parquet
 from include.model_files import (
@@ -80,6 +81,10 @@ def load_champion(name: str, alias: str = "champion", tracking_uri: str | None =
             "cannot be proven to be the one that was trained and blessed; re-register it (re-run the "
             "training DAG) with this version of Slipway, or move the alias to a version that has the tag"
         )
+    if not mv.run_id:
+        raise ModelFileError(
+            f"{label} names no MLflow run, so its skops model cannot be found; re-register it"
+        )
     with tempfile.TemporaryDirectory(prefix="slipway-champion-") as tmp:
         try:
             root = Path(client.download_artifacts(mv.run_id, "sklearn", tmp))
@@ -123,7 +128,7 @@ def compare_with_champion(
     test = read_parquet(test_uri)
     X, y = feature_frame(test, spec), labels(test, spec)
     cand = read_model(candidate_model_uri).predict_proba(X)[:, 1]
-    out = {
+    out: dict[str, Any] = {
         "candidate": {
             **compute_metrics(y, cand, candidate_threshold),
             "threshold": candidate_threshold,

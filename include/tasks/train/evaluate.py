@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from include.frames import feature_frame, labels, read_parquet
 from include.model_files import read_model
 from include.spec import EvaluationGate, PipelineSpec
@@ -46,7 +48,12 @@ def evaluate_model(
     from include.tasks.business import choose_threshold, value_per_1000
 
     model = read_model(model_uri)
-    chosen = {"threshold": 0.5, "value_per_1000": 0.0, "curve": [], "reason": "no validation split"}
+    chosen: dict[str, Any] = {
+        "threshold": 0.5,
+        "value_per_1000": 0.0,
+        "curve": [],
+        "reason": "no validation split",
+    }
     if validation_uri:
         val = read_parquet(validation_uri)
         if len(val):

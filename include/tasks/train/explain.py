@@ -175,7 +175,10 @@ def explain_model(
 
 
 def explainability_gate(
-    importance: dict[str, float], gate: ExplainabilityGate, proxy: dict, evidence_uri: str | None = None
+    importance: dict[str, float],
+    gate: ExplainabilityGate,
+    proxy: dict | None,
+    evidence_uri: str | None = None,
 ) -> list[dict]:
     """Rank checks for forbidden model inputs, and one proxy check per sensitive attribute.
 

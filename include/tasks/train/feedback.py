@@ -43,6 +43,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from include import storage
 from include.database import database
@@ -74,7 +75,7 @@ class FeedbackUnavailable(RuntimeError):
 class Curated:
     """A curation's outcome: the batch's rows (or None) and how many labelled rows each rule dropped."""
 
-    frame: object | None  # pandas.DataFrame with post_ingest_schema's columns, or None when empty
+    frame: Any  # pandas.DataFrame with post_ingest_schema's columns, or None when empty
     labelled: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from include import storage
 from include.model_files import onnx_inputs, onnx_session, predict_proba_onnx
@@ -173,7 +173,7 @@ def latency(fn, rows: list, repeats: int, rounds: int = 1) -> dict:
         timed.append(times / 1e6)
     p99s = [round(float(np.percentile(ms, 99)), 4) for ms in timed]
     ms = timed[p99s.index(min(p99s))]
-    out = {
+    out: dict[str, Any] = {
         "p50": round(float(np.percentile(ms, 50)), 4),
         "p99": min(p99s),
         "mean": round(float(ms.mean()), 4),

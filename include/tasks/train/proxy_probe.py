@@ -14,6 +14,8 @@ hidden by the large ones (the per-group AUCs are on record).
 
 from __future__ import annotations
 
+from typing import Any
+
 from include.attributions import ExplainError
 from include.frames import feature_frame
 from include.spec import PipelineSpec
@@ -103,7 +105,7 @@ def proxy_probe(spec: PipelineSpec, train, test, features: list[str]) -> dict:
             f"the proxy probe needs model input columns of spec {spec.name}.yaml, got {features}: "
             "pass the top-k columns of the model's SHAP importance"
         )
-    out = {
+    out: dict[str, Any] = {
         "features": list(features),
         "probes": {
             "logistic_regression": f"LogisticRegression(C={_PROBE_C}), standardised numerics",

@@ -75,6 +75,11 @@ def register_candidate(
     registration = "reused" if mv is not None else "new"
     if mv is None:
         run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError(
+                "register_candidate logs the model into the task's MLflow run, and none is active; call it "
+                "inside mlflow.start_run() (the DAG's tasks run inside their tracked run)"
+            )
         info = mlflow.onnx.log_model(
             onnx.load_from_string(onnx_bytes), name="model", pip_requirements=pip_requirements()
         )

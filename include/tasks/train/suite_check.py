@@ -109,7 +109,7 @@ def check_suite_columns(spec: PipelineSpec, suite_path: str | Path) -> list[str]
             problems.append(f"suite {path.name}: expectations[{i}] is not an object; fix the file")
             continue
         etype = exp.get("type") or exp.get("expectation_type") or "?"
-        kwargs = exp.get("kwargs") if isinstance(exp.get("kwargs"), dict) else {}
+        kwargs: dict = exp["kwargs"] if isinstance(exp.get("kwargs"), dict) else {}
         where = f"suite {path.name}: expectations[{i}] ({etype})"
         for col in _named_columns(kwargs):
             if col in schema:
