@@ -17,19 +17,20 @@ production traffic in stages; the spec's `rollout` section sets every window and
    error rate, p99 latency, score PSI against the champion, and, once feedback labels arrived, a
    one-sided Welch t-test of the per-row loss. **Any breach rolls back at once**: all traffic to
    the champion, `challenger` removed, and the served version checked. Waiting holds no worker.
-5. `approve_promotion`: **Required Actions** in the Airflow UI shows the evidence (blessing,
-   sandbox, shadow, canary, links); Approve or Reject. With no answer before
-   `approval.timeout_hours`, the default is Reject.
-6. `promote_candidate`: `champion` → the candidate, the old champion → `previous`, `challenger`
+5. `summarise_evidence`: the blessing, sandbox, shadow and canary results in one Markdown body,
+   with links to the runs: what the approval shows.
+6. `approve_promotion`: **Required Actions** in the Airflow UI shows that evidence; Approve or
+   Reject. With no answer before `approval.timeout_hours`, the default is Reject.
+7. `promote_candidate`: `champion` → the candidate, the old champion → `previous`, `challenger`
    removed; who approved and when is written to the version. Emits `<pipeline>__champion`.
-7. `conclude_rollout`: a candidate that was not promoted is rolled back here. The run fails with
+8. `conclude_rollout`: a candidate that was not promoted is rolled back here. The run fails with
    the reason (breach, timeout, error); a person's rejection ends it successfully, recorded.
 
 The first candidate of a pipeline (no champion) skips shadow and canary (`not_applicable`) but
 still needs infra validation and approval.
 
-**`<pipeline>__rollback`** (manual): restores `previous` as the champion in one click, checks
-that the service serves it, and emits `<pipeline>__champion`.
+**`<pipeline>__rollback`** (manual), one task, `restore_previous_champion`: restores `previous` as
+the champion in one click, checks that the service serves it, and emits `<pipeline>__champion`.
 
 Alias changes of one pipeline are serialised by a lock in the serving database and each checks the
 aliases it expects before it moves them: two promotions never interleave. `slipway history

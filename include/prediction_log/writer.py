@@ -1,29 +1,15 @@
-"""The prediction log: a prediction is answered only after its row is committed, and many concurrent
-requests share one commit (group commit), so durability costs one fsync per batch, not per request.
-
-What survives a power loss:
-
-- **SQLite** (WAL, ``synchronous=FULL``, see :mod:`include.database`): every committed row. The WAL
-  is fsynced at each commit, so a commit that returned is on disk. Keep the file on a local disk:
-  SQLite's locking is unreliable on network filesystems.
-- **PostgreSQL** with ``synchronous_commit=on`` (its default): every committed row; the commit
-  returns after the WAL record is flushed (and, with synchronous replicas configured, replicated).
-  With ``synchronous_commit=off`` the last few hundred milliseconds of commits can be lost.
-
-Because :meth:`PredictionLog.record` returns only after the commit that carried its rows, a response
-that was sent always has its row in the table: an answered prediction is never lost, also when the
-process is SIGKILLed or the machine loses power. The converse does not hold: a row can be committed
-for a request whose response never left (the process died between commit and send), so the log may
-hold a few predictions that no client saw.
+"""The group-commit writer: a prediction is answered only after its row is committed, and concurrent
+requests share one commit, so durability costs one fsync per batch, not per request.
 
 On SQLite, :meth:`PredictionLog.record` commits on the caller's event loop, with its own
 connection: the rows that queued while the previous commit ran go into the next one. A writer
 thread with its own connection commits :meth:`PredictionLog.record_sync`'s rows, and every row on
 PostgreSQL (a network round trip must not hold the loop). Worker processes sharing a SQLite file
 take turns through an flock on ``<database>.write-lock``. Readers (``feedback``, ``get``, ...) use a
-small pool of their own connections. Memory is bounded by ``max_queue`` rows waiting for a
-commit: beyond it ``record`` refuses at once with :class:`LogOverloaded` (the caller answers 503 with
-Retry-After) instead of queueing without limit while the database lags.
+small pool of their own connections. At most ``max_queue`` rows wait for a commit: beyond that
+``record`` refuses at once with :class:`LogOverloaded` (the caller answers 503 with Retry-After).
+
+What survives a killed process or a power loss, per database: docs/serving.md, "The prediction log".
 """
 
 from __future__ import annotations

@@ -136,8 +136,8 @@ def presented_key(headers) -> str | None:
 
     Both headers with different keys present no key (the request gets 401).
 
-    ``headers`` is any mapping with ``.get``: starlette's case-insensitive ``Headers``, or a plain dict
-    with lowercase (or canonically capitalised) names.
+    ``headers`` is any mapping with ``.get`` and lowercase (or canonically capitalised) names, such as
+    the service's request headers.
     """
 
     def header(name: str) -> str | None:

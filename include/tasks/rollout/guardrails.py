@@ -1,9 +1,7 @@
 """Shadow and canary evidence from the prediction log, judged against the spec's rollout section.
 
-The prediction log is the one record every replica of the service writes (``slipway_predictions``,
-``slipway_failures``, ``slipway_feedback``), so the rollout reads the traffic there rather than
-from one process's metrics. A window is every row of a pipeline in ``[since, until)`` for the two
-versions in play.
+A window is every row of a pipeline in ``[since, until)`` for the two versions in play, read from
+the prediction log (the one record every replica of the service writes).
 
 * **Shadow**: each request scored by the champion (served) and mirrored to the challenger (logged,
   never returned). Paired by request id: decision disagreement, mean |Δp|, the challenger's p99
@@ -11,20 +9,9 @@ versions in play.
 * **Canary**: each entity routed to one variant. Error rate, p99 model latency, the PSI of the
   challenger's scores against the champion's in the same window and, once labels arrived, a
   one-sided Welch t-test of the loss: the challenger fails when it is worse than the champion by
-  more than ``max_metric_degradation`` at the spec's confidence.
-
-Two things keep that test honest on live traffic:
-
-* **One observation per entity.** Routing is sticky, so a customer who calls ten times is ten rows
-  of one variant with the same score and label. Counting them as ten independent rows would make
-  the test (and ``min_labelled_per_variant``) believe in ten times the evidence. Each entity's rows
-  are averaged into one loss first; rows without an entity key stand alone.
-* **Interim looks are stricter.** The check runs every ``check_interval_seconds`` and stops the
-  canary at the first breach; testing at the spec's confidence on every look would roll back a
-  challenger of equal quality far more often than 1 - confidence (repeated significance testing).
-  Looks before the step's end therefore need ``interim_confidence`` (0.999 by default), the step's
-  final look the spec's ``confidence``: the Haybittle-Peto boundary, which keeps the overall false
-  rollback rate close to 1 - confidence while still stopping a clearly worse challenger early.
+  more than ``max_metric_degradation`` at the spec's confidence. An entity's rows are averaged into
+  one observation; looks before a step's end need ``interim_confidence``, its last look the spec's
+  ``confidence`` (why: docs/design.md, "The canary's statistics").
 
 Every result is a gate check (:mod:`include.tasks.gates`); a check with too little data is
 ``not_applicable`` with the count it had, never ``passed``.

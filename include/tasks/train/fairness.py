@@ -5,27 +5,17 @@ the data so that decisions can be compared between groups. For each attribute th
 the demographic parity difference (gap in selection rate), the disparate impact ratio (lowest /
 highest selection rate), the equal opportunity difference (gap in true positive rate), the
 equalized odds difference (the larger of the true- and false-positive-rate gaps) and the
-predictive parity difference (gap in precision: of the customers flagged, how many are real
-positives), plus per-group counts and rates. Differences are between the best- and worst-off
-groups. Predictive parity is always reported and gated only when
-``max_predictive_parity_difference`` is set: with different base rates between groups it cannot
-hold together with equalized odds (Chouldechova 2017; Kleinberg et al. 2016), so its bound is a
-per-pipeline decision.
+predictive parity difference (gap in precision), plus per-group counts and rates. Differences are
+between the best- and worst-off groups. Predictive parity is gated only when
+``max_predictive_parity_difference`` is set.
 
-Undefined metrics are ``None`` and FAIL the gate, with a note that says why. fairlearn itself
-scores a group with no positive labels as true positive rate 0 (and a group with no negative
-labels as false positive rate 0), which would report a gap that does not exist; here the rate is
-``None`` instead, and so is every difference that needs it; likewise the precision of a group
-that received no positive prediction (scikit-learn would score it 0) and the predictive parity
-difference of its attribute. A gate cannot bless what it could not measure: the fix is more labelled data per group (a larger ``split.test_size`` or more
-batches), not a silent pass. For the same reason an attribute with a single group in the test
-split (nothing to compare) fails every check. No minimum group size is enforced beyond that:
-the spec has no field for it, and small groups show up in ``by_group.count`` for a reviewer. A
-spec without sensitive attributes gets one ``not_applicable`` result, never an empty pass.
+A metric that cannot be measured (a group with no positive labels, no negative labels, or no
+positive prediction; an attribute with one group in the test split) is ``None`` and fails the
+gate with a note that says why. A spec without sensitive attributes gets one ``not_applicable``
+result. Why both rules: docs/design.md, "Fairness that cannot be measured fails".
 
 Bad input (rows that do not line up, a missing sensitive column, a mitigation that cannot be
-fitted on the train split) raises :class:`FairnessInputError`: re-running the task on the same data
-fails the same way, so callers should not retry it.
+fitted on the train split) raises :class:`FairnessInputError`, which is not retried.
 """
 
 from __future__ import annotations

@@ -1,38 +1,18 @@
 """The feedback loop: labelled predictions from the service's log become a batch of the next snapshot.
 
 ``curate_feedback`` reads the predictions the service answered that received a ground-truth label
-(``POST /feedback``) before the run's cut-off, curates them by the rule below, and writes what is
-left as one Parquet batch with the lake batches' exact columns and types, at
+before the run's cut-off, curates them by the rule in docs/operating.md ("The feedback loop"), and
+writes what is left as one Parquet batch with the lake batches' exact columns and types, at
 ``<lake>/<pipeline>/feedback/until=<cut-off>/batch.parquet``. ``build_snapshot``
-(:mod:`include.tasks.train.data_version`) then lets each feedback row replace its entity's landed row, and
-the snapshot goes through the same Great Expectations suite as any batch.
+(:mod:`include.tasks.train.data_version`) then lets each feedback row replace its entity's landed
+row, and the snapshot goes through the same Great Expectations suite as any batch.
 
-The curation rule (also in the README, "The feedback loop"):
-
-1. **Source.** Rows the service answered (``served = 1``: the variant whose answer the caller got;
-   shadow rows never count) of this pipeline, made *and* labelled before the cut-off. The cut-off
-   of a scheduled or backfill run is its data interval's end, of any other run (manual, drift- or
-   performance-triggered) the moment it was triggered: a backfill of an old month never learns
-   from labels that arrived later, and a re-run of a run reads the same rows.
-2. **Entity.** A row must carry the entity key (the spec's hashed identifier); one row per entity
-   is kept, from its newest labelled prediction.
-3. **Label.** ``1`` becomes ``target.positive_label``, ``0`` the one other target value of the
-   landed batches (the run fails if the landed batches do not have exactly one other value).
-4. **Inputs.** Every current feature must be present with a value of its declared type (binary
-   0/1, numeric a finite number or null, categorical text or null): the spec may have changed
-   since the prediction was made.
-5. **Known entity.** The entity must have a landed record: its sensitive attributes and its split
-   (train, validation or test) come from its newest landed row, so fairness is measured on
-   feedback rows too and a customer never moves between splits.
-6. **Newer knowledge only.** A feedback row replaces the landed row only when the prediction was
-   made after the end of that row's batch month; otherwise the landed record wins. The lake
-   batches themselves are never changed.
-
-Every exclusion is counted and the counts are logged with the batch. The batch is written once
-per cut-off: a re-run that curates different rows (a restored log, a changed spec) keeps the
-stored batch, says so, and trains on it, so a data version is never silently rewritten.
-
-No Airflow import here.
+The rule, in the order :func:`curate` applies it: served rows only, made and labelled before the
+cut-off; one row per entity key (its newest); the label mapped to the target's values; every
+current feature present with a value of its type; the entity has a landed record (its sensitive
+attributes and split come from it); the prediction was made after that record's month. Every
+exclusion is counted. The batch is written once per cut-off: a re-run that curates different rows
+keeps the stored batch and says so.
 """
 
 from __future__ import annotations
