@@ -1,4 +1,4 @@
-"""One adapter from a pure :mod:`include.tasks` function to a tracked Airflow TaskFlow task.
+"""One adapter from an :mod:`include.tasks` function to a tracked Airflow TaskFlow task.
 
 Every block of every DAG family is written as ``@block def verb_noun(step, *upstream) -> dict``.
 :func:`block` turns it into a factory, ``verb_noun(pipeline, **task_kwargs)``, that returns the

@@ -1,6 +1,6 @@
 """Blocks of the training family: from a landed batch to a registered, blessed candidate.
 
-Each block is a pure :mod:`include.tasks` function behind :func:`include.blocks.adapter.block`;
+Each block is an :mod:`include.tasks` function behind :func:`include.blocks.adapter.block`;
 ``dags/train.py`` wires them. The gates after evaluation run side by side and do not fail on a
 bad result: each measures, records its results (``blessing/<gate>.json`` and the tag
 ``slipway.gate.<gate>`` on its MLflow run) and hands them on. ``bless_candidate`` then judges them
