@@ -72,12 +72,12 @@ def rollout_window(
     db = database(db_url)
     p = db.param
     served_challenger = 0 if shadow else 1
-    conn = db.connect()
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
             "SELECT pr.request_id, pr.variant, pr.model_version, pr.probability, pr.decision, pr.latency_ms, "
-            "f.label, pr.entity_key FROM slipway_predictions pr LEFT JOIN slipway_feedback f ON f.request_id = pr.request_id "
+            "f.label, pr.entity_key FROM slipway_predictions pr LEFT JOIN slipway_feedback f "
+            "ON f.request_id = pr.request_id "
             f"WHERE pr.pipeline = {p} AND pr.created_at >= {p} AND pr.created_at < {p} AND ("
             f"(pr.variant = 'champion' AND pr.model_version = {p} AND pr.served = 1) OR "
             f"(pr.variant = 'challenger' AND pr.model_version = {p} AND pr.served = {p})) "
@@ -92,10 +92,6 @@ def rollout_window(
         )
         (failed,) = cur.fetchone()
         cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
     return rows, int(failed)
 
 
@@ -103,8 +99,7 @@ def served_since(db_url: str | None, pipeline: str, version: int, since: str) ->
     """Rows ``version`` served from ``since`` on (after a rollback: must be none)."""
     db = database(db_url)
     p = db.param
-    conn = db.connect()
-    try:
+    with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
             f"SELECT COUNT(*) FROM slipway_predictions WHERE pipeline = {p} AND model_version = {p} "
@@ -112,8 +107,6 @@ def served_since(db_url: str | None, pipeline: str, version: int, since: str) ->
             (pipeline, version, since),
         )
         (served,) = cur.fetchone()
-    finally:
-        conn.close()
     return int(served)
 
 
@@ -125,8 +118,7 @@ def served_inputs(
     (a server-side cursor on PostgreSQL: the interval is never held in memory at once)."""
     db = database(db_url)
     p = db.param
-    conn = db.connect()
-    try:
+    with db.reading() as conn:
         if db.dialect == "postgresql":
             cur = conn.cursor(name="slipway_drift_window")
             cur.itersize = chunk
@@ -143,10 +135,6 @@ def served_inputs(
                 break
             yield rows
         cur.close()
-    finally:
-        if db.dialect == "postgresql":
-            conn.rollback()
-        conn.close()
 
 
 def labelled_scores(
