@@ -4,8 +4,8 @@ A fitted scikit-learn Pipeline is written with skops (never pickle), byte for by
 same model, so its digest names it. Every reader holds a *pinned* URI (``<uri>#sha256=<hex>``) and
 gets the bytes only when they hash to the pin; a skops file is loaded only when every type in it is
 a skops default or on :data:`TRUSTED_SKOPS_TYPES`. An ONNX graph is loaded from the bytes that were
-hashed, after its digest matches the registered one and no tensor points at external data outside
-its folder. Used by training, the gates, registration, the service and explanations.
+hashed, after its digest matches the registered one; a graph that points at external data is
+refused. Used by training, the gates, registration, the service and explanations.
 """
 
 from __future__ import annotations
@@ -253,16 +253,15 @@ def _external_locations(model) -> list[str]:
     return out
 
 
-def check_external_data(model, folder: Path) -> None:
-    """Refuse a graph whose tensors point at external data outside ``folder`` (CVE-2024-27318 class)."""
-    root = folder.resolve()
-    for location in _external_locations(model):
-        target = (root / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(root) or target == root:
-            raise ModelRefused(
-                f"the ONNX graph references external data at {location!r}, outside its own folder: refused "
-                "(path traversal); re-export the model with its weights inside the graph"
-            )
+def refuse_external_data(model) -> None:
+    """Refuse a graph with any tensor stored outside it: Slipway's graphs carry their weights inside,
+    and a reference to a file is how a crafted graph reads one (the CVE-2024-27318 class)."""
+    locations = _external_locations(model)
+    if locations:
+        raise ModelRefused(
+            f"the ONNX graph references external data ({', '.join(repr(x) for x in locations[:3])}): refused; "
+            "Slipway serves self-contained graphs only, so re-export the model with its weights inside the graph"
+        )
 
 
 def _schema(model) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
@@ -303,7 +302,7 @@ def load_onnx(pipeline: str, version: int, folder: Path, expected_sha256: str, t
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # a truncated or crafted file: refused, never a crash
         raise ModelRefused(f"version {version}'s model.onnx is not a readable ONNX graph ({exc})") from exc
-    check_external_data(model, folder)
+    refuse_external_data(model)
     inputs, categories = _schema(model)
     try:
         session = onnx_session(data)

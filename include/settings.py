@@ -88,6 +88,12 @@ def airflow_environment(settings: Settings | None = None) -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
+def serving_metrics_key() -> str | None:
+    """The service's metrics key (``SLIPWAY_SERVING_METRICS_KEY``): what Prometheus scrapes ``/metrics``
+    with and what Slipway's own tasks read ``/ready``'s versions with. None when it is not set."""
+    return os.environ.get("SLIPWAY_SERVING_METRICS_KEY") or None
+
+
 def pii_key(settings: Settings | None = None) -> bytes:
     """Key for hashing identifiers (HMAC-SHA256), so hashed IDs cannot be reversed by a dictionary.
 

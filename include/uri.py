@@ -28,11 +28,16 @@ def join(base: str, *parts: str) -> str:
     """Join URI path segments with single slashes; a ``..`` (or ``.``) segment is refused.
 
     Keys are built from names that can come from outside (a spec's pipeline name, a month, an
-    artifact's file name); none may climb out of the folder it is joined to.
+    artifact's file name); none may climb out of the folder it is joined to. A segment is checked as
+    the filesystem will read it: percent-decoded (``%2e%2e`` is ``..`` once :func:`local_path`
+    decodes the URI) and with backslashes as separators.
     """
     out = base.rstrip("/")
     for part in parts:
-        segments = str(part).replace("\\", "/").split("/")
+        decoded, previous = str(part), None
+        while decoded != previous:  # %252e%252e decodes twice
+            previous, decoded = decoded, unquote(decoded)
+        segments = decoded.replace("\\", "/").split("/")
         if any(seg in ("..", ".") for seg in segments):
             raise UnsafePath(
                 f"path segment {part!r} would leave {out}: '..' and '.' are not allowed in a key; "

@@ -140,7 +140,9 @@ def test_s3_writes_request_server_side_encryption(s3_env, monkeypatch):
     assert storage.read_bytes(uri) == b"y"  # the refused write changed nothing
 
 
-@pytest.mark.parametrize("part", ["..", "../etc", "a/../../b", ".", "x\\..\\y"])
+@pytest.mark.parametrize(
+    "part", ["..", "../etc", "a/../../b", ".", "x\\..\\y", "%2e%2e", "a%2f%2E%2E%2fb", "%252e%252e"]
+)
 def test_a_key_segment_that_climbs_out_of_its_root_is_refused(tmp_path, part):
     from include.uri import UnsafePath
 

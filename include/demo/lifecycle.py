@@ -279,6 +279,10 @@ def main() -> None:
     serve_port = _free_port(int(os.environ.get("SLIPWAY_SERVE_PORT", "8000")))
     serving_url = f"http://127.0.0.1:{serve_port}"
     os.environ["SLIPWAY_SERVING_URL"] = serving_url
+    # The service adopts this metrics key at start; the rollout's tasks read /ready's versions with it.
+    from include.serving.keys import new_presented_key
+
+    os.environ.setdefault("SLIPWAY_SERVING_METRICS_KEY", new_presented_key())
     stack.configure(port)
     migrate_airflow_db()
     _say(f"training the first model on the batches up to {FIRST_MONTH} (dag.test, in this process)")

@@ -207,6 +207,7 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
         "SLIPWAY_PII_KEY": secret["SLIPWAY_PII_KEY"],
         "SLIPWAY_SERVING_DB": topo.pg_url("serving"),
         "SLIPWAY_SERVING_URL": topo.url("serving"),
+        "SLIPWAY_SERVING_METRICS_KEY": secret["SLIPWAY_SERVING_METRICS_KEY"],
         "SLIPWAY_MLFLOW_UI_URL": topo.url("mlflow"),
         "MLFLOW_TRACKING_URI": topo.url("mlflow"),
         "MLFLOW_TRACKING_USERNAME": "admin",

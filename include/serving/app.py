@@ -103,7 +103,8 @@ async def explain(service: Service, request: Request) -> Response:
 
 
 async def openapi(service: Service, request: Request) -> Response:
-    pipeline, schema, denied = service.admit(request, "predict", any_key=True)
+    # The document describes the pipeline's request: any key that may call one of its routes reads it.
+    pipeline, schema, denied = service.admit(request, ("predict", "feedback", "explain"))
     if denied:
         return denied
     state = service.registry.state(pipeline)
@@ -133,6 +134,10 @@ async def ready(service: Service, request: Request) -> Response:
         problems.append(f"prediction log: {reason}")
     serving = all(v["champion"] is not None for v in pipelines.values()) and ok
     status = "ready" if serving and not problems else ("degraded" if serving else "unavailable")
+    # A load balancer needs the status and its code; versions, traffic and the reasons are for
+    # operators (the metrics or admin key), not for anyone who can reach the port.
+    if not service.operator(request):
+        return json_response({"status": status}, 200 if serving else 503)
     body = {"status": status, "problems": problems, "pipelines": pipelines}
     return json_response(body, 200 if serving else 503)
 

@@ -150,28 +150,29 @@ class App:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _route(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
-        """(handler, path params, whether the path exists with another method)."""
+    def _route(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], list[str]]:
+        """(handler, path params, the methods the path answers: for a 405's ``Allow``)."""
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "v1":
             handler = self.actions.get((method, parts[2]))
-            exists = any(action == parts[2] for _, action in self.actions)
-            return handler, {"pipeline": parts[1]}, exists
+            allowed = sorted(m for m, action in self.actions if action == parts[2])
+            return handler, {"pipeline": parts[1]}, allowed
         handler = self.fixed.get((method, path))
-        exists = any(p == path for _, p in self.fixed)
-        return handler, {}, exists
+        return handler, {}, sorted(m for m, p in self.fixed if p == path)
 
     async def _http(self, scope, receive, send) -> None:
         started = time.perf_counter()
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        handler, params, exists = self._route(method, path)
+        handler, params, allowed = self._route(method, path)
         request = Request(method, path, headers, params, receive)
         try:
             if handler is not None:
                 response = await handler(request)
-            elif exists:
-                response = Response(b'{"error":"method not allowed"}', 405)
+            elif allowed:  # RFC 9110: a 405 names the methods the resource answers
+                response = Response(
+                    b'{"error":"method not allowed"}', 405, headers={"Allow": ", ".join(allowed)}
+                )
             else:
                 response = Response(b'{"error":"not found; see /v1/{pipeline}/openapi.json"}', 404)
         except Exception as exc:

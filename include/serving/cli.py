@@ -59,7 +59,7 @@ def _adopt_keys_from_secrets() -> None:
     store.start()
     for var, scopes in wanted.items():
         try:
-            key = store.adopt(os.environ[var], scopes, f"from {var}")
+            key = store.adopt(os.environ[var], scopes, f"from {var}", rotate=True)
         except KeyStoreError as exc:
             raise SystemExit(f"{var}: {exc}") from None
         print(f"[slipway] {var}: key {key.key_id} ({','.join(scopes)}) is active", flush=True)

@@ -88,6 +88,12 @@ class ApiKey:
         return self.pipeline is None or self.pipeline == pipeline
 
 
+def new_presented_key() -> str:
+    """A fresh key in the form a caller presents (``slw_<12 hex>_<secret>``), for a deployment to hand
+    the service as a secret it adopts (``SLIPWAY_SERVING_ADMIN_KEY``, ``SLIPWAY_SERVING_METRICS_KEY``)."""
+    return f"{PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
 def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -230,11 +236,13 @@ class KeyStore:
         log.info("created API key %s (scopes %s, pipeline %s)", key_id, ",".join(sorted(wanted)), pipeline)
         return record, f"{PREFIX}{key_id}_{secret}"
 
-    def adopt(self, presented: str, scopes: list[str], name: str) -> ApiKey:
+    def adopt(self, presented: str, scopes: list[str], name: str, rotate: bool = False) -> ApiKey:
         """Register a key generated elsewhere (a deployment's secret, e.g. the admin key) by its hash.
 
         Idempotent: a replica or a restart adopting the same key changes nothing. A key id already
-        stored with another secret or other scopes is refused, never overwritten.
+        stored with another secret or other scopes is refused, never overwritten. With ``rotate``,
+        every other active key of the same ``name`` is revoked: the secret was replaced, so the key
+        it replaced must stop working.
         """
         match = _PRESENTED_RE.match(presented or "")
         if not match:
@@ -257,15 +265,38 @@ class KeyStore:
             )
             cur.execute(self._sql(f"SELECT secret_sha256, scopes FROM {TABLE} WHERE key_id = ?"), (key_id,))
             stored_hash, stored_scopes = cur.fetchone()
+            matches = (
+                hmac.compare_digest(stored_hash, _sha256(secret)) and set(stored_scopes.split(",")) == wanted
+            )
+            replaced = []
+            if matches and rotate:
+                cur.execute(
+                    self._sql(
+                        f"SELECT key_id FROM {TABLE} WHERE name = ? AND key_id <> ? AND revoked_at IS NULL"
+                    ),
+                    (name, key_id),
+                )
+                replaced = [r[0] for r in cur.fetchall()]
+                cur.execute(
+                    self._sql(
+                        f"UPDATE {TABLE} SET revoked_at = ? WHERE name = ? AND key_id <> ? AND revoked_at IS NULL"
+                    ),
+                    (_now(), name, key_id),
+                )
             if self.db.dialect == "postgresql":
                 conn.commit()
-        if not hmac.compare_digest(stored_hash, _sha256(secret)) or set(stored_scopes.split(",")) != wanted:
+        if not matches:
             raise KeyStoreError(
                 f"key {key_id} is already stored with another secret or other scopes; generate a new key "
                 "for the secret, or revoke the stored one first"
             )
         with self._lock:
+            self._generation += 1
             self._cache.pop(key_id, None)
+            for old in replaced:
+                self._cache.pop(old, None)
+        for old in replaced:
+            log.info("revoked API key %s: %s now names key %s", old, name, key_id)
         return record
 
     def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:

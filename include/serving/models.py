@@ -1,10 +1,11 @@
 """Models from the registry: each pipeline's ``champion`` and ``challenger``, by alias, as ONNX.
 
 Nothing is ever unpickled: a version is served from its ONNX graph with onnxruntime, after the
-graph's bytes match the digest registered with the version (``slipway.onnx_sha256``) and no
-tensor in it points at external data outside the model's own folder (the path-traversal class of
-CVE-2024-27318). The input schema is read from the graph itself: its input names and types, and
-the categories each one-hot encoder was fitted on.
+graph's bytes match the digest registered with the version (``slipway.onnx_sha256``); a graph that
+points at external data is refused (the path-traversal class of CVE-2024-27318), and the session is
+built from the bytes that were hashed. The download is deleted once loaded or refused. The input
+schema is read from the graph itself: its input names and types, and the categories each one-hot
+encoder was fitted on.
 
 The traffic state lives in the registry next to the aliases, as registered-model tags, so every
 replica converges on one source of truth:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -108,6 +110,8 @@ class ModelRegistry:
         except ModelRefused as exc:
             self._refused[(pipeline, version)] = (str(exc), time.monotonic())
             raise
+        finally:  # the session holds the graph's bytes: the download is never needed again
+            shutil.rmtree(folder, ignore_errors=True)
         log.info("loaded %s version %d (onnx sha256 %s…)", pipeline, version, model.onnx_sha256[:16])
         return model
 
@@ -195,8 +199,6 @@ class ModelRegistry:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        import shutil
-
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 

@@ -53,7 +53,7 @@ async def predict(service: Service, request: Request) -> Response:
                 m.UNKNOWN_CATEGORY.labels(pipeline, n).inc(unknown)
     request.state["rows"] = len(rows)
     arrays = schema.arrays(values)
-    keys = [service.entity(schema, k) for k in raw_keys]
+    keys = [service.entity(k) for k in raw_keys]
     ids = [new_request_id() for _ in rows]
     variants = [_variant(state, pipeline, k, i) for k, i in zip(keys, ids, strict=True)]
     now = datetime.now(UTC)

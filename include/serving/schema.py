@@ -44,8 +44,8 @@ class RequestSchema:
     numeric: tuple[str, ...]
     binary: tuple[str, ...]
     categorical: tuple[str, ...]
-    entity: str | None  # the identifier column a request may carry
-    entity_hashed: bool
+    entity: str | None  # the hashed identifier a request may carry: the entity key, hashed before use
+    dropped: tuple[str, ...] = ()  # identifiers the spec drops: accepted in a request, never used or stored
 
     @cached_property  # read several times per request: computed once
     def features(self) -> tuple[str, ...]:
@@ -57,19 +57,19 @@ class RequestSchema:
 
     @cached_property
     def _allowed(self) -> frozenset[str]:
-        return self._feature_set | ({self.entity} if self.entity else set())
+        return self._feature_set | ({self.entity} if self.entity else set()) | set(self.dropped)
 
     @classmethod
     def from_spec(cls, spec) -> RequestSchema:
-        ids = spec.identifiers
-        entity = spec.entity_column or next(iter(ids), None)
+        # Only a hashed identifier is an entity key: one the spec drops is never stored, not even raw
+        # in the prediction log.
         return cls(
             pipeline=spec.name,
             numeric=tuple(spec.features.numeric),
             binary=tuple(spec.features.binary),
             categorical=tuple(spec.features.categorical),
-            entity=entity,
-            entity_hashed=bool(entity and ids.get(entity) == "hash"),
+            entity=spec.entity_column,
+            dropped=tuple(c for c, action in spec.identifiers.items() if action == "drop"),
         )
 
     def check_model(self, inputs: dict[str, str]) -> list[str]:
@@ -111,8 +111,12 @@ class RequestSchema:
                 "type": ["string", "integer"],
                 "minLength": 1,
                 "maxLength": 200,
-                "description": "entity key for sticky routing"
-                + (" (hashed before use)" if self.entity_hashed else ""),
+                "description": "entity key for sticky routing (hashed before use)",
+            }
+        for name in self.dropped:
+            row["properties"][name] = {
+                "type": ["string", "integer", "null"],
+                "description": "an identifier the pipeline drops: accepted, never used or stored",
             }
         p = self.pipeline
         prediction = {

@@ -4,8 +4,10 @@ request is admitted (pipeline served here, key and scope), and JSON in and out."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import os
 from dataclasses import dataclass
 
 import orjson
@@ -55,6 +57,11 @@ class Service:
         self.log = PredictionLog(config.db_url)
         self.keys = KeyStore(config.db_url)
         self._entity_mac = hmac.new(pii_key(), digestmod="sha256")
+        self._operator_keys = [
+            hashlib.sha256(os.environ[var].encode()).digest()
+            for var in ("SLIPWAY_SERVING_ADMIN_KEY", "SLIPWAY_SERVING_METRICS_KEY")
+            if os.environ.get(var)
+        ]
         self._shadow_tasks: set[asyncio.Task] = set()
         self.explainers = Explainers(config.tracking_uri)
 
@@ -68,16 +75,17 @@ class Service:
         self.log.close()
 
     # ------------------------------------------------------------------ helpers
-    def entity(self, schema: RequestSchema, raw: str | None) -> str | None:
+    def entity(self, raw: str | None) -> str | None:
+        """The entity key as stored: the same keyed hash as ingest (it joins with the lake), never raw."""
         if raw is None:
             return None
-        if schema.entity_hashed:  # the same keyed hash as ingest: joins with the lake, never the raw id
-            mac = self._entity_mac.copy()  # the key's pads are hashed once, at start
-            mac.update(raw.encode())
-            return mac.hexdigest()
-        return raw
+        mac = self._entity_mac.copy()  # the key's pads are hashed once, at start
+        mac.update(raw.encode())
+        return mac.hexdigest()
 
-    def authorise(self, request: Request, scope: str, pipeline: str | None):
+    def authorise(self, request: Request, scope: str | tuple[str, ...], pipeline: str | None):
+        """(key, refusal): 503 when the key store is down, 401 without a valid key, 403 when the key
+        holds none of the ``scope`` (one scope, or a tuple of which any will do) for ``pipeline``."""
         try:
             key = self.keys.authenticate(presented_key(request.headers))
         except Exception as exc:  # the key store's database is down: fail closed, and say so
@@ -91,30 +99,43 @@ class Service:
             return None, error_response(
                 401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
             )
-        if not key.allows(scope, pipeline):
+        scopes = (scope,) if isinstance(scope, str) else scope
+        if not any(key.allows(s, pipeline) for s in scopes):
             return key, error_response(
                 403,
-                f"key {key.key_id} lacks scope {scope!r}"
+                f"key {key.key_id} lacks scope {' or '.join(repr(s) for s in scopes)}"
                 + (f" for pipeline {pipeline!r}" if pipeline else ""),
             )
         return key, None
 
-    def admit(self, request: Request, scope: str, any_key: bool = False):
-        """(pipeline, schema, refusal): the pipeline must be served here and the key allowed ``scope``
-        (with ``any_key``, any valid key will do)."""
+    def operator(self, request: Request) -> bool:
+        """Whether the caller presents a key for every pipeline with the ``metrics`` (or ``admin``)
+        scope: it may see versions, traffic and problems. A probe without a key costs no lookup, and
+        the deployment's own admin and metrics keys are known without the database, so an operator
+        still reads why the service is degraded while the database that holds the keys is down."""
+        presented = presented_key(request.headers)
+        if presented is None:
+            return False
+        digest = hashlib.sha256(presented.encode()).digest()
+        if any(hmac.compare_digest(digest, known) for known in self._operator_keys):
+            return True
+        try:
+            key = self.keys.authenticate(presented)
+        except Exception:  # the key store is down: the anonymous view, which needs no key
+            return False
+        return key is not None and key.allows("metrics", None)
+
+    def admit(self, request: Request, scope: str | tuple[str, ...]):
+        """(pipeline, schema, refusal): the key must hold ``scope`` for the pipeline (checked first, so
+        a caller without one learns nothing about which pipelines exist), and the pipeline must be
+        served here."""
         pipeline = request.path_params["pipeline"]
+        _, denied = self.authorise(request, scope, pipeline)
+        if denied is not None:
+            return pipeline, None, denied
         schema = self.schemas.get(pipeline)
         if schema is None:
-            return (
-                pipeline,
-                None,
-                error_response(
-                    404, f"no pipeline {pipeline!r} is served here; served: {sorted(self.schemas)}"
-                ),
-            )
-        key, denied = self.authorise(request, scope, pipeline)
-        if denied is not None and not (any_key and key is not None):
-            return pipeline, schema, denied
+            return pipeline, None, error_response(404, f"no pipeline {pipeline!r} is served here")
         return pipeline, schema, None
 
 

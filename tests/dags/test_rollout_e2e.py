@@ -173,7 +173,11 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     assert mv.tags["slipway.blessing.infra_validation"] == "passed"
     assert mv.tags["slipway.blessing.approval"] == "passed"
     ready = wait_until(
-        lambda: (r := _http("GET", f"{url}/ready")[1]["pipelines"][NAME])["champion"] == first and r,
+        lambda: (
+            (r := _http("GET", f"{url}/ready", key=stack.metrics_key)[1]["pipelines"][NAME])["champion"]
+            == first
+            and r
+        ),
         30,
         "the service to serve the new champion",
         every=1,

@@ -34,6 +34,30 @@ def test_write_private_narrows_an_existing_file_and_replaces_its_text(tmp_path):
     assert path.read_text() == "B=2\n" and _mode(path) == 0o600
 
 
+def test_a_reader_of_the_old_file_never_sees_the_new_secret(tmp_path):
+    path = tmp_path / "secret.env"
+    path.write_text("OLD=1\n")
+    path.chmod(0o644)
+    reader = open(path)  # noqa: SIM115 - opened by someone while the file was readable
+    try:
+        write_private(path, "NEW=secret\n")
+        assert reader.read() == "OLD=1\n"  # the old file's descriptor reads the old text only
+    finally:
+        reader.close()
+    assert path.read_text() == "NEW=secret\n" and _mode(path) == 0o600
+
+
+def test_a_symlink_in_place_of_the_file_is_replaced_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not yours\n")
+    path = tmp_path / "secret.env"
+    path.symlink_to(elsewhere)
+    write_private(path, "S=1\n")
+    assert elsewhere.read_text() == "not yours\n"
+    assert not path.is_symlink() and path.read_text() == "S=1\n" and _mode(path) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.txt", "secret.env"]  # no temporary left
+
+
 def test_airflow_passwords_and_mlflow_auth_config_are_private(tmp_path):
     passwords = tmp_path / "airflow" / "passwords.json"
     write_passwords(str(passwords), "s3cret-value", user="operator")

@@ -359,3 +359,24 @@ def test_an_adopted_key_is_stored_hashed_idempotent_and_never_overwritten(store,
     assert store.authenticate(presented).allows("admin", None)  # the stored key is unchanged
     with pytest.raises(KeyStoreError, match="must read slw_"):
         store.adopt("admin-password", ["admin"], "not a key")
+
+
+def test_a_rotated_secret_revokes_the_key_it_replaced(store, tmp_path, monkeypatch):
+    from include.serving import cli
+    from include.serving.keys import new_presented_key
+
+    monkeypatch.setenv("SLIPWAY_SERVING_DB", _sqlite_url(tmp_path))
+    old, new = new_presented_key(), new_presented_key()
+    monkeypatch.setenv("SLIPWAY_SERVING_METRICS_KEY", old)
+    cli._adopt_keys_from_secrets()  # the service starts with the first secret
+    assert store.authenticate(old).allows("metrics", None)
+    monkeypatch.setenv("SLIPWAY_SERVING_METRICS_KEY", new)
+    cli._adopt_keys_from_secrets()  # ... and restarts after the secret was rotated
+    replica = KeyStore(
+        _sqlite_url(tmp_path)
+    )  # a replica's view (this store's cache holds the old key for its TTL)
+    replica.start()
+    assert replica.authenticate(new).allows("metrics", None)
+    assert replica.authenticate(old) is None  # the leaked or retired key no longer works
+    cli._adopt_keys_from_secrets()  # a replica starting with the same secret changes nothing
+    assert KeyStore(_sqlite_url(tmp_path)).authenticate(new) is not None

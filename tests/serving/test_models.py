@@ -33,14 +33,55 @@ def _graph(folder, external: str | None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("location", ["../secret.bin", "../../etc/passwd", "/etc/passwd", "sub/../../x.bin"])
-def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
+@pytest.mark.parametrize(
+    "location", ["../secret.bin", "../../etc/passwd", "/etc/passwd", "sub/../../x.bin", "weights.bin"]
+)
+def test_a_graph_with_external_data_is_refused_wherever_it_points(tmp_path, location):
     folder = tmp_path / "model"
     folder.mkdir()
     (tmp_path / "secret.bin").write_bytes(np.array([7.0], dtype=np.float32).tobytes())
+    (folder / "weights.bin").write_bytes(np.array([2.0], dtype=np.float32).tobytes())  # even its own
     digest = _graph(folder, location)
-    with pytest.raises(ModelRefused, match="outside its own folder"):
+    with pytest.raises(ModelRefused, match="references external data"):
         load_onnx("p", 1, folder, digest, 0.5)
+
+
+def test_the_graph_served_is_the_one_hashed_even_if_the_file_changes_after(tmp_path, monkeypatch):
+    from include import model_files
+
+    digest = _graph(tmp_path, None)
+    real = model_files.onnx_session
+
+    def swap_then_load(data: bytes, threads: int = 1):  # the file is replaced between hash and load
+        (tmp_path / "model.onnx").write_bytes(b"not the graph that was hashed")
+        return real(data, threads)
+
+    monkeypatch.setattr(model_files, "onnx_session", swap_then_load)
+    model = load_onnx("p", 1, tmp_path, digest, 0.5)
+    assert float(model.session.run(None, {"x": np.array([[1.5]], dtype=np.float32)})[0][0][0]) == 3.0
+
+
+def test_a_loaded_or_refused_version_leaves_no_download_behind(tmp_path, monkeypatch):
+    from include.serving import models
+
+    def fake_load(client, pipeline, version, folder):
+        (folder / "model.onnx").write_bytes(b"x" * 1000)
+        if version == 2:
+            raise ModelRefused("corrupt")
+        return load_onnx("p", version, good, good_digest, 0.5)
+
+    good = tmp_path / "good"
+    good.mkdir()
+    good_digest = _graph(good, None)
+    monkeypatch.setattr(models, "load_version", fake_load)
+    registry = models.ModelRegistry(["p"])
+    try:
+        assert registry._load(None, "p", 1, None).version == 1
+        with pytest.raises(ModelRefused):
+            registry._load(None, "p", 2, None)
+        assert list(registry._workdir.iterdir()) == []
+    finally:
+        registry.stop()
 
 
 def test_a_digest_mismatch_is_refused_before_parsing(tmp_path):

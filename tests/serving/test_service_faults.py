@@ -103,7 +103,9 @@ def test_a_stopped_registry_keeps_the_last_good_model_serving(registry, row, tmp
         os.killpg(mlflow_proc.pid, signal.SIGKILL)
         mlflow_proc.wait(timeout=10)
         ready = svc.wait(
-            lambda: (r := svc.get("/ready", key=None))[1]["status"] == "degraded" and r, 60, "degraded /ready"
+            lambda: (r := svc.get("/ready", key=svc.key("metrics", None)))[1]["status"] == "degraded" and r,
+            60,
+            "degraded /ready",
         )
         assert ready[0] == 200 and any("registry unreachable" in p for p in ready[1]["problems"]), ready
         for _ in range(20):
@@ -180,7 +182,7 @@ def test_a_log_database_outage_sheds_load_with_503_and_recovers(registry, row, t
         shed = [_predict_with_headers(svc, row) for _ in range(5)]
         # Never answered unlogged: every request while the log is down is a 503 with Retry-After.
         assert all(code == 503 and retry for code, retry in shed), shed
-        ready = svc.get("/ready", key=None)[1]
+        ready = svc.ready()
         assert any("prediction log" in p for p in ready["problems"]), ready
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

@@ -145,6 +145,17 @@ def test_openapi_names_the_real_fields_and_types(service):
     assert service.get(f"/v1/{PIPELINE}/openapi.json", key=None)[0] == 401
 
 
+def test_openapi_needs_a_key_for_its_pipeline_and_a_404_names_no_other_pipeline(service):
+    path = f"/v1/{PIPELINE}/openapi.json"
+    assert service.get(path, key=service.key("feedback"))[0] == 200  # any route's scope for the pipeline
+    assert service.get(path, key=service.key("metrics", None))[0] == 403  # the metrics key reads no fields
+    assert service.get(path, key=service.key("predict", "credit_default"))[0] == 403  # another pipeline's
+    # An unknown pipeline: 401 without a key (nothing learnt), 404 that lists no served pipeline with one.
+    assert service.get("/v1/no_such_pipeline/openapi.json", key=None)[0] == 401
+    status, body = service.get("/v1/no_such_pipeline/openapi.json", key=service.key("predict", None))
+    assert status == 404 and PIPELINE not in json.dumps(body)
+
+
 def test_feedback_is_idempotent_conflicts_are_409_unknown_ids_404(service, row):
     _, body = service.predict(row)
     rid, path = body["request_id"], f"/v1/{PIPELINE}/feedback"
@@ -213,7 +224,11 @@ def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(servic
     try:
         registry.set_alias("champion", bad)
         ready = service.wait(
-            lambda: (r := service.get("/ready", key=None)) and r[1]["status"] == "degraded" and r,
+            lambda: (
+                (r := service.get("/ready", key=service.key("metrics", None)))
+                and r[1]["status"] == "degraded"
+                and r
+            ),
             30,
             "degraded",
         )
@@ -235,7 +250,7 @@ def test_canary_split_is_sticky_by_customer_and_near_its_weight(service, registr
     registry.set_traffic("canary", 0.3, v2)
     try:
         service.wait(
-            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["traffic"]["mode"] == "canary",
+            lambda: service.ready()["pipelines"][PIPELINE]["traffic"]["mode"] == "canary",
             30,
             "canary traffic",
         )
@@ -252,7 +267,7 @@ def test_canary_split_is_sticky_by_customer_and_near_its_weight(service, registr
         registry.set_traffic("none")
         registry.drop_alias("challenger")
         service.wait(
-            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["challenger"] is None,
+            lambda: service.ready()["pipelines"][PIPELINE]["challenger"] is None,
             30,
             "challenger gone",
         )
@@ -264,7 +279,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
     registry.set_traffic("shadow", 0.0, v2)
     try:
         service.wait(
-            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["traffic"]["mode"] == "shadow",
+            lambda: service.ready()["pipelines"][PIPELINE]["traffic"]["mode"] == "shadow",
             30,
             "shadow traffic",
         )
@@ -291,7 +306,7 @@ def test_shadow_answers_are_logged_and_never_returned(service, registry, row):
         registry.set_traffic("none")
         registry.drop_alias("challenger")
         service.wait(
-            lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["challenger"] is None,
+            lambda: service.ready()["pipelines"][PIPELINE]["challenger"] is None,
             30,
             "challenger gone",
         )
@@ -318,3 +333,18 @@ def test_explain_returns_contributions_per_original_column(service, row):
     assert ranked == sorted(ranked, reverse=True)
     assert service.request("POST", path, {"inputs": row}, key=service.key("predict"))[0] == 403
     assert service.request("POST", path, {"instances": [row, row]})[0] == 422
+
+
+def test_ready_tells_anonymous_callers_the_status_only(service):
+    status, body = service.get("/ready", key=None)
+    assert (status, body) == (200, {"status": "ready"})  # what a load balancer needs, nothing more
+    assert service.get("/ready", key=service.key("predict"))[1] == {"status": "ready"}
+    detailed = service.ready()  # the metrics key: versions, traffic, problems
+    assert detailed["pipelines"][PIPELINE]["champion"] == 1 and detailed["problems"] == []
+
+
+def test_a_wrong_method_gets_405_naming_the_allowed_ones(service):
+    status, headers, _ = service.exchange("GET", f"/v1/{PIPELINE}/predict")
+    assert (status, headers.get("allow")) == (405, "POST")
+    status, headers, _ = service.exchange("POST", "/health")
+    assert (status, headers.get("allow")) == (405, "GET")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from include.serving.keys import new_presented_key
 from tests.support.pg import create_databases, drop_databases
 from tests.support.processes import ROOT, clean_env, free_port, wait_until
 
@@ -42,6 +43,7 @@ class LiveStack:
         self._token: str | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.serving_port = free_port()  # the inference service the rollout DAG drives, when started
+        self.metrics_key = new_presented_key()
         self.alert_port = free_port()  # the monitor's alert webhook (a test listens there when it needs it)
         self.tracking = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.databases['mlflow']}"
         airflow_home = base / "airflow"
@@ -53,6 +55,8 @@ class LiveStack:
             SLIPWAY_PIPELINES_DIR=str(self.pipelines),
             MLFLOW_TRACKING_URI=self.tracking,
             SLIPWAY_SERVING_URL=f"http://127.0.0.1:{self.serving_port}",
+            # The service adopts it; the rollout's tasks and the tests read /ready's versions with it.
+            SLIPWAY_SERVING_METRICS_KEY=self.metrics_key,
             SLIPWAY_MLFLOW_ARTIFACT_URI=(self.home / "mlflow-artifacts").as_uri(),
             AIRFLOW_HOME=str(airflow_home),
             AIRFLOW_CONN_SLIPWAY_ALERTS=json.dumps(

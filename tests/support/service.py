@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from include.serving.keys import new_presented_key
 from tests.support.processes import ROOT, clean_env, free_port, slipway, wait_until
 
 PIPELINE = "telco_churn"
@@ -30,10 +31,12 @@ class Registry:
     def __init__(self, base: Path):
         self.base = base
         self.tracking = f"sqlite:///{base / 'mlflow.db'}"
+        self.metrics_key = new_presented_key()  # the deployment's metrics key: the service adopts it
         self.env = clean_env(
             SLIPWAY_HOME=str(base / "state"),
             MLFLOW_TRACKING_URI=self.tracking,
             SLIPWAY_MLFLOW_ARTIFACT_URI=(base / "artifacts").as_uri(),
+            SLIPWAY_SERVING_METRICS_KEY=self.metrics_key,
         )
 
     def client(self):
@@ -84,6 +87,8 @@ class Service:
         self.keys: dict[str, str] = {}
 
     def key(self, scopes: str, pipeline: str | None = PIPELINE) -> str:
+        if (scopes, pipeline) == ("metrics", None):
+            return self.registry.metrics_key  # the one handed over as a secret, as Prometheus uses it
         name = f"{scopes}:{pipeline}"
         if name not in self.keys:
             args = ["keys", "create", "--scopes", scopes] + (["--pipeline", pipeline] if pipeline else [])
@@ -162,6 +167,24 @@ class Service:
             return status, json.loads(text)
         except ValueError:
             return status, text
+
+    def exchange(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One raw request: (status, response headers with lowercase names, body bytes)."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def ready(self) -> dict:
+        """``/ready`` as an operator sees it (with the metrics key): versions, traffic, problems."""
+        return self.get("/ready", key=self.key("metrics", None))[1]
 
     def get(self, path: str, key: str | None = "") -> tuple[int, dict | str]:
         return self.request("GET", path, key=key)

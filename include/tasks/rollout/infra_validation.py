@@ -45,6 +45,7 @@ class Sandbox:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.key = ""
+        self.ops_key = ""
 
     def __enter__(self) -> Sandbox:
         from include.serving.keys import KeyStore
@@ -52,6 +53,7 @@ class Sandbox:
         store = KeyStore(self.db_url)
         store.start()
         _, self.key = store.create(["predict"], self.pipeline, "infra validation sandbox")
+        _, self.ops_key = store.create(["metrics"], None, "infra validation sandbox: /ready's versions")
         env = {**os.environ, "SLIPWAY_SERVING_DB": self.db_url, "SLIPWAY_ACCESS_LOG": "0"}
         self.out = open(Path(self.tmp.name) / "serve.log", "wb")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(
@@ -79,7 +81,7 @@ class Sandbox:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the sandbox service exited ({self.proc.returncode}):\n{self.log()}")
-            status, body = self.call("GET", "/ready", key=None)
+            status, body = self.call("GET", "/ready", key=self.ops_key)
             if (
                 status == 200
                 and body.get("pipelines", {}).get(self.pipeline, {}).get("champion") == self.version
@@ -214,7 +216,7 @@ def validate(spec, version: int, snapshot_uri: str) -> dict:
                 "expected": sorted(accepted),
                 "error": str(answer.get("error", ""))[:200],
             }
-        ready_status, ready = box.call("GET", "/ready", key=None)
+        ready_status, ready = box.call("GET", "/ready", key=box.ops_key)
     ok = statuses.get(200, 0)
     results = [
         check(

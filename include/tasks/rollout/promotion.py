@@ -31,19 +31,37 @@ def verify_served(
     (polled until ``timeout_s``). Then, with or without it, the prediction log must hold no row
     served by ``gone`` during ``quiet_s`` seconds after that point (every replica writes there)."""
     import time
+    import urllib.error
     import urllib.request
 
     from include.prediction_log import reads
+    from include.settings import serving_metrics_key
 
     deadline = time.monotonic() + timeout_s
     seen: dict = {}
+    key = serving_metrics_key()
     if serving_url:
+        ready = urllib.request.Request(
+            f"{serving_url}/ready", headers={"Authorization": f"Bearer {key}"} if key else {}
+        )
         while True:
             try:
-                with urllib.request.urlopen(f"{serving_url}/ready", timeout=5) as resp:
-                    seen = json.loads(resp.read()).get("pipelines", {}).get(pipeline, {})
+                with urllib.request.urlopen(ready, timeout=5) as resp:
+                    body = json.loads(resp.read())
+            except urllib.error.HTTPError as exc:  # 503 while nothing is served: the body says why
+                try:
+                    body = json.loads(exc.read() or b"{}")
+                except ValueError:  # not the service's answer (a proxy's error page)
+                    body = {"pipelines": {pipeline: {"error": f"HTTP {exc.code}"}}}
             except Exception as exc:  # an unreachable service is a failed check, reported with its reason
-                seen = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                body = {"pipelines": {pipeline: {"error": f"{type(exc).__name__}: {exc}"[:300]}}}
+            if "pipelines" not in body:
+                raise ServedVersionMismatch(
+                    f"{serving_url}/ready shows versions only to the service's metrics key, and "
+                    "SLIPWAY_SERVING_METRICS_KEY is unset or not such a key: give the Airflow workers the "
+                    "key Prometheus scrapes the service with"
+                )
+            seen = body["pipelines"].get(pipeline, {})
             if seen.get("champion") == champion and (gone is None or seen.get("challenger") != gone):
                 break
             if time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,19 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+!|"})
+
+
+def _text(value) -> str:
+    """A value from the data or a run (a group's name, an error) as literal text: HTML escaped and
+    Markdown's syntax characters backslashed, so a crafted group name renders as itself, never as a
+    tag, a link or a table cell of its own."""
+    return html.escape(_fmt(value), quote=False).translate(_MARKDOWN_SPECIAL).replace("\n", " ")
+
+
 def _table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(_text(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 
 
@@ -162,7 +173,7 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
             "",
         ]
     else:
-        lines += [f"Not converted: {onnx.get('error', 'n/a')}", ""]
+        lines += [f"Not converted: {_text(onnx.get('error', 'n/a'))}", ""]
     lines += [
         "## Limitations",
         card.limitations or "_Not stated in the spec._",
@@ -196,8 +207,6 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
 
 def render_html(markdown_text: str, title: str) -> str:
     """Standalone HTML page of a Markdown card."""
-    import html
-
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables"])

@@ -62,6 +62,7 @@ class Traffic(threading.Thread):
 def rollout_env(service, registry, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking)
     monkeypatch.setenv("SLIPWAY_SERVING_URL", service.url)
+    monkeypatch.setenv("SLIPWAY_SERVING_METRICS_KEY", registry.metrics_key)
     monkeypatch.setenv("SLIPWAY_SERVING_DB", service.db_url)
     client = registry.client()
     assert pr.aliases(client, PIPELINE).get("champion") == 1
@@ -142,7 +143,7 @@ def test_a_broken_canary_is_rolled_back_and_the_champion_serves_again(
     aliases = pr.aliases(rollout_env, PIPELINE)
     assert aliases["champion"] == 1 and "challenger" not in aliases, aliases
     assert pr.traffic(rollout_env, PIPELINE)["mode"] == "none"
-    ready = service.get("/ready", key=None)[1]["pipelines"][PIPELINE]
+    ready = service.ready()["pipelines"][PIPELINE]
     assert ready["champion"] == 1 and ready["challenger"] is None
     # Checked, not assumed: recorded on the version, and every answer after the verdict is v1's.
     served = rollout_env.get_model_version(PIPELINE, str(bad)).tags["slipway.rollout.served_after_rollback"]
@@ -190,7 +191,7 @@ def test_the_rollback_dag_restores_previous_and_checks_what_is_served(
     pr.set_challenger(rollout_env, PIPELINE, newer, "canary", 0.1)
     pr.promote(rollout_env, PIPELINE, newer, 1, reason="test promotion")
     service.wait(
-        lambda: service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["champion"] == newer,
+        lambda: service.ready()["pipelines"][PIPELINE]["champion"] == newer,
         30,
         "newer serving",
     )
@@ -206,9 +207,7 @@ def test_the_rollback_dag_restores_previous_and_checks_what_is_served(
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         aliases = pr.aliases(rollout_env, PIPELINE)
         assert aliases["champion"] == 1 and "previous" not in aliases, aliases
-        assert (
-            service.get("/ready", key=None)[1]["pipelines"][PIPELINE]["champion"] == 1
-        )  # checked by the DAG too
+        assert service.ready()["pipelines"][PIPELINE]["champion"] == 1  # checked by the DAG too
         restored = [e for e in pr.history(rollout_env, PIPELINE) if e["event"] == "restored"][-1]
         assert restored["version"] == 1 and restored["from_version"] == newer
         assert "manual rollback" in restored["reason"] and restored["dag_run"].startswith(

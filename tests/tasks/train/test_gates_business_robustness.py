@@ -182,3 +182,18 @@ def test_model_card_renders_records(tmp_path, telco_spec):
     assert "NOT PASSED" in md and "missing:" in md
     assert "<table>" in html and "<h1>Model card: telco_churn</h1>" in html
     assert out["html"].endswith("model_card.html")
+
+
+def test_model_card_shows_data_derived_text_as_text(tmp_path, telco_spec):
+    crafted = "<script>alert(1)</script> [x](javascript:alert(2)) a|b"
+    rec = {
+        "fairness": {"attributes": {"female": {"by_group": {crafted: {"count": 3, "selection_rate": 0.5}}}}},
+        "blessing": make_blessing(telco_spec, []),
+        "onnx": {"converted": False, "error": "<img src=x onerror=alert(3)>"},
+    }
+    write_model_card(telco_spec, rec, tmp_path)
+    page = (tmp_path / "model_card.html").read_text()
+    assert "<script" not in page and "<img" not in page
+    assert 'href="javascript' not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(3)&gt;" in page
+    assert "a|b" in page  # one cell, the pipe shown as text
