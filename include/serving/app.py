@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 async def feedback(service: Service, request: Request) -> Response:
     from include.prediction_log.errors import ConflictingLabel, UnknownRequest
 
-    pipeline, _, denied = service.admit(request, "feedback")
+    pipeline, _, denied = await service.admit(request, "feedback")
     if denied:
         return denied
     try:
@@ -72,7 +72,7 @@ async def feedback(service: Service, request: Request) -> Response:
 
 
 async def explain(service: Service, request: Request) -> Response:
-    pipeline, schema, denied = service.admit(request, "explain")
+    pipeline, schema, denied = await service.admit(request, "explain")
     if denied:
         return denied
     try:
@@ -104,7 +104,7 @@ async def explain(service: Service, request: Request) -> Response:
 
 async def openapi(service: Service, request: Request) -> Response:
     # The document describes the pipeline's request: any key that may call one of its routes reads it.
-    pipeline, schema, denied = service.admit(request, ("predict", "feedback", "explain"))
+    pipeline, schema, denied = await service.admit(request, ("predict", "feedback", "explain"))
     if denied:
         return denied
     state = service.registry.state(pipeline)
@@ -136,14 +136,14 @@ async def ready(service: Service, request: Request) -> Response:
     status = "ready" if serving and not problems else ("degraded" if serving else "unavailable")
     # A load balancer needs the status and its code; versions, traffic and the reasons are for
     # operators (the metrics or admin key), not for anyone who can reach the port.
-    if not service.operator(request):
+    if not await service.operator(request):
         return json_response({"status": status}, 200 if serving else 503)
     body = {"status": status, "problems": problems, "pipelines": pipelines}
     return json_response(body, 200 if serving else 503)
 
 
 async def metrics(service: Service, request: Request) -> Response:
-    _, denied = service.authorise(request, "metrics", None)
+    _, denied = await service.authorise(request, "metrics", None)
     if denied:
         return denied
     m.QUEUE_DEPTH.set(service.log.queue_depth)

@@ -33,6 +33,7 @@ class Request:
     path_params: dict[str, str]
     receive: Callable
     state: dict = field(default_factory=dict)
+    client: str | None = None  # the peer's address (a proxy's, unless the server trusts its headers)
 
 
 @dataclass
@@ -165,7 +166,8 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         handler, params, allowed = self._route(method, path)
-        request = Request(method, path, headers, params, receive)
+        peer = scope.get("client")
+        request = Request(method, path, headers, params, receive, client=peer[0] if peer else None)
         try:
             if handler is not None:
                 response = await handler(request)

@@ -24,6 +24,7 @@ def cmd_serve(args) -> None:
         metrics_dir = tempfile.mkdtemp(prefix="slipway-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     _adopt_keys_from_secrets()
+    forwarded = os.environ.get("SLIPWAY_FORWARDED_ALLOW_IPS", "")
     print(f"[slipway] serving on http://{args.host}:{args.port} with {args.workers} worker(s)", flush=True)
     try:
         uvicorn.run(
@@ -33,9 +34,13 @@ def cmd_serve(args) -> None:
             port=args.port,
             workers=args.workers,
             access_log=False,  # the service writes its own (JSON, no keys or identifiers)
-            proxy_headers=False,  # client addresses are not used; no X-Forwarded-* parsing per request
+            # The client address budgets key lookups: behind a proxy, trust its X-Forwarded-For only when
+            # SLIPWAY_FORWARDED_ALLOW_IPS names it (else the peer is the client, and no header is parsed).
+            proxy_headers=bool(forwarded),
+            forwarded_allow_ips=forwarded or None,
+            limit_concurrency=args.limit_concurrency,  # connections and requests per worker; 503 beyond
             loop="uvloop",
-            http="httptools",
+            http="include.serving.http:LimitedHttpToolsProtocol",  # header cap, header and body timeouts
             log_level="warning",
             timeout_graceful_shutdown=10,
         )
@@ -113,6 +118,12 @@ def add_commands(sub) -> None:
         default=[],
         metavar="PIPELINE=VERSION",
         help="serve this version as the pipeline's champion whatever the aliases say (a sandbox)",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=1000,
+        help="connections and requests a worker takes at once; beyond, 503 (default 1000)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -6,13 +6,18 @@ key is created; the table keeps only its SHA-256. A slow password hash (bcrypt, 
 a secret that long and random, and would cost a hash per request: the choice GitHub and Stripe make for
 their tokens.
 
-Lookups are cached per ``key_id`` for ``cache_ttl_s`` (positive and negative), so a busy service does not
-query the database per request, and a revocation made on any replica takes effect everywhere within that
-time.
+Lookups are cached per ``key_id`` for ``cache_ttl_s``, so a busy service does not query the database per
+request, and a revocation made on any replica takes effect everywhere within that time. Known keys and
+unknown ids are cached apart: a flood of random ids fills (and evicts from) the unknown ones only, never
+the known. The service looks up a key it has not cached off the event loop, on a few threads with a
+connection each, at most ``max_pending`` at a time per process and, per client address, a burst of
+``client_burst`` then ``client_rate`` a second: a caller cycling through random ids costs the database
+a bounded number of queries and gets 429, and nobody else waits for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,7 +25,9 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,8 +46,24 @@ _KEY_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _PRESENTED_RE = re.compile(r"^slw_([0-9a-f]{12})_([A-Za-z0-9_-]{32,128})$")
 _MAX_PRESENTED = 200
 _MAX_NAME = 200
-# Negative lookups of random key ids must not grow the cache without bound.
-_MAX_CACHE = 10_000
+# Negative lookups of random key ids must not grow the cache without bound (known keys are never evicted).
+_MAX_UNKNOWN = 10_000
+_MAX_CLIENTS = 10_000  # client addresses whose lookup budget is tracked (least recently seen dropped)
+_LOOKUP_THREADS = 2
+
+
+class TooManyLookups(RuntimeError):
+    """This client has looked up too many keys the service had not cached: answer 429."""
+
+    retry_after_s = 1
+
+
+class LookupsBusy(RuntimeError):
+    """Too many key lookups are waiting for the database in this process: answer 503."""
+
+    retry_after_s = 1
+
+
 # pg_advisory_xact_lock id serialising CREATE TABLE: concurrent "IF NOT EXISTS" races on PostgreSQL's
 # catalogue (pg_type unique index) and one of the processes would fail.
 _PG_DDL_LOCK = 0x534C5700_4B455953  # "SLW\0KEYS"
@@ -92,6 +115,14 @@ def new_presented_key() -> str:
     """A fresh key in the form a caller presents (``slw_<12 hex>_<secret>``), for a deployment to hand
     the service as a secret it adopts (``SLIPWAY_SERVING_ADMIN_KEY``, ``SLIPWAY_SERVING_METRICS_KEY``)."""
     return f"{PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
+def _parse(presented: str | None) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed presented key, else None (checked before any lookup)."""
+    if not presented or not isinstance(presented, str) or len(presented) > _MAX_PRESENTED:
+        return None
+    match = _PRESENTED_RE.match(presented.strip())
+    return match.groups() if match else None  # type: ignore[return-value]
 
 
 def _sha256(secret: str) -> str:
@@ -169,7 +200,15 @@ def presented_key(headers) -> str | None:
 class KeyStore:
     """The ``slipway_api_keys`` table, with a short per-process cache in front of it for ``authenticate``."""
 
-    def __init__(self, url: str | None = None, *, cache_ttl_s: float = 5.0):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        cache_ttl_s: float = 5.0,
+        max_pending: int = 64,
+        client_burst: int = 20,
+        client_rate: float = 5.0,
+    ):
         self.db: Database = database(url)
         if self.db.dialect == "sqlite" and self.db.url.split("sqlite:///", 1)[1] in ("", ":memory:"):
             # Each operation opens its own connection, and every in-memory connection is a new database.
@@ -178,11 +217,18 @@ class KeyStore:
                 "set SLIPWAY_SERVING_DB to sqlite:////path/to/serving.db or a postgresql:// URL"
             )
         self.cache_ttl_s = float(cache_ttl_s)
-        # key_id -> (expires at, monotonic clock; (ApiKey, secret_sha256) or None for "no such key")
-        self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
+        # key_id -> (expires at, monotonic clock; (ApiKey, secret_sha256)): rows that exist
+        self._known: dict[str, tuple[float, tuple[ApiKey, str]]] = {}
+        # key_id -> expires at: ids with no row, least recently stored first
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         # Bumped by revoke(): a lookup that read the row before the revocation must not cache it after.
         self._generation = 0
+        self.max_pending, self.client_burst, self.client_rate = max_pending, client_burst, client_rate
+        self._pending = 0  # lookups handed to the threads and not finished (the event loop's thread only)
+        self._budgets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # each lookup thread's own connection
 
     @contextmanager
     def _connect(self) -> Iterator:
@@ -232,7 +278,7 @@ class KeyStore:
             if self.db.dialect == "postgresql":
                 conn.commit()
         with self._lock:
-            self._cache.pop(key_id, None)  # a negative entry from an earlier probe must not shadow it
+            self._forget(key_id)  # a negative entry from an earlier probe must not shadow it
         log.info("created API key %s (scopes %s, pipeline %s)", key_id, ",".join(sorted(wanted)), pipeline)
         return record, f"{PREFIX}{key_id}_{secret}"
 
@@ -292,66 +338,167 @@ class KeyStore:
             )
         with self._lock:
             self._generation += 1
-            self._cache.pop(key_id, None)
-            for old in replaced:
-                self._cache.pop(old, None)
+            self._forget(key_id, *replaced)
         for old in replaced:
             log.info("revoked API key %s: %s now names key %s", old, name, key_id)
         return record
 
-    def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
-        with self._connect() as conn:
+    def _fetch(self, key_id: str, conn=None) -> tuple[ApiKey, str] | None:
+        """The key's row, on ``conn`` (a lookup thread's own) or a connection of its own."""
+        sql = self._sql(f"SELECT {_COLUMNS}, secret_sha256 FROM {TABLE} WHERE key_id = ?")
+        if conn is None:
+            with self._connect() as own:
+                cur = own.cursor()
+                cur.execute(sql, (key_id,))
+                row = cur.fetchone()
+        else:
             cur = conn.cursor()
-            cur.execute(
-                self._sql(f"SELECT {_COLUMNS}, secret_sha256 FROM {TABLE} WHERE key_id = ?"), (key_id,)
-            )
-            row = cur.fetchone()
+            try:
+                cur.execute(sql, (key_id,))
+                row = cur.fetchone()
+            finally:
+                cur.close()
         if row is None:
             return None
         return _row_to_key(row[:6]), row[6]
 
-    def _lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
+    def _cached(self, key_id: str) -> tuple[bool, tuple[ApiKey, str] | None]:
+        """(found in the cache, what it holds): a known key's row, or None for an id with no key."""
         if self.cache_ttl_s <= 0:
-            return self._fetch(key_id)
+            return False, None
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+            known = self._known.get(key_id)
+            if known is not None and known[0] > now:
+                return True, known[1]
+            expires = self._unknown.get(key_id)
+            if expires is not None and expires > now:
+                return True, None
+        return False, None
+
+    def _remember(self, key_id: str, found: tuple[ApiKey, str] | None, generation: int) -> None:
+        if self.cache_ttl_s <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return  # a revocation raced this read; the next lookup fetches again
+            expires = time.monotonic() + self.cache_ttl_s
+            if found is not None:
+                self._unknown.pop(key_id, None)
+                self._known[key_id] = (expires, found)  # bounded by the table: only real keys get here
+                return
+            self._known.pop(key_id, None)
+            self._unknown[key_id] = expires
+            self._unknown.move_to_end(key_id)
+            while len(self._unknown) > _MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
+
+    def _forget(self, *key_ids: str) -> None:
+        """Drop cached entries (the caller holds the lock)."""
+        for key_id in key_ids:
+            self._known.pop(key_id, None)
+            self._unknown.pop(key_id, None)
+
+    def _lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
+        hit, found = self._cached(key_id)
+        if hit:
+            return found
         # Fetched outside the lock: a slow database must not stall requests whose keys are cached.
         with self._lock:
             generation = self._generation
         found = self._fetch(key_id)
-        with self._lock:
-            if generation != self._generation:
-                return found  # a revocation raced this read; the next lookup fetches again
-            if len(self._cache) >= _MAX_CACHE:
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-                if len(self._cache) >= _MAX_CACHE:
-                    self._cache.clear()
-            self._cache[key_id] = (time.monotonic() + self.cache_ttl_s, found)
+        self._remember(key_id, found, generation)
         return found
+
+    def _fetch_pooled(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """A lookup on this thread's connection, opened once. A kept connection that fails (the
+        database restarted since) is replaced and the lookup tried once more on a new one."""
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            fresh = conn is None
+            if fresh:
+                conn = self._local.conn = self.db.connect()
+                if self.db.dialect == "postgresql":
+                    conn.autocommit = True  # each lookup its own transaction: no snapshot held open
+            try:
+                return self._fetch(key_id, conn)
+            except Exception:
+                self._local.conn = None
+                try:
+                    conn.close()
+                except Exception:  # already broken
+                    pass
+                if fresh or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _take_budget(self, client: str) -> bool:
+        """One lookup from ``client``'s token bucket (``client_burst``, refilled ``client_rate``/s)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._budgets.pop(client, (float(self.client_burst), now))
+            tokens = min(float(self.client_burst), tokens + (now - at) * self.client_rate)
+            allowed = tokens >= 1.0
+            self._budgets[client] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self._budgets) > _MAX_CLIENTS:
+                self._budgets.popitem(last=False)
+        return allowed
+
+    def _verified(self, secret: str, found: tuple[ApiKey, str] | None) -> ApiKey | None:
+        if found is None:
+            return None
+        record, stored_hash = found
+        if not hmac.compare_digest(_sha256(secret), stored_hash) or record.revoked_at is not None:
+            return None
+        return record
 
     def authenticate(self, presented: str | None) -> ApiKey | None:
         """The active key ``presented`` names, or None if it is missing, malformed, unknown, wrong or revoked.
 
-        Database errors propagate: an outage should answer 503, not pass for a wrong key.
+        Blocking (the CLI, tests, threads); the service uses :meth:`authenticate_async`. Database errors
+        propagate: an outage should answer 503, not pass for a wrong key.
         """
-        if not presented or not isinstance(presented, str) or len(presented) > _MAX_PRESENTED:
+        parsed = _parse(presented)
+        if parsed is None:
             return None
-        match = _PRESENTED_RE.match(presented.strip())
-        if match is None:
+        key_id, secret = parsed
+        return self._verified(secret, self._lookup(key_id))
+
+    async def authenticate_async(self, presented: str | None, client: str | None) -> ApiKey | None:
+        """:meth:`authenticate` for the event loop: a cached key answers at once; any other lookup runs
+        on the lookup threads, charged to ``client`` (its address). Raises :class:`TooManyLookups`
+        when the client's budget is spent and :class:`LookupsBusy` when ``max_pending`` lookups are
+        already waiting; neither touches the database."""
+        parsed = _parse(presented)
+        if parsed is None:
             return None
-        key_id, secret = match.groups()
-        found = self._lookup(key_id)
-        if found is None:
-            return None
-        record, stored_hash = found
-        if not hmac.compare_digest(_sha256(secret), stored_hash):
-            return None
-        if record.revoked_at is not None:
-            return None
-        return record
+        key_id, secret = parsed
+        hit, found = self._cached(key_id)
+        if hit:
+            return self._verified(secret, found)
+        if not self._take_budget(client or "unknown"):
+            raise TooManyLookups(f"too many lookups of unknown API keys from {client}; retry in a second")
+        if self._pending >= self.max_pending:
+            raise LookupsBusy("API key lookups are busy; retry in a second")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="slipway-key-lookup")
+        with self._lock:
+            generation = self._generation
+        self._pending += 1
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._fetch_pooled, key_id
+            )
+        finally:
+            self._pending -= 1
+        self._remember(key_id, found, generation)
+        return self._verified(secret, found)
+
+    def close(self) -> None:
+        """Stop the lookup threads (their connections close with them)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; True if it was active. Other replicas stop accepting it within their cache TTL."""
@@ -368,7 +515,7 @@ class KeyStore:
                 conn.commit()
         with self._lock:
             self._generation += 1
-            self._cache.pop(key_id, None)
+            self._forget(key_id)
         if changed:
             log.info("revoked API key %s", key_id)
         return changed

@@ -23,7 +23,7 @@ MAX_SHADOW_IN_FLIGHT = 256
 
 
 async def predict(service: Service, request: Request) -> Response:
-    pipeline, schema, denied = service.admit(request, "predict")
+    pipeline, schema, denied = await service.admit(request, "predict")
     if denied:
         return denied
     request.state["rows"] = 0

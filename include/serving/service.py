@@ -15,7 +15,7 @@ import orjson
 from include.prediction_log.writer import PredictionLog
 from include.serving.asgi import Request, Response
 from include.serving.explain import Explainers
-from include.serving.keys import KeyStore, presented_key
+from include.serving.keys import KeyStore, LookupsBusy, TooManyLookups, presented_key
 from include.serving.models import ModelRegistry
 from include.serving.schema import MAX_BODY_BYTES, RequestError, RequestSchema
 
@@ -72,6 +72,7 @@ class Service:
 
     def stop(self) -> None:
         self.registry.stop()
+        self.keys.close()
         self.log.close()
 
     # ------------------------------------------------------------------ helpers
@@ -83,11 +84,16 @@ class Service:
         mac.update(raw.encode())
         return mac.hexdigest()
 
-    def authorise(self, request: Request, scope: str | tuple[str, ...], pipeline: str | None):
-        """(key, refusal): 503 when the key store is down, 401 without a valid key, 403 when the key
-        holds none of the ``scope`` (one scope, or a tuple of which any will do) for ``pipeline``."""
+    async def authorise(self, request: Request, scope: str | tuple[str, ...], pipeline: str | None):
+        """(key, refusal): 503 when the key store is down or busy, 429 when this client looked up too
+        many unknown keys, 401 without a valid key, 403 when the key holds none of the ``scope`` (one
+        scope, or a tuple of which any will do) for ``pipeline``."""
         try:
-            key = self.keys.authenticate(presented_key(request.headers))
+            key = await self.keys.authenticate_async(presented_key(request.headers), request.client)
+        except TooManyLookups as exc:
+            return None, error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+        except LookupsBusy as exc:
+            return None, error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         except Exception as exc:  # the key store's database is down: fail closed, and say so
             log.warning("key store unavailable: %s", type(exc).__name__)
             return None, error_response(
@@ -108,7 +114,7 @@ class Service:
             )
         return key, None
 
-    def operator(self, request: Request) -> bool:
+    async def operator(self, request: Request) -> bool:
         """Whether the caller presents a key for every pipeline with the ``metrics`` (or ``admin``)
         scope: it may see versions, traffic and problems. A probe without a key costs no lookup, and
         the deployment's own admin and metrics keys are known without the database, so an operator
@@ -120,17 +126,17 @@ class Service:
         if any(hmac.compare_digest(digest, known) for known in self._operator_keys):
             return True
         try:
-            key = self.keys.authenticate(presented)
-        except Exception:  # the key store is down: the anonymous view, which needs no key
+            key = await self.keys.authenticate_async(presented, request.client)
+        except Exception:  # the key store is down or busy: the anonymous view, which needs no key
             return False
         return key is not None and key.allows("metrics", None)
 
-    def admit(self, request: Request, scope: str | tuple[str, ...]):
+    async def admit(self, request: Request, scope: str | tuple[str, ...]):
         """(pipeline, schema, refusal): the key must hold ``scope`` for the pipeline (checked first, so
         a caller without one learns nothing about which pipelines exist), and the pipeline must be
         served here."""
         pipeline = request.path_params["pipeline"]
-        _, denied = self.authorise(request, scope, pipeline)
+        _, denied = await self.authorise(request, scope, pipeline)
         if denied is not None:
             return pipeline, None, denied
         schema = self.schemas.get(pipeline)

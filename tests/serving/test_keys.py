@@ -380,3 +380,91 @@ def test_a_rotated_secret_revokes_the_key_it_replaced(store, tmp_path, monkeypat
     assert replica.authenticate(old) is None  # the leaked or retired key no longer works
     cli._adopt_keys_from_secrets()  # a replica starting with the same secret changes nothing
     assert KeyStore(_sqlite_url(tmp_path)).authenticate(new) is not None
+
+
+# --- lookups of keys the service has not cached (random ids from an attacker) -------------------------
+
+
+def _random_key() -> str:
+    import secrets as pysecrets
+
+    return f"slw_{pysecrets.token_hex(6)}_{pysecrets.token_urlsafe(32)}"
+
+
+def test_an_unknown_key_is_looked_up_off_the_event_loop(tmp_path, monkeypatch):
+    import asyncio
+
+    store = KeyStore(_sqlite_url(tmp_path))
+    store.start()
+    real = store._fetch
+
+    def slow_fetch(key_id, conn=None):  # a database that takes half a second to answer
+        time.sleep(0.5)
+        return real(key_id, conn)
+
+    monkeypatch.setattr(store, "_fetch", slow_fetch)
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        assert await store.authenticate_async(_random_key(), "10.0.0.1") is None
+        task.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 20  # the loop kept running while the lookup waited
+    store.close()
+
+
+def test_random_ids_are_bounded_per_client_and_never_evict_known_keys(tmp_path, monkeypatch):
+    import asyncio
+
+    from include.serving import keys as keys_module
+    from include.serving.keys import TooManyLookups
+
+    store = KeyStore(_sqlite_url(tmp_path), client_burst=20, client_rate=0.001)
+    store.start()
+    _, valid = store.create(["predict"], "telco_churn")
+    monkeypatch.setattr(keys_module, "_MAX_UNKNOWN", 50)  # a small cache, flooded below
+    connects = []
+    real_connect = store.db.connect
+    monkeypatch.setattr(
+        type(store.db), "connect", lambda self, *a, **k: connects.append(1) or real_connect(*a, **k)
+    )
+
+    async def scenario():
+        assert await store.authenticate_async(valid, "10.0.0.9") is not None  # known, and cached
+        refused = 0
+        for i in range(200):  # 200 random ids from 10 addresses: 20 lookups each at most
+            try:
+                await store.authenticate_async(_random_key(), f"10.0.0.{i % 10}")
+            except TooManyLookups:
+                refused += 1
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert refused == 200 - 10 * 20 + 1  # 10.0.0.9 had spent one lookup on the valid key
+    assert len(store._unknown) == 50 and len(connects) <= 2  # the lookup threads' own connections
+    monkeypatch.setattr(
+        store, "_fetch", lambda *a, **k: pytest.fail("the known key went back to the database")
+    )
+    assert asyncio.run(store.authenticate_async(valid, "10.0.0.9")) is not None
+    store.close()
+
+
+def test_too_many_pending_lookups_are_refused_without_the_database(tmp_path):
+    import asyncio
+
+    from include.serving.keys import LookupsBusy
+
+    store = KeyStore(_sqlite_url(tmp_path), max_pending=0)
+    store.start()
+    with pytest.raises(LookupsBusy):
+        asyncio.run(store.authenticate_async(_random_key(), "10.0.0.1"))
+    store.close()

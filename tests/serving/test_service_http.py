@@ -348,3 +348,18 @@ def test_a_wrong_method_gets_405_naming_the_allowed_ones(service):
     assert (status, headers.get("allow")) == (405, "POST")
     status, headers, _ = service.exchange("POST", "/health")
     assert (status, headers.get("allow")) == (405, "GET")
+
+
+def test_a_flood_of_random_keys_gets_429_and_valid_keys_still_work(service, row):
+    import secrets as pysecrets
+    import time
+
+    valid = service.key("predict")
+    assert service.predict(row, key=valid)[0] == 200  # known, and cached
+    statuses = [
+        service.predict(row, key=f"slw_{pysecrets.token_hex(6)}_{pysecrets.token_urlsafe(32)}")[0]
+        for _ in range(40)
+    ]
+    assert statuses.count(429) >= 15 and set(statuses) <= {401, 429}, statuses  # a burst of 20, then 5/s
+    assert service.predict(row, key=valid)[0] == 200  # the known key never waited for the flood
+    time.sleep(4.5)  # this address's budget refills for the tests after this one

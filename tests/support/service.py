@@ -37,6 +37,9 @@ class Registry:
             MLFLOW_TRACKING_URI=self.tracking,
             SLIPWAY_MLFLOW_ARTIFACT_URI=(base / "artifacts").as_uri(),
             SLIPWAY_SERVING_METRICS_KEY=self.metrics_key,
+            # Short read deadlines, so the tests of slow clients wait seconds, not the defaults' 10 and 30.
+            SLIPWAY_SERVE_HEADER_TIMEOUT_S="2",
+            SLIPWAY_SERVE_BODY_TIMEOUT_S="3",
         )
 
     def client(self):
@@ -75,7 +78,14 @@ class Registry:
 class Service:
     """``slipway serve`` in a subprocess; HTTP helpers with an API key."""
 
-    def __init__(self, registry: Registry, base: Path, db_url: str | None = None, workers: int = 1):
+    def __init__(
+        self,
+        registry: Registry,
+        base: Path,
+        db_url: str | None = None,
+        workers: int = 1,
+        args: tuple[str, ...] = (),
+    ):
         self.registry = registry
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -83,6 +93,7 @@ class Service:
         self.env = {**registry.env, "SLIPWAY_SERVING_DB": self.db_url}
         self.log_path = base / f"serve-{self.port}.log"
         self.workers = workers
+        self.args = args  # more `slipway serve` options
         self.proc: subprocess.Popen | None = None
         self.keys: dict[str, str] = {}
 
@@ -111,6 +122,7 @@ class Service:
                 str(self.workers),
                 "--pipelines",
                 PIPELINE,
+                *self.args,
             ],
             cwd=ROOT,
             env=self.env,
