@@ -414,10 +414,10 @@ class KeyStore:
         """A lookup on this thread's connection, opened once. A kept connection that fails (the
         database restarted since) is replaced and the lookup tried once more on a new one."""
         for attempt in (1, 2):
-            conn = getattr(self._local, "conn", None)
-            fresh = conn is None
+            kept = getattr(self._local, "conn", None)
+            fresh = kept is None
+            conn = self._local.conn = self.db.connect() if kept is None else kept
             if fresh:
-                conn = self._local.conn = self.db.connect()
                 if self.db.dialect == "postgresql":
                     conn.autocommit = True  # each lookup its own transaction: no snapshot held open
             try:
