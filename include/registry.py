@@ -298,9 +298,15 @@ def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel
     version's model — the service, the monitor's reference, the tests — loads it)."""
     import mlflow
 
+    from include.tracking import UntrustedArtifact, trusted_artifact_uri
+
     mv = client.get_model_version(pipeline, str(version))
     tags = dict(mv.tags)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(folder)))
+    try:
+        source = trusted_artifact_uri(mv.source)
+    except UntrustedArtifact as exc:
+        raise ModelRefused(f"version {version}: {exc}") from None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
     try:
         threshold = float(tags.get("slipway.decision_threshold", ""))
     except ValueError as exc:

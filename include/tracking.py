@@ -22,6 +22,35 @@ def mlflow_client():
     return configure_mlflow().MlflowClient()
 
 
+class UntrustedArtifact(ValueError):
+    """An artifact URI outside MLflow's own schemes and the configured artifact root: never read."""
+
+
+#: Resolved by MLflow itself: through the tracking server (which holds the credentials) or its store.
+_MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def trusted_artifact_uri(uri: str) -> str:
+    """``uri`` when reading it sends no credential elsewhere: MLflow's own schemes (``runs:/``,
+    ``models:/``, ``mlflow-artifacts:/``) or a location under the configured artifact root
+    (``SLIPWAY_MLFLOW_ARTIFACT_URI``). A model version's source and a tag are written by whoever may
+    write to the registry; MLflow's HTTP artifact client would send the tracking credentials to any
+    host they name. Raises :class:`UntrustedArtifact` naming the URI and the fix."""
+    from urllib.parse import unquote
+
+    text = str(uri or "")
+    if text.startswith(_MLFLOW_SCHEMES) and ".." not in unquote(text).split("/"):
+        return text
+    root = get_settings().mlflow_artifact_uri.rstrip("/") + "/"
+    if text.startswith(root) and ".." not in unquote(text[len(root) :]).replace("\\", "/").split("/"):
+        return text
+    raise UntrustedArtifact(
+        f"artifact {text[:200]!r} is outside MLflow's own schemes and the artifact root {root}: not read "
+        "(a registry entry may point anywhere, and MLflow would send its credentials there); register "
+        "the version from a run's artifacts, or set SLIPWAY_MLFLOW_ARTIFACT_URI to where artifacts live"
+    )
+
+
 def experiment_id(pipeline: str) -> str:
     """The MLflow experiment of a pipeline (created with the configured artifact location)."""
     mlflow = configure_mlflow()

@@ -534,6 +534,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     from include.lineage import code_version
     from include.model_files import read_model_bytes, verify_sha256
     from include.tasks.train.register import register_candidate
+    from include.tracking import trusted_artifact_uri
 
     ti = step.context["ti"]
     dag_run = step.context["dag_run"]
@@ -566,7 +567,9 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
     with tempfile.TemporaryDirectory(prefix="slipway-reg-") as tmp:
         card_dir = None
         if carded.get("model_card"):
-            card_dir = step.mlflow.artifacts.download_artifacts(carded["model_card"], dst_path=tmp)
+            card_dir = step.mlflow.artifacts.download_artifacts(
+                trusted_artifact_uri(carded["model_card"]), dst_path=tmp
+            )
         out = register_candidate(
             step.spec,
             onnx_bytes,

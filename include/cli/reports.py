@@ -193,7 +193,9 @@ def _blessing_results(uri: str | None) -> list[dict]:
         return []
     import mlflow
 
-    return mlflow.artifacts.load_dict(uri).get("results", [])
+    from include.tracking import trusted_artifact_uri
+
+    return mlflow.artifacts.load_dict(trusted_artifact_uri(uri)).get("results", [])
 
 
 def print_gates(results: list[dict]) -> None:

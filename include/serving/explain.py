@@ -54,13 +54,17 @@ class Explainers:
         from include.frames import read_parquet
         from include.model_files import load_model
         from include.spec import SPLIT_COLUMN
-        from include.tracking import mlflow_client
+        from include.tracking import UntrustedArtifact, mlflow_client, trusted_artifact_uri
 
         client = mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
         tags = dict(client.get_model_version(pipeline, str(version)).tags)
         uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")
         if not uri or not expected:
             raise ExplainUnavailable(f"version {version} has no scikit-learn model on record to explain")
+        try:
+            uri = trusted_artifact_uri(uri)
+        except UntrustedArtifact as exc:
+            raise ExplainUnavailable(f"version {version}: {exc}") from None
         import tempfile
         from pathlib import Path
 

@@ -29,14 +29,15 @@ def _register_variant(registry, tmp_path: Path, transform) -> int:
     client = registry.client()
     v1 = client.get_model_version(PIPELINE, "1")
     src = Path(client.get_model_version_download_uri(PIPELINE, "1").removeprefix("file://"))
-    folder = tmp_path / f"variant-{time.monotonic_ns()}"
+    # Under the registry's artifact root: the service reads artifacts from nowhere else.
+    folder = registry.base / "artifacts" / "variants" / f"variant-{time.monotonic_ns()}"
     shutil.copytree(src, folder)
     model = folder / "model.onnx"
     data = transform(model.read_bytes())
     model.write_bytes(data)
     tags = {**v1.tags, "slipway.onnx_sha256": hashlib.sha256(data).hexdigest()}
     tags = {k: v for k, v in tags.items() if not k.startswith(pr.EVENT_PREFIX)}
-    return int(client.create_model_version(PIPELINE, str(folder), run_id=v1.run_id, tags=tags).version)
+    return int(client.create_model_version(PIPELINE, folder.as_uri(), run_id=v1.run_id, tags=tags).version)
 
 
 class Traffic(threading.Thread):
