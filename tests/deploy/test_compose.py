@@ -252,6 +252,16 @@ def _published(service: dict) -> dict[int, int]:
     return out
 
 
+def test_every_published_port_is_on_loopback_only():
+    published = {
+        name: entry
+        for name, service in _compose()["services"].items()
+        for entry in service.get("ports", [])
+    }
+    assert published, "compose publishes no port at all"
+    assert all(str(entry).startswith("127.0.0.1:") for entry in published.values()), published
+
+
 def test_published_ports_are_the_native_defaults(native):
     topology, topo, secret = native
     services = _compose()["services"]
