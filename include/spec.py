@@ -571,6 +571,19 @@ class Monitoring(_Strict):
         return _check_cron(v)
 
 
+class Feedback(_Strict):
+    """Ground-truth labels sent to the service (``POST /v1/<pipeline>/feedback``): they enter the next
+    training snapshot, so each API key may send only so many."""
+
+    max_labels_per_key_per_hour: int = Field(
+        50_000,
+        ge=1,
+        le=10_000_000,
+        description="Labels one API key may record for this pipeline in any hour; beyond, 429. A leaked "
+        "feedback key can then add at most this many labels an hour, each recorded with its key id.",
+    )
+
+
 class Retirement(_Strict):
     """``<pipeline>__retire``: which versions are archived (aliases removed, tagged retired with the
     reason; artifacts, model card, lineage and logged predictions kept). Never ``champion``,
@@ -642,6 +655,7 @@ class PipelineSpec(_Strict):
     model_card: ModelCard = Field(default_factory=ModelCard)
     rollout: Rollout = Field(default_factory=Rollout)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    feedback: Feedback = Field(default_factory=Feedback)
     retirement: Retirement = Field(default_factory=Retirement)
     retries: Retries = Field(default_factory=Retries)
     expectation_suite: str | None = Field(

@@ -72,6 +72,9 @@ def curate_feedback(step: Step, ingested: dict) -> dict:
         | {f"feedback.dropped.{k}": v for k, v in out["dropped"].items()}
     )
     step.mlflow.set_tag("slipway.feedback.cutoff", cutoff)
+    # Which API keys labelled the rows that enter training: every label is traceable to its sender.
+    by_key = ", ".join(f"{k}: {n}" for k, n in sorted(out["by_key"].items(), key=lambda kv: (-kv[1], kv[0])))
+    step.mlflow.set_tag("slipway.feedback.keys", by_key[:4900] or "none")
     if out["uri"]:
         step.mlflow.set_tag("slipway.feedback_uri", out["uri"])
     log.info(
@@ -84,7 +87,10 @@ def curate_feedback(step: Step, ingested: dict) -> dict:
     )
     parent = step.mlflow.active_run().data.tags.get("mlflow.parentRunId")
     if parent:  # the DAG run's record says what the labels added, without opening this task
-        summary = f"{out['rows']} row(s) from {out['labelled']} labelled prediction(s) up to {cutoff}"
+        summary = (
+            f"{out['rows']} row(s) from {out['labelled']} labelled prediction(s) up to {cutoff}"
+            + (f"; labelled by key {by_key}" if by_key else "")
+        )[:4900]
         step.mlflow.MlflowClient().set_tag(parent, "slipway.feedback", summary)
     refs = [data_ref("feedback", out["uri"], out["sha256"], "lake")] if out["uri"] else []
     return {

@@ -76,11 +76,13 @@ def cmd_lineage(args) -> None:
     if prediction is not None:
         p = prediction
         label = (
-            "no label yet" if p.get("label") is None else f"label {p['label']} ({p.get('label_received_at')})"
+            "no label yet"
+            if p.get("label") is None
+            else f"label {p['label']} ({p.get('label_received_at')}, key {p.get('label_key_id') or 'unknown'})"
         )
         print(
-            f"request    {p['request_id']} at {p['created_at']}: {p['variant']} answered p={p['probability']:.4f}, "
-            f"decision {p['decision']}; {label}"
+            f"request    {p['request_id']} at {p['created_at']} (key {p.get('key_id') or 'unknown'}): "
+            f"{p['variant']} answered p={p['probability']:.4f}, decision {p['decision']}; {label}"
         )
         for shadow in p["shadow"]:
             print(

@@ -19,11 +19,13 @@ def record_label(
     *,
     pipeline: str | None = None,
     at: datetime | None = None,
+    key_id: str | None = None,
 ) -> str:
     """Attach the ground-truth label (0/1) to a logged request: "recorded", or "unchanged" when the
     same label is already there. Labels are write-once, so a different one raises ConflictingLabel;
     late labels are accepted whatever their age. ``reader()`` lends a connection; ``param`` is its
-    placeholder. Blocking (call it from a thread pool)."""
+    placeholder; ``key_id`` is the public id of the API key that sent the label. Blocking (call it from a
+    thread pool)."""
     if isinstance(label, bool):
         label = int(label)
     if not isinstance(label, int) or label not in (0, 1):
@@ -44,9 +46,9 @@ def record_label(
                 # Insert-or-keep, then read back: whichever process wins a race, everyone agrees
                 # on the stored label, and a loser with a different label learns of the conflict.
                 cur.execute(
-                    "INSERT INTO slipway_feedback (request_id, pipeline, label, received_at) "
-                    f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (request_id) DO NOTHING",
-                    (request_id, found[0], label, received_at),
+                    "INSERT INTO slipway_feedback (request_id, pipeline, label, received_at, key_id) "
+                    f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (request_id) DO NOTHING",
+                    (request_id, found[0], label, received_at, key_id),
                 )
                 inserted = cur.rowcount == 1
                 cur.execute(f"SELECT label FROM slipway_feedback WHERE request_id = {p}", (request_id,))
@@ -67,3 +69,14 @@ def record_label(
         f"this request already has label {stored}; labels are write-once, so {label} was not "
         "recorded. If the first label was wrong, correct it in the database with an audit note"
     )
+
+
+def labels_since(
+    query: Callable[..., list[tuple]], param: str, pipeline: str, key_id: str, since: str
+) -> int:
+    """Labels ``key_id`` recorded for ``pipeline`` from ``since`` (ISO UTC) on: the feedback cap's count."""
+    p = param
+    sql = (
+        f"SELECT COUNT(*) FROM slipway_feedback WHERE pipeline = {p} AND key_id = {p} AND received_at >= {p}"
+    )
+    return int(query(sql, (pipeline, key_id, since))[0][0])

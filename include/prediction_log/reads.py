@@ -27,7 +27,7 @@ def logged(query: Query, param: str, request_id: str) -> list[dict]:
     p = param
     columns = ", ".join(f"p.{c}" for c in COLUMNS)
     rows = query(
-        f"SELECT {columns}, f.label, f.received_at FROM slipway_predictions p "
+        f"SELECT {columns}, f.label, f.received_at, f.key_id FROM slipway_predictions p "
         "LEFT JOIN slipway_feedback f ON f.request_id = p.request_id "
         f"WHERE p.request_id = {p} ORDER BY p.served DESC, p.variant",
         (request_id,),
@@ -37,7 +37,7 @@ def logged(query: Query, param: str, request_id: str) -> list[dict]:
         item = dict(zip(COLUMNS, row[: len(COLUMNS)], strict=True))
         item["served"] = bool(item["served"])
         item["inputs"] = orjson.loads(item["inputs"])
-        item["label"], item["label_received_at"] = row[len(COLUMNS)], row[len(COLUMNS) + 1]
+        item["label"], item["label_received_at"], item["label_key_id"] = row[len(COLUMNS) :]
         result.append(item)
     return result
 
@@ -157,8 +157,8 @@ def labelled_scores(
 
 # ------------------------------------------------------------------------------ training and retirement
 def labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list[tuple]:
-    """``(request_id, entity_key, inputs JSON, created_at, label)`` of the answered, labelled rows
-    made and labelled before ``cutoff`` (ISO UTC), oldest first.
+    """``(request_id, entity_key, inputs JSON, created_at, label, the label's key id)`` of the answered,
+    labelled rows made and labelled before ``cutoff`` (ISO UTC), oldest first.
 
     No prediction log yet (a SQLite file that does not exist, tables not created) means none; a log
     that cannot be reached raises, so an outage is never read as "no labels"."""
@@ -173,7 +173,7 @@ def labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list
         with db.reading() as conn:
             cur = conn.cursor()
             cur.execute(
-                "SELECT pr.request_id, pr.entity_key, pr.inputs, pr.created_at, f.label "
+                "SELECT pr.request_id, pr.entity_key, pr.inputs, pr.created_at, f.label, f.key_id "
                 "FROM slipway_predictions pr JOIN slipway_feedback f ON f.request_id = pr.request_id "
                 f"WHERE pr.pipeline = {p} AND pr.served = 1 AND pr.created_at < {p} AND f.received_at < {p} "
                 "ORDER BY pr.created_at, pr.request_id",

@@ -23,6 +23,7 @@ COLUMNS = (
     "decision",
     "latency_ms",
     "created_at",
+    "key_id",
 )
 
 
@@ -41,6 +42,7 @@ class PredictionRow:
     decision: int  # 0/1 at the version's threshold
     latency_ms: float
     created_at: datetime  # UTC, timezone-aware
+    key_id: str | None = None  # the public id of the API key the request came with
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class FailureRow:
     served: bool  # False when the row was a shadow mirror
     reason: str  # the exception type and first line, or "probability nan"; never input values
     created_at: datetime
+    key_id: str | None = None  # the public id of the API key the request came with
 
 
 def failure_params(row: FailureRow) -> tuple:
@@ -67,6 +70,7 @@ def failure_params(row: FailureRow) -> tuple:
         1 if row.served else 0,
         row.reason[:500],
         iso_utc(row.created_at, "FailureRow.created_at"),
+        row.key_id,
     )
 
 
@@ -121,4 +125,5 @@ def row_params(row: PredictionRow) -> tuple:
         int(row.decision),
         float(row.latency_ms),
         iso_utc(row.created_at, "PredictionRow.created_at"),
+        row.key_id,
     )

@@ -2,7 +2,9 @@
 
 ``slipway_predictions`` (every scored row, served or shadow), ``slipway_failures`` (rows a model could
 not score), ``slipway_feedback`` (write-once labels), ``slipway_schema`` (the schema version) and
-``slipway_monitor`` (one row per monitored interval).
+``slipway_monitor`` (one row per monitored interval). Every prediction, failure and label records the
+public id of the API key it came with (``key_id``, schema version 2; a version 1 log is migrated in
+place when a writer starts: the column is added, the rows before it keep ``NULL``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from include.database import Database
 from include.prediction_log.errors import LogUnavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA_NAME = "prediction_log"
 # Serialise schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
 # can still collide on the catalogue's unique index. Any constants work; these spell "SLPW", "SLMN".
@@ -35,6 +37,7 @@ def _statements(db: Database) -> list[str]:
             decision INTEGER NOT NULL,
             latency_ms {real} NOT NULL,
             created_at TEXT NOT NULL,
+            key_id TEXT,
             PRIMARY KEY (request_id, variant)
         )""",
         "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
@@ -48,6 +51,7 @@ def _statements(db: Database) -> list[str]:
             served INTEGER NOT NULL,
             reason TEXT NOT NULL,
             created_at TEXT NOT NULL,
+            key_id TEXT,
             PRIMARY KEY (request_id, variant)
         )""",
         "CREATE INDEX IF NOT EXISTS slipway_failures_pipeline_created "
@@ -56,7 +60,8 @@ def _statements(db: Database) -> list[str]:
             request_id TEXT PRIMARY KEY,
             pipeline TEXT NOT NULL,
             label INTEGER NOT NULL,
-            received_at TEXT NOT NULL
+            received_at TEXT NOT NULL,
+            key_id TEXT
         )""",
         "CREATE TABLE IF NOT EXISTS slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
     ]
@@ -76,6 +81,19 @@ MONITOR_TABLE = """CREATE TABLE IF NOT EXISTS slipway_monitor (
     evidence TEXT NOT NULL,
     PRIMARY KEY (pipeline, interval_end)
 )"""
+
+
+_KEYED_TABLES = ("slipway_predictions", "slipway_failures", "slipway_feedback")
+
+
+def _add_key_id(db: Database, cur: Any, table: str) -> None:
+    """``ALTER TABLE table ADD COLUMN key_id TEXT`` unless it is there (a migration cut short)."""
+    if db.dialect == "postgresql":
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS key_id TEXT")
+        return
+    cur.execute(f"PRAGMA table_info({table})")
+    if "key_id" not in {row[1] for row in cur.fetchall()}:
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN key_id TEXT")
 
 
 def rollback_quietly(db: Database, conn: Any) -> None:
@@ -107,6 +125,16 @@ def create_schema(db: Database, conn: Any) -> None:
         )
         cur.execute(f"SELECT version FROM slipway_schema WHERE name = {p}", (_SCHEMA_NAME,))
         (version,) = cur.fetchone()
+        if version == 1:  # the release before key ids: add the column, keep every row
+            for table in _KEYED_TABLES:
+                _add_key_id(db, cur, table)
+            cur.execute(f"UPDATE slipway_schema SET version = {p} WHERE name = {p}", (2, _SCHEMA_NAME))
+            version = 2
+        # A key's labels in a window: the feedback cap's count
+        cur.execute(
+            "CREATE INDEX IF NOT EXISTS slipway_feedback_key_received "
+            "ON slipway_feedback (pipeline, key_id, received_at)"
+        )
         if db.dialect == "sqlite":
             cur.execute("COMMIT")
         else:

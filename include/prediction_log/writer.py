@@ -29,7 +29,14 @@ from typing import Any
 from include.database import Database, database
 from include.prediction_log import labels, reads
 from include.prediction_log.errors import LogOverloaded, LogUnavailable
-from include.prediction_log.rows import COLUMNS, FailureRow, PredictionRow, failure_params, row_params
+from include.prediction_log.rows import (
+    COLUMNS,
+    FailureRow,
+    PredictionRow,
+    failure_params,
+    iso_utc,
+    row_params,
+)
 from include.prediction_log.schema import create_schema, rollback_quietly
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,7 @@ class _Busy(Exception):
     """BEGIN found the SQLite database locked by a writer outside the write lock; nothing was written."""
 
 
-#: Rows per SQLite INSERT statement (x 11 columns = 704 variables, under SQLite's oldest limit of 999).
+#: Rows per SQLite INSERT statement (x 12 columns = 768 variables, under SQLite's oldest limit of 999).
 _ROWS_PER_STATEMENT = 64
 
 
@@ -217,8 +224,8 @@ class PredictionLog:
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES ({marks})"
         else:
             self._insert_sql = f"INSERT INTO slipway_predictions ({columns}) VALUES %s"
-        failure_columns = "request_id, variant, pipeline, model_version, served, reason, created_at"
-        values = "(?, ?, ?, ?, ?, ?, ?)" if self._db.dialect == "sqlite" else "%s"
+        failure_columns = "request_id, variant, pipeline, model_version, served, reason, created_at, key_id"
+        values = "(?, ?, ?, ?, ?, ?, ?, ?)" if self._db.dialect == "sqlite" else "%s"
         self._failure_sql = f"INSERT INTO slipway_failures ({failure_columns}) VALUES {values}"
 
     # ---------------------------------------------------------------- lifecycle
@@ -665,10 +672,22 @@ class PredictionLog:
                 cur.close()
 
     def feedback(
-        self, request_id: str, label: int, *, pipeline: str | None = None, at: datetime | None = None
+        self,
+        request_id: str,
+        label: int,
+        *,
+        pipeline: str | None = None,
+        at: datetime | None = None,
+        key_id: str | None = None,
     ) -> str:
         """Attach a write-once label to a logged request (see :func:`labels.record_label`)."""
-        return labels.record_label(self._reader, self._db.param, request_id, label, pipeline=pipeline, at=at)
+        return labels.record_label(
+            self._reader, self._db.param, request_id, label, pipeline=pipeline, at=at, key_id=key_id
+        )
+
+    def labels_since(self, pipeline: str, key_id: str, since: datetime) -> int:
+        """Labels ``key_id`` recorded for ``pipeline`` since ``since`` (the feedback cap)."""
+        return labels.labels_since(self._query, self._db.param, pipeline, key_id, iso_utc(since, "since"))
 
     def get(self, request_id: str) -> list[dict]:
         """The logged rows of a request, each with its label (see :func:`reads.logged`)."""

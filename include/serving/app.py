@@ -19,6 +19,7 @@ import asyncio
 import functools
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 
 from include.prediction_log.errors import LogUnavailable
 from include.serving import metrics as m
@@ -44,6 +45,26 @@ async def feedback(service: Service, request: Request) -> Response:
     items = body if isinstance(body, list) else [body]
     if not items or len(items) > 1000:
         return error_response(422, "send one {'request_id', 'label'} object or a list of 1 to 1000 of them")
+    key_id = request.state["key_id"]  # admitted: a key was presented and recorded
+    cap = service.feedback_caps[pipeline]
+    loop = asyncio.get_running_loop()
+    try:
+        recent = await loop.run_in_executor(
+            None, service.log.labels_since, pipeline, key_id, datetime.now(UTC) - timedelta(hours=1)
+        )
+    except LogUnavailable as exc:
+        log.warning("prediction log unavailable: %s", exc)
+        return error_response(
+            503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"}
+        )
+    if recent + len(items) > cap:
+        m.SHED.labels(pipeline, "feedback_cap").inc()
+        return error_response(
+            429,
+            f"key {key_id} has sent {recent} labels for {pipeline} in the last hour; at most {cap} may be "
+            "sent (feedback.max_labels_per_key_per_hour in the pipeline's spec): retry later, or raise it",
+            headers={"Retry-After": "60"},
+        )
     results = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
@@ -54,8 +75,9 @@ async def feedback(service: Service, request: Request) -> Response:
         if isinstance(label, bool) or label not in (0, 1):
             return error_response(422, f"label must be 0 or 1, got {label!r}"[:200])
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(service.log.feedback, rid, int(label), pipeline=pipeline)
+            outcome = await loop.run_in_executor(
+                None,
+                functools.partial(service.log.feedback, rid, int(label), pipeline=pipeline, key_id=key_id),
             )
         except UnknownRequest:
             return error_response(404, f"no prediction {rid!r} of {pipeline} is logged; check the request id")

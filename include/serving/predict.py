@@ -26,6 +26,7 @@ async def predict(service: Service, request: Request) -> Response:
     pipeline, schema, denied = await service.admit(request, "predict")
     if denied:
         return denied
+    key_id = request.state.get("key_id")  # recorded on every row: who asked
     request.state["rows"] = 0
     try:
         rows, batch = schema.rows(await read_json(request))
@@ -75,7 +76,8 @@ async def predict(service: Service, request: Request) -> Response:
             failed = [i for i, b in zip(idx, scored.bad, strict=True) if b]
             m.MODEL_FAILURES.labels(pipeline, str(model.version), variant).inc(len(failed))
             failures += [
-                FailureRow(ids[i], pipeline, model.version, variant, True, scored.reason, now) for i in failed
+                FailureRow(ids[i], pipeline, model.version, variant, True, scored.reason, now, key_id)
+                for i in failed
             ]
             if variant == "champion":
                 return await _champion_failed(service, pipeline, model, failures, scored.reason)
@@ -109,6 +111,7 @@ async def predict(service: Service, request: Request) -> Response:
                     decision,
                     took * 1000 / len(idx),
                     now,
+                    key_id,
                 )
             )
     try:
@@ -127,7 +130,7 @@ async def predict(service: Service, request: Request) -> Response:
             503, "the prediction log is unavailable; retry later", headers={"Retry-After": "5"}
         )
     if state.traffic.mode == "shadow" and state.challenger is not None:
-        _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now)
+        _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now, key_id)
     m.child(m.REQUESTS, pipeline, "predict", "200").inc()
     return json_response(
         {"pipeline": pipeline, "predictions": out} if batch else {"pipeline": pipeline, **(out[0] or {})}
@@ -188,7 +191,7 @@ async def _champion_failed(service, pipeline: str, model, failures: list, reason
     )
 
 
-def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) -> None:
+def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now, key_id) -> None:
     """Score a mirror of the request with the challenger, off the response's path; log, never return."""
     if len(service._shadow_tasks) >= MAX_SHADOW_IN_FLIGHT:
         m.SHED.labels(pipeline, "shadow_dropped").inc()
@@ -200,7 +203,7 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
         took = scored.took_s * 1000 / len(ids)
         m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(scored.good)
         failures = [
-            FailureRow(ids[i], pipeline, challenger.version, "challenger", False, scored.reason, now)
+            FailureRow(ids[i], pipeline, challenger.version, "challenger", False, scored.reason, now, key_id)
             for i, bad in enumerate(scored.bad)
             if bad
         ]
@@ -219,6 +222,7 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now) ->
                 int(p >= challenger.threshold),
                 took,
                 now,
+                key_id,
             )
             for i, p in enumerate(scored.probs if scored.probs is not None else [])
             if not scored.bad[i]

@@ -52,7 +52,9 @@ class Service:
         from include.spec import load_pipeline
 
         self.config = config
-        self.schemas = {p: RequestSchema.from_spec(load_pipeline(p)) for p in config.pipelines}
+        specs = {p: load_pipeline(p) for p in config.pipelines}
+        self.schemas = {p: RequestSchema.from_spec(s) for p, s in specs.items()}
+        self.feedback_caps = {p: s.feedback.max_labels_per_key_per_hour for p, s in specs.items()}
         self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri, config.pinned)
         self.log = PredictionLog(config.db_url)
         self.keys = KeyStore(config.db_url)

@@ -254,9 +254,7 @@ def _published(service: dict) -> dict[int, int]:
 
 def test_every_published_port_is_on_loopback_only():
     published = {
-        name: entry
-        for name, service in _compose()["services"].items()
-        for entry in service.get("ports", [])
+        name: entry for name, service in _compose()["services"].items() for entry in service.get("ports", [])
     }
     assert published, "compose publishes no port at all"
     assert all(str(entry).startswith("127.0.0.1:") for entry in published.values()), published

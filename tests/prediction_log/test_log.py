@@ -538,3 +538,45 @@ def test_missing_table_is_told_apart_from_other_errors(log_url):
     assert not missing_table(no_table.value, "slipway_monitor")  # another table's absence
     assert not missing_table(bad_column.value, "slipway_")
     assert not missing_table(ConnectionError("connection refused to slipway_ db"), "slipway_")
+
+
+_V1_TABLES = [
+    """CREATE TABLE slipway_predictions (request_id TEXT NOT NULL, variant TEXT NOT NULL, pipeline TEXT NOT NULL,
+    entity_key TEXT, model_version INTEGER NOT NULL, served INTEGER NOT NULL, inputs TEXT NOT NULL,
+    probability REAL NOT NULL, decision INTEGER NOT NULL, latency_ms REAL NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (request_id, variant))""",
+    """CREATE TABLE slipway_failures (request_id TEXT NOT NULL, variant TEXT NOT NULL, pipeline TEXT NOT NULL,
+    model_version INTEGER NOT NULL, served INTEGER NOT NULL, reason TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (request_id, variant))""",
+    """CREATE TABLE slipway_feedback (request_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, label INTEGER NOT NULL,
+    received_at TEXT NOT NULL)""",
+    "CREATE TABLE slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    "INSERT INTO slipway_schema VALUES ('prediction_log', 1)",
+    "INSERT INTO slipway_predictions VALUES ('old1', 'champion', 'telco_churn', NULL, 1, 1, '{}', 0.5, 1, 1.0, "
+    "'2025-01-01T00:00:00.000000+00:00')",
+    "INSERT INTO slipway_feedback VALUES ('old1', 'telco_churn', 1, '2025-01-02T00:00:00.000000+00:00')",
+]
+
+
+def test_a_version_1_log_is_migrated_in_place_and_every_new_row_records_its_key(log_url):
+    from include.database import database
+
+    db = database(log_url)
+    with db.writing() as conn:
+        cur = conn.cursor()
+        for sql in _V1_TABLES:
+            cur.execute(sql.replace("REAL", "DOUBLE PRECISION") if db.dialect == "postgresql" else sql)
+    log = PredictionLog(log_url)
+    log.start()
+    try:
+        log.record_sync([dataclasses.replace(make_row("new1"), key_id="0123456789ab")])
+        assert log.feedback("new1", 0, key_id="ba9876543210") == "recorded"
+        old, new = log.get("old1")[0], log.get("new1")[0]
+        assert (old["key_id"], old["label"], old["label_key_id"]) == (None, 1, None)  # kept as it was
+        assert (new["key_id"], new["label_key_id"]) == ("0123456789ab", "ba9876543210")
+        with db.reading() as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT version FROM slipway_schema")
+            assert cur.fetchall() == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 2
+    finally:
+        log.close()

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.support.service import PIPELINE, logged_rows, metric
+from tests.support.service import PIPELINE, Service, logged_rows, metric
 
 
 def test_one_row_is_scored_logged_and_answered(service, row):
@@ -363,3 +363,48 @@ def test_a_flood_of_random_keys_gets_429_and_valid_keys_still_work(service, row)
     assert statuses.count(429) >= 15 and set(statuses) <= {401, 429}, statuses  # a burst of 20, then 5/s
     assert service.predict(row, key=valid)[0] == 200  # the known key never waited for the flood
     time.sleep(4.5)  # this address's budget refills for the tests after this one
+
+
+def test_every_row_and_label_records_the_key_it_came_with(service, row):
+    predict_key, feedback_key = service.key("predict"), service.key("feedback")
+    status, body = service.predict(row, key=predict_key)
+    assert status == 200, body
+    status, _ = service.request(
+        "POST", f"/v1/{PIPELINE}/feedback", {"request_id": body["request_id"], "label": 1}, key=feedback_key
+    )
+    assert status == 200
+    [logged] = logged_rows(service, "request_id = ?", (body["request_id"],))
+    assert logged["key_id"] == predict_key.split("_")[1]
+    import sqlite3
+
+    path = service.db_url.split("sqlite:///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        (label_key,) = conn.execute(
+            "SELECT key_id FROM slipway_feedback WHERE request_id = ?", (body["request_id"],)
+        ).fetchone()
+    assert label_key == feedback_key.split("_")[1]
+
+
+def test_a_key_may_send_only_so_many_labels_an_hour(registry, row, tmp_path):
+    import shutil
+
+    from include.settings import get_settings
+
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    spec = (get_settings().pipelines_dir / f"{PIPELINE}.yaml").read_text()
+    (pipelines / f"{PIPELINE}.yaml").write_text(spec + "\nfeedback:\n  max_labels_per_key_per_hour: 3\n")
+    svc = Service(registry, tmp_path)
+    svc.env["SLIPWAY_PIPELINES_DIR"] = str(pipelines)
+    svc.start()
+    try:
+        ids = [svc.predict(row)[1]["request_id"] for _ in range(5)]
+        path = f"/v1/{PIPELINE}/feedback"
+        first = svc.request("POST", path, [{"request_id": i, "label": 1} for i in ids[:3]])
+        assert first[0] == 200, first
+        status, body = svc.request("POST", path, {"request_id": ids[3], "label": 0})
+        assert status == 429 and "max_labels_per_key_per_hour" in body["error"], body
+        assert len(logged_rows(svc, "1=1")) == 5
+    finally:
+        svc.stop()
+        shutil.rmtree(pipelines, ignore_errors=True)

@@ -58,6 +58,7 @@ class Curated:
     frame: Any  # pandas.DataFrame with post_ingest_schema's columns, or None when empty
     labelled: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    by_key: dict[str, int] = field(default_factory=dict)  # rows in the batch per API key that labelled them
 
     @property
     def rows(self) -> int:
@@ -76,8 +77,8 @@ def feedback_batch_uri(lake_uri: str, pipeline: str, cutoff: str) -> str:
 
 
 def read_labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list[tuple]:
-    """``(request_id, entity_key, inputs JSON, created_at, label)`` of the answered, labelled rows
-    made and labelled before ``cutoff`` (ISO UTC, as :func:`include.prediction_log.rows.iso_utc`).
+    """``(request_id, entity_key, inputs JSON, created_at, label, the label's key id)`` of the answered,
+    labelled rows made and labelled before ``cutoff`` (ISO UTC, as :func:`include.prediction_log.rows.iso_utc`).
 
     No prediction log yet means no feedback; a log that cannot be reached raises
     :class:`FeedbackUnavailable`, so an outage never trains as "no feedback".
@@ -161,7 +162,7 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
 
     latest = landed.sort_values("batch_month", kind="stable").drop_duplicates(key, keep="last").set_index(key)
     records = []
-    for entity, (_rid, _key, inputs, created_at, label) in newest.items():
+    for entity, (_rid, _key, inputs, created_at, label, label_key) in newest.items():
         try:
             features = _typed_inputs(spec, orjson.loads(inputs))
         except orjson.JSONDecodeError:
@@ -182,6 +183,8 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
         record[SPLIT_COLUMN] = base[SPLIT_COLUMN]
         record["batch_month"] = created_at[:7]
         records.append(record)
+        who = label_key or "unknown"  # labels recorded before keys were (schema version 1)
+        out.by_key[who] = out.by_key.get(who, 0) + 1
     if not records:
         return out
     schema = post_ingest_schema(spec)
@@ -231,6 +234,7 @@ def curate_feedback(
         "sha256": None,
         "labelled": curated.labelled,
         "dropped": curated.dropped,
+        "by_key": curated.by_key,
         "kept_stored": False,
         "cutoff": cutoff,
     }

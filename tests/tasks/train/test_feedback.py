@@ -62,7 +62,16 @@ class Log:
         self.log.start()
 
     def predict(
-        self, rec, at: datetime, *, served=True, entity=True, inputs=None, label=None, labelled_at=None
+        self,
+        rec,
+        at: datetime,
+        *,
+        served=True,
+        entity=True,
+        inputs=None,
+        label=None,
+        labelled_at=None,
+        label_key="aaaaaaaaaaaa",
     ):
         rid = uuid.uuid4().hex
         key = _hash(str(rec["customer_id"]), KEY) if entity else None
@@ -81,7 +90,9 @@ class Log:
         )
         self.log.record_sync([row])
         if label is not None:
-            self.log.feedback(rid, label, pipeline=PIPELINE, at=labelled_at or at + timedelta(days=1))
+            self.log.feedback(
+                rid, label, pipeline=PIPELINE, at=labelled_at or at + timedelta(days=1), key_id=label_key
+            )
         return rid
 
     def close(self):
@@ -108,12 +119,13 @@ def test_labelled_predictions_replace_their_landed_rows_and_the_snapshot_passes_
     lake, predlog, telco_spec, wa_churn, tmp_path, project_root
 ):
     customers = wa_churn.iloc[2000:2040]
-    for _, rec in customers.iterrows():
-        predlog.predict(rec, AFTER_FEB, label=_flip(rec["churn"]))
+    for i, (_, rec) in enumerate(customers.iterrows()):
+        predlog.predict(rec, AFTER_FEB, label=_flip(rec["churn"]), label_key="b" * 12 if i < 10 else "c" * 12)
 
     out = curate_feedback(telco_spec, predlog.url, lake.uri, lake.batch_uris, CUTOFF)
 
     assert (out["labelled"], out["rows"], out["kept_stored"]) == (40, 40, False)
+    assert out["by_key"] == {"b" * 12: 10, "c" * 12: 30}  # which key labelled what enters training
     assert out["uri"].endswith("/telco_churn/feedback/until=20250401T000000Z/batch.parquet")
     feedback = _frame(out["uri"])
     landed = pd.concat([_frame(u) for u in lake.batch_uris], ignore_index=True).set_index("customer_id")
