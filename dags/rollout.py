@@ -20,7 +20,9 @@ production traffic in stages; the spec's `rollout` section sets every window and
 5. `summarise_evidence`: the blessing, sandbox, shadow and canary results in one Markdown body,
    with links to the runs: what the approval shows.
 6. `approve_promotion`: **Required Actions** in the Airflow UI shows that evidence; Approve or
-   Reject. With no answer before `approval.timeout_hours`, the default is Reject.
+   Reject. Only the people `rollout.approval` names (users, or a role) may answer, and never the
+   person who triggered this run or the training run that registered the version (four eyes).
+   With no answer before `approval.timeout_hours`, the default is Reject.
 7. `promote_candidate`: `champion` → the candidate, the old champion → `previous`, `challenger`
    removed; who approved and when is written to the version. Emits `<pipeline>__champion`.
 8. `conclude_rollout`: a candidate that was not promoted is rolled back here. The run fails with
@@ -81,6 +83,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
         evidence = b.summarise_evidence(name)(selected, infra, shadow.output, canary.output)
         approve_promotion = b.ApprovePromotion(
             task_id="approve_promotion",
+            pipeline=name,
             subject=f"Promote {name} version {{{{ ti.xcom_pull(task_ids='select_candidate')['version'] }}}}?",
             body=EVIDENCE,
             defaults="Reject",

@@ -13,6 +13,7 @@ No Airflow import here: the plugin passes the pending approvals in.
 from __future__ import annotations
 
 import html
+import json
 from urllib.parse import quote
 
 from include.tasks.blessing import ORDER as GATES  # the blessing's gates, in its order
@@ -71,6 +72,7 @@ def models_record(
                     "roc_auc": tags.get("slipway.metric.roc_auc"),
                     "retired": tags.get("slipway.retired"),
                     "has_card": bool(tags.get("slipway.model_card_uri")),
+                    "approval": _approval(tags),
                     "created": mv.creation_timestamp,
                 }
             )
@@ -92,6 +94,24 @@ def models_record(
                 }
         out["pipelines"].append(entry)
     return out
+
+
+def _approval(tags: dict) -> str:
+    """``approved by alice 2026-12-06 14:02`` from the version's ``slipway.approval`` tag (and refusals)."""
+    text = ""
+    try:
+        a = json.loads(tags.get("slipway.approval") or "{}")
+    except ValueError:
+        a = {}
+    if a.get("decision"):
+        text = f"{a['decision']} by {a.get('by') or '?'} {str(a.get('at') or '')[:16]}".strip()
+    try:
+        refused = json.loads(tags.get("slipway.approval.refusals") or "[]")
+    except ValueError:
+        refused = []
+    if refused:
+        text += f" (refused: {', '.join(str(r.get('by')) for r in refused)})"
+    return text.strip()
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -197,7 +217,7 @@ def render(record: dict, mlflow_ui: str | None) -> str:
         head = "".join(f"<th>{_e(g)}</th>" for g in GATES)
         parts.append(
             "<table><tr><th>version</th><th>aliases</th><th>month</th><th>blessing</th>"
-            f"{head}<th>ROC AUC</th><th>data version</th><th>links</th></tr>"
+            f"{head}<th>ROC AUC</th><th>data version</th><th>approval</th><th>links</th></tr>"
         )
         for v in p["versions"]:
             cls = " class='retired'" if v["retired"] else ""
@@ -217,7 +237,7 @@ def render(record: dict, mlflow_ui: str | None) -> str:
                 f"<tr><td{cls}>{v['version']}</td><td>{aliases}</td><td>{_e(v['month'])}</td>"
                 f"{_gate_cell(v['blessing'])}{''.join(_gate_cell(v['gates'][g]) for g in GATES)}"
                 f"<td>{_e(auc)}</td><td><code>{_e((v['data_version'] or '')[:12])}</code></td>"
-                f"<td>{' · '.join(links)}</td></tr>"
+                f"<td>{_e(v.get('approval'))}</td><td>{' · '.join(links)}</td></tr>"
             )
         parts.append("</table>")
     parts.append(

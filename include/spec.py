@@ -478,9 +478,33 @@ class Canary(_Strict):
 
 
 class Approval(_Strict):
+    """Who may approve a promotion. Four eyes always: whoever triggered the rollout run or the training
+    run that registered the version may not approve it, whatever the lists below say."""
+
     timeout_hours: float = Field(
         24, gt=0, description="After this the default applies: reject, and the candidate is rolled back."
     )
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Airflow user names that may approve (the Required Action's assigned users). "
+        "Empty, with no role: anyone Airflow lets answer a Required Action.",
+    )
+    role: Literal["user", "op", "admin"] | None = Field(
+        None,
+        description="Users with this Airflow role or a higher one may approve, besides the approvers "
+        "named. Needs Airflow's simple auth manager, whose user list says each user's role; with another "
+        "auth manager (SSO), name the approvers.",
+    )
+
+    @field_validator("approvers")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not n.strip() or n != n.strip()]
+        if bad:
+            raise ValueError(f"approver names must be non-empty with no surrounding spaces, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"approvers are named twice: {sorted({n for n in v if v.count(n) > 1})}")
+        return v
 
 
 class Rollout(_Strict):

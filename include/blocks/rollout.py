@@ -195,30 +195,98 @@ class TrafficPhase(BaseOperator):
 
 
 class ApprovePromotion(ApprovalOperator):
-    """Airflow's ApprovalOperator that first records the decision (XCom ``decision``): on Reject the
-    operator skips its downstream tasks by raising, so its return value never reaches XCom, and
-    ``conclude_rollout`` must still learn who rejected, or that the timeout's default applied."""
+    """Airflow's ApprovalOperator, asked of the people :mod:`include.tasks.rollout.approvers` allows.
+
+    ``summarise_evidence`` worked out who may answer; they become the Required Action's assigned users,
+    so Airflow itself refuses anyone else (403, in its audit log). An Approve that still arrives from
+    someone the four-eyes rule or the spec excludes (an auth manager that cannot assign users, or
+    ``all_admins`` mode) is refused here: recorded on the version (``slipway.approval.refusals``) and
+    in XCom, and the question is asked again for the time that remains.
+
+    The decision is recorded first (XCom ``decision``): on Reject the operator skips its downstream tasks
+    by raising, so its return value never reaches XCom, and ``conclude_rollout`` must still learn who
+    rejected, or that the timeout's default applied."""
+
+    def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+
+    def _respondents(self, context: Any):
+        from include.tasks.rollout.approvers import Respondents
+
+        evidence = context["ti"].xcom_pull(task_ids="summarise_evidence") or {}
+        return Respondents.from_dict(evidence.get("respondents") or {})
+
+    def execute(self, context: Any) -> Any:
+        who = self._respondents(context)
+        if who.allowed is not None:
+            self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
+        context["ti"].xcom_push(key="asked_at", value=datetime.now(UTC).isoformat())
+        return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from include.tasks.rollout.approvers import refusal
+
+        ti = context["ti"]
         if "error" not in event:
             user = event.get("responded_by_user") or {}
-            context["ti"].xcom_push(
+            chosen = list(event.get("chosen_options") or [])
+            why = (
+                refusal(self._respondents(context), user.get("id"), user.get("name"))
+                if chosen == ["Approve"]
+                else None
+            )
+            if why is not None:
+                return self._refuse(context, user, str(event.get("responded_at") or ""), why)
+            ti.xcom_push(
                 key="decision",
                 value={
-                    "chosen_options": list(event.get("chosen_options") or []),
+                    "chosen_options": chosen,
                     "responded_by_user": {"id": user.get("id"), "name": user.get("name")} if user else None,
                     "responded_at": str(event.get("responded_at") or ""),
                 },
             )
         return super().execute_complete(context, event)
 
+    def _refuse(self, context: Any, user: dict, at: str, why: str) -> Any:
+        """Record the refused approval, then ask again until the first question's deadline."""
+        from datetime import timedelta
+
+        ti = context["ti"]
+        refusals = list(ti.xcom_pull(task_ids=self.task_id, key="refusals") or [])
+        refusals.append({"by": user.get("name") or user.get("id"), "at": at, "reason": why})
+        ti.xcom_push(key="refusals", value=refusals)
+        log.warning("approval refused: %s; asking again", why)
+        version = (ti.xcom_pull(task_ids="select_candidate") or {}).get("version")
+        if version is not None:
+            mlflow_client().set_model_version_tag(
+                self.pipeline, str(version), "slipway.approval.refusals", json.dumps(refusals)[:4900]
+            )
+        asked = ti.xcom_pull(task_ids=self.task_id, key="asked_at")
+        if self.response_timeout and asked:
+            left = datetime.fromisoformat(asked) + self.response_timeout - datetime.now(UTC)
+            # Past the deadline, one second: the scheduler's timeout then applies the default (Reject).
+            self.response_timeout = max(left, timedelta(seconds=1))
+        who = self._respondents(context)
+        if who.allowed is not None:
+            self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
+        return ApprovalOperator.execute(self, context)
+
 
 @block
 def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, canary: dict) -> dict:
-    """The approval's evidence in Markdown: blessing, sandbox, shadow and canary, links."""
+    """The approval's evidence in Markdown: blessing, sandbox, shadow and canary, links; and who may
+    approve (the spec's approvers less the four-eyes exclusions), which the approval assigns."""
     from include.tasks.gates import describe
+    from include.tasks.rollout.approvers import four_eyes, respondents
 
     name, version = step.pipeline, selected["version"]
+    registered_by = mlflow_client().get_model_version(name, str(version)).tags.get("slipway.registered_by")
+    triggered_by = getattr(step.context.get("dag_run"), "triggering_user_name", None)
+    rule = step.spec.rollout.approval
+    who = respondents(
+        rule.approvers, rule.role, four_eyes(triggered_by, registered_by), _airflow_users(), name
+    )
     lines = [
         f"**{name} version {version}** (trained on {selected.get('month') or '?'}) "
         + (
@@ -241,11 +309,28 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
     if selected.get("model_card_uri"):
         links.append(f"model card: `{selected['model_card_uri']}`")
     lines += ["", "Approve to make it the champion; Reject (or no answer before the timeout) rolls it back."]
+    lines += ["", who.describe()]
     if links:
         lines += ["", " · ".join(links)]
     markdown = "\n".join(lines)
     step.mlflow.log_text(markdown, "approval_evidence.md")
-    return {"markdown": markdown, "evidence_uri": step.evidence("approval_evidence.md")}
+    log.info("%s", who.describe())
+    return {
+        "markdown": markdown,
+        "evidence_uri": step.evidence("approval_evidence.md"),
+        "respondents": who.as_dict(),
+    }
+
+
+def _airflow_users() -> dict[str, str] | None:
+    """``{user: role}`` of Airflow's simple auth manager, or None for an auth manager that cannot list them."""
+    from airflow.configuration import conf
+
+    from include.tasks.rollout.approvers import simple_users
+
+    if not conf.get("core", "auth_manager", fallback="").endswith("SimpleAuthManager"):
+        return None
+    return simple_users(conf.getlist("core", "simple_auth_manager_users", fallback=[]))
 
 
 @block
@@ -261,8 +346,14 @@ def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
     who = by.get("name") or by.get("id") or "unknown"
     at = str(decision.get("responded_at", ""))
     client = mlflow_client()
-    evidence = (step.context["ti"].xcom_pull(task_ids="summarise_evidence") or {}).get("evidence_uri")
-    approval = {"decision": "approved", "by": who, "at": at, "evidence_uri": evidence}
+    summary = step.context["ti"].xcom_pull(task_ids="summarise_evidence") or {}
+    approval = {
+        "decision": "approved",
+        "by": who,
+        "at": at,
+        "evidence_uri": summary.get("evidence_uri"),
+        "four_eyes": sorted((summary.get("respondents") or {}).get("excluded") or {}),
+    }
     client.set_model_version_tag(name, str(version), "slipway.approval", json.dumps(approval))
     client.set_model_version_tag(name, str(version), "slipway.blessing.approval", "passed")
     event = promote(

@@ -533,6 +533,17 @@ def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict
     return {**blessed, "model_card": f"runs:/{step.run_id}/model_card"}
 
 
+def _triggered_by(dag_run) -> str:
+    """The Airflow user who triggered the run; ``local:<login>`` for ``slipway run`` (``dag.test``, which
+    names no Airflow user); empty for a schedule or an asset event."""
+    who = getattr(dag_run, "triggering_user_name", None) or ""
+    if who == "dag_test":
+        import getpass
+
+        return f"local:{getpass.getuser()}"
+    return who
+
+
 @block
 def register_model(step: Step, trained: dict, versioned: dict, validated: dict, carded: dict) -> dict:
     """Register the blessed ONNX graph as a version (reused on a re-run) and move ``candidate`` forward only."""
@@ -553,6 +564,8 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
         "slipway.pipeline": step.pipeline,
         "slipway.dag_id": ti.dag_id,
         "slipway.run_id": ti.run_id,
+        # Who triggered the training (empty: a schedule or an asset event); four eyes at approval.
+        "slipway.registered_by": _triggered_by(dag_run),
         "slipway.interval_start": str(getattr(dag_run, "data_interval_start", "") or ""),
         "slipway.interval_end": str(getattr(dag_run, "data_interval_end", "") or ""),
         "slipway.month": trained["month"],

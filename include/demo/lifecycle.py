@@ -91,14 +91,14 @@ def _http(method: str, url: str, body=None, headers: dict | None = None, timeout
 class Airflow:
     """The Airflow REST API as an operator's client uses it (a bearer token from /auth/token)."""
 
-    def __init__(self, url: str, password: str):
-        self.url, self.password = url, password
+    def __init__(self, url: str, password: str, user: str = "admin"):
+        self.url, self.password, self.user = url, password, user
         self._token: str | None = None
 
     def api(self, method: str, path: str, body=None) -> dict:
         if self._token is None:
             status, out = _http(
-                "POST", f"{self.url}/auth/token", {"username": "admin", "password": self.password}
+                "POST", f"{self.url}/auth/token", {"username": self.user, "password": self.password}
             )
             if status not in (200, 201):
                 raise RuntimeError(f"Airflow login failed ({status}): {out}")
@@ -225,7 +225,7 @@ def _monitor(af: Airflow, run_id: str, procs: dict) -> dict:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
+def _approve(af: Airflow, approver: Airflow, run_id: str, procs: dict, t0: float) -> None:
     from include.demo.approvals import answer
 
     dag = f"{PIPELINE}__rollout"
@@ -248,9 +248,10 @@ def _approve(af: Airflow, run_id: str, procs: dict, t0: float) -> None:
     # Answered 20 s after the question, as a person reading the evidence would, and again if Airflow
     # asks again (see include/demo/approvals.py: an answer within seconds can meet Airflow 3.3.2's stale
     # defer-exit race, apache/airflow#67287, and the retry asks again after its retry delay).
-    answer(af.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked, settle_s=20)
+    answer(approver.api, dag, run_id, "approve_promotion", "Approve", on_asked=asked, settle_s=20)
     _say(
-        f"+{time.monotonic() - t0:5.0f} s  approved through the REST API (PATCH …/hitlDetails) as user admin"
+        f"+{time.monotonic() - t0:5.0f} s  approved through the REST API (PATCH …/hitlDetails) as user "
+        f"{approver.user} (four eyes: not the user who triggered the run)"
     )
     state = _wait(
         f"{run_id} to finish",
@@ -312,7 +313,10 @@ def main() -> None:
     try:
         procs = stack.launch(commands, logs)
         stack.wait_for_api(port, procs)
-        af = Airflow(f"http://127.0.0.1:{port}", stack.password(Path(os.environ["AIRFLOW_HOME"])))
+        home = Path(os.environ["AIRFLOW_HOME"])
+        af = Airflow(f"http://127.0.0.1:{port}", stack.password(home))
+        # A second person approves: four eyes, the user who triggers a rollout may not approve it.
+        approver = Airflow(af.url, stack.password(home, "approver"), user="approver")
         _say(
             f"+{time.monotonic() - t0:5.0f} s  Airflow on http://127.0.0.1:{port} (user admin), service on {serving_url}"
         )
@@ -339,7 +343,7 @@ def main() -> None:
             {"dag_run_id": "demo__next_month", "logical_date": None, "conf": {"month": NEXT_MONTH}},
         )
         _say(f"+{time.monotonic() - t0:5.0f} s  {PIPELINE}__train for {NEXT_MONTH} started on the scheduler")
-        _approve(af, "demo__first_model", procs, t0)
+        _approve(af, approver, "demo__first_model", procs, t0)
         _say(f"+{time.monotonic() - t0:5.0f} s  version {first} is the champion and serving")
 
         from include.serving.keys import KeyStore
@@ -377,11 +381,11 @@ def main() -> None:
             f"+{time.monotonic() - t0:5.0f} s  version {second} registered as 'candidate'; its asset event schedules the rollout"
         )
         run_id = _wait("the asset-triggered rollout", next_rollout, 300, procs=procs)
-        _approve(af, run_id, procs, t0)
+        _approve(af, approver, run_id, procs, t0)
         _say(
             f"+{time.monotonic() - t0:5.0f} s  version {second} is the champion; version {first} is 'previous'"
         )
-        _drift_episode(af, client, traffic, rows, procs, t0, run_id)
+        _drift_episode(af, approver, client, traffic, rows, procs, t0, run_id)
     finally:
         if traffic is not None:
             traffic.stop.set()
@@ -391,7 +395,14 @@ def main() -> None:
 
 
 def _drift_episode(
-    af: Airflow, client, traffic: Traffic, rows: list[dict], procs: dict, t0: float, last_rollout: str
+    af: Airflow,
+    approver: Airflow,
+    client,
+    traffic: Traffic,
+    rows: list[dict],
+    procs: dict,
+    t0: float,
+    last_rollout: str,
 ):
     """Monitor (no drift), drift the traffic, monitor (drift) -> retrain by the asset -> rollout."""
     time.sleep(CHECK_MINUTES * 60)  # a full window of traffic served by the new champion
@@ -444,7 +455,7 @@ def _drift_episode(
         return fresh[0] if fresh else None
 
     run_id = _wait("the rollout of the retrained model", rollout, 300, procs=procs)
-    _approve(af, run_id, procs, t0)
+    _approve(af, approver, run_id, procs, t0)
     _say(f"+{time.monotonic() - t0:5.0f} s  version {third}, retrained on the drift, is the champion")
 
 

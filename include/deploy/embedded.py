@@ -5,7 +5,8 @@ triggerer; SQLite and the LocalExecutor) on http://127.0.0.1:8080, and the MLflo
 http://127.0.0.1:5000 over the same store the pipelines write to. Every listener is on loopback:
 the scheduler and triggerer run without their task-log servers (which Airflow binds to all
 interfaces), since the api-server reads the task logs from the local log folder. The executor gets
-two workers per core. Airflow's login is user ``admin``; its password is generated on first start,
+two workers per core. Airflow's logins are ``admin`` and ``approver`` (who answers promotions: the
+user who triggers a rollout may not approve it); their passwords are generated on first start,
 printed, and kept in ``<state>/airflow/simple_auth_manager_passwords.json.generated``.
 """
 
@@ -55,7 +56,8 @@ def configure(port: str, mlflow_port: str | None = None) -> None:
     os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
     os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
     os.environ.setdefault("AIRFLOW__API__WORKERS", "1")
-    os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    # An admin, and an approver for promotions (four eyes: whoever triggers a rollout may not approve it).
+    os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,approver:user")
     if mlflow_port:
         os.environ.setdefault("SLIPWAY_MLFLOW_UI_URL", f"http://127.0.0.1:{mlflow_port}")  # links in DAG docs
 
@@ -119,9 +121,9 @@ def main() -> None:
         procs = launch(commands, logs)
         _say(f"component logs in {logs}")
         wait_for_api(port, procs)
-        _say(
-            f"Airflow UI http://127.0.0.1:{port}  user admin, password {password(Path(os.environ['AIRFLOW_HOME']))}"
-        )
+        home = Path(os.environ["AIRFLOW_HOME"])
+        _say(f"Airflow UI http://127.0.0.1:{port}  user admin, password {password(home)}")
+        _say(f"           user approver (answers promotions), password {password(home, 'approver')}")
         _say(f"MLflow UI  http://127.0.0.1:{mlflow_port}")
         _say(
             "DAGs start paused: unpause a pipeline on its DAG page (or PATCH is_paused=false) to schedule it"
@@ -152,10 +154,10 @@ def wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float =
             time.sleep(1)
 
 
-def password(airflow_home: Path) -> str:
+def password(airflow_home: Path, user: str = "admin") -> str:
     path = airflow_home / "simple_auth_manager_passwords.json.generated"
     try:
-        return json.loads(path.read_text())["admin"]
+        return json.loads(path.read_text())[user]
     except (OSError, ValueError, KeyError):
         return f"(see {path})"
 

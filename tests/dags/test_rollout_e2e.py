@@ -1,8 +1,8 @@
 """On the real scheduler: `telco_churn__rollout` driven by an operator's REST client.
 
 1. The pipeline's first candidate (no champion): infra validation in a sandbox, shadow and canary
-   not applicable, the approval given with `PATCH .../hitlDetails` as an operator's client
-   would, promotion; the service then serves it, and `slipway history` says who approved it.
+   not applicable, the approval given with `PATCH .../hitlDetails` as a client would, by a second
+   user: the operator who triggered the run is refused (four eyes); promotion; the service then serves it, and `slipway history` says who approved it.
 2. A second candidate, with live traffic: shadow and canary pass on the real service, nobody
    answers the approval, the scheduler's timeout applies the default (Reject), and the candidate is
    rolled back: the run fails with the reason, the champion is unchanged and still serving.
@@ -154,11 +154,36 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     # Unpaused after the candidate exists: its asset event came earlier and starts no run.
     stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
 
-    # 1. The first candidate: sandbox, no shadow/canary, approval through the REST API.
+    # 1. The first candidate: sandbox, no shadow/canary, approval through the REST API. The operator
+    # triggers the run, so the operator may not approve it (four eyes): Airflow answers 403 and its
+    # audit log keeps the attempt; the approver, a second user, approves.
     _trigger(stack, "rollout__first", first)
+    base = f"/api/v2/dags/{DAG}/dagRuns/rollout__first/taskInstances/{APPROVAL}/-1/hitlDetails"
+    self_approval: list[int] = []
+
+    def operator_tries(detail: dict) -> None:
+        assert detail["assigned_users"] == [{"id": "approver", "name": "approver"}], detail
+        try:
+            stack.api("PATCH", base, {"chosen_options": ["Approve"], "params_input": {}})
+            self_approval.append(200)
+        except urllib.error.HTTPError as exc:
+            self_approval.append(exc.code)
+
+    def approver_api(method, path, body=None):
+        return stack.api(method, path, body, user="approver")
+
     # Answered a few seconds after the task asks, as a person would, and again if Airflow asks again
     # (an answer racing the task's parking is lost by Airflow 3.3.2: see include/demo/approvals.py).
-    detail = answer(stack.api, DAG, "rollout__first", APPROVAL, "Approve", timeout=600)
+    detail = answer(
+        approver_api, DAG, "rollout__first", APPROVAL, "Approve", timeout=600, on_asked=operator_tries
+    )
+    assert self_approval == [403]
+    attempts = stack.api("GET", f"/api/v2/eventLogs?dag_id={DAG}&event_pattern=hitl&limit=100")["event_logs"]
+    assert any(
+        e["owner"] == "operator" and e["run_id"] == "rollout__first" and "update_hitl_detail" in e["event"]
+        for e in attempts
+    ), attempts
+    assert "operator may not (triggered this rollout run)" in detail["body"]
     assert f"Promote {NAME} version {first}?" in detail["subject"]
     assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]
     assert "no champion yet" in detail["body"]  # shadow and canary: not applicable, and why
@@ -169,7 +194,9 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
 
     mv = client.get_model_version(NAME, str(first))
     assert client.get_registered_model(NAME).aliases.get("champion") == first
-    assert json.loads(mv.tags["slipway.approval"])["by"] == "operator"
+    approval = json.loads(mv.tags["slipway.approval"])
+    # Four eyes excluded the operator, and whoever trained the version (here `slipway run`: a login).
+    assert approval["by"] == "approver" and "operator" in approval["four_eyes"], approval
     assert mv.tags["slipway.blessing.infra_validation"] == "passed"
     assert mv.tags["slipway.blessing.approval"] == "passed"
     ready = wait_until(
@@ -184,7 +211,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     )
     assert ready["challenger"] is None
     history = slipway(stack.env, "history", NAME).stdout
-    assert f"version {first}" in history and "approved by operator" in history
+    assert f"version {first}" in history and "approved by approver" in history
     events = stack.api("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     promoted = [
         e for e in events if e.get("source_dag_id") == DAG and e.get("source_run_id") == "rollout__first"

@@ -7,6 +7,8 @@ import json
 import os
 import stat
 
+import pytest
+
 from include.deploy.airflow_passwords import write_passwords
 from include.deploy.mlflow_auth_config import write_config
 from include.deploy.private import write_private
@@ -60,12 +62,33 @@ def test_a_symlink_in_place_of_the_file_is_replaced_not_followed(tmp_path):
 
 def test_airflow_passwords_and_mlflow_auth_config_are_private(tmp_path):
     passwords = tmp_path / "airflow" / "passwords.json"
-    write_passwords(str(passwords), "s3cret-value", user="operator")
+    write_passwords(str(passwords), {"operator": "s3cret-value"})
     assert json.loads(passwords.read_text()) == {"operator": "s3cret-value"} and _mode(passwords) == 0o600
 
     ini = tmp_path / "mlflow-auth.ini"
     write_config(str(ini), "postgresql+psycopg2://mlflow@127.0.0.1/mlflow_auth")
     parsed = configparser.ConfigParser(interpolation=None)
     parsed.read(ini)
-    assert parsed["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert parsed["mlflow"]["default_permission"] == "READ"
     assert parsed["mlflow"]["database_uri"].endswith("/mlflow_auth") and _mode(ini) == 0o600
+
+
+def test_each_airflow_user_needs_its_own_password_secret(tmp_path, monkeypatch):
+    from include.deploy import airflow_passwords as ap
+
+    path = tmp_path / "passwords.json"
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(path))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,alice:user,bob:VIEWER")
+    monkeypatch.setenv("AIRFLOW_ADMIN_PASSWORD", "a")
+    monkeypatch.setenv("AIRFLOW_ALICE_PASSWORD", "b")
+    monkeypatch.delenv("AIRFLOW_BOB_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="AIRFLOW_BOB_PASSWORD empty"):
+        ap.main()
+    assert not path.exists()
+    monkeypatch.setenv("AIRFLOW_BOB_PASSWORD", "c")
+    ap.main()
+    assert json.loads(path.read_text()) == {"admin": "a", "alice": "b", "bob": "c"}
+    for bad in ("Alice:user", "carol:superuser", "eve"):
+        with pytest.raises(SystemExit, match="write name:role"):
+            ap.users(bad)
+    assert ap.users(ap.USERS) == {"admin": "admin", "operator": "op", "approver": "user", "viewer": "viewer"}

@@ -40,7 +40,7 @@ class LiveStack:
         suffix = uuid.uuid4().hex[:8]
         self.databases = {"airflow": f"slipway_live_{suffix}_af", "mlflow": f"slipway_live_{suffix}_ml"}
         self.procs: dict[str, subprocess.Popen] = {}
-        self._token: str | None = None
+        self._tokens: dict[str, str] = {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.serving_port = free_port()  # the inference service the rollout DAG drives, when started
         self.metrics_key = new_presented_key()
@@ -49,7 +49,8 @@ class LiveStack:
         airflow_home = base / "airflow"
         airflow_home.mkdir(parents=True)
         passwords = airflow_home / "passwords.json"
-        passwords.write_text(json.dumps({"operator": PASSWORD}))
+        # The operator triggers runs; the approver answers promotions (four eyes).
+        passwords.write_text(json.dumps({"operator": PASSWORD, "approver": PASSWORD}))
         self.env = clean_env(
             SLIPWAY_HOME=str(self.home),
             SLIPWAY_PIPELINES_DIR=str(self.pipelines),
@@ -74,7 +75,7 @@ class LiveStack:
             AIRFLOW__API__HOST="127.0.0.1",
             AIRFLOW__API__PORT=str(self.port),
             AIRFLOW__API__WORKERS="1",
-            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="operator:admin",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="operator:admin,approver:user",
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
             AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
             AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
@@ -188,9 +189,9 @@ class LiveStack:
         path = self.base / "logs" / f"{component}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
-    def token(self) -> str:
-        if self._token is None:
-            body = json.dumps({"username": "operator", "password": PASSWORD}).encode()
+    def token(self, user: str = "operator") -> str:
+        if user not in self._tokens:
+            body = json.dumps({"username": user, "password": PASSWORD}).encode()
             req = urllib.request.Request(
                 f"{self.url}/auth/token",
                 data=body,
@@ -198,15 +199,15 @@ class LiveStack:
                 headers={"Content-Type": "application/json"},
             )
             with urllib.request.urlopen(req, timeout=30) as resp:
-                self._token = json.loads(resp.read())["access_token"]
-        return self._token
+                self._tokens[user] = json.loads(resp.read())["access_token"]
+        return self._tokens[user]
 
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+    def api(self, method: str, path: str, body: dict | None = None, user: str = "operator") -> dict:
         req = urllib.request.Request(
             f"{self.url}{path}",
             data=json.dumps(body).encode() if body is not None else None,
             method=method,
-            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {self.token(user)}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read() or b"{}")
