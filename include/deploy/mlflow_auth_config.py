@@ -1,7 +1,9 @@
 """Write MLflow's basic-auth configuration from the environment (no password in any file in git).
 
-Used by the ``mlflow`` service of docker-compose.yaml: the user store lives in PostgreSQL, every
-request needs a user, and new users get no access until granted (``default_permission = NO_PERMISSIONS``).
+Used by the ``mlflow`` service of docker-compose.yaml and by ``make up``: the user store lives in
+PostgreSQL, every request needs a user, and a user may read what it did not create
+(``default_permission = READ``): the service's ``serving`` user reads the registry and writes nothing
+(mlflow_read_only.py); the pipelines' user manages what it creates (mlflow_users.py).
 The admin password is read by MLflow itself from ``MLFLOW_AUTH_ADMIN_PASSWORD`` on first start.
 """
 
@@ -18,10 +20,11 @@ def write_config(path: str, database_uri: str) -> None:
     """Write the basic-auth INI to ``path`` (mode 0600), its user store at ``database_uri``."""
     config = configparser.ConfigParser(interpolation=None)
     config["mlflow"] = {
-        "default_permission": "NO_PERMISSIONS",
+        "default_permission": "READ",
         "database_uri": database_uri,
         "admin_username": "admin",
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # MLflow's basic auth, and read-only users (the service): include/deploy/mlflow_read_only.py
+        "authorization_function": "include.deploy.mlflow_read_only:authenticate",
     }
     text = io.StringIO()
     config.write(text)
@@ -33,10 +36,10 @@ def main() -> None:
     from urllib.parse import quote
 
     # URL-quoted for the database URL (@ / : in a password), then %-escaped for configparser.
-    password = quote(os.environ["POSTGRES_PASSWORD"], safe="").replace("%", "%%")
+    password = quote(os.environ["PG_MLFLOW_PASSWORD"], safe="").replace("%", "%%")
     write_config(
         os.environ["MLFLOW_AUTH_CONFIG_PATH"],
-        f"postgresql+psycopg2://slipway:{password}@postgres:5432/mlflow_auth",
+        f"postgresql+psycopg2://mlflow:{password}@postgres:5432/mlflow_auth",
     )
 
 

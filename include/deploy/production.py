@@ -8,21 +8,32 @@ service (compose name)      what runs                                           
 ==========================  ===========================================================  ======
 postgres, redis             the machine's (``SLIPWAY_STACK_PG``, ``SLIPWAY_STACK_REDIS``)  5432, 6379
 minio (+ minio-buckets)     ``moto_server`` on loopback; buckets landing, lake, dvc, mlflow  9000
-mlflow                      ``mlflow server --app-name basic-auth``: PostgreSQL backend,   5000
-                            artifacts proxied to ``s3://mlflow/artifacts``, user ``admin``
+mlflow (+ mlflow-users)     ``mlflow server --app-name basic-auth``: PostgreSQL backend,   5000
+                            artifacts proxied to ``s3://mlflow/artifacts``; users
+                            ``pipelines`` and ``serving`` beside ``admin``
 airflow-init                ``airflow db migrate`` (once, before the others)
-airflow-apiserver           UI and REST API, login required (user ``admin``)              8080
+airflow-apiserver           UI and REST API, login required (users admin, operator,       8080
+                            approver, viewer)
 airflow-scheduler, -dag-processor, -triggerer, -worker (``airflow celery worker``)
 serving                     ``slipway serve``: prediction log on PostgreSQL               8000
 prometheus                  scrapes the service's ``/metrics`` with its metrics key       9090
 ==========================  ===========================================================  ======
 
+Least privilege, as in compose: each component logs in as itself. PostgreSQL: a role per component
+(``<prefix>_airflow``, ``_mlflow``, ``_serving``; :mod:`include.deploy.grants`), none privileged, each
+reaching its own databases only (Airflow's may read the prediction log's tables, not the API keys).
+MLflow: Airflow's tasks are ``pipelines`` and the service is ``serving`` (read only), not the admin.
+Redis: Celery logs in as the ACL user ``<prefix>_celery`` with a password (the machine's default
+user is the machine's business; compose sets ``requirepass``). S3: the service has keys of its own,
+which compose's MinIO restricts to reading the lake; moto, which stands in for MinIO here, checks no
+policy (its ``/moto-api/`` could switch any check off), so that restriction is compose's only.
+
 Grafana runs in the compose stack only (no Debian package); its dashboard reads the same metrics.
 
 Secrets are generated on the first ``make up`` into ``<state>/stack/secrets.env`` (mode 0600) and
-handed to the services through their environment, never on a command line: the Airflow and MLflow
-admin passwords, Airflow's Fernet, API and JWT keys, the PII key, the service's admin and metrics
-keys. Every listener is on 127.0.0.1. A supervisor process (``python -m include.deploy.production
+handed to the services through their environment, never on a command line: the Airflow users' and
+MLflow's passwords, the database roles' and Redis's, Airflow's Fernet, API and JWT keys, the PII key,
+the service's admin and metrics keys. Every listener is on 127.0.0.1. A supervisor process (``python -m include.deploy.production
 supervise``) owns the services; ``make down`` stops it, and it stops them in reverse order.
 
 moto keeps objects in memory: the S3 contents live as long as the stack. Databases persist, so
@@ -46,12 +57,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.deploy.airflow_passwords import USERS as AIRFLOW_USERS
 from include.deploy.private import write_private
 from include.settings import PROJECT_ROOT
 
 BUCKETS = ("landing", "lake", "dvc", "mlflow")
 SECRET_NAMES = (
     "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_OPERATOR_PASSWORD",
+    "AIRFLOW_APPROVER_PASSWORD",
+    "AIRFLOW_VIEWER_PASSWORD",
     "MLFLOW_ADMIN_PASSWORD",
     "AIRFLOW_FERNET_KEY",
     "AIRFLOW_API_SECRET_KEY",
@@ -62,6 +77,14 @@ SECRET_NAMES = (
     "SLIPWAY_S3_SECRET_KEY",
     "SLIPWAY_SERVING_ADMIN_KEY",
     "SLIPWAY_SERVING_METRICS_KEY",
+    "PG_AIRFLOW_PASSWORD",
+    "PG_MLFLOW_PASSWORD",
+    "PG_SERVING_PASSWORD",
+    "MLFLOW_PIPELINES_PASSWORD",
+    "MLFLOW_SERVING_PASSWORD",
+    "REDIS_CELERY_PASSWORD",
+    "SLIPWAY_S3_SERVING_ACCESS_KEY",
+    "SLIPWAY_S3_SERVING_SECRET_KEY",
 )
 
 
@@ -110,7 +133,29 @@ class Topology:
         return f"{self.db_prefix}_{purpose}"
 
     def pg_url(self, purpose: str, driver: str = "postgresql") -> str:
+        """The administrator's URL of a database (provisioning only; no component connects with it)."""
         return f"{driver}://{self.pg.split('://', 1)[1].rstrip('/')}/{self.database(purpose)}"
+
+    def role_url(
+        self, component: str, purpose: str, secret: dict[str, str], driver: str = "postgresql"
+    ) -> str:
+        """A component's own login (include/deploy/grants.py) to one of the stack's databases."""
+        from include.deploy.grants import PASSWORD_SECRETS, component_url
+
+        password = secret[PASSWORD_SECRETS[component]]
+        return component_url(self.pg, self.db_prefix, component, purpose, password, driver)
+
+    def redis_url(self, secret: dict[str, str]) -> str:
+        """Celery's login to Redis: an ACL user of its own with a password (not the default user)."""
+        from urllib.parse import quote, urlsplit
+
+        parts = urlsplit(self.redis)
+        auth = f"{quote(self.redis_user)}:{quote(secret['REDIS_CELERY_PASSWORD'], safe='')}"
+        return f"{parts.scheme}://{auth}@{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+    @property
+    def redis_user(self) -> str:
+        return f"{self.db_prefix}_celery"
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -187,16 +232,20 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": secret["AIRFLOW_FERNET_KEY"],
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{topo.url('airflow')}/execution/",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": topo.pg_url("airflow", "postgresql+psycopg2"),
-        "AIRFLOW__CELERY__BROKER_URL": topo.redis,
-        "AIRFLOW__CELERY__RESULT_BACKEND": topo.pg_url("airflow", "db+postgresql+psycopg2"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": topo.role_url(
+            "airflow", "airflow", secret, "postgresql+psycopg2"
+        ),
+        "AIRFLOW__CELERY__BROKER_URL": topo.redis_url(secret),
+        "AIRFLOW__CELERY__RESULT_BACKEND": topo.role_url(
+            "airflow", "airflow", secret, "db+postgresql+psycopg2"
+        ),
         "AIRFLOW__API__SECRET_KEY": secret["AIRFLOW_API_SECRET_KEY"],
         "AIRFLOW__API_AUTH__JWT_SECRET": secret["AIRFLOW_JWT_SECRET"],
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(topo.ports["airflow"]),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__BASE_URL": topo.url("airflow"),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": AIRFLOW_USERS,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_home / "passwords.json"),
         "AIRFLOW__CORE__PARALLELISM": str(2 * (os.cpu_count() or 1)),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(2 * (os.cpu_count() or 1)),
@@ -205,13 +254,15 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
         "SLIPWAY_LAKE_URI": "s3://lake/slipway",
         "SLIPWAY_DVC_REMOTE_URI": "s3://dvc/slipway",
         "SLIPWAY_PII_KEY": secret["SLIPWAY_PII_KEY"],
-        "SLIPWAY_SERVING_DB": topo.pg_url("serving"),
+        # Airflow's tasks: read the log, write the monitor's table (grants.py); never the API keys.
+        "SLIPWAY_SERVING_DB": topo.role_url("airflow", "serving", secret),
         "SLIPWAY_SERVING_URL": topo.url("serving"),
         "SLIPWAY_SERVING_METRICS_KEY": secret["SLIPWAY_SERVING_METRICS_KEY"],
         "SLIPWAY_MLFLOW_UI_URL": topo.url("mlflow"),
         "MLFLOW_TRACKING_URI": topo.url("mlflow"),
-        "MLFLOW_TRACKING_USERNAME": "admin",
-        "MLFLOW_TRACKING_PASSWORD": secret["MLFLOW_ADMIN_PASSWORD"],
+        # Not MLflow's admin: a user that manages what it creates and reads the rest (mlflow_users.py).
+        "MLFLOW_TRACKING_USERNAME": "pipelines",
+        "MLFLOW_TRACKING_PASSWORD": secret["MLFLOW_PIPELINES_PASSWORD"],
         "AWS_ENDPOINT_URL": s3,
         "AWS_ACCESS_KEY_ID": secret["SLIPWAY_S3_ACCESS_KEY"],
         "AWS_SECRET_ACCESS_KEY": secret["SLIPWAY_S3_SECRET_KEY"],
@@ -276,8 +327,10 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
             f"{topo.url('mlflow')}/health",
             {k: shared[k] for k in _AWS}
             | {
-                "MLFLOW_BACKEND_STORE_URI": topo.pg_url("mlflow", "postgresql+psycopg2"),
+                "MLFLOW_BACKEND_STORE_URI": topo.role_url("mlflow", "mlflow", secret, "postgresql+psycopg2"),
                 "MLFLOW_AUTH_CONFIG_PATH": str(topo.folder / "mlflow-auth.ini"),
+                "MLFLOW_READ_ONLY_USERS": "serving",
+                "PYTHONPATH": str(PROJECT_ROOT),  # the auth function: include.deploy.mlflow_read_only
                 "MLFLOW_AUTH_ADMIN_PASSWORD": secret["MLFLOW_ADMIN_PASSWORD"],
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secret["MLFLOW_FLASK_SERVER_SECRET_KEY"],
                 "MLFLOW_S3_ENDPOINT_URL": topo.url("s3"),
@@ -316,7 +369,8 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
             topo.ports["serving"],
             f"{topo.url('serving')}/health",
             {k: shared[k] for k in SERVING_VARS}
-            | {k: secret[k] for k in ("SLIPWAY_SERVING_ADMIN_KEY", "SLIPWAY_SERVING_METRICS_KEY")},
+            | {k: secret[k] for k in ("SLIPWAY_SERVING_ADMIN_KEY", "SLIPWAY_SERVING_METRICS_KEY")}
+            | serving_identity(topo, secret),
         ),
     ]
     prometheus = prometheus_binary()
@@ -335,6 +389,20 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
             )
         )
     return out
+
+
+def serving_identity(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
+    """The service's own logins: its database role (its database only) and MLflow's read-only user."""
+    return {
+        "SLIPWAY_SERVING_DB": topo.role_url("serving", "serving", secret),
+        # Airflow's role may read the log's tables, which the service creates (and owns) at start.
+        "SLIPWAY_SERVING_LOG_READERS": f"{topo.db_prefix}_airflow",
+        "MLFLOW_TRACKING_USERNAME": "serving",
+        "MLFLOW_TRACKING_PASSWORD": secret["MLFLOW_SERVING_PASSWORD"],
+        # Compose's MinIO lets these read the lake only; moto here checks no policy (see the module doc).
+        "AWS_ACCESS_KEY_ID": secret["SLIPWAY_S3_SERVING_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": secret["SLIPWAY_S3_SERVING_SECRET_KEY"],
+    }
 
 
 def prometheus_binary() -> str | None:
@@ -398,17 +466,40 @@ def _on_server(topo: Topology, statement_for) -> None:
         conn.close()
 
 
-def _create_databases(topo: Topology) -> None:
-    def create(cur, name: str) -> str | None:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        return None if cur.fetchone() else f'CREATE DATABASE "{name}"'
-
-    _on_server(topo, create)
-
-
 def drop_databases(topo: Topology) -> None:
-    """Drop the stack's databases (``reset``; tests clean up with it)."""
+    """Drop the stack's databases and roles (``reset``; tests clean up with it)."""
+    from include.deploy.grants import drop_roles
+
     _on_server(topo, lambda cur, name: f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_roles(topo.pg, topo.db_prefix)
+    _redis_acl(topo, None)
+
+
+def _redis_acl(topo: Topology, secret: dict[str, str] | None) -> None:
+    """Celery's Redis user: all commands but the administrative ones, with its password; None deletes it."""
+    import redis
+
+    client = redis.Redis.from_url(topo.redis)
+    try:
+        if secret is None:
+            client.acl_deluser(topo.redis_user)
+        else:
+            client.execute_command(
+                "ACL",
+                "SETUSER",
+                topo.redis_user,
+                "reset",
+                "on",
+                f">{secret['REDIS_CELERY_PASSWORD']}",
+                "~*",
+                "&*",
+                "+@all",
+                "-@admin",
+                "-flushall",
+                "-flushdb",
+            )
+    finally:
+        client.close()
 
 
 def prepare(topo: Topology) -> dict[str, str]:
@@ -429,18 +520,24 @@ def prepare(topo: Topology) -> dict[str, str]:
     if problems:
         raise SystemExit("cannot start the stack:\n  - " + "\n  - ".join(problems))
     secret = load_secrets(topo)
-    _create_databases(topo)
+    from include.deploy.grants import provision
+
+    provision(topo.pg, topo.db_prefix, secret)
+    _redis_acl(topo, secret)
     topo.logs.mkdir(parents=True, exist_ok=True)
     airflow_home = topo.folder / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
-    from include.deploy.airflow_passwords import write_passwords
+    from include.deploy.airflow_passwords import passwords_from, users, write_passwords
 
-    write_passwords(str(airflow_home / "passwords.json"), secret["AIRFLOW_ADMIN_PASSWORD"])
+    write_passwords(str(airflow_home / "passwords.json"), passwords_from(secret, list(users(AIRFLOW_USERS))))
     write_private(topo.folder / "metrics.key", secret["SLIPWAY_SERVING_METRICS_KEY"])
     (topo.folder / "prometheus.yml").write_text(prometheus_config(topo))
     from include.deploy.mlflow_auth_config import write_config
 
-    write_config(str(topo.folder / "mlflow-auth.ini"), topo.pg_url("mlflow_auth", "postgresql+psycopg2"))
+    write_config(
+        str(topo.folder / "mlflow-auth.ini"),
+        topo.role_url("mlflow", "mlflow_auth", secret, "postgresql+psycopg2"),
+    )
     return secret
 
 
@@ -548,6 +645,10 @@ def supervise() -> None:
             procs[service.name] = _start(service, topo.logs)
             if service.health:
                 _wait_healthy(service, procs[service.name])
+            if service.name == "mlflow":  # the pipelines' and the service's own users, not the admin
+                from include.deploy.mlflow_users import ensure_users
+
+                ensure_users(topo.url("mlflow"), secret["MLFLOW_ADMIN_PASSWORD"], secret)
         _say("all services up")
         (topo.folder / "ready").write_text(json.dumps(sorted(procs)))
         while True:
@@ -610,7 +711,8 @@ def up(timeout: float = 600) -> None:
             raise SystemExit(f"the stack did not start:\n{tail}\nsee the service logs in {topo.logs}")
         time.sleep(1)
     _say(
-        f"Airflow UI   {topo.url('airflow')}  user admin, password AIRFLOW_ADMIN_PASSWORD in {topo.secrets_file}"
+        f"Airflow UI   {topo.url('airflow')}  users admin, operator, approver, viewer; passwords "
+        f"AIRFLOW_<USER>_PASSWORD in {topo.secrets_file}"
     )
     _say(f"MLflow       {topo.url('mlflow')}  user admin, password MLFLOW_ADMIN_PASSWORD (same file)")
     _say(f"service      {topo.url('serving')}  admin key SLIPWAY_SERVING_ADMIN_KEY (same file)")
@@ -655,7 +757,10 @@ def print_env() -> None:
     import shlex
 
     topo = topology()
-    env = stack_env(topo, load_secrets(topo))
+    secret = load_secrets(topo)
+    env = stack_env(topo, secret)
+    # The shell manages the service's API keys (slipway keys): the service's database role.
+    env["SLIPWAY_SERVING_DB"] = serving_identity(topo, secret)["SLIPWAY_SERVING_DB"]
     for name in sorted(env):
         if name.startswith(
             ("SLIPWAY_", "MLFLOW_", "AWS_", "AIRFLOW_HOME", "AIRFLOW__DATABASE", "AIRFLOW__CORE__F")

@@ -152,6 +152,32 @@ def create_schema(db: Database, conn: Any) -> None:
         )
 
 
+#: The log's tables a reader role may SELECT (never the API keys)
+LOG_TABLES = ("slipway_predictions", "slipway_failures", "slipway_feedback", "slipway_schema")
+
+
+def grant_reads(db: Database, conn: Any, roles: list[str]) -> None:
+    """Let ``roles`` (PostgreSQL roles, e.g. Airflow's) read the log's tables; the service, their owner,
+    runs this after creating them (``SLIPWAY_SERVING_LOG_READERS``). Nothing to grant on SQLite."""
+    if db.dialect != "postgresql" or not roles:
+        return
+    from psycopg2 import sql
+
+    cur = conn.cursor()
+    try:
+        for role in roles:
+            for table in LOG_TABLES:
+                cur.execute(
+                    sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
+                )
+        conn.commit()
+    except BaseException:
+        rollback_quietly(db, conn)
+        raise
+    finally:
+        cur.close()
+
+
 def create_monitor_table(db: Database) -> None:
     """Create the monitor's table if missing (only writers do: a read never takes a write lock)."""
     with db.writing() as conn:

@@ -37,7 +37,7 @@ from include.prediction_log.rows import (
     iso_utc,
     row_params,
 )
-from include.prediction_log.schema import create_schema, rollback_quietly
+from include.prediction_log.schema import create_schema, grant_reads, rollback_quietly
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,10 @@ class PredictionLog:
             ) from exc
         try:
             create_schema(self._db, conn)
+            readers = [
+                r.strip() for r in os.environ.get("SLIPWAY_SERVING_LOG_READERS", "").split(",") if r.strip()
+            ]
+            grant_reads(self._db, conn, readers)
         except self._db_errors as exc:
             _close_quietly(conn)
             raise LogUnavailable(

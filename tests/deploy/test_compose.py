@@ -68,15 +68,15 @@ def test_mlflow_auth_config_written_from_environment(tmp_path, monkeypatch):
 
     path = tmp_path / "auth.ini"
     monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
-    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the%secret@store:/x")
+    monkeypatch.setenv("PG_MLFLOW_PASSWORD", "from-the%secret@store:/x")
     mlflow_auth_config.main()
     cfg = configparser.ConfigParser()
     cfg.read(path)
-    assert cfg["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert cfg["mlflow"]["default_permission"] == "READ"
     from urllib.parse import unquote, urlsplit
 
     url = urlsplit(cfg["mlflow"]["database_uri"])
-    assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/mlflow_auth")
+    assert (url.hostname, url.port, url.path, url.username) == ("postgres", 5432, "/mlflow_auth", "mlflow")
     assert unquote(url.password) == "from-the%secret@store:/x"
     assert oct(path.stat().st_mode)[-3:] == "600"
 
@@ -97,7 +97,18 @@ SECRETS = (
     "GRAFANA_ADMIN_PASSWORD",
     "AIRFLOW_ADMIN_PASSWORD",
     "MINIO_KMS_SECRET_KEY",
+    "PG_AIRFLOW_PASSWORD",
+    "PG_MLFLOW_PASSWORD",
+    "PG_SERVING_PASSWORD",
+    "MLFLOW_PIPELINES_PASSWORD",
+    "MLFLOW_SERVING_PASSWORD",
+    "REDIS_PASSWORD",
+    "SLIPWAY_S3_SERVING_SECRET_KEY",
+    "AIRFLOW_OPERATOR_PASSWORD",
+    "AIRFLOW_APPROVER_PASSWORD",
+    "AIRFLOW_VIEWER_PASSWORD",
 )
+_THROUGH_STDIN = ("SLIPWAY_S3_SECRET_KEY", "SLIPWAY_S3_SERVING_SECRET_KEY", "REDIS_PASSWORD")
 
 
 def test_no_secret_on_a_command_line():
@@ -106,7 +117,7 @@ def test_no_secret_on_a_command_line():
         text = " ".join(command) if isinstance(command, list) else str(command)
         for secret in SECRETS:
             # Passed through stdin (`printf ... |`) is allowed; an argument is not.
-            args = text.split("|")[-1] if secret == "SLIPWAY_S3_SECRET_KEY" else text
+            args = " ".join(p.split("|")[-1] for p in text.split("&&")) if secret in _THROUGH_STDIN else text
             assert secret not in args, f"{name}: {secret} on the command line"
         assert "://slipway:" not in text, f"{name}: a database password in a URL on the command line"
 
@@ -218,16 +229,8 @@ def test_serving_gets_what_it_reads_from_the_shared_values():
     assert serving["image"] == "slipway:${SLIPWAY_CODE_VERSION}"
     assert serving["command"] == ["slipway", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
     env = serving["environment"]
-    for name in (
-        "SLIPWAY_SERVING_DB",
-        "SLIPWAY_PII_KEY",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ):
+    # The same places; its own logins (test_each_component_logs_in_as_itself_with_only_its_grants).
+    for name in ("SLIPWAY_PII_KEY", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
         assert _interpolated(env[name]) == _interpolated(airflow_env[name]), name
     assert env["SLIPWAY_SERVING_DB"].startswith("postgresql://") and env["SLIPWAY_SERVING_DB"].endswith(
         "/serving"
@@ -239,8 +242,8 @@ def test_serving_gets_what_it_reads_from_the_shared_values():
     assert "/health" in " ".join(serving["healthcheck"]["test"])
     assert serving["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert "mlflow" in serving["depends_on"]
-    sql = (ROOT / "include" / "deploy" / "postgres-init.sql").read_text()
-    assert re.search(r"^CREATE DATABASE serving;", sql, re.M)
+    sql = (ROOT / "include" / "deploy" / "postgres-init.sh").read_text()
+    assert re.search(r"^CREATE DATABASE serving OWNER serving;", sql, re.M)
 
 
 def _published(service: dict) -> dict[int, int]:
@@ -452,3 +455,77 @@ def test_the_helm_values_use_the_compose_variables_and_hold_no_secret():
         assert name in secret_names and name not in env_names, name
     assert values["data"]["metadataSecretName"] and values["fernetKeySecretName"]
     assert values["workers"]["resources"]["limits"]["memory"]  # what bounds one training task
+
+
+def test_airflow_users_and_their_password_secrets_match_the_native_stack(native):
+    from include.deploy.airflow_passwords import password_variable, users
+
+    topology, topo, secret = native
+    compose = _compose()
+    api_env = compose["services"]["airflow-apiserver"]["environment"]
+    entries = api_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+    assert entries == topology.stack_env(topo, secret)["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+    roles = users(entries)
+    assert set(roles.values()) == {"admin", "op", "user", "viewer"}, roles
+    for name in roles:  # each login's password is a required secret, in compose and in make up
+        assert str(api_env[password_variable(name)]).startswith(f"${{{password_variable(name)}:?")
+        assert password_variable(name) in topology.SECRET_NAMES
+
+
+def test_each_component_logs_in_as_itself_with_only_its_grants():
+    """PostgreSQL, MLflow, MinIO and Redis: no component uses an administrator's login."""
+    import json
+
+    compose = _compose()
+    services = compose["services"]
+    airflow, serving = compose["x-airflow-env"], services["serving"]["environment"]
+
+    def pg_user(url: str) -> str:
+        return re.match(r"[a-z+0-9]+://([^:@]+):", url).group(1)
+
+    assert pg_user(airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]) == "airflow"
+    assert pg_user(airflow["SLIPWAY_SERVING_DB"]) == "airflow"
+    assert pg_user(serving["SLIPWAY_SERVING_DB"]) == "serving"
+    assert pg_user(services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]) == "mlflow"
+    assert serving["SLIPWAY_SERVING_LOG_READERS"] == "airflow"
+    init = (ROOT / "include" / "deploy" / "postgres-init.sh").read_text()
+    for role in ("airflow", "mlflow", "serving"):
+        assert f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE" in init
+    assert "REVOKE ALL ON DATABASE airflow, mlflow, mlflow_auth, serving FROM PUBLIC" in init
+    assert "PASSWORD :'" in init and "$PG_" not in init  # passwords through \getenv, not the shell
+    # MLflow: the pipelines' user and the service's read-only user, never the admin.
+    assert airflow["MLFLOW_TRACKING_USERNAME"] == "pipelines"
+    assert serving["MLFLOW_TRACKING_USERNAME"] == "serving"
+    assert "MLFLOW_ADMIN_PASSWORD" not in json.dumps([airflow, serving])
+    # MinIO: the service reads the lake and nothing else.
+    assert serving["AWS_ACCESS_KEY_ID"].startswith("${SLIPWAY_S3_SERVING_ACCESS_KEY")
+    policy = json.loads((ROOT / "include" / "deploy" / "minio-serving-policy.json").read_text())
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    assert actions == {"s3:GetBucketLocation", "s3:ListBucket", "s3:GetObject"}
+    assert resources == {"arn:aws:s3:::lake", "arn:aws:s3:::lake/*"}
+    assert "slipway-serving-read" in " ".join(services["minio-buckets"]["command"])
+    # Redis: a password, given to the server on its standard input and to Celery in its URL.
+    assert "requirepass" in " ".join(services["redis"]["command"])
+    assert airflow["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")
+
+
+def test_mlflow_read_only_users_may_read_and_search_only(tmp_path):
+    import importlib
+
+    from include.deploy import mlflow_auth_config
+    from include.deploy.mlflow_read_only import is_read, read_only_users
+
+    path = tmp_path / "auth.ini"
+    mlflow_auth_config.write_config(str(path), "postgresql+psycopg2://mlflow@postgres/mlflow_auth")
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(path)
+    module, _, name = cfg["mlflow"]["authorization_function"].partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert read_only_users() == {"serving"}
+    assert is_read("GET", "/api/2.0/mlflow/registered-models/get")
+    assert is_read("POST", "/api/2.0/mlflow/runs/search")
+    for path in ("/api/2.0/mlflow/registered-models/create", "/api/2.0/mlflow/model-versions/set-tag"):
+        assert not is_read("POST", path)
+    assert not is_read("DELETE", "/api/2.0/mlflow/registered-models/delete")
+    assert not is_read("PATCH", "/api/2.0/mlflow/registered-models/update")

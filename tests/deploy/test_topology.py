@@ -310,6 +310,95 @@ def test_no_secret_reaches_logs_rendered_templates_mlflow_or_the_service_log(sta
         assert secret not in recorded
 
 
+def test_each_component_logs_in_as_itself_with_only_its_grants(stack):
+    """Read back from PostgreSQL's catalogue, MLflow's permissions and Redis's ACL, after a training run."""
+    import psycopg2
+    import redis
+
+    prefix = stack["env"]["SLIPWAY_STACK_DB_PREFIX"]
+    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    cur = admin.cursor()
+    cur.execute(
+        "SELECT DISTINCT usename, datname FROM pg_stat_activity WHERE datname LIKE %s", (f"{prefix}_%",)
+    )
+    sessions = {(u.removeprefix(f"{prefix}_"), d.removeprefix(f"{prefix}_")) for u, d in cur.fetchall()}
+    # Every component's sessions are its own role's, each on a database it may reach; none is the superuser.
+    assert {("airflow", "airflow"), ("mlflow", "mlflow"), ("serving", "serving")} <= sessions, sessions
+    assert sessions <= {
+        ("airflow", "airflow"),
+        ("airflow", "serving"),
+        ("mlflow", "mlflow"),
+        ("mlflow", "mlflow_auth"),
+        ("serving", "serving"),
+    }, sessions
+    cur.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE %s AND (rolsuper OR rolcreatedb OR rolcreaterole)",
+        (f"{prefix}_%",),
+    )
+    assert cur.fetchall() == []
+    cur.execute(
+        "SELECT has_database_privilege(%s, %s, 'CONNECT')", (f"{prefix}_serving", f"{prefix}_airflow")
+    )
+    assert cur.fetchone() == (False,)
+    cur.execute("SELECT has_database_privilege('public', %s, 'CONNECT')", (f"{prefix}_serving",))
+    assert cur.fetchone() == (False,)
+    admin.close()
+    serving = psycopg2.connect(f"postgresql://{prefix}_airflow@127.0.0.1:5432/{prefix}_serving")
+    with pytest.raises(psycopg2.Error, match="permission denied"):
+        serving.cursor().execute("SELECT * FROM slipway_api_keys")  # Airflow's role: never the keys
+    serving.close()
+
+    secrets, mlflow = stack["secrets"], stack["url"]["mlflow"]
+
+    def as_user(user: str, password: str, path: str, body=None):
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return _http(
+            f"{mlflow}{path}",
+            method="POST" if body else "GET",
+            body=body,
+            headers={"Authorization": f"Basic {auth}"},
+        )
+
+    # The service reads the registry (what the pipelines' user registered) and may write nothing.
+    status, found = as_user(
+        "serving", secrets["MLFLOW_SERVING_PASSWORD"], "/api/2.0/mlflow/registered-models/search"
+    )
+    assert status == 200 and [m["name"] for m in found["registered_models"]] == ["telco_churn"], found
+    status, _ = as_user(
+        "serving",
+        secrets["MLFLOW_SERVING_PASSWORD"],
+        "/api/2.0/mlflow/registered-models/create",
+        {"name": "planted"},
+    )
+    assert status == 403
+    status, _ = as_user(
+        "serving",
+        secrets["MLFLOW_SERVING_PASSWORD"],
+        "/api/2.0/mlflow/registered-models/set-tag",
+        {"name": "telco_churn", "key": "planted", "value": "x"},
+    )
+    assert status == 403
+    # The pipelines' user is no admin: it cannot create users.
+    status, _ = as_user(
+        "pipelines",
+        secrets["MLFLOW_PIPELINES_PASSWORD"],
+        "/api/2.0/mlflow/users/create",
+        {"username": "eve", "password": "x" * 12},
+    )
+    assert status == 403
+
+    # Redis: Celery's own user needs its password, and may not flush or reconfigure the server.
+    user = f"{prefix}_celery"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(db=REDIS_DB, username=user, password="wrong").ping()
+    celery = redis.Redis(db=REDIS_DB, username=user, password=secrets["REDIS_CELERY_PASSWORD"])
+    assert celery.ping()
+    for command in (("FLUSHALL",), ("CONFIG", "SET", "dir", "/tmp"), ("ACL", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            celery.execute_command(*command)
+    celery.close()
+
+
 def test_prometheus_scrapes_the_service_with_its_metrics_key(stack):
     assert _http(f"{stack['url']['serving']}/metrics")[0] == 401  # anonymous: refused
 
