@@ -108,8 +108,9 @@ def rollback_quietly(db: Database, conn: Any) -> None:
         pass
 
 
-def create_schema(db: Database, conn: Any) -> None:
-    """Create the log's tables if missing, on ``conn``, and check the stored schema version."""
+def create_schema(db: Database, conn: Any, readers: list[str] | None = None) -> None:
+    """Create the log's tables if missing, on ``conn``, and check the stored schema version; on
+    PostgreSQL, let the ``readers`` roles read the log's tables (``SLIPWAY_SERVING_LOG_READERS``)."""
     p = db.param
     cur = conn.cursor()
     try:
@@ -135,6 +136,8 @@ def create_schema(db: Database, conn: Any) -> None:
             "CREATE INDEX IF NOT EXISTS slipway_feedback_key_received "
             "ON slipway_feedback (pipeline, key_id, received_at)"
         )
+        if readers and db.dialect == "postgresql":
+            _grant_reads(cur, readers)
         if db.dialect == "sqlite":
             cur.execute("COMMIT")
         else:
@@ -156,26 +159,15 @@ def create_schema(db: Database, conn: Any) -> None:
 LOG_TABLES = ("slipway_predictions", "slipway_failures", "slipway_feedback", "slipway_schema")
 
 
-def grant_reads(db: Database, conn: Any, roles: list[str]) -> None:
-    """Let ``roles`` (PostgreSQL roles, e.g. Airflow's) read the log's tables; the service, their owner,
-    runs this after creating them (``SLIPWAY_SERVING_LOG_READERS``). Nothing to grant on SQLite."""
-    if db.dialect != "postgresql" or not roles:
-        return
+def _grant_reads(cur: Any, roles: list[str]) -> None:
+    """Let ``roles`` (PostgreSQL roles, e.g. Airflow's) read the log's tables: the service owns them."""
     from psycopg2 import sql
 
-    cur = conn.cursor()
-    try:
-        for role in roles:
-            for table in LOG_TABLES:
-                cur.execute(
-                    sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
-                )
-        conn.commit()
-    except BaseException:
-        rollback_quietly(db, conn)
-        raise
-    finally:
-        cur.close()
+    for role in roles:
+        for table in LOG_TABLES:
+            cur.execute(
+                sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
+            )
 
 
 def create_monitor_table(db: Database) -> None:

@@ -37,7 +37,7 @@ from include.prediction_log.rows import (
     iso_utc,
     row_params,
 )
-from include.prediction_log.schema import create_schema, grant_reads, rollback_quietly
+from include.prediction_log.schema import create_schema, rollback_quietly
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +245,8 @@ class PredictionLog:
                 "is reachable and SLIPWAY_SERVING_DB is right"
             ) from exc
         try:
-            create_schema(self._db, conn)
-            readers = [
-                r.strip() for r in os.environ.get("SLIPWAY_SERVING_LOG_READERS", "").split(",") if r.strip()
-            ]
-            grant_reads(self._db, conn, readers)
+            readers = os.environ.get("SLIPWAY_SERVING_LOG_READERS", "")
+            create_schema(self._db, conn, [r.strip() for r in readers.split(",") if r.strip()])
         except self._db_errors as exc:
             _close_quietly(conn)
             raise LogUnavailable(
