@@ -7,9 +7,11 @@ fix, collected for the whole request (not only the first), never a 500:
 
 * a body over ``max_body_bytes`` → 413; more rows than ``max_rows`` → 413;
 * not JSON, ``NaN``/``Infinity`` literals (not JSON) → 400;
-* missing or unknown fields, wrong types, non-finite numbers, binary values other than 0/1 → 422.
+* missing or unknown fields, wrong types, non-finite numbers, binary values other than 0/1
+  (or false/true) → 422.
 
-``null`` is accepted for a numeric feature (unknown: imputed as in training), nowhere else. A
+``null`` is accepted for a numeric feature (unknown: imputed as in training) and for the entity key
+or a dropped identifier (as if absent), nowhere else. A
 categorical value the model never saw is served (the one-hot encoder ignores it, as in training)
 and counted per field.
 """
@@ -92,7 +94,11 @@ class RequestSchema:
                 "description": "numeric; null = unknown (imputed)",
             }
         for n in self.binary:
-            props[n] = {"type": "integer", "enum": [0, 1]}
+            props[n] = {
+                "type": ["integer", "boolean"],
+                "enum": [0, 1, False, True],
+                "description": "binary: 0 or 1 (false or true)",
+            }
         for n in self.categorical:
             known = sorted((categories or {}).get(n, ()))
             props[n] = {
@@ -108,10 +114,10 @@ class RequestSchema:
         }
         if self.entity:
             row["properties"][self.entity] = {
-                "type": ["string", "integer"],
+                "type": ["string", "integer", "null"],
                 "minLength": 1,
                 "maxLength": 200,
-                "description": "entity key for sticky routing (hashed before use)",
+                "description": "entity key for sticky routing (hashed before use); absent or null: none",
             }
         for name in self.dropped:
             row["properties"][name] = {

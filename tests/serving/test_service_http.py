@@ -139,10 +139,34 @@ def test_openapi_names_the_real_fields_and_types(service):
     assert status == 200
     props = doc["components"]["schemas"]["Row"]["properties"]
     assert props["tenure"]["type"] == ["number", "null"]
-    assert props["partner"] == {"type": "integer", "enum": [0, 1]}
+    assert props["partner"]["enum"] == [0, 1, False, True]
     assert props["contract"]["type"] == "string" and "Month-to-month" in props["contract"]["description"]
     assert f"/v1/{PIPELINE}/predict" in doc["paths"] and f"/v1/{PIPELINE}/feedback" in doc["paths"]
     assert service.get(f"/v1/{PIPELINE}/openapi.json", key=None)[0] == 401
+
+
+def test_what_the_openapi_document_allows_the_service_takes_and_what_it_forbids_is_a_422(service, row):
+    """The document and the checks agree (a fuzzer on the document found where they did not)."""
+    import jsonschema
+
+    doc = service.get(f"/v1/{PIPELINE}/openapi.json")[1]
+    schema = {**doc["components"]["schemas"]["Row"], "$defs": doc["components"]["schemas"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    entity = next(n for n, p in schema["properties"].items() if "entity key" in p.get("description", ""))
+    allowed = [
+        {**row, "partner": True},
+        {**row, "partner": 0},
+        {**row, entity: None},
+        {**row, "tenure": None},
+    ]
+    forbidden = [{**row, "partner": "1"}, {**row, "partner": 2}, {**row, entity: ""}, {**row, entity: {}}]
+    forbidden += [{**row, "contract": None}, {**row, "tenure": "12"}]
+    for case in allowed:
+        assert validator.is_valid(case), case
+        assert service.predict(case)[0] == 200, case
+    for case in forbidden:
+        assert not validator.is_valid(case), case
+        assert service.predict(case)[0] == 422, case
 
 
 def test_openapi_needs_a_key_for_its_pipeline_and_a_404_names_no_other_pipeline(service):
