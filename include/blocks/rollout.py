@@ -45,10 +45,13 @@ def _gate_tags(client, name: str, version: int, gate: str, results: list[dict], 
 
 @block
 def select_candidate(step: Step) -> dict:
-    """The version to roll out (the asset event's, the trigger form's, else ``candidate``), blessed."""
+    """The version to roll out (the asset event's, the trigger form's, else ``candidate``), blessed; a
+    version that is not the candidate moving forward (:mod:`include.tasks.rollout.selection`) is a
+    recorded skip: the event ``rollout_skipped`` with the reason, the run green."""
     from include import assets
-    from include.registry import aliases, record_event
+    from include.registry import EVENT_PREFIX, aliases, record_event
     from include.tasks.gates import GateFailed
+    from include.tasks.rollout.selection import refusal
 
     name = step.pipeline
     client = mlflow_client()
@@ -70,9 +73,20 @@ def select_candidate(step: Step) -> dict:
             f"{tags.get('slipway.blessing')!r}); only a blessed candidate may be rolled out",
             [],
         )
-    if current.get("champion") == version:
-        raise GateFailed(f"version {version} is already the champion of {name}; nothing to roll out", [])
     champion = current.get("champion")
+    champion_month = (
+        client.get_model_version(name, str(champion)).tags.get("slipway.month") if champion else None
+    )
+    why = refusal(version, tags, current, champion_month, EVENT_PREFIX)
+    if why is not None:
+        # Nothing new to roll out (a past month re-run, a demoted or retired version): a recorded skip.
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        reason = f"{name}: {why}; nothing is rolled out"
+        step.context["ti"].xcom_push(key="skipped", value={"version": version, "reason": reason})
+        record_event(client, name, version, "rollout_skipped", reason=why, **_run_ref(step.context))
+        log.warning("%s", reason)
+        raise AirflowSkipException(reason)
     first = champion is None
     log.info(
         "rolling out %s version %d (champion: %s)%s",
@@ -385,6 +399,10 @@ def conclude_rollout(step: Step) -> dict:
     context, pipeline = step.context, step.pipeline
     ti = context["ti"]
     selected = ti.xcom_pull(task_ids="select_candidate")
+    skipped = ti.xcom_pull(task_ids="select_candidate", key="skipped")
+    if not selected and skipped:
+        log.info("rollout skipped: %s", skipped["reason"])
+        return {"outcome": "skipped", **skipped}
     if not selected:
         raise GateFailed("no candidate was selected; see select_candidate's log", [])
     promoted = ti.xcom_pull(task_ids="promote_candidate")

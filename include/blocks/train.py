@@ -609,6 +609,15 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
         }
     )
     log.info("%s", out["message"])
+    if not out["alias_moved"]:
+        # No new candidate: the asset is not emitted (a skipped task emits none), so no rollout starts
+        # for a version that is older than the candidate, or reused from an earlier run of this month.
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(
+            f"version {out['version']} registered ({out['registration']}), but 'candidate' did not move "
+            f"to it ({out['message']}): no rollout is started"
+        )
     candidate = assets.for_pipeline(step.pipeline).candidate
     step.context["outlet_events"][candidate].extra = {
         "model": step.pipeline,

@@ -83,3 +83,35 @@ def test_long_waits_defer_to_the_triggerer_with_the_state(fake):
     with pytest.raises(TaskDeferred) as again:
         operator()._judge(context(), deferred.value.kwargs["state"])
     assert again.value.kwargs == {"state": {"step": 0, "checks": 2}}
+
+
+def test_a_phase_waiting_for_rows_says_so_once_a_minute_and_every_verdict_always(
+    monkeypatch, caplog, telco_spec
+):
+    """The shadow's "too few rows" line at most once a minute (it was one per check, 60 an hour)."""
+    import logging
+
+    window = SimpleNamespace(
+        challenger=SimpleNamespace(routed=0), champion=SimpleNamespace(rows=0), summary=lambda: {}
+    )
+    verdicts: list[list[dict]] = []
+    monkeypatch.setattr(phases.g, "read_window", lambda *a, **k: window)
+    monkeypatch.setattr(phases.g, "shadow_checks", lambda *a: verdicts.pop(0) if verdicts else [])
+    phase = phases.Phase("telco_churn", "shadow", telco_spec, {"version": 2, "champion": 1}, {})
+    t0 = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    state = {
+        "step": 0,
+        "since": t0.isoformat(),
+        "deadline": (t0 + timedelta(hours=2)).isoformat(),
+        "done": [],
+        "checks": 0,
+    }
+    caplog.set_level(logging.INFO, logger="slipway")
+    for second in range(0, 180, 3):  # a check every 3 s for three minutes, no rows
+        state, outcome = phase.tick(state, t0 + timedelta(seconds=second))
+        assert outcome is None
+    waiting = [r for r in caplog.records if "too few rows to judge yet" in r.getMessage()]
+    assert len(waiting) == 3, [r.getMessage() for r in waiting]  # at 0, 60 and 120 s
+    verdicts.append([{"metric": "p99_latency_ms", "value": 1.0, "status": "passed"}])
+    state, _ = phase.tick(state, t0 + timedelta(seconds=181))
+    assert "p99_latency_ms=1.0 (passed)" in caplog.records[-1].getMessage()

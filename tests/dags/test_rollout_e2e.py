@@ -218,6 +218,16 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     ]
     assert [(e["uri"], e["extra"]["version"]) for e in promoted] == [(f"slipway://{NAME}/champion", first)]
 
+    # The champion rolled out again (a re-trigger, or a past month's asset event): a recorded skip.
+    _trigger(stack, "rollout__again", first)
+    again = stack.wait_for(lambda: _finished(stack, "rollout__again"), 300, "the repeated rollout", every=3)
+    assert again == "success", stack.explain_run(DAG, "rollout__again")
+    states = stack.task_states(DAG, "rollout__again")
+    assert states["select_candidate"] == "skipped" and states["conclude_rollout"] == "success", states
+    assert states["approve_promotion"] == "skipped"
+    assert "already the champion" in slipway(stack.env, "history", NAME).stdout
+    assert client.get_registered_model(NAME).aliases.get("champion") == first
+
     # 2. A second candidate (the same graph, another version) with live traffic; nobody answers.
     src = client.get_model_version(NAME, str(first))
     tags = {
@@ -238,6 +248,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
             NAME, client.get_model_version_download_uri(NAME, str(first)), run_id=src.run_id, tags=tags
         ).version
     )
+    client.set_registered_model_alias(NAME, "candidate", second)  # only the candidate is rolled out
     traffic = Traffic(url, key)
     traffic.start()
     try:

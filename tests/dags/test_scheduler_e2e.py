@@ -162,6 +162,12 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     assert len(train_tries) == 2 and train_tries[0] < train_tries[1]
     # The backfill registered its own version (for the month named) and left candidate on the newer month.
     assert client.get_model_version_by_alias("telco_churn", "candidate").tags["slipway.month"] == "2025-12"
+    # So it announced no candidate: register_model is a skip with the reason, and no asset event (no
+    # rollout of an older model) came from the run, which is green.
+    assert stack.task_states(DAG, run_id)["register_model"] == "skipped"
+    assert "'candidate' did not move" in parent.data.tags["slipway.reason"]
+    events = stack.api("GET", f"/api/v2/assets/events?source_dag_id={DAG}&source_run_id={run_id}")
+    assert events["asset_events"] == [], events
     nov = [
         v for v in client.search_model_versions("name = 'telco_churn'") if v.tags["slipway.run_id"] == run_id
     ]

@@ -19,6 +19,8 @@ from include.tasks.rollout.promotion import rollback_challenger
 from include.tracking import mlflow_client
 
 log = logging.getLogger("slipway")
+#: How often a phase that waits for rows says so in the task log (a check with a verdict always does)
+QUIET_LOG_SECONDS = 60.0
 
 
 def _mlflow():
@@ -117,16 +119,21 @@ class Phase:
                 if r["value"] is not None:
                     mlflow.log_metric(f"{label}.{r['metric']}", float(r["value"]), step=state["checks"])
             mlflow.log_metric(f"{label}.challenger_rows", win.challenger.routed, step=state["checks"])
-        log.info(
-            "%s check %d: %d challenger / %d champion rows since %s; %s",
-            label,
-            state["checks"],
-            win.challenger.routed,
-            win.champion.rows,
-            state["since"],
-            "; ".join(f"{r['metric']}={r['value']} ({r['status']})" for r in results)
-            or "too few rows to judge yet",
-        )
+        # A check with a verdict is always logged; "too few rows" at most once a minute.
+        quiet = not results and now.timestamp() - float(state.get("quiet_logged_at", 0)) < QUIET_LOG_SECONDS
+        if not quiet:
+            if not results:
+                state["quiet_logged_at"] = now.timestamp()
+            log.info(
+                "%s check %d: %d challenger / %d champion rows since %s; %s",
+                label,
+                state["checks"],
+                win.challenger.routed,
+                win.champion.rows,
+                state["since"],
+                "; ".join(f"{r['metric']}={r['value']} ({r['status']})" for r in results)
+                or "too few rows to judge yet",
+            )
         record = {"step": state["step"] + 1, "window": win.summary(), "results": results}
         breaches = g.breached(results)
         if breaches:
