@@ -82,6 +82,10 @@ def airflow_environment(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        # Airflow's own default is 16 random bytes: PyJWT warns (InsecureKeyLengthWarning) on every
+        # token. 64 bytes, generated once and kept private, shared by every component of the stack.
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
+        or _generated_once(s.home / "secrets" / "airflow-jwt.key", 64, "Airflow's JWT secret"),
         "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
         "PYTHONPATH": os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p),
     }
@@ -104,7 +108,11 @@ def pii_key(settings: Settings | None = None) -> bytes:
     if value:
         return value.encode()
     s = settings or get_settings()
-    path = s.home / "secrets" / "pii.key"
+    return _generated_once(s.home / "secrets" / "pii.key", 32, "the PII key").encode()
+
+
+def _generated_once(path: Path, nbytes: int, what: str) -> str:
+    """A random hex secret of ``nbytes`` kept in ``path`` (mode 0600), generated on first use."""
     if not path.exists():
         import secrets
         import tempfile
@@ -112,10 +120,10 @@ def pii_key(settings: Settings | None = None) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written whole, then linked into place: a concurrent first run never reads a half-written
         # (or empty) key, and the first link wins.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pii.key.")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
+                fh.write(secrets.token_hex(nbytes))
             os.chmod(tmp, 0o600)
             try:
                 os.link(tmp, path)
@@ -125,5 +133,5 @@ def pii_key(settings: Settings | None = None) -> bytes:
             os.unlink(tmp)
     key = path.read_text().strip()
     if not key:
-        raise RuntimeError(f"the PII key file {path} is empty: delete it to have a new one generated")
-    return key.encode()
+        raise RuntimeError(f"{what} file {path} is empty: delete it to have a new one generated")
+    return key

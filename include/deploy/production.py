@@ -195,6 +195,8 @@ def _new_secret(name: str) -> str:
         return Fernet.generate_key().decode()
     if name.startswith("SLIPWAY_SERVING_") and name.endswith("_KEY"):
         return f"slw_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    if name == "AIRFLOW_JWT_SECRET":  # HMAC-SHA512 wants 64 bytes (PyJWT warns below that)
+        return secrets.token_urlsafe(64)
     return secrets.token_urlsafe(32)
 
 
