@@ -319,7 +319,14 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
 
     ui = get_settings().mlflow_ui_url
     if ui:
+        from include.lineage import run_link
+
         links.append(f"[version {version} in MLflow]({ui.rstrip('/')}/#/models/{name}/versions/{version})")
+        active = step.mlflow.active_run()
+        if active is not None:
+            links.append(
+                f"[this rollout's record]({run_link(active.info.experiment_id, active.info.run_id)})"
+            )
     if selected.get("model_card_uri"):
         links.append(f"model card: `{selected['model_card_uri']}`")
     lines += ["", "Approve to make it the champion; Reject (or no answer before the timeout) rolls it back."]
