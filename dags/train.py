@@ -70,15 +70,12 @@ Lineage: MLflow experiment `{name}`{mlflow_link}, one run per DAG run with a nes
 
 
 def _mlflow_link(name: str) -> str:
-    """A link to the pipeline's MLflow experiment when the MLflow UI's address is configured."""
+    """A link to the pipeline's registered model in MLflow when the MLflow UI's address is configured
+    (by name: the experiment's id is unknown when the DAG is parsed; the Models view links it by id)."""
     from include.settings import get_settings
 
     url = get_settings().mlflow_ui_url
-    return (
-        f" ([open in MLflow]({url.rstrip('/')}/#/experiments/search?searchFilter=name%3D%27{name}%27))"
-        if url
-        else ""
-    )
+    return f" ([open in MLflow]({url.rstrip('/')}/#/models/{name}))" if url else ""
 
 
 def training_dag(spec: PipelineSpec) -> DAG:

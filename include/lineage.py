@@ -294,6 +294,9 @@ def track(pipeline: str, context, inputs: Any = None):
         parent.info.run_id,
         child.info.run_id,
     )
+    ui = run_link(exp_id, child.info.run_id)
+    if ui:
+        log.info("MLflow: this task's record %s", ui)
     with mlflow.start_run(run_id=child.info.run_id):
         status, state = "FINISHED", "success"
         try:
@@ -316,6 +319,14 @@ def track(pipeline: str, context, inputs: Any = None):
             mlflow.log_metric("task_duration_s", round(time.monotonic() - started, 3))
             mlflow.set_tag(f"{TAG}state", state)
             mlflow.end_run(status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def run_link(experiment: str, run_id: str) -> str | None:
+    """The MLflow UI's page of a run, when the UI's address is configured (``SLIPWAY_MLFLOW_UI_URL``)."""
+    from include.settings import get_settings
+
+    ui = get_settings().mlflow_ui_url
+    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if ui else None
 
 
 def find_parent(pipeline: str, dag_id: str, run_id: str):

@@ -51,6 +51,8 @@ def models_record(
             out["pipelines"].append(entry)
             continue
         entry["aliases"] = {a: int(v) for a, v in model.aliases.items()}
+        experiment = client.get_experiment_by_name(name)
+        entry["experiment_id"] = experiment.experiment_id if experiment is not None else None
         entry["traffic"] = traffic(client, name)
         # The rollout's phase as its own record tells it: the newest events (selected, shadow, canary
         # steps, promoted or rolled back).
@@ -180,6 +182,11 @@ def render(record: dict, mlflow_ui: str | None) -> str:
                 f"<a target='_blank' rel='noopener' href='{_e(mlflow_ui.rstrip('/'))}/#/models/{quote(name)}'>"
                 "registry in MLflow</a>"
             )
+            if p.get("experiment_id"):
+                links.append(
+                    f"<a target='_blank' rel='noopener' href='{_e(mlflow_ui.rstrip('/'))}/#/experiments/"
+                    f"{quote(str(p['experiment_id']))}'>runs in MLflow</a>"
+                )
         parts.append(f"<p class='note'>{' · '.join(links)}</p>")
         t = p["traffic"]
         if t is None:
@@ -243,5 +250,6 @@ def render(record: dict, mlflow_ui: str | None) -> str:
     parts.append(
         "<p class='note'>n/a: the gate had nothing to check (for example no champion yet); never a pass.</p>"
     )
-    parts.append("</body></html>")
+    # Follows the links from inside Airflow's sandboxed frame (plugins/slipway_models.py says how).
+    parts.append("<script src='links.js'></script></body></html>")
     return "".join(parts)

@@ -42,12 +42,34 @@ async def require_user(
 
 app = FastAPI(title="Slipway models", dependencies=[Depends(require_user)], docs_url=None, redoc_url=None)
 
-# A page inside Airflow's frame, from the same origin only; its links open in the top window.
+# A page inside Airflow's frame, from the same origin only; its one script (links.js) is its own.
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; "
+    "frame-ancestors 'self'",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
+
+# Airflow's UI shows the page in a frame sandboxed without allow-top-navigation or allow-popups, so
+# a link with target _top or _blank does nothing there. The frame is same-origin: a click is followed
+# by an anchor of the top document instead, which may navigate the window or open a tab.
+_LINKS_JS = """\
+document.addEventListener("click", function (event) {
+  var link = event.target.closest ? event.target.closest("a[target]") : null;
+  if (!link || window.top === window) return;
+  var top;
+  try { top = window.top.document; } catch (error) { return; }
+  event.preventDefault();
+  var proxy = top.createElement("a");
+  proxy.href = link.href;
+  proxy.target = link.target;
+  if (link.rel) proxy.rel = link.rel;
+  proxy.style.display = "none";
+  top.body.appendChild(proxy);
+  proxy.click();
+  proxy.remove();
+});
+"""
 
 
 def _pending_approvals(pipelines: list[str]) -> dict[str, list[dict]]:
@@ -122,6 +144,30 @@ def models() -> JSONResponse:
     return JSONResponse(record, headers={"Cache-Control": "no-store"})
 
 
+@app.get("/links.js")
+def links_js() -> Response:
+    return Response(
+        _LINKS_JS,
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _inline_images(body: str, folder) -> str:
+    """``<img src="shap.png">`` of the card's own folder as data: URIs (the card's CSP allows no other)."""
+    import base64
+    import re
+
+    def inline(match):
+        path = folder / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"{match.group(1)}data:image/png;base64,{data}{match.group(3)}"
+
+    return re.sub(r'(<img\b[^>]*\bsrc=")([A-Za-z0-9_.-]+\.png)(")', inline, body)
+
+
 @app.get("/card/{pipeline}/{version}")
 def card(pipeline: str, version: int) -> Response:
     """The version's model card (HTML from its MLflow run), shown with scripts disabled."""
@@ -142,8 +188,9 @@ def card(pipeline: str, version: int) -> Response:
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="slipway-card-") as tmp:
-        path = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
-        body = path.read_text(encoding="utf-8")
+        # The card's folder: the HTML and the images it shows (inlined, so no second request is needed).
+        folder = Path(mlflow.artifacts.download_artifacts(uri.rsplit("/", 1)[0], dst_path=tmp))
+        body = _inline_images((folder / "model_card.html").read_text(encoding="utf-8"), folder)
     return HTMLResponse(
         body,
         headers={

@@ -125,9 +125,7 @@ def main() -> None:
         _say(f"Airflow UI http://127.0.0.1:{port}  user admin, password {password(home)}")
         _say(f"           user approver (answers promotions), password {password(home, 'approver')}")
         _say(f"MLflow UI  http://127.0.0.1:{mlflow_port}")
-        _say(
-            "DAGs start paused: unpause a pipeline on its DAG page (or PATCH is_paused=false) to schedule it"
-        )
+        _say(_paused_line(port, password(home)))
         _say("Ctrl-C stops everything")
         while all(p.poll() is None for p in procs.values()):
             time.sleep(1)
@@ -152,6 +150,30 @@ def wait_for_api(port: str, procs: dict[str, subprocess.Popen], timeout: float =
             if any(p.poll() is not None for p in procs.values()):
                 return
             time.sleep(1)
+
+
+def _paused_line(port: str, admin_password: str) -> str:
+    """What is scheduled, as the API says (a new DAG starts paused; the demo unpauses its pipeline's)."""
+    base = f"http://127.0.0.1:{port}"
+    hint = "unpause a DAG on its page (or PATCH is_paused=false) to schedule it"
+    try:
+        req = urllib.request.Request(
+            f"{base}/auth/token",
+            json.dumps({"username": "admin", "password": admin_password}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            token = json.loads(resp.read())["access_token"]
+        req = urllib.request.Request(
+            f"{base}/api/v2/dags?paused=false&limit=100", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            active = sorted(d["dag_id"] for d in json.loads(resp.read())["dags"])
+    except (OSError, ValueError, KeyError):
+        return f"DAGs start paused: {hint}"
+    if not active:
+        return f"every DAG is paused: {hint}"
+    return f"scheduled (unpaused): {', '.join(active)}; the others are paused: {hint}"
 
 
 def password(airflow_home: Path, user: str = "admin") -> str:

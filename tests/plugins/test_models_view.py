@@ -109,5 +109,20 @@ def test_the_page_renders_behind_the_login_in_chromium(stack, tmp_path):
             nav = page.get_by_role("button", name="Browse")
             nav.click()
             assert page.get_by_role("menuitem", name="Models").count() >= 1
+            page.keyboard.press("Escape")
+            # Its links work from inside Airflow's sandboxed frame (no allow-top-navigation there).
+            frame.locator("a", has_text="training DAG").first.click()
+            page.wait_for_url(lambda url: "/dags/telco_churn__train" in url, timeout=60_000)
+            # A version's model card, its SHAP image inlined (the card's CSP allows data: images only).
+            record = json.loads(
+                _get(f"{stack.url}/models/api/models", {"Authorization": f"Bearer {stack.token()}"})[1]
+            )
+            carded = [v["version"] for p in record["pipelines"] for v in p["versions"] if v["has_card"]]
+            assert carded
+            page.goto(f"{stack.url}/models/card/telco_churn/{carded[0]}", timeout=60_000)
+            images = page.locator("img")
+            assert images.count() >= 1
+            for i in range(images.count()):
+                assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), i
         finally:
             browser.close()
