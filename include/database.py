@@ -133,3 +133,58 @@ def database(url: str | None = None) -> Database:
         f"SLIPWAY_SERVING_DB must be sqlite:////path/to/serving.db or postgresql://user@host:port/db, got "
         f"{url.split('://', 1)[0]}://…; set it to one of those"
     )
+
+
+class LockTimeout(TimeoutError):
+    """A named lock was held by another process for longer than the caller would wait."""
+
+
+@contextmanager
+def named_lock(name: str, db_url: str | None = None, timeout_s: float = 120.0) -> Iterator[None]:
+    """Hold the lock ``name`` across processes and machines: PostgreSQL's ``pg_advisory_lock`` (every
+    worker and replica shares the serving database), or an ``flock`` beside the SQLite file.
+    Raises :class:`LockTimeout` after ``timeout_s``."""
+    import hashlib
+    import time
+
+    db = database(db_url)
+    if db.dialect == "sqlite":
+        import fcntl
+
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+        path = db.url.split("sqlite:///", 1)[1] + f".{safe}.lock"
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockTimeout(f"the lock {name!r} has been held for {timeout_s:.0f} s") from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+        return
+    key = int.from_bytes(hashlib.sha256(f"slipway:{name}".encode()).digest()[:8], "big", signed=True)
+    conn = db.connect()
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {int(timeout_s * 1000)}")
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+            except Exception as exc:
+                if getattr(exc, "pgcode", None) == "57014":  # query_canceled: the statement timeout
+                    raise LockTimeout(f"the lock {name!r} has been held for {timeout_s:.0f} s") from exc
+                raise
+        try:
+            yield
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    finally:
+        conn.close()

@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from include.database import named_lock
 from include.settings import PROJECT_ROOT, get_settings
 from include.tracking import configure_mlflow, experiment_id, mlflow_client
 
@@ -89,11 +90,27 @@ def _search_one(client, exp_id: str, filters: dict[str, str]):
 
 
 def parent_run(pipeline: str, dag_id: str, run_id: str, extra_tags: dict[str, str] | None = None):
-    """The MLflow parent run of a DAG run, created on first use."""
+    """The MLflow parent run of a DAG run, created on first use: once, even when the DAG run's first
+    tasks start together (MLflow has no unique key: the search and the creation run under a lock of
+    the DAG run, in the serving database every worker shares)."""
     mlflow = configure_mlflow()
     client = mlflow.MlflowClient()
     exp_id = experiment_id(pipeline)
     keys = {f"{TAG}dag_id": dag_id, f"{TAG}run_id": run_id, f"{TAG}level": "dag_run"}
+    found = _search_one(client, exp_id, keys)
+    if found is not None:
+        return found
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(named_lock(f"lineage-{dag_id}-{run_id}", timeout_s=60))
+        except Exception as exc:  # the serving database unreachable, or the lock held for a minute
+            # Lineage must not stop a task: without the lock a rare race can make a second parent.
+            log.warning("lineage lock of %s/%s unavailable (%s); going on without it", dag_id, run_id, exc)
+        return _find_or_create_parent(client, exp_id, keys, pipeline, extra_tags)
+
+
+def _find_or_create_parent(client, exp_id: str, keys: dict[str, str], pipeline: str, extra_tags):
+    dag_id, run_id = keys[f"{TAG}dag_id"], keys[f"{TAG}run_id"]
     found = _search_one(client, exp_id, keys)
     if found is not None:
         return found

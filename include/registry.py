@@ -18,14 +18,11 @@ Every change is also an *event*: a model-version tag ``slipway.event.<UTC time>`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from include.database import database
 from include.model_files import ModelRefused, OnnxModel, load_onnx
 
 ALIASES = ("champion", "challenger")  # the aliases the service routes to
@@ -51,47 +48,15 @@ def _now() -> datetime:
 @contextlib.contextmanager
 def alias_lock(pipeline: str, db_url: str | None = None, timeout_s: float = 120.0):
     """Hold the pipeline's alias lock (one alias change at a time, across processes and machines)."""
-    db = database(db_url)
-    if db.dialect == "sqlite":
-        import fcntl
-        import time
+    from include.database import LockTimeout, named_lock
 
-        path = db.url.split("sqlite:///", 1)[1] + f".aliases-{pipeline}.lock"
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise PromotionConflict(
-                            f"another alias change of {pipeline} has held its lock for {timeout_s:.0f} s; "
-                            "retry when it is done"
-                        ) from None
-                    time.sleep(0.1)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-        return
-    key = int.from_bytes(
-        hashlib.sha256(f"slipway-aliases:{pipeline}".encode()).digest()[:8], "big", signed=True
-    )
-    conn = db.connect()
     try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"SET statement_timeout = {int(timeout_s * 1000)}")
-            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-        try:
+        with named_lock(f"aliases-{pipeline}", db_url, timeout_s):
             yield
-        finally:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
-    finally:
-        conn.close()
+    except LockTimeout as exc:
+        raise PromotionConflict(
+            f"another alias change of {pipeline} has held its lock for {timeout_s:.0f} s; retry when it is done"
+        ) from exc
 
 
 def aliases(client, name: str) -> dict[str, int]:
