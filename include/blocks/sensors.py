@@ -114,9 +114,13 @@ class BatchSensor(BaseSensorOperator):
                 super().execute(context)
                 return record({"uri": uri, "month": interval_month(context)})
             self.log.info(
-                "Batch not landed yet at %s; waiting in the triggerer until it does or until %s",
+                "The %s batch has not landed at %s: this run waits (deferred, holding no worker) until it "
+                "lands or until %s UTC, then is skipped (source.deadline_days). Land the file there to "
+                "train on %s now.",
+                interval_month(context),
                 uri,
-                self.deadline(context).isoformat(),
+                f"{self.deadline(context):%Y-%m-%d %H:%M}",
+                interval_month(context),
             )
             self.defer(
                 trigger=BatchArrivedTrigger(uri=uri, poll_interval=float(self.poke_interval)),
