@@ -311,9 +311,18 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
         "",
         "Training blessing: **passed** (every gate the spec turns on).",
     ]
+    weights = [c.weight for c in step.spec.rollout.canary.steps]
     for title, phase in (("Infra validation", infra), ("Shadow", shadow), ("Canary", canary)):
         lines += ["", f"**{title}**"]
-        lines += [f"- {r['status']}: {describe(r)}" for r in phase.get("results", [])]
+        steps = phase.get("steps") or []
+        if title == "Canary" and steps:  # each step under its traffic share: 10%, then 50%, ...
+            for s in steps:
+                index = int(s.get("step", 1)) - 1
+                share = f"{weights[index]:.0%} of the customers" if 0 <= index < len(weights) else ""
+                lines += [f"- step {index + 1}" + (f" ({share})" if share else "") + ":"]
+                lines += [f"    - {r['status']}: {describe(r)}" for r in s.get("results", [])]
+        else:
+            lines += [f"- {r['status']}: {describe(r)}" for r in phase.get("results", [])]
     links = []
     from include.settings import get_settings
 

@@ -97,11 +97,22 @@ def with_evidence(results: list[dict], evidence_uri: str) -> list[dict]:
     return [{**r, "evidence_uri": evidence_uri} for r in results]
 
 
+_COUNTS = ("requests", "rows", "count", "entities", "labels")
+
+
+def _value(metric: str, value) -> str:
+    """A count as an integer (``requests = 71``, not 71.0000); any other value to four decimals."""
+    number = float(value)
+    if (isinstance(value, int) or metric.endswith(_COUNTS)) and number.is_integer():
+        return str(int(number))
+    return f"{number:.4f}"
+
+
 def describe(r: dict) -> str:
     """One line for an operator: ``gate: metric = value, required >= threshold (note)``."""
     if r["status"] == NOT_APPLICABLE:
         return f"{r['gate']}: {r['metric']} not applicable ({r.get('note', '')})"
-    value = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+    value = "n/a" if r["value"] is None else _value(r["metric"], r["value"])
     line = f"{r['gate']}: {r['metric']} = {value}, required {r['comparison']} {r['threshold']}"
     return line + (f" ({r['note']})" if r.get("note") else "")
 

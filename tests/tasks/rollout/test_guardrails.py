@@ -747,3 +747,16 @@ def test_psi_default_sample_size_keeps_sampling_noise_below_the_guardrail(rollou
     assert max(noise) < g_default.max_score_psi
     small = [g.psi(rng.beta(2, 5, 50), rng.beta(2, 5, 50)) for _ in range(200)]
     assert np.mean(np.array(small) > g_default.max_score_psi) > 0.5
+
+
+def test_counts_read_as_integers_and_measures_keep_their_decimals():
+    from include.tasks.gates import describe
+
+    def line(metric, value):
+        r = {"status": "passed", "gate": "canary", "metric": metric, "value": value}
+        return describe({**r, "comparison": ">=", "threshold": 60})
+
+    assert line("requests", 71.0) == "canary: requests = 71, required >= 60"
+    assert line("challenger_rows", 351) == "canary: challenger_rows = 351, required >= 60"
+    assert line("error_rate", 0.0) == "canary: error_rate = 0.0000, required >= 60"
+    assert line("score_psi", 0.0702) == "canary: score_psi = 0.0702, required >= 60"
