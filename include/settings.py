@@ -87,6 +87,9 @@ def airflow_environment(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
         or _generated_once(s.home / "secrets" / "airflow-jwt.key", 64, "Airflow's JWT secret"),
         "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        # MLflow's messages through Python logging (Airflow's task log, at their own level), not its
+        # own stderr handler, which Airflow records at level "error".
+        "MLFLOW_CONFIGURE_LOGGING": "false",
         "PYTHONPATH": os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p),
     }
     return {k: os.environ.get(k, v) for k, v in defaults.items()}

@@ -271,6 +271,8 @@ def stack_env(topo: Topology, secret: dict[str, str]) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONPATH": str(PROJECT_ROOT),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # MLflow's messages through Python logging (the task log, at their level), not stderr ("error").
+        "MLFLOW_CONFIGURE_LOGGING": "false",
     }
 
 
