@@ -231,10 +231,14 @@ class ApprovePromotion(ApprovalOperator):
         evidence = context["ti"].xcom_pull(task_ids="summarise_evidence") or {}
         return Respondents.from_dict(evidence.get("respondents") or {})
 
-    def execute(self, context: Any) -> Any:
+    def _assign(self, context: Any) -> None:
+        """The Required Action's assigned users: those allowed to approve (None: Airflow's own rule)."""
         who = self._respondents(context)
         if who.allowed is not None:
             self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
+
+    def execute(self, context: Any) -> Any:
+        self._assign(context)
         context["ti"].xcom_push(key="asked_at", value=datetime.now(UTC).isoformat())
         return super().execute(context)
 
@@ -281,9 +285,7 @@ class ApprovePromotion(ApprovalOperator):
             left = datetime.fromisoformat(asked) + self.response_timeout - datetime.now(UTC)
             # Past the deadline, one second: the scheduler's timeout then applies the default (Reject).
             self.response_timeout = max(left, timedelta(seconds=1))
-        who = self._respondents(context)
-        if who.allowed is not None:
-            self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
+        self._assign(context)
         return ApprovalOperator.execute(self, context)
 
 

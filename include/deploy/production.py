@@ -132,10 +132,6 @@ class Topology:
     def database(self, purpose: str) -> str:
         return f"{self.db_prefix}_{purpose}"
 
-    def pg_url(self, purpose: str, driver: str = "postgresql") -> str:
-        """The administrator's URL of a database (provisioning only; no component connects with it)."""
-        return f"{driver}://{self.pg.split('://', 1)[1].rstrip('/')}/{self.database(purpose)}"
-
     def role_url(
         self, component: str, purpose: str, secret: dict[str, str], driver: str = "postgresql"
     ) -> str:
@@ -451,7 +447,11 @@ def _port_free(port: int) -> bool:
             return False
 
 
-_PURPOSES = ("airflow", "mlflow", "mlflow_auth", "serving")
+def _purposes() -> tuple[str, ...]:
+    """The stack's databases, by purpose: those the components' roles own (grants.OWNS)."""
+    from include.deploy.grants import OWNS
+
+    return tuple(p for owned in OWNS.values() for p in owned)
 
 
 def _on_server(topo: Topology, statement_for) -> None:
@@ -462,7 +462,7 @@ def _on_server(topo: Topology, statement_for) -> None:
     conn.autocommit = True
     try:
         cur = conn.cursor()
-        for purpose in _PURPOSES:
+        for purpose in _purposes():
             statement = statement_for(cur, topo.database(purpose))
             if statement:
                 cur.execute(statement)
