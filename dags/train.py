@@ -73,9 +73,10 @@ def _mlflow_link(name: str) -> str:
     """A link to the pipeline's registered model in MLflow when the MLflow UI's address is configured
     (by name: the experiment's id is unknown when the DAG is parsed; the Models view links it by id)."""
     from include.settings import get_settings
+    from include.tracking import ui_link
 
-    url = get_settings().mlflow_ui_url
-    return f" ([open in MLflow]({url.rstrip('/')}/#/models/{name}))" if url else ""
+    url = ui_link(get_settings().mlflow_ui_url, f"models/{name}")
+    return f" ([open in MLflow]({url}))" if url else ""
 
 
 def training_dag(spec: PipelineSpec) -> DAG:

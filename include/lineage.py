@@ -341,9 +341,9 @@ def track(pipeline: str, context, inputs: Any = None):
 def run_link(experiment: str, run_id: str) -> str | None:
     """The MLflow UI's page of a run, when the UI's address is configured (``SLIPWAY_MLFLOW_UI_URL``)."""
     from include.settings import get_settings
+    from include.tracking import ui_link
 
-    ui = get_settings().mlflow_ui_url
-    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if ui else None
+    return ui_link(get_settings().mlflow_ui_url, f"experiments/{experiment}/runs/{run_id}")
 
 
 def find_parent(pipeline: str, dag_id: str, run_id: str):

@@ -17,6 +17,7 @@ import json
 from urllib.parse import quote
 
 from include.tasks.blessing import ORDER as GATES  # the blessing's gates, in its order
+from include.tracking import ui_link
 
 
 def models_record(
@@ -26,7 +27,7 @@ def models_record(
     from mlflow.exceptions import MlflowException
 
     from include.prediction_log.monitor_checks import latest
-    from include.registry import history, traffic
+    from include.registry import newest_events, traffic
 
     out: dict = {"pipelines": [], "error": None}
     for name in pipelines:
@@ -54,13 +55,14 @@ def models_record(
         experiment = client.get_experiment_by_name(name)
         entry["experiment_id"] = experiment.experiment_id if experiment is not None else None
         entry["traffic"] = traffic(client, name)
+        versions = client.search_model_versions(f"name = '{name}'", max_results=200)
         # The rollout's phase as its own record tells it: the newest events (selected, shadow, canary
         # steps, promoted or rolled back).
         entry["events"] = [
             {k: e.get(k) for k in ("at", "version", "event", "weight", "reason")}
-            for e in history(client, name)[-6:]
+            for e in newest_events(client, versions, 6)
         ]
-        for mv in client.search_model_versions(f"name = '{name}'", max_results=200):
+        for mv in versions:
             tags = mv.tags or {}
             version = int(mv.version)
             entry["versions"].append(
@@ -179,13 +181,13 @@ def render(record: dict, mlflow_ui: str | None) -> str:
         links.append(f"<a target='_top' href='../dags/{quote(name)}__rollout'>rollout DAG</a>")
         if mlflow_ui:
             links.append(
-                f"<a target='_blank' rel='noopener' href='{_e(mlflow_ui.rstrip('/'))}/#/models/{quote(name)}'>"
+                f"<a target='_blank' rel='noopener' href='{_e(ui_link(mlflow_ui, f'models/{quote(name)}'))}'>"
                 "registry in MLflow</a>"
             )
             if p.get("experiment_id"):
                 links.append(
-                    f"<a target='_blank' rel='noopener' href='{_e(mlflow_ui.rstrip('/'))}/#/experiments/"
-                    f"{quote(str(p['experiment_id']))}'>runs in MLflow</a>"
+                    f"<a target='_blank' rel='noopener' href='"
+                    f"{_e(ui_link(mlflow_ui, 'experiments/' + quote(str(p['experiment_id']))))}'>runs in MLflow</a>"
                 )
         parts.append(f"<p class='note'>{' · '.join(links)}</p>")
         t = p["traffic"]
@@ -232,10 +234,8 @@ def render(record: dict, mlflow_ui: str | None) -> str:
             if v["has_card"]:
                 links.append(f"<a href='card/{quote(name)}/{v['version']}'>model card</a>")
             if mlflow_ui:
-                links.append(
-                    f"<a target='_blank' rel='noopener' href='{_e(mlflow_ui.rstrip('/'))}/#/models/"
-                    f"{quote(name)}/versions/{v['version']}'>MLflow</a>"
-                )
+                page = ui_link(mlflow_ui, f"models/{quote(name)}/versions/{v['version']}")
+                links.append(f"<a target='_blank' rel='noopener' href='{_e(page)}'>MLflow</a>")
             aliases = "".join(f"<span class='alias'>{_e(a)}</span>" for a in v["aliases"])
             if v["retired"]:
                 aliases += "retired"

@@ -11,8 +11,12 @@ worker and replica shares: PostgreSQL's ``pg_advisory_lock`` in production, an `
 the SQLite file when embedded) and checks that the aliases are what it expects before it moves
 them, then reads them back.
 
-Every change is also an *event*: a model-version tag ``slipway.event.<UTC time>`` holding JSON
-(event, version, from_version, reason, by, dag run). ``slipway history`` reads them back.
+Every change is also an *event* (event, version, from_version, reason, by, dag run): a JSON file
+``events/<model>/v<version>/<UTC time>-<event>.json`` among the artifacts of the run that registered the
+version, where the MLflow UI shows it whole, and one tag on the version, ``slipway.last_event``, with
+the newest. A version's tags stay few and do not grow with its rollouts; ``slipway history`` reads
+the files back. (Versions registered before events moved out of tags keep their ``slipway.event.*``
+tags, still read; a version registered without a run keeps its events in such tags.)
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ TAG_MODE, TAG_WEIGHT, TAG_VERSION = (
     "slipway.traffic.weight",
     "slipway.traffic.version",
 )
-EVENT_PREFIX = "slipway.event."
+EVENT_PREFIX = "slipway.event."  # a version without a run (and versions before events moved out)
+TAG_LAST_EVENT = "slipway.last_event"
+#: The first time a version became champion: a version holding it that is not the champion was demoted.
+TAG_WAS_CHAMPION = "slipway.was_champion"
+EVENTS_DIR = "events"
+#: The tags that belong to a version's own history (never copied to another version).
+HISTORY_TAGS = (EVENT_PREFIX, TAG_LAST_EVENT, TAG_WAS_CHAMPION)
 
 log = logging.getLogger("slipway")
 
@@ -83,15 +93,79 @@ def traffic(client, name: str) -> dict:
 
 
 def record_event(client, name: str, version: int, event: str, **details) -> dict:
-    """Append an event to the version's history (a tag keyed by its UTC time, microseconds)."""
+    """Append an event to the version's history: a file in its run's ``events/<model>/v<version>/`` folder,
+    named by its UTC time (microseconds), and the newest in the ``slipway.last_event`` tag."""
     at = _now()
     body = {"at": at.isoformat(timespec="seconds"), "event": event, "version": int(version), **details}
-    text = json.dumps(body, sort_keys=True, default=str)
-    if len(text) > 4900:
-        body["reason"] = str(body.get("reason", ""))[:1000] + " (cut; the rollout's MLflow run has it whole)"
-        text = json.dumps(body, sort_keys=True, default=str)
-    client.set_model_version_tag(name, str(version), EVENT_PREFIX + at.strftime("%Y%m%dT%H%M%S%fZ"), text)
+    stamp = at.strftime("%Y%m%dT%H%M%S%fZ")
+    mv = client.get_model_version(name, str(version))
+    if mv.run_id:
+        client.log_text(
+            mv.run_id,
+            json.dumps(body, sort_keys=True, indent=1, default=str),
+            f"{_events_folder(name, version)}/{stamp}-{event}.json",
+        )
+    else:
+        client.set_model_version_tag(name, str(version), EVENT_PREFIX + stamp, _short(body, 4900))
+    client.set_model_version_tag(name, str(version), TAG_LAST_EVENT, _short(body, 1000))
+    if event in ("promoted", "restored") and TAG_WAS_CHAMPION not in (mv.tags or {}):
+        client.set_model_version_tag(name, str(version), TAG_WAS_CHAMPION, body["at"])
     return body
+
+
+def _short(body: dict, limit: int) -> str:
+    """The event as one line of JSON within ``limit`` characters (a long reason is cut)."""
+    text = json.dumps(body, sort_keys=True, default=str)
+    if len(text) > limit:
+        reason = str(body.get("reason", ""))[: max(100, limit - 600)]
+        cut = dict(body, reason=reason + " (cut; the file has it whole)")
+        text = json.dumps(cut, sort_keys=True, default=str)
+    return text
+
+
+def _events_folder(name: str, version) -> str:
+    """Where a version's events live among its run's artifacts (a run may have registered several)."""
+    return f"{EVENTS_DIR}/{name}/v{int(version)}"
+
+
+def version_events(client, mv) -> list[dict]:
+    """Every event of one model version (a ``ModelVersion``), oldest first: its files and any tags."""
+    return [e for _, e in sorted(_keyed_events(client, mv), key=lambda ke: ke[0])]
+
+
+def _keyed_events(client, mv) -> list[tuple[str, dict]]:
+    """(UTC time to the microsecond, event) of each event of one version."""
+    import tempfile
+
+    out = []
+    for key, value in (mv.tags or {}).items():
+        if key.startswith(EVENT_PREFIX):
+            try:
+                out.append((key[len(EVENT_PREFIX) :], json.loads(value)))
+            except ValueError:
+                continue
+    folder = _events_folder(mv.name, mv.version)
+    if mv.run_id and client.list_artifacts(mv.run_id, folder):
+        with tempfile.TemporaryDirectory(prefix="slipway-events-") as where:
+            local = Path(client.download_artifacts(mv.run_id, folder, where))
+            for f in local.glob("*.json"):
+                try:
+                    out.append((f.name.split("-", 1)[0], json.loads(f.read_text())))
+                except ValueError:
+                    continue
+    return out
+
+
+def last_event(tags: dict[str, str]) -> dict | None:
+    """The newest event of a version, from its tags alone (no artifact read)."""
+    found = []
+    for key, value in tags.items():
+        if key == TAG_LAST_EVENT or key.startswith(EVENT_PREFIX):
+            try:
+                found.append((json.loads(value)["at"], key == TAG_LAST_EVENT, json.loads(value)))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return max(found, key=lambda f: f[:2])[2] if found else None
 
 
 def delete_alias(client, name: str, alias: str) -> None:
@@ -219,21 +293,35 @@ def restore_previous(client, name: str, reason: str, **details) -> dict:
         return event
 
 
-def history(client, name: str) -> list[dict]:
-    """Every recorded event of every version of ``name``, oldest first."""
-    out = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        for key, value in (mv.tags or {}).items():
-            if key.startswith(EVENT_PREFIX):
-                try:
-                    item = json.loads(value)
-                except ValueError:
-                    continue
-                out.append({**item, "_key": key[len(EVENT_PREFIX) :]})
-    out.sort(key=lambda e: e["_key"])
-    for e in out:
-        e.pop("_key")
-    return out
+def history(client, name: str, versions: list | None = None) -> list[dict]:
+    """Every recorded event of every version of ``name`` (or of ``versions``: ModelVersion objects),
+    oldest first."""
+    if versions is None:
+        versions = client.search_model_versions(f"name = '{name}'")
+    keyed = [ke for mv in versions for ke in _keyed_events(client, mv)]
+    return [e for _, e in sorted(keyed, key=lambda ke: ke[0])]
+
+
+def newest_events(client, versions: list, n: int) -> list[dict]:
+    """The ``n`` newest events across ``versions``, oldest first, reading only the versions that
+    changed last (by their ``slipway.last_event``), not every version's history."""
+    ordered = sorted(
+        (
+            ((last_event(mv.tags or {}) or {}).get("at", ""), mv)
+            for mv in versions
+            if last_event(mv.tags or {})
+        ),
+        key=lambda at_mv: at_mv[0],
+    )
+    keyed: list[tuple[str, dict]] = []
+    while ordered:
+        at, mv = ordered.pop()
+        keyed.extend(_keyed_events(client, mv))
+        keyed.sort(key=lambda ke: ke[0])
+        # Enough once the n-th newest read is newer than anything an unread version holds.
+        if len(keyed) >= n and (not ordered or keyed[-n][1]["at"] > ordered[-1][0]):
+            break
+    return [e for _, e in keyed[-n:]]
 
 
 def champion_timeline(events: list[dict]) -> list[dict]:

@@ -51,12 +51,21 @@ def trusted_artifact_uri(uri: str) -> str:
     )
 
 
+#: The MLflow UI opens an experiment as model development (runs, metrics, models), not in its GenAI
+#: mode (traces, evaluations), when the experiment carries this kind (and the link asks for it).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(pipeline: str) -> str:
-    """The MLflow experiment of a pipeline (created with the configured artifact location)."""
+    """The MLflow experiment of a pipeline (created with the configured artifact location, marked as
+    model development)."""
     mlflow = configure_mlflow()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(pipeline)
     if exp is not None:
+        if not all(exp.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()):
+            for key, value in EXPERIMENT_KIND.items():  # made before the kind was set, or by hand
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     artifact_root = get_settings().mlflow_artifact_uri
     # A tracking server chooses its own artifact store; a direct database store needs to be told.
@@ -65,9 +74,21 @@ def experiment_id(pipeline: str) -> str:
         None if tracking.startswith(("http://", "https://", "databricks")) else f"{artifact_root}/{pipeline}"
     )
     try:
-        return client.create_experiment(pipeline, artifact_location=location)
+        return client.create_experiment(pipeline, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another task: read it back
         exp = client.get_experiment_by_name(pipeline)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def ui_link(ui: str | None, page: str) -> str | None:
+    """The MLflow UI's address of ``page`` (``experiments/3``, ``models/x/versions/2``), None without a UI.
+
+    Experiment pages carry ``workflowType=machine_learning``: the UI otherwise opens an experiment in
+    the mode last used in that browser, GenAI by default."""
+    if not ui:
+        return None
+    page = page.strip("/")
+    query = "?workflowType=machine_learning" if page.startswith("experiments") else ""
+    return f"{ui.rstrip('/')}/#/{page}{query}"

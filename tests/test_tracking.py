@@ -80,3 +80,26 @@ def test_a_version_whose_source_points_elsewhere_is_refused_without_a_connection
     waiter.join()
     listener.close()
     assert not connected.is_set()  # the registry's credentials never went to that host
+
+
+def test_experiments_are_marked_as_model_development(isolated_home):
+    """MLflow opens an experiment in its GenAI mode unless told: every experiment Slipway makes or finds
+    carries the model-development kind, and every link to one asks for the machine-learning view."""
+    from include.tracking import EXPERIMENT_KIND, experiment_id, mlflow_client, ui_link
+
+    client = mlflow_client()
+    made = experiment_id("made_here")
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+    by_hand = client.create_experiment("made_by_hand")  # before the kind was set, or by someone else
+    assert "mlflow.experimentKind" not in client.get_experiment(by_hand).tags
+    assert experiment_id("made_by_hand") == by_hand
+    assert (
+        client.get_experiment(by_hand).tags["mlflow.experimentKind"]
+        == EXPERIMENT_KIND["mlflow.experimentKind"]
+    )
+
+    assert ui_link("http://m:5000/", "experiments/3/runs/ab") == (
+        "http://m:5000/#/experiments/3/runs/ab?workflowType=machine_learning"
+    )
+    assert ui_link("http://m:5000", "models/x/versions/2") == "http://m:5000/#/models/x/versions/2"
+    assert ui_link(None, "experiments/3") is None

@@ -331,8 +331,9 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
     ui = get_settings().mlflow_ui_url
     if ui:
         from include.lineage import run_link
+        from include.tracking import ui_link
 
-        links.append(f"[version {version} in MLflow]({ui.rstrip('/')}/#/models/{name}/versions/{version})")
+        links.append(f"[version {version} in MLflow]({ui_link(ui, f'models/{name}/versions/{version}')})")
         active = step.mlflow.active_run()
         if active is not None:
             links.append(

@@ -131,7 +131,7 @@ def lineage_record(ref: str) -> dict:
         "model_card": tags.get("slipway.model_card_uri"),
         "artifacts": {"onnx": tags.get("slipway.onnx_uri"), "sklearn_skops": tags.get("slipway.sklearn_uri")},
         "code_version": tags.get("slipway.code_version"),
-        "rollout": _rollout_record(tags),
+        "rollout": _rollout_record(client, mv),
         "retired": json.loads(tags["slipway.retired"]) if "slipway.retired" in tags else None,
         "monitor": {
             "latest": json.loads(tags["slipway.monitor.latest"])
@@ -142,13 +142,13 @@ def lineage_record(ref: str) -> dict:
     }
 
 
-def _rollout_record(tags: dict) -> dict:
+def _rollout_record(client, mv) -> dict:
     """The version's rollout: each phase's evidence, the approval, and its history of events."""
-    from include.registry import EVENT_PREFIX
+    from include.registry import version_events
 
-    events = sorted((k, v) for k, v in tags.items() if k.startswith(EVENT_PREFIX))
+    tags = dict(mv.tags or {})
     return {
-        "events": [json.loads(v) for _, v in events],
+        "events": version_events(client, mv),
         "approval": json.loads(tags["slipway.approval"]) if "slipway.approval" in tags else None,
         "evidence": {
             k.removeprefix("slipway.rollout.").removesuffix("_uri"): v

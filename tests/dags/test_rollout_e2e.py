@@ -25,6 +25,7 @@ import urllib.request
 import pytest
 
 from include.demo.approvals import answer
+from include.registry import HISTORY_TAGS
 from tests.support.processes import ROOT, mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -235,7 +236,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
         for k, v in src.tags.items()
         if not k.startswith(
             (
-                "slipway.event.",
+                *HISTORY_TAGS,
                 "slipway.approval",
                 "slipway.blessing.approval",
                 "slipway.blessing.infra",

@@ -51,7 +51,12 @@ class Registry:
         """A new version of the same artifact (and tags, with overrides): another version number."""
         client = self.client()
         mv = client.get_model_version(PIPELINE, str(version))
-        tags = {**mv.tags, **tag_overrides}
+        from include.registry import HISTORY_TAGS
+
+        own = {
+            k: v for k, v in mv.tags.items() if not k.startswith(HISTORY_TAGS)
+        }  # the copy's history is its own
+        tags = {**own, **tag_overrides}
         # The artifact's storage location (a models:/ source would be resolved with the global URI).
         source = client.get_model_version_download_uri(PIPELINE, str(version))
         new = client.create_model_version(PIPELINE, source, run_id=mv.run_id, tags=tags)

@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from include.registry import last_event
+
 PROTECTED_ALIASES = ("champion", "previous", "challenger", "candidate")
 OPEN_ROLLOUT_EVENTS = {
     "shadow_started",
@@ -54,12 +56,6 @@ def champion_checks(db_url: str | None, pipeline: str, limit: int) -> dict[int, 
     return out
 
 
-def _events(tags: dict[str, str]) -> list[dict]:
-    from include.registry import EVENT_PREFIX
-
-    return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(EVENT_PREFIX)]
-
-
 def judge(policy, versions: list, aliases: dict[str, int], served: dict[int, str], checks, now: datetime):
     """A verdict for every version not retired yet (``versions``: MLflow ModelVersion objects)."""
     by_alias = {v: a for a, v in aliases.items() if a in PROTECTED_ALIASES}
@@ -72,12 +68,12 @@ def judge(policy, versions: list, aliases: dict[str, int], served: dict[int, str
         if v in by_alias:
             out.append(Verdict(v, False, f"protected: it is the {by_alias[v]}"))
             continue
-        events = _events(tags)
-        if events and events[-1]["event"] in OPEN_ROLLOUT_EVENTS:
-            at = datetime.fromisoformat(events[-1]["at"])
+        newest = last_event(tags)
+        if newest and newest["event"] in OPEN_ROLLOUT_EVENTS:
+            at = datetime.fromisoformat(newest["at"])
             if now - at < timedelta(days=ROLLOUT_OPEN_DAYS):
                 out.append(
-                    Verdict(v, False, f"protected: its rollout is under way ({events[-1]['event']} at {at})")
+                    Verdict(v, False, f"protected: its rollout is under way ({newest['event']} at {at})")
                 )
                 continue
         newer = sum(1 for n in numbers if n > v)

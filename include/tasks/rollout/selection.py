@@ -13,7 +13,11 @@ import json
 
 
 def _was_champion(tags: dict[str, str], event_prefix: str) -> bool:
-    for key, value in tags.items():
+    from include.registry import TAG_WAS_CHAMPION
+
+    if TAG_WAS_CHAMPION in tags:  # it was champion, and (checked before) is not now
+        return True
+    for key, value in tags.items():  # versions whose events were tags
         if key.startswith(event_prefix):
             try:
                 if json.loads(value).get("event") == "demoted":

@@ -21,6 +21,56 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("onnx", "onnxruntime", "numpy")]
 
 
+#: ONNX element types as MLflow column types (what a caller of the model sends per input). Floats are
+#: declared double: MLflow refuses to narrow a caller's float64 to float32, and its ONNX flavour casts
+#: to the graph's float itself.
+_ONNX_TO_MLFLOW = {1: "double", 6: "long", 7: "long", 8: "string", 9: "boolean", 11: "double"}
+
+
+def signature(model) -> object:
+    """The model's MLflow signature read off its ONNX graph: one named column per input (what the
+    service's rows carry, in the service's types), and the graph's outputs as tensors."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from onnx import helper
+
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec(_ONNX_TO_MLFLOW.get(i.type.tensor_type.elem_type, "string"), i.name)
+        for i in model.graph.input
+    ]
+    outputs: list[ColSpec | TensorSpec] = []
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        shape = tuple(d.dim_value or -1 for d in t.shape.dim) or (-1,)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        outputs.append(TensorSpec(dtype, shape, o.name))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def description(spec: PipelineSpec, tags: dict[str, str], blessing: dict) -> str:
+    """The version's description on its MLflow page: what it is, on what data, how good, who made it."""
+    metrics = ", ".join(
+        f"{k.removeprefix('slipway.metric.').replace('_', ' ')} {float(v):.3f}"
+        for k, v in tags.items()
+        if k.startswith("slipway.metric.")
+        and k.removeprefix("slipway.metric.") in ("roc_auc", "pr_auc", "brier")
+    )
+    na = sorted(g for g, state in blessing.get("by_gate", {}).items() if state == "not_applicable")
+    lines = [
+        f"{spec.estimator.kind.replace('_', ' ')} for {spec.name}, trained on {tags.get('slipway.month', '?')} "
+        f"(data version {tags.get('slipway.data_version', '?')[:12]}).",
+        f"Held-out test: {metrics or 'no metrics recorded'}; decision threshold "
+        f"{tags.get('slipway.decision_threshold', '?')}.",
+        f"Blessed by every training gate ({len(blessing.get('by_gate', {}))}"
+        + (f"; not applicable: {', '.join(na)}" if na else "")
+        + "). Rollout gates (infra validation, shadow, canary, approval) and events: this version's tags "
+        "slipway.blessing.* and the files under events/ in its run's artifacts.",
+        f"Registered by {tags.get('slipway.dag_id', '?')} run {tags.get('slipway.run_id', '?')}.",
+    ]
+    return "\n\n".join(lines)
+
+
 def _interval_key(tags: dict[str, str]) -> str:
     """Sortable key of the data interval a version was trained for: its month, YYYY-MM ('' when unknown)."""
     return tags.get("slipway.month") or ""
@@ -80,8 +130,9 @@ def register_candidate(
                 "register_candidate logs the model into the task's MLflow run, and none is active; call it "
                 "inside mlflow.start_run() (the DAG's tasks run inside their tracked run)"
             )
+        graph = onnx.load_from_string(onnx_bytes)
         info = mlflow.onnx.log_model(
-            onnx.load_from_string(onnx_bytes), name="model", pip_requirements=pip_requirements()
+            graph, name="model", pip_requirements=pip_requirements(), signature=signature(graph)
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.skops"
@@ -113,6 +164,7 @@ def register_candidate(
             )[:4900],
         }
         mv = mlflow.register_model(info.model_uri, spec.name, tags={k: str(v) for k, v in all_tags.items()})
+        client.update_model_version(spec.name, mv.version, description=description(spec, all_tags, blessing))
     version = int(mv.version)
     moved, why = _move_forward(client, spec.name, alias, version, _interval_key(dict(mv.tags) or tags))
     verb = "registered" if registration == "new" else "reused already registered"

@@ -51,7 +51,7 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
     from include.prediction_log.monitor_checks import Check, record
     from include.prediction_log.reads import last_served
     from include.prediction_log.rows import iso_utc
-    from include.registry import EVENT_PREFIX, aliases, history
+    from include.registry import TAG_LAST_EVENT, aliases, history
     from include.spec import load_pipeline
     from include.tasks.retire.policy import RETIRED_TAG, archive, champion_checks, judge
 
@@ -66,7 +66,7 @@ def test_policy_retires_only_what_it_may_and_keeps_the_evidence(registry, isolat
         client.set_registered_model_alias(NAME, alias, str(v))
     # v4's rollout is under way: its shadow started a day ago.
     started = {"at": (now - timedelta(days=1)).isoformat(), "event": "shadow_started", "version": 4}
-    client.set_model_version_tag(NAME, "4", EVENT_PREFIX + "20990101T000000000000Z", json.dumps(started))
+    client.set_model_version_tag(NAME, "4", TAG_LAST_EVENT, json.dumps(started))
     client.set_registered_model_alias(NAME, "pinned-by-hand", "8")  # a user's alias goes with it
     _serve(db, 3, now - timedelta(days=60))
     _serve(db, 7, now - timedelta(days=1))

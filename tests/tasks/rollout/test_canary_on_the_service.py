@@ -36,7 +36,7 @@ def _register_variant(registry, tmp_path: Path, transform) -> int:
     data = transform(model.read_bytes())
     model.write_bytes(data)
     tags = {**v1.tags, "slipway.onnx_sha256": hashlib.sha256(data).hexdigest()}
-    tags = {k: v for k, v in tags.items() if not k.startswith(pr.EVENT_PREFIX)}
+    tags = {k: v for k, v in tags.items() if not k.startswith(pr.HISTORY_TAGS)}
     return int(client.create_model_version(PIPELINE, folder.as_uri(), run_id=v1.run_id, tags=tags).version)
 
 

@@ -75,6 +75,29 @@ def test_promotion_moves_champion_keeps_previous_and_clears_the_challenger(clien
         (1, "bad numbers"),
     ]
     assert spans[0]["until"] == spans[1]["since"] and spans[-1]["until"] is None
+    # Events are files of the version's run, not tags: a version's tags do not grow with its history.
+    v1 = client.get_model_version(name, "1")
+    assert not [k for k in v1.tags if k.startswith(pr.EVENT_PREFIX)]
+    files = [f.path for f in client.list_artifacts(v1.run_id, f"events/{name}/v1")]
+    assert len(files) == 3 and files[-1].endswith("-restored.json")
+    assert pr.last_event(v1.tags)["event"] == "restored" and v1.tags[pr.TAG_WAS_CHAMPION]
+    versions = client.search_model_versions(f"name = '{name}'")
+    for n in (1, 3, 6, 10):  # the Models view's newest events, read from the versions that changed last
+        assert pr.newest_events(client, versions, n) == events[-n:]
+
+
+def test_events_recorded_as_tags_before_are_still_read(client, name):
+    """A registry written before events moved out of tags: its history is read together with the files."""
+    import json
+
+    old = {"at": "2020-01-01T00:00:00+00:00", "event": "promoted", "version": 1, "reason": "long ago"}
+    client.set_model_version_tag(name, "1", pr.EVENT_PREFIX + "20200101T000000000000Z", json.dumps(old))
+    pr.record_event(client, name, 1, "demoted", reason="now")
+    assert [(e["event"], e["reason"]) for e in pr.history(client, name)] == [
+        ("promoted", "long ago"),
+        ("demoted", "now"),
+    ]
+    assert pr.last_event(client.get_model_version(name, "1").tags)["event"] == "demoted"
 
 
 def test_rollback_is_idempotent_and_leaves_the_champion(client, name):

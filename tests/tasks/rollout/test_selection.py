@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from include.registry import EVENT_PREFIX
+from include.registry import EVENT_PREFIX, TAG_WAS_CHAMPION
 from include.tasks.rollout.selection import refusal
 
 
@@ -30,7 +30,9 @@ def test_a_past_month_a_demoted_a_retired_or_the_previous_version_is_skipped():
         "slipway.month": "2025-12",
         EVENT_PREFIX + "20261206T151653000000Z": json.dumps({"event": "demoted", "version": 2}),
     }
-    assert "demoted" in _why(2, demoted, {"candidate": 2, "champion": 3})
+    assert "demoted" in _why(2, demoted, {"candidate": 2, "champion": 3})  # events as tags, before
+    was = {"slipway.month": "2025-12", TAG_WAS_CHAMPION: "2026-12-01T10:00:00+00:00"}
+    assert "demoted" in _why(2, was, {"candidate": 2, "champion": 3})
     retired = {"slipway.month": "2025-12", "slipway.retired": json.dumps({"reason": "old"})}
     assert "retired" in _why(2, retired, {"candidate": 2, "champion": 3})
     older = _why(2, {"slipway.month": "2025-10"}, {"candidate": 2, "champion": 3})

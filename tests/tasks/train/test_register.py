@@ -60,6 +60,17 @@ def test_register_blessed_candidate(isolated_home, tmp_path, telco_spec, trained
     assert not {f for f in files if f.endswith((".pkl", ".pickle"))}
     flavour = Path(mlflow.artifacts.download_artifacts(mv.source))
     assert "onnx" in (flavour / "MLmodel").read_text()
+    # The version page shows what the model takes and gives, and says what it is.
+    sig = mlflow.models.get_model_info(mv.source).signature
+    assert sig.inputs.input_names() == telco_spec.features.all
+    assert (
+        dict(zip(sig.inputs.input_names(), [t.name for t in sig.inputs.input_types()], strict=True))[
+            "contract"
+        ]
+        == "string"
+    )
+    assert sig.outputs.input_names() == ["label", "probabilities"]
+    assert "trained on" in mv.description and "Registered by" in mv.description
 
 
 def test_registration_is_idempotent_and_the_alias_only_moves_forward(isolated_home, telco_spec, trained):
