@@ -36,6 +36,8 @@ from include.tracking import configure_mlflow, experiment_id, mlflow_client
 log = logging.getLogger(__name__)
 
 TAG = "slipway."
+#: A DAG run's one-line outcome, on its parent run; the listener makes it the Airflow run's note.
+OUTCOME_TAG = TAG + "outcome"
 DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
 
 
@@ -434,8 +436,9 @@ _TI_TO_RUN = {"success": ("FINISHED", "success"), "skipped": ("FINISHED", "skipp
 
 def close_parent(
     pipeline: str, dag_id: str, run_id: str, state: str, task_states: dict[str, tuple[str, int]] | None = None
-) -> None:
-    """End the DAG run's parent run with its final state, and every task run left open under it.
+) -> str | None:
+    """End the DAG run's parent run with its final state, and every task run left open under it;
+    return the DAG run's one-line outcome when a task recorded one (``OUTCOME_TAG``).
 
     ``task_states`` maps task_id to Airflow's (state, try_number) for the DAG run (the listener
     reads them from the metadata database). A nested run still open when its DAG run ends belongs to
@@ -445,7 +448,7 @@ def close_parent(
     client = mlflow_client()
     parent = find_parent(pipeline, dag_id, run_id)
     if parent is None:
-        return
+        return None
     task_states = task_states or {}
     for run in _open_runs(
         client,
@@ -473,6 +476,7 @@ def close_parent(
         parent.info.run_id, "mlflow.note.content", describe_dag_run(client, parent.info.run_id, state)
     )
     client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
+    return client.get_run(parent.info.run_id).data.tags.get(OUTCOME_TAG)
 
 
 def describe_dag_run(client, parent_run_id: str, state: str) -> str:
@@ -497,6 +501,8 @@ def describe_dag_run(client, parent_run_id: str, state: str) -> str:
         lines.append("It stopped before the gates; the failed task's run says why.")
     if tags.get(f"{TAG}reason"):
         lines.append(tags[f"{TAG}reason"])
+    if tags.get(OUTCOME_TAG):
+        lines.insert(1, tags[OUTCOME_TAG])
     return "\n\n".join(lines)
 
 

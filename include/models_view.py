@@ -94,7 +94,16 @@ def models_record(
                     "drift_breach": check.drift_breach,
                     "performance_breach": check.performance_breach,
                     "drifted_checks": check.evidence.get("drifted_count", 0),
+                    "drifted": [
+                        str(d.get("metric", "")).removeprefix("psi[").removesuffix("]")
+                        for d in check.evidence.get("drifted", [])
+                    ],
+                    "performance": [d.get("metric") for d in check.evidence.get("performance", [])],
+                    "report": check.evidence.get("report"),
+                    "held_by": check.evidence.get("held_by"),
                     "triggered": check.triggered,
+                    "version": check.champion_version,
+                    "champion_now": entry["aliases"].get("champion"),
                 }
         out["pipelines"].append(entry)
     return out
@@ -108,7 +117,7 @@ def _approval(tags: dict) -> str:
     except ValueError:
         a = {}
     if a.get("decision"):
-        text = f"{a['decision']} by {a.get('by') or '?'} {str(a.get('at') or '')[:16]}".strip()
+        text = f"{a['decision']} by {a.get('by') or '?'} {_minute(a.get('at'))}".strip()
     try:
         refused = json.loads(tags.get("slipway.approval.refusals") or "[]")
     except ValueError:
@@ -146,22 +155,52 @@ def _monitor_line(monitor: dict | None) -> str:
         return "no monitor check yet"
     if "error" in monitor:
         return f"monitor record unreadable ({_e(monitor['error'])})"
-    if monitor["status"] == "no_traffic":
-        state = "no traffic"
-    elif monitor["drift_breach"] or monitor["performance_breach"]:
-        what = []
-        if monitor["drift_breach"]:
-            what.append(f"drift ({monitor['drifted_checks']} drifted checks)")
-        if monitor["performance_breach"]:
-            what.append("performance drop")
-        state = "BREACH: " + ", ".join(what)
-    else:
-        state = "ok, no drift"
-    trig = f"; retraining triggered ({_e(monitor['triggered'])})" if monitor.get("triggered") else ""
     start, end = monitor["interval"]
-    return (
-        f"{_e(state)} on {_e(monitor['served_rows'])} served rows, {_e(start[:19])} to {_e(end[:19])}{trig}"
-    )
+    when = f"{_e(_minute(start))} to {_e(_minute(end))}"
+    checked, now = monitor.get("version"), monitor.get("champion_now")
+    if checked is not None and now is not None and checked != now:
+        # Another version has been promoted since: the last verdict was about the one before.
+        return (
+            f"no check of version {_e(now)} yet; the last check ({when}) watched version "
+            f"{_e(checked)}, champion before it: {_e(_verdict(monitor))}"
+        )
+    trig = ""
+    if monitor.get("triggered"):
+        trig = f"; retraining triggered ({_e(monitor['triggered'])})"
+    elif monitor.get("held_by"):
+        trig = (
+            "; retraining held back by the cool-down (already triggered for the interval ending "
+            f"{_e(_minute(monitor['held_by']))})"
+        )
+    return f"{_e(_verdict(monitor))} on {_e(monitor['served_rows'])} served rows, {when}{trig}"
+
+
+def _verdict(monitor: dict) -> str:
+    if monitor["status"] == "no_traffic":
+        return "no traffic"
+    if not (monitor["drift_breach"] or monitor["performance_breach"]):
+        return "ok, no drift"
+    what = []
+    if monitor["drift_breach"]:
+        names = monitor.get("drifted") or []
+        n = monitor["drifted_checks"]
+        what.append(f"drift in {', '.join(names)}" + (f" ({n} drifted checks)" if n > len(names) else ""))
+        report = monitor.get("report") or {}
+        if report.get("drifted") is not None:
+            what.append(
+                f"the Evidently report ({report.get('measure', 'PSI on a sample')}) finds "
+                f"{', '.join(report['drifted']) or 'no column'} drifted"
+            )
+    if monitor["performance_breach"]:
+        what.append("performance drop (" + ", ".join(str(m) for m in monitor.get("performance") or []) + ")")
+    return "BREACH: " + "; ".join(what)
+
+
+def _minute(text: str | None) -> str:
+    """``2026-12-06 14:02 UTC``: the one way the page writes a time."""
+    from include.times import utc_minute
+
+    return utc_minute(text)
 
 
 def render(record: dict, mlflow_ui: str | None) -> str:
@@ -210,7 +249,7 @@ def render(record: dict, mlflow_ui: str | None) -> str:
         parts.append(f"<p>Monitor: {_monitor_line(p['monitor'])}</p>")
         if p.get("events"):
             items = "".join(
-                f"<li>{_e(str(e['at'])[:19])} version {_e(e['version'])} {_e(e['event'])}"
+                f"<li>{_e(_minute(e['at']))} version {_e(e['version'])} {_e(e['event'])}"
                 + (f" {float(e['weight']):.0%}" if e.get("weight") else "")
                 + (f" ({_e(e['reason'])})" if e.get("reason") else "")
                 + "</li>"

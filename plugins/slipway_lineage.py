@@ -1,20 +1,25 @@
 """Airflow plugin: closes each DAG run's MLflow parent run with the DAG run's final state.
 
+When a task recorded the run's one-line outcome (a monitor's breach and what it triggered, a
+rollout's skip and why), it becomes the DAG run's note in the Airflow UI, unless a person wrote one.
+
 It also ends any task run a killed try left open under it (matching Airflow's task instance), and
 reopens the parent run when a cleared DAG run starts again.
 
 Task-level lineage (one nested MLflow run per task instance) is recorded by the tasks themselves
 (see ``include/lineage.py``); this listener completes the picture at the DAG-run level. It runs in
 the scheduler, so it must never raise and never hold the scheduler up: the MLflow call runs in a
-daemon thread that the scheduler waits on for at most ``CLOSE_TIMEOUT_S`` seconds. With MLflow
-down the parent run stays open (logged as a warning) until ``slipway sweep`` (or a re-run) closes
-it; the scheduler loses a few seconds, not minutes of MLflow's HTTP retries.
+daemon thread that the scheduler waits on for at most ``CLOSE_TIMEOUT_S`` seconds; the thread goes on
+trying after that (``RETRY_WAITS_S``) while the scheduler works. With MLflow down for longer the
+parent run stays open (logged) until ``slipway sweep`` (or a re-run) closes it; the scheduler loses
+a few seconds, not minutes of MLflow's HTTP retries.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
@@ -29,16 +34,54 @@ def _pipeline(dag_id: str) -> str | None:
 CLOSE_TIMEOUT_S = 5.0
 
 
-def _close_now(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
-    try:
-        from include.lineage import close_parent, reopen_parent_of
+#: Waits between tries when MLflow fails or is slow (the scheduler waits for none of them).
+RETRY_WAITS_S = (5.0, 15.0, 45.0)
 
-        if state == "running":
-            reopen_parent_of(pipeline, dag_id, run_id)
-        else:
-            close_parent(pipeline, dag_id, run_id, state, _task_states(dag_id, run_id))
-    except Exception:  # the scheduler must keep going; lineage can be completed later
-        log.exception("could not update the MLflow parent run of %s/%s", dag_id, run_id)
+
+def _close_now(pipeline: str, dag_id: str, run_id: str, state: str) -> None:
+    from include.lineage import close_parent, reopen_parent_of
+
+    for attempt in range(len(RETRY_WAITS_S) + 1):
+        try:
+            if state == "running":
+                reopen_parent_of(pipeline, dag_id, run_id)
+                return
+            outcome = close_parent(pipeline, dag_id, run_id, state, _task_states(dag_id, run_id))
+            break
+        except Exception:  # the scheduler must keep going; lineage can be completed later
+            if attempt == len(RETRY_WAITS_S):
+                log.exception(
+                    "could not update the MLflow parent run of %s/%s after %d tries; `slipway sweep` "
+                    "closes it later",
+                    dag_id,
+                    run_id,
+                    attempt + 1,
+                )
+                return
+            log.warning("MLflow failed on the parent run of %s/%s; retrying", dag_id, run_id, exc_info=True)
+            time.sleep(RETRY_WAITS_S[attempt])
+    if outcome:
+        _note(dag_id, run_id, outcome)
+
+
+def _note(dag_id: str, run_id: str, text: str) -> None:
+    """The DAG run's outcome as its note in the Airflow UI, unless it has one (a person's stays).
+
+    A session of its own, one row of ``dag_run_note``: never the scheduler's ORM objects."""
+    try:
+        from airflow.models.dagrun import DagRun, DagRunNote
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            key = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            if key is None or session.get(DagRunNote, key) is not None:
+                return
+            note = DagRunNote(content=text[:1000])
+            note.dag_run_id = key
+            session.add(note)
+    except Exception:  # a note is a courtesy: the scheduler goes on without it
+        log.warning("could not write the outcome of %s/%s as its note", dag_id, run_id, exc_info=True)
 
 
 def _task_states(dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:

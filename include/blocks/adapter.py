@@ -113,6 +113,18 @@ class Step:
         """This task instance's MLflow run id."""
         return self.mlflow.active_run().info.run_id
 
+    def set_outcome(self, line: str) -> None:
+        """What this DAG run found or did, in one line, on its MLflow parent run (``slipway.outcome``).
+
+        When the DAG run ends, the lineage listener shows it as the run's note in the Airflow UI
+        (unless a person wrote one), and it heads the parent run's description in MLflow."""
+        from include.lineage import OUTCOME_TAG
+
+        parent = self.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+        if parent:
+            self.mlflow.MlflowClient().set_tag(parent, OUTCOME_TAG, line[:1000])
+        logging.getLogger("slipway").info("%s", line)
+
     def evidence(self, path: str) -> str:
         """``runs:/`` URI of an artifact of this task instance's MLflow run."""
         return f"runs:/{self.run_id}/{path}"

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from include.blocks.adapter import Step, block
+from include.times import utc_minute
 from include.tracking import mlflow_client
 from include.uri import join
 
@@ -103,7 +104,11 @@ def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
             ref[name], cur[name] = ref[name].astype(str), cur[name].astype(str)
     with tempfile.TemporaryDirectory(prefix="slipway-drift-") as tmp:
         summary = evidently_report(
-            ref.reset_index(drop=True), cur, str(Path(tmp) / "report.html"), str(Path(tmp) / "report.json")
+            ref.reset_index(drop=True),
+            cur,
+            str(Path(tmp) / "report.html"),
+            str(Path(tmp) / "report.json"),
+            step.spec.monitoring.drift.max_feature_psi,
         )
         step.mlflow.log_artifacts(tmp, artifact_path="drift")
     return {
@@ -225,8 +230,15 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
     )
     ev = {"since": since, "until": until, "champion": drift["champion"], "rows": drift["rows"]}
     ev |= evidence(drift["results"], performance["results"])
+    ev["measure"] = (
+        f"the check: PSI > {cfg.drift.max_feature_psi:g} per feature (prediction: "
+        f"> {cfg.drift.max_prediction_psi:g}), every served row of the interval in the reference's bins"
+    )
     if drift.get("report"):
         ev["report_uri"] = drift["report"]["uri"]
+        ev["report"] = {k: drift["report"].get(k) for k in ("drifted", "drifted_columns", "measure")}
+    if d.held_by:
+        ev["held_by"] = d.held_by
     month = None
     if d.trigger:
         month = newest_landed_month(get_settings().landing_uri, name)
@@ -276,7 +288,7 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
             d.held_by,
             cfg.cooldown_hours,
         )
-    return {
+    judged = {
         "status": d.status,
         "alert": d.alert,
         "trigger": d.trigger if month else None,
@@ -285,6 +297,43 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
         "held_by": d.held_by,
         "evidence": ev,
     }
+    # The DAG run's one line: shown as its note in the Airflow UI (the lineage listener copies it).
+    step.set_outcome(outcome_line(judged))
+    return judged
+
+
+def _feature(metric: str) -> str:
+    return metric.removeprefix("psi[").removesuffix("]")
+
+
+def outcome_line(judged: dict) -> str:
+    """What one monitor interval found and did, in one line (the DAG run's note)."""
+    ev = judged["evidence"]
+    if judged["status"] == "no_traffic":
+        return f"no traffic between {utc_minute(ev['since'])} and {utc_minute(ev['until'])}: nothing to judge"
+    if judged["status"] != "breach":
+        return f"ok: {ev['rows']} served rows of version {ev['champion']}, no drift, no performance drop"
+    what = []
+    if ev.get("drifted"):
+        worst = ", ".join(f"{_feature(i['metric'])} (PSI {i['value']:.2f})" for i in ev["drifted"][:4])
+        more = ev["drifted_count"] - min(4, len(ev["drifted"]))
+        what.append(f"drift in {worst}" + (f" and {more} more" if more > 0 else ""))
+    if ev.get("performance"):
+        what.append(
+            ", ".join(f"{i['metric']} {i['value']:.3f} < {i['threshold']}" for i in ev["performance"])
+        )
+    if judged["trigger"]:
+        action = f"retraining triggered on {judged['month']}"
+    elif judged["held_by"]:
+        action = (
+            "retraining held back by the cool-down (already triggered for the interval ending "
+            f"{utc_minute(judged['held_by'])})"
+        )
+    elif ev.get("performance") and not ev.get("drifted"):
+        action = "retraining not triggered: the drop is not sustained yet"
+    else:
+        action = "retraining not triggered: no batch has landed to train on"
+    return f"BREACH on {ev['rows']} rows of version {ev['champion']}: {'; '.join(what)}. {action}"
 
 
 def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
@@ -302,7 +351,7 @@ def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
         if judged["trigger"]
         else "Retraining was not triggered: "
         + (
-            f"held by the cool-down (triggered for the interval ending {judged['held_by']})."
+            f"held by the cool-down (triggered for the interval ending {utc_minute(judged['held_by'])})."
             if judged["held_by"]
             else "the performance drop is not sustained yet."
             if ev.get("performance") and not ev.get("drifted")
@@ -314,7 +363,8 @@ def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
     )
     body = "\n".join(
         [
-            f"{pipeline}, champion version {ev['champion']}, {ev['rows']} served rows {ev['since']} to {ev['until']}:",
+            f"{pipeline}, champion version {ev['champion']}, {ev['rows']} served rows "
+            f"{utc_minute(ev['since'])} to {utc_minute(ev['until'])}:",
             *what,
             action,
             f"Drift report: {ev['report_uri']}" if ev.get("report_uri") else "",

@@ -24,6 +24,7 @@ from airflow.sdk import BaseOperator
 
 from include.blocks.adapter import Step, block, expected_failures
 from include.lineage import track
+from include.times import utc_minute
 from include.tracking import mlflow_client
 
 log = logging.getLogger("slipway")
@@ -394,7 +395,7 @@ def promote_candidate(step: Step, selected: dict, decision: dict) -> dict:
         name,
         version,
         selected["champion"],
-        reason=f"approved by {who} at {at}",
+        reason=f"approved by {who} at {utc_minute(at)}",
         by=who,
         **_run_ref(step.context),
     )
@@ -420,13 +421,13 @@ def conclude_rollout(step: Step) -> dict:
     selected = ti.xcom_pull(task_ids="select_candidate")
     skipped = ti.xcom_pull(task_ids="select_candidate", key="skipped")
     if not selected and skipped:
-        log.info("rollout skipped: %s", skipped["reason"])
+        step.set_outcome(f"skipped: {skipped['reason']}")
         return {"outcome": "skipped", **skipped}
     if not selected:
         raise GateFailed("no candidate was selected; see select_candidate's log", [])
     promoted = ti.xcom_pull(task_ids="promote_candidate")
     if promoted:
-        log.info("rollout finished: version %d is the champion", selected["version"])
+        step.set_outcome(f"promoted: version {selected['version']} is the champion")
         return {"outcome": "promoted", "version": selected["version"]}
     decision = ti.xcom_pull(task_ids="approve_promotion", key="decision")
     log.info("approval: %s", decision or "never answered (the approval did not run or failed)")
@@ -449,6 +450,7 @@ def conclude_rollout(step: Step) -> dict:
         reason,
         "" if event else " (already rolled back)",
     )
+    step.set_outcome(f"version {selected['version']} not promoted, rolled back: {reason}")
     if failed:
         raise GateFailed(f"version {selected['version']} not promoted: {reason}", [])
     return {"outcome": "rejected", "version": selected["version"], "reason": reason}

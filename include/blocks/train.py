@@ -608,7 +608,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
             "slipway.alias_moved": str(out["alias_moved"]).lower(),
         }
     )
-    log.info("%s", out["message"])
+    step.set_outcome(out["message"] + ("" if out["alias_moved"] else ": no new candidate, no rollout"))
     if not out["alias_moved"]:
         # No new candidate: the asset is not emitted (a skipped task emits none), so no rollout starts
         # for a version that is older than the candidate, or reused from an earlier run of this month.

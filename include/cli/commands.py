@@ -18,6 +18,7 @@ from include.cli.reports import (
     summarise_run,
 )
 from include.deploy.dag_run import migrate_airflow_db, run_dag, use_airflow_env
+from include.times import utc_minute
 from include.tracking import mlflow_client
 
 
@@ -111,8 +112,8 @@ def cmd_history(args) -> None:
     print(f"{args.pipeline}: aliases now {aliases(client, args.pipeline)}")
     print("champion:")
     for span in spans:
-        until = span["until"] or "now"
-        print(f"  version {span['version']:<4} {span['since']} -> {until}: {span['why']}")
+        until = utc_minute(span["until"]) or "now"
+        print(f"  version {span['version']:<4} {utc_minute(span['since'])} -> {until}: {span['why']}")
         if span.get("ended_by"):
             print(f"               ended by {span['ended_by']}")
     print("events:")

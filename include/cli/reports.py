@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from include.times import utc_minute
 from include.tracking import mlflow_client
 
 
@@ -166,7 +167,7 @@ def event_line(e: dict) -> str:
     reason = f": {e['reason']}" if e.get("reason") else ""
     where = f"  [{e['dag_run']}]" if e.get("dag_run") else ""
     return (
-        f"{e['at']}  version {e['version']} {e['event']}"
+        f"{utc_minute(e['at'])}  version {e['version']} {e['event']}"
         + (f" ({', '.join(extra)})" if extra else "")
         + reason
         + where
@@ -177,7 +178,7 @@ def _trigger_line(evidence: dict) -> str:
     """A triggering event's payload in one line: the monitor's window and what breached."""
     parts = []
     if evidence.get("since") and evidence.get("until"):
-        parts.append(f"window {evidence['since']} -> {evidence['until']}")
+        parts.append(f"window {utc_minute(evidence['since'])} -> {utc_minute(evidence['until'])}")
     for item in [*evidence.get("drifted", []), *evidence.get("performance", [])][:5]:
         parts.append(f"{item['metric']} {item['value']} (limit {item['threshold']})")
     if evidence.get("drifted_count", 0) > 5:

@@ -38,6 +38,8 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from include.times import utc_minute
+
 PIPELINE = "telco_churn"
 FIRST_MONTH, NEXT_MONTH, HELD_OUT_MONTH = "2025-10", "2025-11", "2025-12"
 LABEL_DELAY_S = 3.0
@@ -242,7 +244,7 @@ def _approve(af: Airflow, approver: Airflow, run_id: str, procs: dict, t0: float
     def asked(detail: dict) -> None:
         _say(f"+{time.monotonic() - t0:5.0f} s  Required Action: {detail['subject']}")
         for line in detail["body"].splitlines():
-            if line.startswith("- "):
+            if line.lstrip().startswith("- "):  # the checks, and the canary's under their step
                 print(f"           {line}")
 
     # Answered 20 s after the question, as a person reading the evidence would, and again if Airflow
@@ -468,7 +470,8 @@ def _monitor_lines() -> list[str]:
             continue
         what = f"{c.evidence.get('drifted_count', 0)} drifted" if c.drift_breach else "no drift"
         out.append(
-            f"  {c.interval_start[:19]} -> {c.interval_end[:19]}  {c.status:<7} {c.served_rows:>5} rows, {what}"
+            f"  {utc_minute(c.interval_start)} -> {utc_minute(c.interval_end)}  {c.status:<7} "
+            f"{c.served_rows:>5} rows, {what}"
             + (f"; retraining triggered ({c.triggered})" if c.triggered else "")
         )
     return out
@@ -503,7 +506,7 @@ def _summary(client, traffic: Traffic | None, t0: float) -> None:
             if e.get("reason")
             else (f" weight {e['weight']:.0%}" if e.get("weight") else "")
         )
-        print(f"  {e['at']}  version {e['version']} {e['event']}{extra}")
+        print(f"  {utc_minute(e['at'])}  version {e['version']} {e['event']}{extra}")
     print("monitor checks:")
     for line in _monitor_lines() or ["  none"]:
         print(line)
@@ -512,7 +515,7 @@ def _summary(client, traffic: Traffic | None, t0: float) -> None:
         print(line)
     print("champions:")
     for span in champion_timeline(events):
-        print(f"  version {span['version']} since {span['since']}: {span['why']}")
+        print(f"  version {span['version']} since {utc_minute(span['since'])}: {span['why']}")
     if traffic is not None:
         print(
             f"traffic: {traffic.sent} predictions answered ({', '.join(f'{k}: {v}' for k, v in sorted(traffic.variants.items()))}), "

@@ -49,7 +49,8 @@ def check(
         "metric": metric,
         "comparison": comparison,
         "threshold": threshold,
-        "value": None if value is None else round(float(value), 6),
+        # A count stays an integer (JSON 8, read as "8", not 8.0000).
+        "value": None if value is None else value if type(value) is int else round(float(value), 6),
         "status": PASSED if ok else FAILED,
         "evidence_uri": evidence_uri,
     }

@@ -136,6 +136,16 @@ def _judged(stack, run_id: str) -> dict:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _note(stack, run_id: str) -> str:
+    """The DAG run's note in the Airflow UI: the monitor's outcome, written when the run ended."""
+    return stack.wait_for(
+        lambda: stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}").get("note"),
+        90,
+        f"the note of {run_id}",
+        every=2,
+    )
+
+
 def _retrains(stack) -> list[dict]:
     return stack.api("GET", f"/api/v2/dags/{TRAIN}/dagRuns?run_type=asset_triggered")["dag_runs"]
 
@@ -189,6 +199,13 @@ def _lifecycle(stack, client, champion: int, before: int, webhook: Webhook) -> N
     drifted_metrics = {d["metric"] for d in judged["evidence"]["drifted"]}
     assert {"psi[monthly_charges]", "psi[contract]"} <= drifted_metrics, judged
     assert "psi[tenure]" not in drifted_metrics and judged["evidence"]["rows"] == 400
+    # Evidently's report measures what the check measures (PSI, the same threshold), and says so.
+    assert "monthly_charges" in judged["evidence"]["report"]["drifted"], judged["evidence"]["report"]
+    assert judged["evidence"]["report"]["measure"].startswith("Evidently: PSI > 0.25")
+    # The run, all green, says it found a breach: its note in the Airflow UI.
+    note = _note(stack, run_id)
+    assert note.startswith("BREACH on 400 rows of version") and "monthly_charges (PSI" in note, note
+    assert note.endswith("retraining triggered on 2025-12"), note
     events = [
         e
         for e in stack.api("GET", "/api/v2/assets/events?limit=100")["asset_events"]
@@ -232,10 +249,14 @@ def _lifecycle(stack, client, champion: int, before: int, webhook: Webhook) -> N
     assert states["send_alert"] == "skipped" and states["trigger_retraining"] == "skipped", states
     judged = _judged(stack, run_id)
     assert judged["status"] == "breach" and judged["held_by"].startswith("2026-03-01T09:00")
+    assert "held back by the cool-down (already triggered for the interval ending 2026-03-01 09:00 UTC)" in (
+        _note(stack, run_id)
+    )
 
     # 3. An hour without traffic.
     run_id, states = _run(stack, 13)
     assert _judged(stack, run_id)["status"] == "no_traffic"
+    assert _note(stack, run_id).startswith("no traffic between 2026-03-01 12:00 UTC and 2026-03-01 13:00 UTC")
     assert states["send_alert"] == "skipped" and states["trigger_retraining"] == "skipped", states
 
     # 4. Traffic as trained, after the cool-down: no drift, nothing triggered.

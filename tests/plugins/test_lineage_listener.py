@@ -68,3 +68,35 @@ def test_closing_the_parent_run_records_the_state(isolated_home, monkeypatch):
     assert plugin._close(SimpleNamespace(dag_id="telco_churn__train", run_id="manual__x"), "failed") is True
     run = configure_mlflow().MlflowClient().get_run(parent.info.run_id)
     assert run.info.status == "FAILED" and run.data.tags["slipway.state"] == "failed"
+
+
+def test_a_failing_mlflow_is_tried_again_and_the_outcome_becomes_the_note(isolated_home, monkeypatch):
+    """MLflow fails twice (a restart, a timeout): the listener's thread tries again, closes the parent
+    run, and hands the run's one-line outcome to the DAG run's note."""
+    import include.lineage as lineage
+    from include.lineage import OUTCOME_TAG, parent_run
+    from include.tracking import configure_mlflow
+
+    plugin = _plugin()
+    monkeypatch.setattr(plugin, "RETRY_WAITS_S", (0.05, 0.05, 0.05))
+    parent = parent_run("telco_churn", "telco_churn__monitor", "scheduled__x")
+    client = configure_mlflow().MlflowClient()
+    client.set_tag(parent.info.run_id, OUTCOME_TAG, "BREACH on 400 rows of version 2: drift in contract")
+    real, calls, notes = lineage.close_parent, [], []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionError("MLflow did not answer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lineage, "close_parent", flaky)
+    monkeypatch.setattr(plugin, "_note", lambda dag_id, run_id, text: notes.append((dag_id, run_id, text)))
+    assert plugin._close(SimpleNamespace(dag_id="telco_churn__monitor", run_id="scheduled__x"), "success")
+    assert len(calls) == 3
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert notes == [
+        ("telco_churn__monitor", "scheduled__x", "BREACH on 400 rows of version 2: drift in contract")
+    ]
+    # The MLflow run's description starts with the same line.
+    assert "BREACH on 400 rows" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]

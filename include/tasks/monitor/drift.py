@@ -233,9 +233,14 @@ def drift_checks(cfg, counts: Counts) -> list[dict]:
     return results
 
 
-def evidently_report(reference, current, html_path: str, json_path: str) -> dict:
+def evidently_report(reference, current, html_path: str, json_path: str, psi_threshold: float = 0.25) -> dict:
     """Evidently's DataDriftPreset on two DataFrames of the same columns; writes HTML and JSON and
-    returns Evidently's dataset-level summary (drifted columns and share)."""
+    returns its dataset-level summary (drifted columns, their share) and which columns drifted.
+
+    The report measures what the drift check measures, PSI against the same threshold, so the two
+    agree on what "drifted" means; they still differ in what they see: the check counts every row
+    of the interval into the reference profile's bins, the report compares a sample of the interval
+    with the reference's stored sample in Evidently's own bins (``measure`` says so)."""
     import warnings
 
     from evidently import Report
@@ -243,17 +248,29 @@ def evidently_report(reference, current, html_path: str, json_path: str) -> dict
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        snapshot = Report([DataDriftPreset()]).run(reference_data=reference, current_data=current)
+        snapshot = Report([DataDriftPreset(method="psi", threshold=psi_threshold)]).run(
+            reference_data=reference, current_data=current
+        )
     snapshot.save_html(html_path)
     body = snapshot.json()
     with open(json_path, "w") as fh:
         fh.write(body)
-    summary: dict = {}
+    summary: dict = {
+        "measure": (
+            f"Evidently: PSI > {psi_threshold:g} per column, {len(current)} sampled rows of the interval "
+            f"against {len(reference)} reference rows"
+        ),
+        "drifted": [],
+    }
     for metric in json.loads(body).get("metrics", []):
         name = str(metric.get("metric_name", ""))
+        value = metric.get("value")
         if name.startswith("DriftedColumnsCount"):
-            value = metric.get("value") or {}
-            summary = {"drifted_columns": value.get("count"), "share": value.get("share")}
+            value = value or {}
+            summary |= {"drifted_columns": int(value.get("count") or 0), "share": value.get("share")}
+        elif name.startswith("ValueDrift(") and isinstance(value, int | float) and value > psi_threshold:
+            column = name[len("ValueDrift(column=") :].split(",method=")[0]
+            summary["drifted"].append(column)
     return summary
 
 

@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 from include.registry import end_challenger
+from include.times import utc_minute
 
 log = logging.getLogger("slipway")
 
@@ -125,7 +126,7 @@ def approval_outcome(decision: dict | None) -> dict:
             "decision": "rejected",
             "by": by,
             "at": at,
-            "reason": f"rejected by {by} at {at}",
+            "reason": f"rejected by {by} at {utc_minute(at)}",
             "failed": False,
         }
     if chosen == ["Reject"]:
@@ -141,7 +142,7 @@ def approval_outcome(decision: dict | None) -> dict:
             "decision": "approved",
             "by": by or "unknown",
             "at": at,
-            "reason": f"approved by {by} at {at}, but the promotion failed (promote_candidate's log says why)",
+            "reason": f"approved by {by} at {utc_minute(at)}, but the promotion failed (promote_candidate's log says why)",
             "failed": True,
         }
     return {

@@ -88,7 +88,7 @@ def test_the_models_view_shows_who_approved_and_who_was_refused():
         "slipway.approval.refusals": json.dumps([{"by": "<b>operator</b>", "reason": "four eyes"}]),
     }
     text = _approval(tags)
-    assert text == "approved by approver 2026-12-06 14:41 (refused: <b>operator</b>)"
+    assert text == "approved by approver 2026-12-06 14:41 UTC (refused: <b>operator</b>)"
     assert _approval({}) == "" and _approval({"slipway.approval": "not json"}) == ""
     version = {
         "version": 2,
