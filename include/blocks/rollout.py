@@ -298,7 +298,8 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
     from include.tasks.rollout.approvers import four_eyes, respondents
 
     name, version = step.pipeline, selected["version"]
-    registered_by = mlflow_client().get_model_version(name, str(version)).tags.get("slipway.registered_by")
+    tags = dict(mlflow_client().get_model_version(name, str(version)).tags or {})
+    registered_by = tags.get("slipway.registered_by")
     triggered_by = getattr(step.context.get("dag_run"), "triggering_user_name", None)
     rule = step.spec.rollout.approval
     who = respondents(
@@ -311,6 +312,8 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
             if selected["champion"]
             else "as the first champion."
         ),
+        "",
+        *_why(name, tags, selected.get("champion")),
         "",
         "Training blessing: **passed** (every gate the spec turns on).",
     ]
@@ -354,6 +357,35 @@ def summarise_evidence(step: Step, selected: dict, infra: dict, shadow: dict, ca
         "evidence_uri": step.evidence("approval_evidence.md"),
         "respondents": who.as_dict(),
     }
+
+
+def _why(name: str, tags: dict[str, str], champion_now: int | None) -> list[str]:
+    """What started the training and the offline comparison with the champion (see rollout/why.py).
+    A record that cannot be read is said, never fatal to the approval."""
+    import mlflow
+
+    from include.lineage import find_parent
+    from include.tasks.rollout.why import offline_lines, trigger_line
+    from include.tracking import trusted_artifact_uri
+
+    dag_id, run_id = tags.get("slipway.dag_id", ""), tags.get("slipway.run_id", "")
+    try:
+        parent = find_parent(name, dag_id, run_id) if dag_id and run_id else None
+        started = trigger_line(
+            f"{dag_id}/{run_id}", parent.data.tags if parent else {}, tags.get("slipway.registered_by")
+        )
+    except Exception as exc:  # noqa: BLE001 - shown to the approver instead
+        started = f"what started the training could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+    try:
+        results = mlflow.artifacts.load_dict(trusted_artifact_uri(tags["slipway.blessing_uri"]))["results"]
+        uri = next(
+            (r["evidence_uri"] for r in results if r["gate"] == "champion" and r.get("evidence_uri")), None
+        )
+        comparison = mlflow.artifacts.load_dict(trusted_artifact_uri(uri)) if uri else None
+        offline = offline_lines(comparison, results, champion_now)
+    except Exception as exc:  # noqa: BLE001
+        offline = [f"the offline comparison could not be read ({type(exc).__name__}: {str(exc)[:200]})"]
+    return [f"**Why**: {started}.", "", f"**Offline** {offline[0]}", *offline[1:]]
 
 
 def _airflow_users() -> dict[str, str] | None:

@@ -115,7 +115,9 @@ def describe(r: dict) -> str:
         return f"{r['gate']}: {r['metric']} not applicable ({r.get('note', '')})"
     value = "n/a" if r["value"] is None else _value(r["metric"], r["value"])
     line = f"{r['gate']}: {r['metric']} = {value}, required {r['comparison']} {r['threshold']}"
-    return line + (f" ({r['note']})" if r.get("note") else "")
+    line += f" ({r['note']})" if r.get("note") else ""
+    # A pass that is not clean (an estimate past the margin, not significantly): said, not hidden.
+    return line + (f" **LOOK: {r['warning']}**" if r.get("warning") else "")
 
 
 def failure_message(

@@ -188,6 +188,9 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     assert f"Promote {NAME} version {first}?" in detail["subject"]
     assert "Infra validation" in detail["body"] and "p99_latency_ms" in detail["body"]
     assert "no champion yet" in detail["body"]  # shadow and canary: not applicable, and why
+    # Why it is asked: what started the training, and the offline comparison (none: the first model).
+    assert "**Why**: the training run `telco_churn__train/" in detail["body"], detail["body"]
+    assert "**Offline** no champion when it was trained" in detail["body"], detail["body"]
     final = stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3)
     assert final == "success", stack.explain_run(DAG, "rollout__first")
     states = stack.task_states(DAG, "rollout__first")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from include.prediction_log import reads
-from include.tasks.gates import FAILED, check, not_applicable
+from include.tasks.gates import FAILED, PASSED, check, not_applicable
 from include.tasks.psi import numeric_edges, psi_from_shares
 
 PSI_BINS = 10
@@ -214,19 +214,25 @@ def canary_checks(
             if final
             else "an interim look (stricter: stops early only on strong evidence)"
         )
-        results.append(
-            check(
-                gate,
-                metric,
-                pvalue,
-                round(1 - confidence, 6),
-                ">=",
-                note=f"Welch t-test, one-sided, H1: challenger {guard.metric} > champion's + "
-                f"{guard.max_metric_degradation}; mean difference {diff:+.4f} on {n_ch} vs {n_cp} labelled "
-                f"entities ({rows_ch} vs {rows_cp} rows; an entity's repeated rows count once); {look} "
-                f"at confidence {confidence}",
-            )
+        result = check(
+            gate,
+            metric,
+            pvalue,
+            round(1 - confidence, 6),
+            ">=",
+            note=f"Welch t-test, one-sided, H1: challenger {guard.metric} > champion's + "
+            f"{guard.max_metric_degradation}; mean difference {diff:+.4f} on {n_ch} vs {n_cp} labelled "
+            f"entities ({rows_ch} vs {rows_cp} rows; an entity's repeated rows count once); {look} "
+            f"at confidence {confidence}",
         )
+        if result["status"] == PASSED and diff > guard.max_metric_degradation:
+            # Not a failure (the evidence is too weak to say so), but not a clean pass either.
+            result["warning"] = (
+                f"the estimate is worse than the margin (challenger's {guard.metric} {diff:+.4f} against "
+                f"the champion's, margin {guard.max_metric_degradation}), but not significantly "
+                f"(p = {pvalue:.3f}): more labelled traffic would tell"
+            )
+        results.append(result)
     elif final:
         results.append(
             not_applicable(

@@ -760,3 +760,20 @@ def test_counts_read_as_integers_and_measures_keep_their_decimals():
     assert line("challenger_rows", 351) == "canary: challenger_rows = 351, required >= 60"
     assert line("error_rate", 0.0) == "canary: error_rate = 0.0000, required >= 60"
     assert line("score_psi", 0.0702) == "canary: score_psi = 0.0702, required >= 60"
+
+
+def test_a_pass_worse_than_the_margin_but_not_significantly_says_so(guard):
+    """A challenger whose estimate is past the margin, on too few labels to be sure, passes (the
+    evidence does not prove it worse), but the approver reads that it is not a clean pass."""
+    from include.tasks.gates import describe
+
+    metric = f"{guard.metric}_worse_pvalue"
+    champion, challenger = canary_pair(260, 260, seed=31, labelled=210, challenger_noise=0.15)
+    unsure = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=200))
+    assert unsure[metric]["status"] == PASSED and unsure[metric]["value"] > 0.05
+    assert "worse than the margin" in unsure[metric]["warning"] and "not significantly" in describe(
+        unsure[metric]
+    )
+    champion, challenger = canary_pair(260, 260, seed=34, labelled=210)  # as calibrated: a clean pass
+    clean = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=200))
+    assert clean[metric]["status"] == PASSED and "warning" not in clean[metric]
