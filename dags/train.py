@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, TaskGroup
 
 from include import assets
 from include.blocks import train as b
@@ -117,21 +117,23 @@ def training_dag(spec: PipelineSpec) -> DAG:
         landed = b.wait_for_batch(name)
         ingested = b.ingest_batch(name)(landed.output)
         versioned = b.version_snapshot(name)(ingested, b.curate_feedback(name)(ingested))
-        validated = b.validate_snapshot(name)(versioned)
-        trained = b.train_model(name)(versioned, validated)
-        evaluated = b.evaluate_model(name)(trained, validated)
-        blessed = b.bless_candidate(name)(
-            evaluated,
-            b.compare_champion(name)(trained, evaluated),
-            b.check_fairness(name)(trained, evaluated),
-            b.explain_model(name)(trained, evaluated),
-            b.check_robustness(name)(trained, evaluated),
-            b.optimise_onnx(name)(trained, evaluated),
-        )
-        carded = b.write_model_card(name)(trained, versioned, validated, blessed)
+        trained = b.train_model(name)(b.validate_snapshot(name)(versioned))
+        evaluated = b.evaluate_model(name)(trained)
+        # The gates side by side, one group in the graph; each takes the evaluation (and what it carries).
+        with TaskGroup(
+            "gates", prefix_group_id=False, tooltip="champion, fairness, explainability, robustness, ONNX"
+        ):
+            judged = [
+                b.compare_champion(name)(evaluated),
+                b.check_fairness(name)(evaluated),
+                b.explain_model(name)(evaluated),
+                b.check_robustness(name)(evaluated),
+                b.optimise_onnx(name)(evaluated),
+            ]
+        blessed = b.bless_candidate(name)(evaluated, *judged)
         # One registration at a time per pipeline: the alias check-then-move is not atomic in MLflow.
         b.register_model(name, outlets=[a.candidate], max_active_tis_per_dag=1)(
-            trained, versioned, validated, carded
+            b.write_model_card(name)(blessed)
         )
     return dag
 

@@ -39,6 +39,8 @@ TAG = "slipway."
 #: A DAG run's one-line outcome, on its parent run; the listener makes it the Airflow run's note.
 OUTCOME_TAG = TAG + "outcome"
 DATA_REF_KEYS = {"name", "uri", "digest", "kind"}
+#: Results of earlier tasks handed down a chain: read by the task that gets them, written by none.
+CARRIED_KEY = "carried"
 
 
 # Where a change changes what runs: a new, uncommitted spec or suite makes the code version dirty.
@@ -154,18 +156,21 @@ def _log_definition(client, run_id: str, pipeline: str) -> None:
         client.log_artifact(run_id, str(path), f"definition/{kind}")
 
 
-def _refs(value: Any) -> list[dict]:
-    """Data refs found anywhere in a task's arguments or return value."""
+def _refs(value: Any, carried: bool = True) -> list[dict]:
+    """Data refs found anywhere in a task's arguments or return value (``carried=False``: not under
+    ``CARRIED_KEY``, what a task hands on from earlier ones; a task never wrote that)."""
     found: list[dict] = []
     if isinstance(value, dict):
         if DATA_REF_KEYS <= set(value) and isinstance(value.get("uri"), str):
             return [{k: value[k] for k in ("name", "uri", "digest", "kind")}]
-        for v in value.values():
-            found.extend(_refs(v))
+        for k, v in value.items():
+            if carried or k != CARRIED_KEY:
+                found.extend(_refs(v, carried))
     elif isinstance(value, list | tuple):
         for v in value:
-            found.extend(_refs(v))
-    return found
+            found.extend(_refs(v, carried))
+    # Once each: a ref read directly and carried too is one read.
+    return list({(r["name"], r["uri"], str(r["digest"])): r for r in found}.values())
 
 
 def data_ref(name: str, uri: str, digest: str, kind: str) -> dict:
@@ -321,7 +326,7 @@ def track(pipeline: str, context, inputs: Any = None):
         try:
             _log_refs(mlflow, _refs(inputs), "read")
             yield record
-            _log_refs(mlflow, _refs(result_box.get("result")), "written")
+            _log_refs(mlflow, _refs(result_box.get("result"), carried=False), "written")
         except BaseException as exc:
             name = type(exc).__name__
             if name in {"TaskDeferred", "AirflowRescheduleException"}:

@@ -6,6 +6,10 @@ bad result: each measures, records its results (``blessing/<gate>.json`` and the
 ``slipway.gate.<gate>`` on its MLflow run) and hands them on. ``bless_candidate`` then judges them
 all at once and fails with every failed check listed, so an author sees every reason a candidate
 was refused in one run. Only a complete, passing blessing reaches ``register_model``.
+
+Each block takes only its direct upstream, so the DAG's graph is the chain an operator reads (batch,
+snapshot, suite, model, evaluation, the gates, blessing, card, registry): what a later block needs
+from earlier ones travels under ``carried`` in the results (never counted as data a block wrote).
 """
 
 from __future__ import annotations
@@ -16,8 +20,16 @@ from pathlib import Path
 
 from include.blocks.adapter import Step, block, data_ref
 from include.blocks.sensors import BatchSensor, interval_month
+from include.lineage import CARRIED_KEY
 
 log = logging.getLogger(__name__)
+
+CARRIED = CARRIED_KEY  # results of earlier blocks a later one reads, handed down the chain
+
+
+def _own(result: dict) -> dict:
+    """A block's result without what it carried for others."""
+    return {k: v for k, v in result.items() if k != CARRIED}
 
 
 def wait_for_batch(pipeline: str, **kwargs) -> BatchSensor:
@@ -172,11 +184,12 @@ def validate_snapshot(step: Step, versioned: dict) -> dict:
         "successful": result["successful"],
         "suite": result["suite"],
         "run_id": step.run_id,
+        CARRIED: {"versioned": versioned},
     }
 
 
 @block
-def train_model(step: Step, versioned: dict, validated: dict | None = None) -> dict:
+def train_model(step: Step, validated: dict) -> dict:
     """Seeded fit of the spec's Pipeline; model (skops, no pickle, digest-pinned URI) and splits in the lake."""
     import hashlib
 
@@ -184,7 +197,7 @@ def train_model(step: Step, versioned: dict, validated: dict | None = None) -> d
     from include.tasks.train.fit import TrainingError
     from include.tasks.train.fit import train_model as fit
 
-    spec = step.spec
+    spec, versioned = step.spec, validated[CARRIED]["versioned"]
     # Runs of the same month share the snapshot key: train on exactly the data version on record.
     md5 = hashlib.md5(storage.read_bytes(versioned["snapshot_uri"])).hexdigest()
     if md5 != versioned["data_version"]:
@@ -222,6 +235,7 @@ def train_model(step: Step, versioned: dict, validated: dict | None = None) -> d
         "positive_rate": out["positive_rate"],
         "data_version": versioned["data_version"],
         "outputs": [data_ref("model", out["model_uri"], out["model_sha256"], "model")],
+        CARRIED: {"versioned": versioned, "validated": _own(validated)},
     }
 
 
@@ -247,13 +261,13 @@ def _disabled(gate: str) -> dict:
 
 
 @block
-def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
+def evaluate_model(step: Step, trained: dict) -> dict:
     """Decision threshold for expected value on validation data; held-out metrics against the spec's floors."""
     from include.tasks.blessing import validation_result
     from include.tasks.train.evaluate import evaluate_model as score
     from include.tasks.train.evaluate import evaluation_gate
 
-    spec, mlflow = step.spec, step.mlflow
+    spec, mlflow, validated = step.spec, step.mlflow, trained[CARRIED]["validated"]
     out = score(spec, trained["model_uri"], trained["splits"]["test"], trained["splits"]["validation"])
     mlflow.log_metrics({f"test_{k}": v for k, v in out["metrics"].items()})
     mlflow.log_metrics({"decision_threshold": out["threshold"], "value_per_1000": out["value_per_1000"]})
@@ -280,12 +294,14 @@ def evaluate_model(step: Step, trained: dict, validated: dict) -> dict:
         value_per_1000=out["value_per_1000"],
         metrics=out["metrics"],
         evaluation_run_id=step.run_id,
+        **{CARRIED: {**trained[CARRIED], "trained": _own(trained)}},
     )
 
 
 @block
-def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
+def compare_champion(step: Step, evaluated: dict) -> dict:
     """Candidate vs the champion on the candidate's test split: maximum regressions and the business value."""
+    trained = evaluated[CARRIED]["trained"]
     from include.tasks.business import business_gate
     from include.tasks.train.champion import compare_with_champion, load_champion
 
@@ -320,8 +336,9 @@ def compare_champion(step: Step, trained: dict, evaluated: dict) -> dict:
 
 
 @block
-def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
+def check_fairness(step: Step, evaluated: dict) -> dict:
     """fairlearn metrics over each sensitive attribute at the decision threshold; per-group rates and plots."""
+    trained = evaluated[CARRIED]["trained"]
     from include.tasks.gates import with_evidence
     from include.tasks.train.fairness import assess_fairness
 
@@ -345,8 +362,9 @@ def check_fairness(step: Step, trained: dict, evaluated: dict) -> dict:
 
 
 @block
-def explain_model(step: Step, trained: dict, evaluated: dict) -> dict:
+def explain_model(step: Step, evaluated: dict) -> dict:
     """SHAP explanations (global and local), forbidden features and the sensitive-attribute proxy probe."""
+    trained = evaluated[CARRIED]["trained"]
     from include.tasks.train.explain import explain_model as explain
     from include.tasks.train.explain import explainability_gate
 
@@ -374,8 +392,9 @@ def explain_model(step: Step, trained: dict, evaluated: dict) -> dict:
 
 
 @block
-def check_robustness(step: Step, trained: dict, evaluated: dict) -> dict:
+def check_robustness(step: Step, evaluated: dict) -> dict:
     """Decision flip rate under the spec's realistic perturbations, per feature and overall."""
+    trained = evaluated[CARRIED]["trained"]
     from include.tasks.train.robustness import check_robustness as flips
     from include.tasks.train.robustness import robustness_gate
 
@@ -390,8 +409,9 @@ def check_robustness(step: Step, trained: dict, evaluated: dict) -> dict:
 
 
 @block
-def optimise_onnx(step: Step, trained: dict, evaluated: dict) -> dict:
+def optimise_onnx(step: Step, evaluated: dict) -> dict:
     """Whole pipeline to ONNX, onnxruntime graph optimisations; parity at the decision threshold; p99 latency."""
+    trained = evaluated[CARRIED]["trained"]
     from include.tasks.train.onnx_export import export_and_check, onnx_gate
 
     spec = step.spec
@@ -446,6 +466,7 @@ def bless_candidate(
             results.extend(own)
         records.update(part["records"])
         extra.update({k: v for k, v in part.items() if k not in {"gates", "records", "disabled", "outputs"}})
+    extra[CARRIED] = evaluated[CARRIED]  # what the card and the registration read, from upstream
     blessing = make_blessing(step.spec, results)
     mlflow = step.mlflow
     mlflow.log_dict(blessing, "blessing.json")
@@ -490,13 +511,14 @@ def _metric_name(name: str) -> str:
 
 
 @block
-def write_model_card(step: Step, trained: dict, versioned: dict, validated: dict, blessed: dict) -> dict:
+def write_model_card(step: Step, blessed: dict) -> dict:
     """Model card (Markdown + HTML): intended use and limits from the spec, everything else from the records."""
     from include import storage
     from include.lineage import code_version
     from include.tasks.train.model_card import write_model_card as write
 
     spec, rec = step.spec, blessed["records"]
+    trained, versioned, validated = (blessed[CARRIED][k] for k in ("trained", "versioned", "validated"))
     card = {
         "dag_id": step.context["ti"].dag_id,
         "run_id": step.context["ti"].run_id,
@@ -545,7 +567,7 @@ def _triggered_by(dag_run) -> str:
 
 
 @block
-def register_model(step: Step, trained: dict, versioned: dict, validated: dict, carded: dict) -> dict:
+def register_model(step: Step, carded: dict) -> dict:
     """Register the blessed ONNX graph as a version (reused on a re-run) and move ``candidate`` forward only."""
     from include import assets, storage
     from include.lineage import code_version
@@ -555,6 +577,7 @@ def register_model(step: Step, trained: dict, versioned: dict, validated: dict, 
 
     ti = step.context["ti"]
     dag_run = step.context["dag_run"]
+    trained, versioned, validated = (carded[CARRIED][k] for k in ("trained", "versioned", "validated"))
     onnx_uri = carded.get("onnx_uri")
     if not onnx_uri:
         from include.tasks.gates import GateFailed

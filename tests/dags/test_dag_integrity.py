@@ -104,8 +104,16 @@ def test_train_dag_shape(bag):
     # The gates run side by side after evaluation, and one step judges them all.
     gates = {"compare_champion", "check_fairness", "explain_model", "check_robustness", "optimise_onnx"}
     for gate in gates:
-        assert dag.get_task(gate).upstream_task_ids == {"train_model", "evaluate_model"}
+        assert dag.get_task(gate).upstream_task_ids == {"evaluate_model"}
+        assert dag.get_task(gate).task_group.group_id == "gates"  # one group in the graph
     assert dag.get_task("bless_candidate").upstream_task_ids == gates | {"evaluate_model"}
+    # The graph is the chain an operator reads, not every data dependency (15 tasks, 20 edges).
+    chain = ["version_snapshot", "validate_snapshot", "train_model", "evaluate_model"]
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert dag.get_task(after).upstream_task_ids == {before}
+    assert dag.get_task("write_model_card").upstream_task_ids == {"bless_candidate"}
+    assert dag.get_task("register_model").upstream_task_ids == {"write_model_card"}
+    assert sum(len(t.downstream_task_ids) for t in dag.tasks) == 20
     # Feedback is curated against the landed batches and goes into the snapshot with them.
     assert dag.get_task("curate_feedback").upstream_task_ids == {"ingest_batch"}
     assert dag.get_task("version_snapshot").upstream_task_ids == {"ingest_batch", "curate_feedback"}
