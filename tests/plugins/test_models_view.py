@@ -126,3 +126,79 @@ def test_the_page_renders_behind_the_login_in_chromium(stack, tmp_path):
                 assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), i
         finally:
             browser.close()
+
+
+def test_the_mlflow_pages_it_links_open_as_model_development(stack, tmp_path):
+    """The Models view's MLflow links, followed in Chromium against an MLflow UI on the stack's
+    store: the experiment opens in MLflow's machine-learning view (runs), not its GenAI overview, and
+    a version's page shows its description and its signature."""
+    import re
+    import time
+
+    import mlflow
+    from playwright.sync_api import sync_playwright
+
+    from include.models_view import render
+    from tests.support.processes import free_port
+
+    client = mlflow.MlflowClient(tracking_uri=stack.tracking)
+    described = [
+        mv
+        for mv in client.search_model_versions("name = 'telco_churn'")
+        if "trained on" in (mv.description or "")
+    ]
+    assert described, "no version registered by the training DAG"
+    port = free_port()
+    ui = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            stack.tracking,
+            "--default-artifact-root",
+            stack.env["SLIPWAY_MLFLOW_ARTIFACT_URI"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _get(f"{ui}/health")[0] != 200:
+            assert server.poll() is None and time.monotonic() < deadline, "the MLflow UI did not start"
+            time.sleep(1)
+        record = json.loads(
+            _get(f"{stack.url}/models/api/models", {"Authorization": f"Bearer {stack.token()}"})[1]
+        )
+        page_html = render(record, ui)
+        runs = re.search(r"href='([^']*#/experiments/[^']*)'>runs in MLflow", page_html).group(1)
+        assert runs.endswith("?workflowType=machine_learning"), runs
+        version = described[-1].version
+        versions = re.search(
+            rf"href='([^']*#/models/telco_churn/versions/{version})'>MLflow", page_html
+        ).group(1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"], headless=True
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page.goto(runs.replace("&amp;", "&"), timeout=60_000)
+                page.get_by_text("telco_churn__train", exact=False).first.wait_for(timeout=90_000)
+                assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
+                assert page.get_by_text("matching runs").count() >= 1  # the runs table, not GenAI's overview
+                page.goto(versions, timeout=60_000)
+                page.get_by_text("Inputs (17)").wait_for(timeout=90_000)
+                assert page.get_by_text("Outputs (2)").count() == 1
+                assert page.get_by_text("trained on", exact=False).count() >= 1
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        server.wait(30)
