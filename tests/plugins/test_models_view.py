@@ -170,7 +170,12 @@ def test_the_mlflow_pages_it_links_open_as_model_development(stack, tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while _get(f"{ui}/health")[0] != 200:
+        while True:
+            try:
+                if _get(f"{ui}/health")[0] == 200:
+                    break
+            except OSError:  # not listening yet
+                pass
             assert server.poll() is None and time.monotonic() < deadline, "the MLflow UI did not start"
             time.sleep(1)
         record = json.loads(
