@@ -265,6 +265,26 @@ def _approve(af: Airflow, approver: Airflow, run_id: str, procs: dict, t0: float
         raise SystemExit(f"rollout {run_id} ended {state}: {af.task_states(dag, run_id)}")
 
 
+def _fresh_state(home: Path) -> None:
+    """The demo tells its story from an empty state folder. An earlier demo's state is moved aside to
+    ``<home>.previous`` (the one before that is removed), never mixed in: its run ids, versions and
+    monitor records would change the story. A state folder named by SLIPWAY_HOME is not the demo's to
+    move: the demo refuses it with the fix instead."""
+    import shutil
+
+    if not home.exists() or not any(home.iterdir()):
+        return
+    if os.environ.get("SLIPWAY_HOME"):
+        raise SystemExit(
+            f"SLIPWAY_HOME={home} already holds a state; the demo starts from an empty state folder: "
+            "unset SLIPWAY_HOME (the demo then uses the project's .slipway) or point it at a new folder"
+        )
+    previous = home.with_name(home.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    home.rename(previous)
+    _say(f"an earlier demo's state moved to {previous}; this demo starts from an empty {home}")
+
+
 def main() -> None:
     from include.demo.data import seed_landing
     from include.deploy import embedded as stack
@@ -275,6 +295,7 @@ def main() -> None:
 
     t0 = time.monotonic()
     s = get_settings()
+    _fresh_state(s.home)
     _say(f"state folder {s.home}")
     landed = seed_landing(s.landing_uri, start="2025-01", months=12)
     _say(f"landed {len(landed)} monthly batches of {PIPELINE} in {s.landing_uri}")
