@@ -4,12 +4,13 @@ to the original columns. Used by the training's explainability gate and the serv
 The estimator is explained on the features it actually sees (``preprocess.transform``). The
 explainer follows the model type:
 
-* ``tree`` (decision trees, random forests, extra trees, gradient boosting): TreeExplainer. Shallow
+* ``tree`` (decision trees, random forests, extra trees, gradient boosting, histogram gradient
+  boosting): TreeExplainer. Shallow
   ensembles are explained *interventionally* against the background; deep ones (random forests
   grown to full depth) use the trees' own training cover (``tree_path_dependent``), because
   interventional TreeSHAP is slow on them and known to break additivity on deep trees
-  (shap/shap#3267, #4042). The output is the model's raw output: log-odds for gradient
-  boosting, probability for forests and trees.
+  (shap/shap#3267, #4042). The output is the model's raw output: log-odds for (histogram)
+  gradient boosting, probability for forests and trees.
 * ``linear`` (logistic regression and other linear classifiers): LinearExplainer; log-odds
   (the decision function) of the positive class.
 * ``permutation`` (anything else with ``predict_proba``): model-agnostic, on the positive-class
@@ -192,6 +193,9 @@ def _tree_depth_and_nodes(est) -> tuple[int | None, int]:
         trees = [est]
     elif hasattr(est, "estimators_"):
         trees = list(np.ravel(est.estimators_))
+    elif hasattr(est, "_predictors"):  # HistGradientBoosting: TreePredictors of node records
+        nodes = [p.nodes for it in est._predictors for p in it]
+        return (max(int(n["depth"].max()) for n in nodes), sum(len(n) for n in nodes)) if nodes else (None, 0)
     else:
         return None, 0
     if not all(hasattr(t, "tree_") for t in trees):

@@ -46,9 +46,16 @@ class ModelRefused(RuntimeError):
 # include/spec.py ESTIMATORS inside build_pipeline's Pipeline (numeric-only, categorical-only and
 # mixed features; balanced and unweighted; several parameter sets each) and taking the union of
 # skops.io.get_untrusted_types (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes,
-# every tree model keeps sklearn's Cython Tree. Anything else (builtins.eval, a foreign class) is
-# refused; add a type here only after the same check shows a shipped estimator needs it.
-TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"numpy.dtype", "sklearn.tree._tree.Tree"})
+# every tree model keeps sklearn's Cython Tree, HistGradientBoosting its TreePredictor (plain numpy
+# arrays of nodes and bin thresholds). Anything else (builtins.eval, a foreign class) is refused;
+# add a type here only after the same check shows a shipped estimator needs it.
+TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
+    {
+        "numpy.dtype",
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
 
 _PIN = "#sha256="
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

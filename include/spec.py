@@ -27,6 +27,7 @@ from pydantic import (
 ESTIMATORS: dict[str, str] = {
     "logistic_regression": "sklearn.linear_model.LogisticRegression",
     "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
     "random_forest": "sklearn.ensemble.RandomForestClassifier",
     "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
     "decision_tree": "sklearn.tree.DecisionTreeClassifier",

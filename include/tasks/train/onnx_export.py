@@ -78,11 +78,32 @@ def _root_cause(exc: BaseException, limit: int = 300) -> str:
     return first(exc) if inner is exc else f"{first(exc)} (caused by {first(inner)})"
 
 
+def _int_missing_directions() -> None:
+    """skl2onnx 1.20 hands a HistGradientBoosting tree's leaves to ``TreeEnsemble*`` with a Python
+    ``bool`` as their missing-value direction, and onnx 1.23 refuses a bool in an int attribute
+    ("Expected an int, got a boolean"), so no HistGradientBoosting model converts. The direction is
+    an int in ONNX (0 or 1): this passes it as one. Wraps the module's own ``add_node`` once;
+    nothing else about the conversion changes (parity is checked on every export)."""
+    import skl2onnx.common.tree_ensemble as te
+
+    if getattr(te.add_node, "_slipway_int_missing", False):
+        return
+    original = te.add_node
+
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kwargs):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    add_node._slipway_int_missing = True  # type: ignore[attr-defined]
+    te.add_node = add_node
+
+
 def convert(spec: PipelineSpec, model) -> bytes:
     """The whole fitted Pipeline (preprocessing + estimator) as ONNX bytes, one input per feature column."""
     from skl2onnx import __version__ as skl2onnx_version
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    _int_missing_directions()
 
     initial_types = [
         (c, FloatTensorType([None, 1])) for c in [*spec.features.numeric, *spec.features.binary]

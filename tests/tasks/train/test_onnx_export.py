@@ -58,10 +58,10 @@ def snapshot_uri(tmp_path_factory, wa_churn):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, snapshot_uri):
-    """Train LR and GB on the sample and export each once; tests read the results."""
+    """Train LR, GB and HGB on the sample and export each once; tests read the results."""
     out = {}
-    for kind in ("logistic_regression", "gradient_boosting"):
-        spec = _spec(kind)
+    for kind in ("logistic_regression", "gradient_boosting", "hist_gradient_boosting"):
+        spec = _spec(kind, max_iter=30) if kind == "hist_gradient_boosting" else _spec(kind)
         base = tmp_path_factory.mktemp(kind)
         trained = train_model(spec, snapshot_uri, storage.path_to_uri(base / "run"))
         result = export_and_check(
@@ -71,7 +71,7 @@ def exported(tmp_path_factory, snapshot_uri):
     return out
 
 
-@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting"])
+@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting"])
 def test_parity_on_the_full_test_split(exported, kind):
     ex = exported[kind]
     res, spec = ex["result"], ex["spec"]
@@ -96,7 +96,7 @@ def test_parity_on_the_full_test_split(exported, kind):
     assert gates["p99_latency_ms"]["threshold"] == spec.gates.onnx.max_p99_latency_ms
 
 
-@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting"])
+@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting"])
 def test_one_typed_input_per_feature_column(exported, kind):
     import onnx
 
