@@ -90,21 +90,14 @@ def _build_reference(step: Step, client, version: int, profile_uri: str, sample_
 
 def _report(step: Step, reference_uri: str, sample: list[dict]) -> dict:
     """Evidently's drift report on the sample of the interval against the reference's stored sample."""
-    import pandas as pd
+    from include.tasks.monitor.drift import evidently_report, feature_kinds, read_snapshot, report_frames
 
-    from include.tasks.monitor.drift import evidently_report, feature_kinds, read_snapshot
-
-    kinds = feature_kinds(step.spec)
-    ref = read_snapshot(join(reference_uri, "sample.parquet"))[list(kinds)]
-    cur = pd.DataFrame(sample, columns=list(kinds))
-    for name, kind in kinds.items():
-        if kind == "numeric":
-            ref[name], cur[name] = ref[name].astype(float), pd.to_numeric(cur[name], errors="coerce")
-        else:
-            ref[name], cur[name] = ref[name].astype(str), cur[name].astype(str)
+    ref, cur = report_frames(
+        feature_kinds(step.spec), read_snapshot(join(reference_uri, "sample.parquet")), sample
+    )
     with tempfile.TemporaryDirectory(prefix="slipway-drift-") as tmp:
         summary = evidently_report(
-            ref.reset_index(drop=True),
+            ref,
             cur,
             str(Path(tmp) / "report.html"),
             str(Path(tmp) / "report.json"),

@@ -201,6 +201,8 @@ def _lifecycle(stack, client, champion: int, before: int, webhook: Webhook) -> N
     assert "psi[tenure]" not in drifted_metrics and judged["evidence"]["rows"] == 400
     # Evidently's report measures what the check measures (PSI, the same threshold), and says so.
     assert "monthly_charges" in judged["evidence"]["report"]["drifted"], judged["evidence"]["report"]
+    unchanged = {"partner", "dependents", "phone_service", "paperless_billing", "tenure"}
+    assert not unchanged & set(judged["evidence"]["report"]["drifted"]), judged["evidence"]["report"]
     assert judged["evidence"]["report"]["measure"].startswith("Evidently: PSI > 0.25")
     # The run, all green, says it found a breach: its note in the Airflow UI.
     note = _note(stack, run_id)

@@ -233,6 +233,23 @@ def drift_checks(cfg, counts: Counts) -> list[dict]:
     return results
 
 
+def report_frames(kinds: dict[str, str], reference, sample: list[dict]):
+    """The reference sample and the interval's sample as the report compares them: numeric columns as
+    floats, binary and categorical ones spelled as the check spells them (:func:`category_key`: the
+    log holds a binary 1 as 1.0, the snapshot as 1; as plain strings the report would see two
+    disjoint categories and call every binary column drifted)."""
+    import pandas as pd
+
+    ref = reference[list(kinds)].reset_index(drop=True)
+    cur = pd.DataFrame(sample, columns=list(kinds))
+    for name, kind in kinds.items():
+        if kind == "numeric":
+            ref[name], cur[name] = ref[name].astype(float), pd.to_numeric(cur[name], errors="coerce")
+        else:
+            ref[name], cur[name] = ref[name].map(category_key), cur[name].map(category_key)
+    return ref, cur
+
+
 def evidently_report(reference, current, html_path: str, json_path: str, psi_threshold: float = 0.25) -> dict:
     """Evidently's DataDriftPreset on two DataFrames of the same columns; writes HTML and JSON and
     returns its dataset-level summary (drifted columns, their share) and which columns drifted.

@@ -188,3 +188,43 @@ def test_streamed_counts_equal_one_count_in_memory(log_url, population, profile)
         served_inputs(log_url, PIPELINE, iso_utc(T0), iso_utc(T0 + timedelta(seconds=100))), profile
     )
     assert first.rows == 100
+
+
+def test_the_report_spells_binary_values_as_the_check_does(telco_spec):
+    """The log holds a binary 1 as 1.0, the snapshot as 1: the same category for the report too, so
+    an unchanged binary column is not "drifted" in Evidently's report (it was, for every one)."""
+    import numpy as np
+    import pandas as pd
+
+    from include.tasks.monitor.drift import evidently_report, feature_kinds, report_frames
+
+    rng = np.random.default_rng(3)
+    kinds = feature_kinds(telco_spec)
+    n = 600
+
+    def rows(scale: float):
+        out = {}
+        for name, kind in kinds.items():
+            if kind == "numeric":
+                out[name] = rng.normal(50, 10, n) * scale
+            elif name in telco_spec.features.binary:
+                out[name] = rng.integers(0, 2, n)
+            else:
+                out[name] = rng.choice(["a", "b", "c"], n)
+        return pd.DataFrame(out)
+
+    reference = rows(1.0)
+    served = rows(1.0)
+    served["monthly_charges"] = served["monthly_charges"] * 1.5  # the one real shift
+    sample = [
+        {k: (float(v) if isinstance(v, np.integer) else v) for k, v in r.items()}
+        for r in served.to_dict("records")
+    ]
+    ref, cur = report_frames(kinds, reference, sample)
+    assert set(ref["partner"]) == set(cur["partner"]) == {"0", "1"}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = evidently_report(ref, cur, f"{tmp}/r.html", f"{tmp}/r.json", 0.25)
+    assert "monthly_charges" in summary["drifted"]
+    assert not set(summary["drifted"]) & set(telco_spec.features.binary), summary["drifted"]
