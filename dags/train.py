@@ -101,8 +101,9 @@ def training_dag(spec: PipelineSpec) -> DAG:
                 type=["null", "string"],
                 pattern=MONTH_PATTERN,
                 title="Month to process (YYYY-MM)",
-                description="For a manual run: the month whose batch to train up to. Empty: the month "
-                "in which the run's data interval starts.",
+                description="For a manual run: the month whose batch to train up to, as YYYY-MM (e.g. "
+                "2025-11; a month 01 to 12). Empty: the month in which the run's data interval starts. "
+                "Anything else is refused when you press Trigger, and no run starts.",
             )
         },
         doc_md=DOC.format(

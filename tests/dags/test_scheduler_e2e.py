@@ -90,6 +90,22 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     stack = live_stack
     client = mlflow_client(stack.tracking)
     run_id = "manual__past_2025_11"
+    # A month that is no month is refused when the trigger is pressed (the form's 400, kept open
+    # with the message); no run starts.
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        stack.api(
+            "POST",
+            f"/api/v2/dags/{DAG}/dagRuns",
+            {"dag_run_id": "bad_month", "logical_date": "2026-03-01T00:00:00Z", "conf": {"month": "2025-13"}},
+        )
+    assert refused.value.code == 400 and "Invalid input for param month" in refused.value.read().decode()
+    assert not [
+        r
+        for r in stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]
+        if r["dag_run_id"] == "bad_month"
+    ]
     # Named in the trigger form's month parameter, which wins over the logical date (that alone
     # would mean 2026-02).
     stack.api(
