@@ -133,11 +133,12 @@ def feature_origins(preprocess) -> list[tuple[str, str]]:
     """``(transformed_name, original_column)`` for every output column of a fitted ColumnTransformer.
 
     Uses the fitted transformers, not the names: a one-hot block is attributed to its input
-    columns by the encoder's categories; any other transformer must keep its input names.
+    columns by the encoder's categories, one-hot bins by their count; any other transformer must
+    keep its input names.
     A name scikit-learn produces twice gets `` [<column>]`` appended.
     """
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder
 
     names = list(preprocess.get_feature_names_out())
     inputs = list(getattr(preprocess, "feature_names_in_", []))
@@ -152,6 +153,10 @@ def feature_origins(preprocess) -> list[tuple[str, str]]:
         if isinstance(last, OneHotEncoder):
             for col, width in zip(cols, _onehot_widths(last), strict=True):
                 origins += [col] * width
+            continue
+        if isinstance(last, KBinsDiscretizer) and last.encode != "ordinal":  # one column per bin
+            for col, width in zip(cols, last.n_bins_, strict=True):
+                origins += [col] * int(width)
             continue
         out = cols if isinstance(trans, str) else [str(n) for n in trans.get_feature_names_out(cols)]
         unknown = [n for n in out if n not in cols]

@@ -115,6 +115,49 @@ class Features(_Strict):
         return [*self.numeric, *self.binary, *self.categorical]
 
 
+class ColumnPreprocessing(_Strict):
+    """How one feature column is prepared for the estimator (every choice converts to ONNX).
+
+    Numeric and binary columns: ``impute`` (median by default), ``scale`` (``standard`` for linear
+    estimators and ``none`` for trees by default, or ``robust``), or ``bins`` (quantile or uniform
+    bins, one-hot encoded, instead of a scale). Categorical columns: ``encode`` one-hot (default)
+    with rare categories grouped (``min_frequency``: a share of the training rows, or
+    ``max_categories``: keep the most frequent) into the vector of an unseen category, or
+    ``ordinal`` with the declared ``order`` (a value outside it is -1)."""
+
+    impute: Literal["median", "mean", "most_frequent", "constant"] | None = None
+    fill_value: float = 0.0
+    scale: Literal["standard", "robust", "none"] | None = None
+    bins: int | None = Field(None, ge=2, le=100)
+    bin_strategy: Literal["quantile", "uniform"] = "quantile"
+    encode: Literal["onehot", "ordinal"] | None = None
+    order: list[str] | None = None
+    min_frequency: float | None = Field(None, gt=0, lt=1)
+    max_categories: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ColumnPreprocessing:
+        if self.bins is not None and self.scale not in (None, "none"):
+            raise ValueError("bins and scale exclude each other: bins replace a scale (one-hot bins)")
+        if self.encode == "ordinal" and not self.order:
+            raise ValueError("encode: ordinal needs order: [the categories, lowest first]")
+        if self.order is not None and self.encode != "ordinal":
+            raise ValueError("order applies to encode: ordinal only")
+        if self.encode == "ordinal" and (self.min_frequency or self.max_categories):
+            raise ValueError("min_frequency and max_categories group one-hot categories; not for ordinal")
+        if self.min_frequency and self.max_categories:
+            raise ValueError("give min_frequency or max_categories, not both")
+        return self
+
+    @property
+    def numeric_options(self) -> bool:
+        return self.scale is not None or self.bins is not None or self.impute is not None
+
+    @property
+    def categorical_options(self) -> bool:
+        return self.encode is not None or bool(self.min_frequency) or bool(self.max_categories)
+
+
 class Estimator(_Strict):
     """The scikit-learn estimator and its parameters."""
 
@@ -673,6 +716,11 @@ class PipelineSpec(_Strict):
     sensitive_attributes: list[str] = Field(default_factory=list)
     class_imbalance: Literal["none", "balanced"] = "balanced"
     estimator: Estimator
+    preprocessing: dict[str, ColumnPreprocessing] = Field(
+        default_factory=dict,
+        description="Per feature column: imputation, scaling or bins, one-hot with rare categories "
+        "grouped, or ordinal with a declared order. Columns not named keep the defaults.",
+    )
     split: Split = Field(default_factory=Split)
     schedule: Schedule = Field(default_factory=Schedule)
     gates: Gates = Field(default_factory=Gates)
@@ -713,6 +761,19 @@ class PipelineSpec(_Strict):
                 f"gates.robustness.perturbations names {unknown}, which are not numeric features "
                 f"(numeric features: {self.features.numeric})"
             )
+        for col, prep in self.preprocessing.items():
+            if col not in feats:
+                raise ValueError(f"preprocessing names {col!r}, which is not a feature (features: {feats})")
+            if col in self.features.categorical and prep.numeric_options:
+                raise ValueError(
+                    f"preprocessing.{col}: {col!r} is categorical; impute, scale and bins are for numeric "
+                    "and binary columns (use encode, order, min_frequency or max_categories)"
+                )
+            if col not in self.features.categorical and prep.categorical_options:
+                raise ValueError(
+                    f"preprocessing.{col}: {col!r} is numeric or binary; encode, order, min_frequency and "
+                    "max_categories are for categorical columns (use impute, scale or bins)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -350,7 +350,7 @@ def _mitigate(spec: PipelineSpec, model, test, y_test, y_pred, report: dict, tra
     else:  # exponentiated_gradient
         from fairlearn.reductions import EqualizedOdds, ExponentiatedGradient
 
-        estimator = build_pipeline(spec)
+        estimator = build_pipeline(spec, X_train)
         # The reduction encodes its costs as sample weights on relabelled targets; a "balanced"
         # class_weight would re-weight those relabelled classes and distort the best response.
         if "class_weight" in estimator.named_steps["model"].get_params():

@@ -88,8 +88,11 @@ def _random_split(df, y, spec: PipelineSpec):
     return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def build_pipeline(spec: PipelineSpec):
-    """An unfitted Pipeline: preprocessing + the spec's estimator with its parameters."""
+def build_pipeline(spec: PipelineSpec, train=None):
+    """An unfitted Pipeline: preprocessing + the spec's estimator with its parameters.
+
+    ``train`` (the training split's feature frame) is needed only when a column groups rare
+    categories: which categories are frequent is read from it."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -116,19 +119,103 @@ def build_pipeline(spec: PipelineSpec):
             f"spec {spec.name}.yaml: estimator.params rejected by {cls_name}: {exc}"
         ) from None
 
+    linear = spec.estimator.kind in _LINEAR
+    declared = spec.preprocessing
     num_steps = [("impute", SimpleImputer(strategy="median"))]
-    if spec.estimator.kind in _LINEAR:
+    if linear:
         num_steps.append(("scale", StandardScaler()))
     transformers = []
-    numeric = [*spec.features.numeric, *spec.features.binary]
+    # Columns the spec says nothing about keep the two default blocks (the same Pipeline, the same
+    # bytes, as before preprocessing could be declared); each declared column gets its own block.
+    numeric = [c for c in (*spec.features.numeric, *spec.features.binary) if c not in declared]
     if numeric:
         transformers.append(("num", Pipeline(num_steps), numeric))
-    if spec.features.categorical:
-        transformers.append(
-            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), spec.features.categorical)
-        )
+    categorical = [c for c in spec.features.categorical if c not in declared]
+    if categorical:
+        transformers.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical))
+    for col in spec.features.all:
+        if col in declared:
+            transformers.append((col, _column_block(spec, col, declared[col], linear, train), [col]))
     pre = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=True)
     return Pipeline([("preprocess", pre), ("model", estimator)])
+
+
+def _column_block(spec: PipelineSpec, col: str, prep, linear: bool, train):
+    """One declared column's transformer (see :class:`include.spec.ColumnPreprocessing`)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import (
+        KBinsDiscretizer,
+        OneHotEncoder,
+        OrdinalEncoder,
+        RobustScaler,
+        StandardScaler,
+    )
+
+    if col not in spec.features.categorical:
+        strategy = prep.impute or "median"
+        steps: list = [
+            (
+                "impute",
+                SimpleImputer(strategy=strategy, fill_value=prep.fill_value)
+                if strategy == "constant"
+                else SimpleImputer(strategy=strategy),
+            )
+        ]
+        if prep.bins is not None:
+            steps.append(
+                (
+                    "bins",
+                    KBinsDiscretizer(
+                        n_bins=prep.bins,
+                        encode="onehot-dense",
+                        strategy=prep.bin_strategy,
+                        quantile_method="averaged_inverted_cdf",
+                        subsample=None,
+                    )
+                    if prep.bin_strategy == "quantile"
+                    else KBinsDiscretizer(n_bins=prep.bins, encode="onehot-dense", strategy="uniform"),
+                )
+            )
+        else:
+            scale = prep.scale or ("standard" if linear else "none")
+            if scale == "standard":
+                steps.append(("scale", StandardScaler()))
+            elif scale == "robust":
+                steps.append(("scale", RobustScaler()))
+        return Pipeline(steps)
+    if prep.encode == "ordinal":
+        return OrdinalEncoder(
+            categories=[list(prep.order)], handle_unknown="use_encoded_value", unknown_value=-1
+        )
+    if prep.min_frequency or prep.max_categories:
+        return OneHotEncoder(
+            categories=[_frequent(spec, col, prep, train)], handle_unknown="ignore", sparse_output=False
+        )
+    return OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+
+
+def _frequent(spec: PipelineSpec, col: str, prep, train) -> list[str]:
+    """The categories of ``col`` kept as their own one-hot column; the rest (rare, and any value not
+    seen in training) share the all-zero vector. Grouping is decided here from the training rows,
+    not by OneHotEncoder's ``min_frequency``: its infrequent categories do not convert to ONNX."""
+    if train is None:
+        raise TrainingError(
+            f"spec {spec.name}.yaml: preprocessing.{col} groups rare categories, which needs the "
+            "training rows to count them (build_pipeline(spec, train))"
+        )
+    counts = train[col].dropna().astype(str).value_counts()
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if prep.max_categories:
+        kept = [k for k, _ in ranked[: prep.max_categories]]
+    else:
+        kept = [k for k, n in ranked if n / max(1, len(train)) >= prep.min_frequency]
+    if not kept:
+        raise TrainingError(
+            f"spec {spec.name}.yaml: preprocessing.{col} keeps no category (none reaches min_frequency "
+            f"{prep.min_frequency} of {len(train)} training rows); lower it"
+        )
+    return sorted(kept)
 
 
 def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
@@ -151,7 +238,7 @@ def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
 
     df = read_parquet(snapshot_uri)
     train, val, test = split_frame(df, spec)
-    pipeline = build_pipeline(spec)
+    pipeline = build_pipeline(spec, feature_frame(train, spec))
     y = labels(train, spec)
     fit_params = {}
     if needs_sample_weight(spec, pipeline):
