@@ -21,7 +21,8 @@ from include.frames import feature_frame, labels, read_parquet, to_parquet_bytes
 from include.model_files import pin, save_model, sha256_hex
 from include.spec import SPLIT_COLUMN, PipelineSpec
 
-_LINEAR = {"logistic_regression"}
+#: Estimator kinds that get a StandardScaler by default (a tree takes none).
+LINEAR = frozenset({"logistic_regression"})
 
 
 class TrainingError(ValueError):
@@ -119,7 +120,7 @@ def build_pipeline(spec: PipelineSpec, train=None):
             f"spec {spec.name}.yaml: estimator.params rejected by {cls_name}: {exc}"
         ) from None
 
-    linear = spec.estimator.kind in _LINEAR
+    linear = spec.estimator.kind in LINEAR
     declared = spec.preprocessing
     num_steps = [("impute", SimpleImputer(strategy="median"))]
     if linear:

@@ -63,6 +63,7 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
                 ["parameters", ", ".join(f"{k}={v}" for k, v in spec.estimator.params.items()) or "defaults"],
                 ["class imbalance", spec.class_imbalance],
                 ["features", ", ".join(spec.features.all)],
+                ["preprocessing", _preprocessing(spec)],
                 ["not used as features (sensitive)", ", ".join(spec.sensitive_attributes) or "none"],
                 ["decision threshold", biz.get("threshold")],
                 ["code version", rec.get("code_version")],
@@ -228,3 +229,17 @@ def write_model_card(
     (out / "model_card.md").write_text(md, encoding="utf-8")
     (out / "model_card.html").write_text(render_html(md, f"Model card: {spec.name}"), encoding="utf-8")
     return {"markdown": str(out / "model_card.md"), "html": str(out / "model_card.html")}
+
+
+def _preprocessing(spec: PipelineSpec) -> str:
+    """What the spec declares per column, then the defaults for the rest, in one line."""
+    from include.tasks.train.fit import LINEAR
+
+    declared = [
+        f"{col}: "
+        + ", ".join(f"{k} {v}" for k, v in prep.model_dump(exclude_none=True, exclude_defaults=True).items())
+        for col, prep in spec.preprocessing.items()
+    ]
+    scaled = " and standardised" if spec.estimator.kind in LINEAR else ""
+    rest = f"others: numeric and binary median-imputed{scaled}; categorical one-hot, unknown values ignored"
+    return "; ".join([*declared, rest])

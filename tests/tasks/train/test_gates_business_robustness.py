@@ -182,6 +182,15 @@ def test_model_card_renders_records(tmp_path, telco_spec):
     assert "NOT PASSED" in md and "missing:" in md
     assert "<table>" in html and "<h1>Model card: telco_churn</h1>" in html
     assert out["html"].endswith("model_card.html")
+    assert "others: numeric and binary median-imputed and standardised; categorical one-hot" in md
+    from include.spec import ColumnPreprocessing
+
+    declared = telco_spec.model_copy(update={"preprocessing": {"tenure": ColumnPreprocessing(bins=4)}})
+    write_model_card(declared, rec, tmp_path / "declared")
+    assert (
+        "tenure: bins 4; others: numeric and binary median-imputed"
+        in (tmp_path / "declared" / "model_card.md").read_text()
+    )
 
 
 def test_model_card_shows_data_derived_text_as_text(tmp_path, telco_spec):
