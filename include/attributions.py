@@ -5,7 +5,7 @@ The estimator is explained on the features it actually sees (``preprocess.transf
 explainer follows the model type:
 
 * ``tree`` (decision trees, random forests, extra trees, gradient boosting, histogram gradient
-  boosting): TreeExplainer. Shallow
+  boosting, LightGBM): TreeExplainer. Shallow
   ensembles are explained *interventionally* against the background; deep ones (random forests
   grown to full depth) use the trees' own training cover (``tree_path_dependent``), because
   interventional TreeSHAP is slow on them and known to break additivity on deep trees
@@ -201,6 +201,9 @@ def _tree_depth_and_nodes(est) -> tuple[int | None, int]:
     elif hasattr(est, "_predictors"):  # HistGradientBoosting: TreePredictors of node records
         nodes = [p.nodes for it in est._predictors for p in it]
         return (max(int(n["depth"].max()) for n in nodes), sum(len(n) for n in nodes)) if nodes else (None, 0)
+    elif type(est).__module__.startswith("lightgbm") and hasattr(est, "booster_"):
+        table = est.booster_.trees_to_dataframe()  # one row per node, with its depth (root: 1)
+        return (int(table["node_depth"].max()) - 1, len(table)) if len(table) else (None, 0)
     else:
         return None, 0
     if not all(hasattr(t, "tree_") for t in trees):

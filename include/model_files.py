@@ -47,13 +47,18 @@ class ModelRefused(RuntimeError):
 # mixed features; balanced and unweighted; several parameter sets each) and taking the union of
 # skops.io.get_untrusted_types (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes,
 # every tree model keeps sklearn's Cython Tree, HistGradientBoosting its TreePredictor (plain numpy
-# arrays of nodes and bin thresholds). Anything else (builtins.eval, a foreign class) is refused;
+# arrays of nodes and bin thresholds), LightGBM its Booster. Anything else (builtins.eval, a foreign class) is refused;
 # add a type here only after the same check shows a shipped estimator needs it.
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
     {
         "numpy.dtype",
         "sklearn.tree._tree.Tree",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        # LightGBM: the estimator, its Booster (restored from LightGBM's own text model format, no
+        # code), and the OrderedDict its parameters are kept in.
+        "lightgbm.sklearn.LGBMClassifier",
+        "lightgbm.basic.Booster",
+        "collections.OrderedDict",
     }
 )
 

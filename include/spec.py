@@ -28,6 +28,7 @@ ESTIMATORS: dict[str, str] = {
     "logistic_regression": "sklearn.linear_model.LogisticRegression",
     "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
     "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "lightgbm": "lightgbm.LGBMClassifier",  # LightGBM's scikit-learn API; ONNX through onnxmltools
     "random_forest": "sklearn.ensemble.RandomForestClassifier",
     "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
     "decision_tree": "sklearn.tree.DecisionTreeClassifier",

@@ -24,6 +24,7 @@ from tests.support.snapshots import with_estimator as _spec
 def test_every_shipped_estimator_loads_under_the_allowlist(telco_spec, wa_churn, kind):
     params = {"n_estimators": 3} if kind in {"gradient_boosting", "random_forest", "extra_trees"} else {}
     params = {"max_iter": 3} if kind == "hist_gradient_boosting" else params
+    params = {"n_estimators": 3} if kind == "lightgbm" else params
     spec = _spec(telco_spec, kind=kind, params=params)
     df = _conform(wa_churn.iloc[:200], spec, "2025-01")
     pipe = build_pipeline(spec).fit(feature_frame(df, spec), labels(df, spec))
@@ -106,7 +107,11 @@ def test_the_allowlist_is_exactly_what_the_shipped_estimators_need(telco_spec, w
     needed: set[str] = set()
     for kind in sorted(ESTIMATORS):
         params = {"max_iter": 3} if kind == "hist_gradient_boosting" else {}
-        params |= {"n_estimators": 3} if kind in {"gradient_boosting", "random_forest", "extra_trees"} else {}
+        params |= (
+            {"n_estimators": 3}
+            if kind in {"gradient_boosting", "random_forest", "extra_trees", "lightgbm"}
+            else {}
+        )
         spec = _spec(telco_spec, kind=kind, params=params)
         df = _conform(wa_churn.iloc[:200], spec, "2025-01")
         pipe = build_pipeline(spec).fit(feature_frame(df, spec), labels(df, spec))
@@ -121,7 +126,7 @@ from include.spec import load_spec
 from include.tasks.train.fit import build_pipeline
 from include.model_files import save_model, load_model
 spec = load_spec(sys.argv[1])
-for kind in ("logistic_regression", "random_forest"):
+for kind in ("logistic_regression", "random_forest", "hist_gradient_boosting", "lightgbm"):
     s = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"kind": kind, "params": {}})})
     import pandas as pd
     rng = np.random.RandomState(0)
@@ -152,7 +157,7 @@ def test_the_same_model_serialises_to_the_same_bytes_in_every_process(project_ro
         ).stdout
         for _ in range(2)
     ]
-    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 4
 
 
 _DUMP_IN_A_WORKER = r"""

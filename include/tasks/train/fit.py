@@ -111,6 +111,11 @@ def build_pipeline(spec: PipelineSpec, train=None):
         )
     if "random_state" in accepted:
         params.setdefault("random_state", spec.split.random_state)
+    if spec.estimator.kind == "lightgbm":
+        # Quiet in the task log, one thread (Airflow runs tasks side by side on the same cores), and
+        # the same model from the same data on every run (a re-run reuses its registered version).
+        for key, value in (("verbose", -1), ("n_jobs", 1), ("deterministic", True)):
+            params.setdefault(key, value)
     if spec.class_imbalance == "balanced" and "class_weight" in accepted:
         params.setdefault("class_weight", "balanced")
     try:

@@ -97,6 +97,23 @@ def _int_missing_directions() -> None:
     te.add_node = add_node
 
 
+def _register_lightgbm() -> None:
+    """skl2onnx converts LightGBM's scikit-learn estimator with onnxmltools' converter, once it is
+    registered (the documented way: ``update_registered_converter``)."""
+    from lightgbm import LGBMClassifier
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+
+    update_registered_converter(
+        LGBMClassifier,
+        "LightGbmLGBMClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_lightgbm,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+
+
 def convert(spec: PipelineSpec, model) -> bytes:
     """The whole fitted Pipeline (preprocessing + estimator) as ONNX bytes, one input per feature column."""
     from skl2onnx import __version__ as skl2onnx_version
@@ -104,6 +121,8 @@ def convert(spec: PipelineSpec, model) -> bytes:
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
     _int_missing_directions()
+    if spec.estimator.kind == "lightgbm":
+        _register_lightgbm()
 
     initial_types = [
         (c, FloatTensorType([None, 1])) for c in [*spec.features.numeric, *spec.features.binary]

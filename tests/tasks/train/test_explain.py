@@ -391,6 +391,7 @@ def _train_and_explain(spec: PipelineSpec, snapshot: str, root: Path) -> tuple[d
         ("logistic_regression", {"C": 1.0, "max_iter": 2000}, "linear"),
         ("gradient_boosting", {"n_estimators": 20, "max_depth": 2}, "tree"),
         ("hist_gradient_boosting", {"max_iter": 20, "max_depth": 3}, "tree"),
+        ("lightgbm", {"n_estimators": 20, "max_depth": 3}, "tree"),
     ],
 )
 def test_explain_model_end_to_end(tmp_path, snapshot, telco, kind, params, explainer):
@@ -418,11 +419,11 @@ def test_explain_model_end_to_end(tmp_path, snapshot, telco, kind, params, expla
     for row in record["local"]:
         assert len(row["top_contributions"]) == 5
         assert {c["feature"] for c in row["top_contributions"]} <= set(spec.features.all)
-        # HistGradientBoosting's SHAP sum reproduces its log-odds to ~2e-3 (seen: 1.6476 vs 1.6495):
+        # HistGradientBoosting's (and LightGBM's) SHAP sum reproduces its log-odds to ~2e-3 (seen: 1.6476 vs 1.6495):
         # shap walks the trees in float32, the model in float64, and rows near a split differ.
         assert row["output_value"] == pytest.approx(
             math.log(row["prediction"] / (1 - row["prediction"])),
-            abs=5e-3 if kind == "hist_gradient_boosting" else 1e-3,
+            abs=5e-3 if kind in ("hist_gradient_boosting", "lightgbm") else 1e-3,
         )
     assert result["seconds"] < 20
     # The proxy probe ran over the top-k columns on the full splits and is in the evidence record.

@@ -60,8 +60,9 @@ def snapshot_uri(tmp_path_factory, wa_churn):
 def exported(tmp_path_factory, snapshot_uri):
     """Train LR, GB and HGB on the sample and export each once; tests read the results."""
     out = {}
-    for kind in ("logistic_regression", "gradient_boosting", "hist_gradient_boosting"):
-        spec = _spec(kind, max_iter=30) if kind == "hist_gradient_boosting" else _spec(kind)
+    for kind in ("logistic_regression", "gradient_boosting", "hist_gradient_boosting", "lightgbm"):
+        params = {"hist_gradient_boosting": {"max_iter": 30}, "lightgbm": {"n_estimators": 30}}.get(kind, {})
+        spec = _spec(kind, **params)
         base = tmp_path_factory.mktemp(kind)
         trained = train_model(spec, snapshot_uri, storage.path_to_uri(base / "run"))
         result = export_and_check(
@@ -71,7 +72,9 @@ def exported(tmp_path_factory, snapshot_uri):
     return out
 
 
-@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting"])
+@pytest.mark.parametrize(
+    "kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting", "lightgbm"]
+)
 def test_parity_on_the_full_test_split(exported, kind):
     ex = exported[kind]
     res, spec = ex["result"], ex["spec"]
@@ -96,7 +99,9 @@ def test_parity_on_the_full_test_split(exported, kind):
     assert gates["p99_latency_ms"]["threshold"] == spec.gates.onnx.max_p99_latency_ms
 
 
-@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting"])
+@pytest.mark.parametrize(
+    "kind", ["logistic_regression", "gradient_boosting", "hist_gradient_boosting", "lightgbm"]
+)
 def test_one_typed_input_per_feature_column(exported, kind):
     import onnx
 
