@@ -481,7 +481,7 @@ def close_parent(
         parent.info.run_id, "mlflow.note.content", describe_dag_run(client, parent.info.run_id, state)
     )
     client.set_terminated(parent.info.run_id, status="FINISHED" if state == "success" else "FAILED")
-    return client.get_run(parent.info.run_id).data.tags.get(OUTCOME_TAG)
+    return parent.data.tags.get(OUTCOME_TAG)  # set by the tasks, all ended before the DAG run
 
 
 def describe_dag_run(client, parent_run_id: str, state: str) -> str:

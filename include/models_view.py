@@ -17,6 +17,7 @@ import json
 from urllib.parse import quote
 
 from include.tasks.blessing import ORDER as GATES  # the blessing's gates, in its order
+from include.times import utc_minute as _minute  # the one way the page writes a time
 from include.tracking import ui_link
 
 
@@ -194,13 +195,6 @@ def _verdict(monitor: dict) -> str:
     if monitor["performance_breach"]:
         what.append("performance drop (" + ", ".join(str(m) for m in monitor.get("performance") or []) + ")")
     return "BREACH: " + "; ".join(what)
-
-
-def _minute(text: str | None) -> str:
-    """``2026-12-06 14:02 UTC``: the one way the page writes a time."""
-    from include.times import utc_minute
-
-    return utc_minute(text)
 
 
 def render(record: dict, mlflow_ui: str | None) -> str:

@@ -162,7 +162,8 @@ def last_event(tags: dict[str, str]) -> dict | None:
     for key, value in tags.items():
         if key == TAG_LAST_EVENT or key.startswith(EVENT_PREFIX):
             try:
-                found.append((json.loads(value)["at"], key == TAG_LAST_EVENT, json.loads(value)))
+                event = json.loads(value)
+                found.append((event["at"], key == TAG_LAST_EVENT, event))
             except (ValueError, KeyError, TypeError):
                 continue
     return max(found, key=lambda f: f[:2])[2] if found else None
@@ -293,12 +294,11 @@ def restore_previous(client, name: str, reason: str, **details) -> dict:
         return event
 
 
-def history(client, name: str, versions: list | None = None) -> list[dict]:
-    """Every recorded event of every version of ``name`` (or of ``versions``: ModelVersion objects),
-    oldest first."""
-    if versions is None:
-        versions = client.search_model_versions(f"name = '{name}'")
-    keyed = [ke for mv in versions for ke in _keyed_events(client, mv)]
+def history(client, name: str) -> list[dict]:
+    """Every recorded event of every version of ``name``, oldest first."""
+    keyed = [
+        ke for mv in client.search_model_versions(f"name = '{name}'") for ke in _keyed_events(client, mv)
+    ]
     return [e for _, e in sorted(keyed, key=lambda ke: ke[0])]
 
 

@@ -113,6 +113,11 @@ class Step:
         """This task instance's MLflow run id."""
         return self.mlflow.active_run().info.run_id
 
+    @property
+    def parent_run_id(self) -> str | None:
+        """The DAG run's MLflow parent run (this task instance's run is nested under it)."""
+        return self.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+
     def set_outcome(self, line: str) -> None:
         """What this DAG run found or did, in one line, on its MLflow parent run (``slipway.outcome``).
 
@@ -120,7 +125,7 @@ class Step:
         (unless a person wrote one), and it heads the parent run's description in MLflow."""
         from include.lineage import OUTCOME_TAG
 
-        parent = self.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+        parent = self.parent_run_id
         if parent:
             self.mlflow.MlflowClient().set_tag(parent, OUTCOME_TAG, line[:1000])
         logging.getLogger("slipway").info("%s", line)

@@ -97,7 +97,7 @@ def curate_feedback(step: Step, ingested: dict) -> dict:
         f" {out['uri']}" if out["uri"] else " (no batch: nothing to add to the snapshot)",
         "".join(f"\n  dropped {n}: {reason.replace('_', ' ')}" for reason, n in dropped.items()),
     )
-    parent = step.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    parent = step.parent_run_id
     if parent:  # the DAG run's record says what the labels added, without opening this task
         summary = (
             f"{out['rows']} row(s) from {out['labelled']} labelled prediction(s) up to {cutoff}"
@@ -471,7 +471,7 @@ def bless_candidate(
     mlflow = step.mlflow
     mlflow.log_dict(blessing, "blessing.json")
     mlflow.set_tag("slipway.blessing", blessing["state"])
-    parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    parent = step.parent_run_id
     try:
         raise_unless_blessed(blessing)
         failure = None
@@ -620,7 +620,7 @@ def register_model(step: Step, carded: dict) -> dict:
             carded["blessing"],
             card_dir,
         )
-    parent = step.mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    parent = step.parent_run_id
     if parent:
         step.mlflow.MlflowClient().set_tag(parent, "slipway.registered_version", str(out["version"]))
     step.mlflow.set_tags(
