@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from include.spec import ESTIMATORS, PipelineSpec, load_spec
+from include.spec import CLASSIFIERS, PipelineSpec, load_spec
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "telco_churn.yaml"
 PII_KEY = b"slipway-bench-pii-key"  # fixed: the bench must not depend on the environment's key
@@ -98,7 +98,7 @@ def run(args) -> str:
     onnx_bytes = optimise(convert(spec, model))
     convert_s = time.perf_counter() - t0
     session = onnx_session(onnx_bytes, threads=1)
-    parity = _parity(predict_proba_onnx(session, spec, X), model.predict_proba(X)[:, 1])
+    parity = _parity(predict_proba_onnx(session, spec, X), model.predict_proba(X)[:, 1], 0.5)
 
     # Single rows: different test rows per call, inputs prebuilt on both sides.
     frames = [X.iloc[[i]] for i in range(min(args.sklearn_calls, len(X)))]
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m benchmarks.scoring [--estimator KIND] [--model-uri URI]``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scoring", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(DEFAULT_SPEC), help="pipeline spec (default: telco_churn)")
-    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), help="train this estimator instead")
+    parser.add_argument("--estimator", choices=sorted(CLASSIFIERS), help="train this estimator instead")
     parser.add_argument("--model-uri", help="bench this skops model instead of training one")
     parser.add_argument("--test-uri", help="held-out rows for --model-uri (default: its test.parquet)")
     parser.add_argument("--sklearn-calls", type=int, default=200)

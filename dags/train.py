@@ -109,7 +109,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         doc_md=DOC.format(
             name=name,
             description=spec.description,
-            estimator=spec.estimator.import_path,
+            estimator=spec.estimator_path,
             suite=spec.suite_file,
             mlflow_link=_mlflow_link(name),
         )

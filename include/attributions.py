@@ -17,7 +17,9 @@ explainer follows the model type:
   probability, with a small masker (at most 50 background rows, 100 explained rows and
   ``2 x features + 1`` evaluations per row) because every evaluation calls the model.
 
-The positive class is ``classes_[1]`` (label 1 of :func:`include.frames.labels`) everywhere.
+A binary model is explained for its positive class (``classes_[1]``, label 1 of
+:func:`include.frames.labels`); a multiclass model for every class (``values_by_class``, and per row
+the class of highest output); a regressor for its predicted number.
 SHAP values of one-hot columns are mapped back to their categorical column through the fitted
 ColumnTransformer and OneHotEncoder categories, so importance is reported per original column
 (the sum of the mean |SHAP| of its one-hot columns) as well as per transformed column.
@@ -25,7 +27,7 @@ ColumnTransformer and OneHotEncoder categories, so importance is reported per or
 
 from __future__ import annotations
 
-from include.spec import ESTIMATORS
+from include.spec import ESTIMATOR_KINDS
 
 # Interventional TreeSHAP costs about rows x background x tree nodes; above this (a few seconds on
 # one core) or beyond this depth, trees are explained path-dependently instead.
@@ -107,7 +109,7 @@ def _name(est) -> str:
 
 
 def _supported_hint() -> str:
-    return f"use one of the spec's estimator kinds {sorted(ESTIMATORS)}"
+    return f"use one of the spec's estimator kinds {list(ESTIMATOR_KINDS)}"
 
 
 def _dense(X):
@@ -178,16 +180,16 @@ def feature_origins(preprocess) -> list[tuple[str, str]]:
     return list(zip(names, origins, strict=True))
 
 
-def _positive_index(est) -> int:
+def _class_count(est) -> int:
+    """0 for a regressor, else the number of classes (a fitted classifier has ``classes_``)."""
+    from sklearn.base import is_classifier
+
+    if not is_classifier(est):
+        return 0
     classes = getattr(est, "classes_", None)
     if classes is None:
         raise ExplainError(f"{_name(est)} is not fitted (no classes_): explain a trained model")
-    if len(classes) != 2:
-        raise ExplainError(
-            f"{_name(est)} has {len(classes)} classes {list(classes)[:5]}; explanations are built for "
-            "binary classifiers (positive class vs the rest)"
-        )
-    return 1
+    return len(classes)
 
 
 def _tree_depth_and_nodes(est) -> tuple[int | None, int]:
@@ -237,10 +239,10 @@ def _explain_linear(est, background, sample):
     return shap.LinearExplainer(est, masker)(sample)
 
 
-def _explain_agnostic(est, background, sample, pos: int, seed: int):
+def _explain_agnostic(est, background, sample, classes: int, seed: int):
     import shap
 
-    if not hasattr(est, "predict_proba"):
+    if classes and not hasattr(est, "predict_proba"):
         raise ExplainError(
             f"{_name(est)} is neither a tree model nor a linear model and has no predict_proba, so SHAP "
             f"cannot explain it; {_supported_hint()}, or give it predict_proba "
@@ -249,11 +251,14 @@ def _explain_agnostic(est, background, sample, pos: int, seed: int):
     bg = background[:_AGNOSTIC_MAX_BACKGROUND]
     rows = sample[:_AGNOSTIC_MAX_ROWS]
 
-    def positive_proba(X):
-        return est.predict_proba(X)[:, pos]
+    def output(X):
+        if classes == 0:
+            return est.predict(X)  # a regressor: the predicted number
+        proba = est.predict_proba(X)
+        return proba[:, 1] if classes == 2 else proba
 
     explainer = shap.Explainer(
-        positive_proba,
+        output,
         shap.maskers.Independent(bg, max_samples=len(bg)),
         algorithm="permutation",
         seed=seed,
@@ -263,6 +268,10 @@ def _explain_agnostic(est, background, sample, pos: int, seed: int):
 
 def _output_space(kind: str, est) -> str:
     """What one unit of the SHAP values is: the space the explainer decomposes."""
+    from sklearn.base import is_classifier
+
+    if not is_classifier(est):
+        return "prediction"  # a regressor: units of the target
     boosted = hasattr(est, "loss") or type(est).__module__.split(".")[0] in {
         "xgboost",
         "lightgbm",
@@ -292,19 +301,27 @@ def explain_pipeline(pipeline, background, sample, seed: int = 0) -> dict:
             f"{list(steps)}: train it with include.tasks.train.fit.build_pipeline"
         )
     pre, est = steps["preprocess"], steps["model"]
-    pos = _positive_index(est)
+    classes = _class_count(est)
     kind = choose_explainer(est)
     features = feature_origins(pre)
     bg = _dense(pre.transform(background))
     X = _dense(pre.transform(sample))
     perturbation = "interventional"
     try:
-        if kind == "tree":
-            expl, perturbation, bg_size = _explain_tree(est, bg, X)
-        elif kind == "linear":
-            expl, bg_size = _explain_linear(est, bg, X), len(bg)
-        else:
-            expl, bg_size = _explain_agnostic(est, bg, X, pos, seed)
+        try:
+            if kind == "tree":
+                expl, perturbation, bg_size = _explain_tree(est, bg, X)
+            elif kind == "linear":
+                expl, bg_size = _explain_linear(est, bg, X), len(bg)
+            else:
+                expl, bg_size = _explain_agnostic(est, bg, X, classes, seed)
+        except Exception:
+            if classes <= 2 or kind == "permutation":
+                raise
+            # shap's TreeExplainer explains some multiclass ensembles only for two classes (scikit-learn's
+            # gradient boosting): explain the class probabilities model-agnostically instead.
+            kind, perturbation = "permutation", "interventional"
+            expl, bg_size = _explain_agnostic(est, bg, X, classes, seed)
     except ExplainError:
         raise
     except Exception as exc:
@@ -317,8 +334,15 @@ def explain_pipeline(pipeline, background, sample, seed: int = 0) -> dict:
 
     values = np.asarray(expl.values, dtype="float64")
     base = np.asarray(expl.base_values, dtype="float64")
-    if values.ndim == 3:  # (rows, features, classes): forests, trees, some linear models
-        values, base = values[:, :, pos], base[:, pos] if base.ndim == 2 else base[pos]
+    by_class = None
+    if values.ndim == 3 and classes > 2:  # multiclass: (rows, features, classes) kept per class
+        by_class = values
+        base_by_class = np.broadcast_to(base, (values.shape[0], values.shape[2]))
+        picked = (values.sum(axis=1) + base_by_class).argmax(axis=1)  # each row's top class
+        rows = np.arange(values.shape[0])
+        values, base = values[rows, :, picked], base_by_class[rows, picked]
+    elif values.ndim == 3:  # (rows, features, classes) of a binary model: the positive class
+        values, base = values[:, :, 1], base[:, 1] if base.ndim == 2 else base[1]
     base = np.broadcast_to(base, (values.shape[0],)).astype("float64")
     if values.shape[1] != len(features):
         raise ExplainError(
@@ -334,6 +358,9 @@ def explain_pipeline(pipeline, background, sample, seed: int = 0) -> dict:
         "data": X[: len(values)],
         "features": features,
         "background_size": int(bg_size),
+        # multiclass: SHAP values of every class (rows x features x classes); ``values`` holds each
+        # row's highest-output class
+        "values_by_class": by_class,
     }
 
 

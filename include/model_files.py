@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
     from include.spec import PipelineSpec
 
-PROBABILITIES = "probabilities"  # the ONNX output holding class probabilities (zipmap off)
+#: The ONNX output of a classifier holding the class probabilities (n x classes, zipmap off); the
+#: other output, ``label``, holds the most probable class.
+PROBABILITIES = "probabilities"
+#: The ONNX output of a regressor holding the prediction (n x 1 float), named by skl2onnx.
+PREDICTION = "variable"
 
 
 class ModelFileError(ValueError):
@@ -42,21 +46,24 @@ class ModelRefused(RuntimeError):
     """A registered version cannot be served as it is (digest, external data, graph)."""
 
 
-# skops types a Slipway model may need beyond skops' own defaults. Derived by fitting every kind in
-# include/spec.py ESTIMATORS inside build_pipeline's Pipeline (numeric-only, categorical-only and
-# mixed features; balanced and unweighted; several parameter sets each) and taking the union of
-# skops.io.get_untrusted_types (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes,
-# every tree model keeps sklearn's Cython Tree, HistGradientBoosting its TreePredictor (plain numpy
-# arrays of nodes and bin thresholds), LightGBM its Booster. Anything else (builtins.eval, a foreign class) is refused;
-# add a type here only after the same check shows a shipped estimator needs it.
+# skops types a Slipway model may need beyond skops' own defaults. Derived by fitting every estimator in
+# include/spec.py ALL_ESTIMATORS (classifiers on binary and multiclass targets, regressors on a number)
+# inside build_pipeline's Pipeline (numeric-only, categorical-only and mixed features; balanced and
+# unweighted; several parameter sets each) and taking the union of skops.io.get_untrusted_types
+# (scikit-learn 1.9, skops 0.16): SimpleImputer keeps numpy dtypes, every tree model keeps sklearn's
+# Cython Tree, HistGradientBoosting its TreePredictor (plain numpy arrays of nodes and bin
+# thresholds), LightGBM its Booster. Anything else (builtins.eval, a foreign class) is refused; add a
+# type here only after the same check shows a shipped estimator needs it
+# (tests/test_model_files.py derives the set again).
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
     {
         "numpy.dtype",
         "sklearn.tree._tree.Tree",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        # LightGBM: the estimator, its Booster (restored from LightGBM's own text model format, no
+        # LightGBM: the estimators, their Booster (restored from LightGBM's own text model format, no
         # code), and the OrderedDict its parameters are kept in.
         "lightgbm.sklearn.LGBMClassifier",
+        "lightgbm.sklearn.LGBMRegressor",
         "lightgbm.basic.Booster",
         "collections.OrderedDict",
     }
@@ -350,3 +357,29 @@ def predict_proba_onnx(session, spec: PipelineSpec, X: pd.DataFrame) -> np.ndarr
 
     out = session.run(None, onnx_inputs(spec, X))[_proba_index(session)]
     return np.asarray(out, dtype=np.float64)[:, 1]
+
+
+def scores_onnx(session, spec: PipelineSpec, X: pd.DataFrame) -> np.ndarray:
+    """The graph's scores for ``X`` as :func:`include.problem.scores` gives scikit-learn's: binary the
+    positive-class probability (1-D), multiclass the probabilities of ``target.classes`` in order
+    (n x k), regression the prediction (1-D, output :data:`PREDICTION`)."""
+    import numpy as np
+
+    names = [o.name for o in session.get_outputs()]
+    if spec.task == "regression":
+        if PREDICTION not in names:
+            raise ValueError(
+                f"the ONNX graph has no output {PREDICTION!r} (outputs: {names}): not a regressor's graph"
+            )
+        out = session.run([PREDICTION], onnx_inputs(spec, X))[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+    if spec.task == "binary":
+        return predict_proba_onnx(session, spec, X)
+    p = np.asarray(session.run(None, onnx_inputs(spec, X))[_proba_index(session)], dtype=np.float64)
+    k = len(spec.target.classes or [])
+    if p.ndim != 2 or p.shape[1] != k:
+        raise ValueError(
+            f"the ONNX graph gives {p.shape[-1] if p.ndim == 2 else 'no'} class probabilities per row, "
+            f"the spec lists {k} classes: the model was not fitted on every class of target.classes"
+        )
+    return p

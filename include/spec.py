@@ -23,8 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-# Estimators a spec may name, mapped to their import paths. Each converts to ONNX with skl2onnx.
-ESTIMATORS: dict[str, str] = {
+#: The kinds of problem a pipeline solves: a yes/no outcome, one of several classes, or a number.
+TASKS = ("binary", "multiclass", "regression")
+Task = Literal["binary", "multiclass", "regression"]
+
+# Estimators a spec may name, by task, mapped to their import paths. Each converts to ONNX (skl2onnx;
+# LightGBM through onnxmltools' converter) and loads with skops' exact trust list.
+CLASSIFIERS: dict[str, str] = {
     "logistic_regression": "sklearn.linear_model.LogisticRegression",
     "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
     "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
@@ -33,6 +38,29 @@ ESTIMATORS: dict[str, str] = {
     "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
     "decision_tree": "sklearn.tree.DecisionTreeClassifier",
 }
+REGRESSORS: dict[str, str] = {
+    "linear_regression": "sklearn.linear_model.LinearRegression",
+    "ridge": "sklearn.linear_model.Ridge",
+    "elastic_net": "sklearn.linear_model.ElasticNet",
+    "gradient_boosting": "sklearn.ensemble.GradientBoostingRegressor",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingRegressor",
+    "lightgbm": "lightgbm.LGBMRegressor",
+    "random_forest": "sklearn.ensemble.RandomForestRegressor",
+    "extra_trees": "sklearn.ensemble.ExtraTreesRegressor",
+    "decision_tree": "sklearn.tree.DecisionTreeRegressor",
+}
+ESTIMATORS_BY_TASK: dict[str, dict[str, str]] = {
+    "binary": CLASSIFIERS,
+    "multiclass": CLASSIFIERS,
+    "regression": REGRESSORS,
+}
+#: Every estimator kind a spec may name under some task.
+ESTIMATOR_KINDS: tuple[str, ...] = tuple(sorted(set(CLASSIFIERS) | set(REGRESSORS)))
+#: Every estimator class Slipway may fit, as ``(task family, kind, import path)``.
+ALL_ESTIMATORS: tuple[tuple[str, str, str], ...] = tuple(
+    [("classification", k, v) for k, v in sorted(CLASSIFIERS.items())]
+    + [("regression", k, v) for k, v in sorted(REGRESSORS.items())]
+)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -91,10 +119,43 @@ class Source(_Strict):
 
 
 class Target(_Strict):
-    """The label column and which of its values is the positive class."""
+    """The label column and, by task: the positive label (binary), the class list (multiclass), or the
+    plausible range of the number (regression, optional)."""
 
     column: str
-    positive_label: str | int | bool
+    positive_label: str | int | bool | None = Field(
+        None, description="binary: the value of the column that means 'yes' (required)."
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="multiclass: every class the column may hold (required, at least 3); a batch "
+        "holding another value is refused with counts.",
+    )
+    range: tuple[float, float] | None = Field(
+        None,
+        description="regression: [low, high], the values the target may take; a batch outside it is "
+        "refused. Without it any finite number is accepted.",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [str(c) for c in v]
+        dupes = sorted({c for c in v if v.count(c) > 1})
+        if dupes:
+            raise ValueError(f"classes are listed twice: {dupes}")
+        if any(not c.strip() for c in v):
+            raise ValueError("a class must be a non-empty text")
+        return v
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with low < high, got {list(v)}")
+        return v
 
 
 class Features(_Strict):
@@ -160,7 +221,7 @@ class ColumnPreprocessing(_Strict):
 
 
 class Estimator(_Strict):
-    """The scikit-learn estimator and its parameters."""
+    """The estimator and its parameters; which class ``kind`` means depends on the task."""
 
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -168,14 +229,9 @@ class Estimator(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ESTIMATORS:
-            raise ValueError(f"must be one of {sorted(ESTIMATORS)}, got {v!r}")
+        if v not in ESTIMATOR_KINDS:
+            raise ValueError(f"must be one of {list(ESTIMATOR_KINDS)}, got {v!r}")
         return v
-
-    @property
-    def import_path(self) -> str:
-        """Dotted path of the scikit-learn class."""
-        return ESTIMATORS[self.kind]
 
 
 class Split(_Strict):
@@ -276,35 +332,79 @@ class _SkippableGate(_Strict):
 
 
 class EvaluationGate(_Strict):
-    """Absolute floors on held-out metrics; a candidate below any floor is not registered."""
+    """Absolute floors and ceilings on held-out metrics, by task; a candidate past any is not registered.
+
+    binary: ROC AUC, PR AUC, F1 at the decision threshold, Brier score. multiclass: log loss, macro
+    F1, balanced accuracy (at least chance, 1/classes, when not set), the lowest per-class recall.
+    regression: MAE, RMSE (target units), R² (at least 0, better than predicting the mean, when not
+    set). Naming another task's metric is a spec error."""
 
     min_roc_auc: float = Field(0.5, ge=0, le=1)
     min_pr_auc: float = Field(0.0, ge=0, le=1)
     min_f1: float = Field(0.0, ge=0, le=1)
     max_brier: float = Field(1.0, ge=0, le=1)
+    max_log_loss: float | None = Field(None, gt=0)
+    min_macro_f1: float | None = Field(None, ge=0, le=1)
+    min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
+    min_class_recall: float | None = Field(None, ge=0, le=1)
+    max_mae: float | None = Field(None, gt=0)
+    max_rmse: float | None = Field(None, gt=0)
+    min_r2: float | None = Field(None, le=1)
 
 
-ChampionMetric = Literal["roc_auc", "pr_auc", "f1", "precision", "recall"]
-
-
-def _default_max_regression() -> dict[ChampionMetric, float]:
-    return {"roc_auc": 0.005}
+#: Metrics a champion comparison may bound, by task, and whether higher is better.
+CHAMPION_METRICS: dict[str, dict[str, bool]] = {
+    "binary": {"roc_auc": True, "pr_auc": True, "f1": True, "precision": True, "recall": True},
+    "multiclass": {"log_loss": False, "macro_f1": True, "balanced_accuracy": True},
+    "regression": {"mae": False, "rmse": False, "r2": True},
+}
+DEFAULT_MAX_REGRESSION: dict[str, dict[str, float]] = {
+    "binary": {"roc_auc": 0.005},
+    "multiclass": {"macro_f1": 0.01},
+    "regression": {"rmse": 0.02},
+}
+ChampionMetric = Literal[
+    "roc_auc",
+    "pr_auc",
+    "f1",
+    "precision",
+    "recall",
+    "log_loss",
+    "macro_f1",
+    "balanced_accuracy",
+    "mae",
+    "rmse",
+    "r2",
+]
 
 
 class ChampionGate(_Strict):
-    """Candidate vs the current champion, both scored on the same current test set."""
+    """Candidate vs the current champion, both scored on the same current test set.
+
+    ``max_regression`` bounds how much worse the candidate may be per metric: an absolute drop for
+    scores in [0, 1] (ROC AUC, F1, R², ...) and log loss, a relative increase (0.02 = 2%) for MAE and
+    RMSE, whose units are the target's. Defaults by task: ROC AUC 0.005, macro F1 0.01, RMSE 2%."""
 
     enabled: bool = True
-    max_regression: dict[ChampionMetric, float] = Field(default_factory=lambda: _default_max_regression())
+    max_regression: dict[ChampionMetric, float] | None = None
     max_brier_increase: float = Field(0.01, ge=0)
 
     @field_validator("max_regression")
     @classmethod
-    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: x for k, x in v.items() if x < 0 or x > 1}
+    def _non_negative(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: x for k, x in (v or {}).items() if x < 0 or x > 1}
         if bad:
             raise ValueError(f"allowed drops must be between 0 and 1, got {bad}")
         return v
+
+    def bounds(self, task: str) -> dict[str, float]:
+        """The allowed regression per metric for ``task``."""
+        chosen: dict[str, float] = (
+            {str(k): v for k, v in self.max_regression.items()}
+            if self.max_regression is not None
+            else DEFAULT_MAX_REGRESSION[task]
+        )
+        return dict(chosen)
 
 
 class BusinessGate(_SkippableGate):
@@ -336,6 +436,36 @@ class FairnessGate(_SkippableGate):
         "groups; reported always, gated when set.",
     )
     mitigation: Literal["none", "threshold_optimizer", "exponentiated_gradient"] = "none"
+    min_group_rows: int = Field(
+        1,
+        ge=1,
+        description="Groups with fewer test rows are reported but left out of the gaps: their metrics "
+        "move by sampling noise alone (a group of 6 moves its MAE or recall by a wide margin).",
+    )
+    # multiclass
+    max_selection_rate_difference: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="multiclass: for each class, the gap between the groups' shares of rows decided as that "
+        "class; the largest gap over classes must stay below this.",
+    )
+    max_macro_recall_difference: float = Field(
+        0.2, ge=0, le=1, description="multiclass: the gap between the groups' macro-averaged recall."
+    )
+    # regression
+    max_mae_difference: float | None = Field(
+        None,
+        gt=0,
+        description="regression: the gap between the groups' mean absolute error, in target units "
+        "(required when the gate checks a regression).",
+    )
+    max_mean_residual_difference: float | None = Field(
+        None,
+        gt=0,
+        description="regression: the gap between the groups' mean residual (prediction - truth), in target "
+        "units: one group systematically under-predicted against another (required for a regression).",
+    )
     not_applicable_because: str | None = Field(
         default=None,
         description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
@@ -376,8 +506,19 @@ class RobustnessGate(_SkippableGate):
     """Prediction flip rate under small realistic perturbations of numeric features."""
 
     enabled: bool = True
-    max_flip_rate: float = Field(0.05, ge=0, le=1)
+    max_flip_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of rows whose decision (class) changes; for a regression, whose "
+        "prediction moves by more than ``tolerance``.",
+    )
     perturbations: dict[str, Perturbation] = Field(default_factory=dict)
+    tolerance: Perturbation | None = Field(
+        None,
+        description="regression (required): how far a prediction may move under a perturbation before the "
+        "row counts as moved: absolute (target units) or relative (a share of the prediction).",
+    )
     not_applicable_because: str | None = Field(
         default=None,
         description="Why this enabled gate has nothing to check for this pipeline; recorded as the "
@@ -389,7 +530,17 @@ class OnnxGate(_Strict):
     """ONNX parity with scikit-learn on the full test set, and single-row latency."""
 
     enabled: bool = True
-    max_abs_diff: float = Field(1e-4, gt=0)
+    max_abs_diff: float = Field(
+        1e-4,
+        gt=0,
+        description="Largest |ONNX - scikit-learn| probability; for a regression, see max_rel_diff.",
+    )
+    max_rel_diff: float = Field(
+        1e-4,
+        gt=0,
+        description="regression: largest |ONNX - scikit-learn| / max(1, |scikit-learn|) per prediction "
+        "(absolute for small targets, relative for large ones).",
+    )
     min_label_agreement: float = Field(0.999, ge=0, le=1)
     max_p99_latency_ms: float = Field(5.0, gt=0)
 
@@ -681,16 +832,24 @@ class Retirement(_Strict):
 
 
 class Business(_Strict):
-    """The business objective as a cost/benefit of acting on a positive prediction.
+    """The business objective: what a decision is worth, by task.
 
-    Acting on a true positive is worth ``offer_acceptance_rate x value_of_true_positive -
+    binary: acting on a true positive is worth ``offer_acceptance_rate x value_of_true_positive -
     cost_of_action``; on a false positive it costs ``cost_of_action``; not acting is worth 0.
+    multiclass: ``value_matrix[truth][decision]``, the value of deciding class *decision* when the
+    truth is class *truth* (pairs not named are worth 0); the decision maximises expected value.
+    regression: ``cost_per_unit_over`` and ``cost_per_unit_under``, the cost of each unit the
+    prediction is above or below the truth; the decision is the prediction shifted to the cost-optimal
+    quantile of the validation residuals.
     """
 
     objective: str = "Expected value of acting on the model's positive predictions"
     value_of_true_positive: float = Field(0.0, ge=0)
     cost_of_action: float = Field(0.0, ge=0)
     offer_acceptance_rate: float = Field(1.0, ge=0, le=1)
+    value_matrix: dict[str, dict[str, float]] | None = None
+    cost_per_unit_over: float = Field(0.0, ge=0)
+    cost_per_unit_under: float = Field(0.0, ge=0)
     unit: str = "USD"
 
 
@@ -711,6 +870,11 @@ class PipelineSpec(_Strict):
     owner: str = "slipway"
     tags: list[str] = Field(default_factory=list)
     source: Source = Field(default_factory=Source)
+    task: Task = Field(
+        "binary",
+        description="binary (a yes/no outcome), multiclass (one of target.classes) or regression (a number). "
+        "Every stage follows it: metrics, decision, fairness, explanations, serving, rollout, monitoring.",
+    )
     target: Target
     features: Features
     identifiers: dict[str, Literal["drop", "hash"]] = Field(default_factory=dict)
@@ -778,6 +942,13 @@ class PipelineSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _task_consistent(self) -> PipelineSpec:
+        problems = _task_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _authored_rules(self, info: ValidationInfo) -> PipelineSpec:
         # Rules about what a spec *file* may say (see parse_spec). A spec built in code with
         # model_validate (a unit test's minimal spec, a re-validated copy) skips them.
@@ -792,6 +963,16 @@ class PipelineSpec(_Strict):
         """The column that identifies an entity (splits and duplicate checks key on it): the first
         identifier with action ``hash``, or None."""
         return next((col for col, action in self.identifiers.items() if action == "hash"), None)
+
+    @property
+    def estimator_path(self) -> str:
+        """Dotted path of the estimator class: ``estimator.kind`` read under the spec's task."""
+        return ESTIMATORS_BY_TASK[self.task][self.estimator.kind]
+
+    @property
+    def balanced(self) -> bool:
+        """Whether classes are re-weighted in training (never for a regression)."""
+        return self.task != "regression" and self.class_imbalance == "balanced"
 
     @property
     def suite_file(self) -> str:
@@ -845,12 +1026,130 @@ def post_ingest_schema(spec: PipelineSpec) -> dict[str, str]:
             schema[col] = "int64"
         elif col in spec.sensitive_attributes:
             schema[col] = SENSITIVE_TYPE
-        else:  # the target (written as text) or a categorical feature
+        elif col == spec.target.column and spec.task == "regression":
+            schema[col] = "float64"
+        else:  # the target of a classifier (written as text) or a categorical feature
             schema[col] = "str"
     if spec.entity_column is not None:
         schema[SPLIT_COLUMN] = "str"
     schema["batch_month"] = "str"
     return schema
+
+
+# Fields that mean something for some tasks only: (section, field) -> the tasks it belongs to.
+_TASK_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    **{("target", f): t for f, t in (("positive_label", ("binary",)), ("classes", ("multiclass",)))},
+    ("target", "range"): ("regression",),
+    **{("gates.evaluation", f): ("binary",) for f in ("min_roc_auc", "min_pr_auc", "min_f1", "max_brier")},
+    **{
+        ("gates.evaluation", f): ("multiclass",)
+        for f in ("max_log_loss", "min_macro_f1", "min_balanced_accuracy", "min_class_recall")
+    },
+    **{("gates.evaluation", f): ("regression",) for f in ("max_mae", "max_rmse", "min_r2")},
+    ("gates.champion", "max_brier_increase"): ("binary",),
+    **{
+        ("gates.fairness", f): ("binary",)
+        for f in (
+            "max_demographic_parity_difference",
+            "min_disparate_impact_ratio",
+            "max_equal_opportunity_difference",
+            "max_equalized_odds_difference",
+            "max_predictive_parity_difference",
+            "mitigation",
+        )
+    },
+    **{
+        ("gates.fairness", f): ("multiclass",)
+        for f in ("max_selection_rate_difference", "max_macro_recall_difference")
+    },
+    **{
+        ("gates.fairness", f): ("regression",) for f in ("max_mae_difference", "max_mean_residual_difference")
+    },
+    ("gates.robustness", "tolerance"): ("regression",),
+    ("gates.onnx", "max_abs_diff"): ("binary", "multiclass"),
+    ("gates.onnx", "min_label_agreement"): ("binary", "multiclass"),
+    ("gates.onnx", "max_rel_diff"): ("regression",),
+    **{
+        ("business", f): ("binary",)
+        for f in ("value_of_true_positive", "cost_of_action", "offer_acceptance_rate")
+    },
+    ("business", "value_matrix"): ("multiclass",),
+    **{("business", f): ("regression",) for f in ("cost_per_unit_over", "cost_per_unit_under")},
+    ("", "class_imbalance"): ("binary", "multiclass"),
+}
+
+
+def _section(spec: PipelineSpec, path: str) -> Any:
+    node: Any = spec
+    for part in filter(None, path.split(".")):
+        node = getattr(node, part)
+    return node
+
+
+def _default(model: BaseModel, name: str) -> Any:
+    field = type(model).model_fields[name]
+    return field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+
+
+def _task_problems(spec: PipelineSpec) -> list[str]:
+    """Where the spec contradicts its ``task``; each line is ``<field path> <problem>; <fix>``."""
+    task, target = spec.task, spec.target
+    problems: list[str] = []
+    for (path, name), tasks in _TASK_FIELDS.items():
+        section = _section(spec, path)
+        # Set to something other than its default (a spec dumped and validated again sets every field).
+        if (
+            task not in tasks
+            and name in section.model_fields_set
+            and getattr(section, name) != _default(section, name)
+        ):
+            where = f"{path}.{name}" if path else name
+            problems.append(
+                f"{where} applies to task {' or '.join(tasks)}, not to task {task}; remove it, or set "
+                f"task: {tasks[0]} if that is the problem"
+            )
+    if task == "binary" and target.positive_label is None:
+        problems.append(
+            "target.positive_label is required for task binary: the value of "
+            f"{target.column!r} that means yes (or set task: multiclass with target.classes, or "
+            "task: regression for a number)"
+        )
+    if task == "multiclass":
+        if not target.classes:
+            problems.append(
+                f"target.classes is required for task multiclass: list every value {target.column!r} may hold"
+            )
+        elif len(target.classes) < 3:
+            problems.append(
+                f"target.classes lists {len(target.classes)} classes; a multiclass task needs at least 3 "
+                "(for two, set task: binary with target.positive_label)"
+            )
+    allowed = ESTIMATORS_BY_TASK[task]
+    kind = spec.estimator.kind
+    if kind not in allowed:
+        other = next(t for t in TASKS if kind in ESTIMATORS_BY_TASK[t])
+        problems.append(
+            f"estimator.kind {kind!r} is a {'regressor' if other == 'regression' else 'classifier'} "
+            f"(task {other}), but the spec's task is {task}; pick one of {sorted(allowed)}, or set "
+            f"task: {other} if the target is {'a number' if other == 'regression' else 'a class'}"
+        )
+    bounds = spec.gates.champion.max_regression or {}
+    foreign = sorted(set(bounds) - set(CHAMPION_METRICS[task]))
+    if foreign:
+        problems.append(
+            f"gates.champion.max_regression names {foreign}, which task {task} does not measure; "
+            f"use {sorted(CHAMPION_METRICS[task])}"
+        )
+    matrix = spec.business.value_matrix
+    if matrix is not None and target.classes:
+        named = set(matrix) | {d for row in matrix.values() for d in row}
+        unknown = sorted(named - set(target.classes))
+        if unknown:
+            problems.append(
+                f"business.value_matrix names {unknown}, which are not in target.classes "
+                f"{target.classes}; rows are the true class, columns the decided class"
+            )
+    return problems
 
 
 def _vacuous_gates(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
@@ -869,14 +1168,47 @@ def _vacuous_gates(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
             "no gates.robustness.perturbations",
             "declare perturbations of numeric features under gates.robustness.perturbations",
         )
-    no_value_model = spec.business.value_of_true_positive == 0 and spec.business.cost_of_action == 0
-    if no_value_model and g.business.min_value_per_1000 is None:
+    if spec.task == "regression" and spec.sensitive_attributes:
+        missing = [
+            f
+            for f in ("max_mae_difference", "max_mean_residual_difference")
+            if getattr(g.fairness, f) is None
+        ]
+        if missing:
+            out["fairness"] = (
+                f"a regression's fairness bounds are in target units and the spec sets no {' or '.join(missing)}",
+                f"set gates.fairness.{' and gates.fairness.'.join(missing)} (the gap between groups "
+                "you accept, in target units)",
+            )
+    if spec.task == "regression" and g.robustness.perturbations and g.robustness.tolerance is None:
+        out["robustness"] = (
+            "a regression's prediction always moves a little; no gates.robustness.tolerance says how far "
+            "is too far",
+            "set gates.robustness.tolerance: {kind: relative, delta: 0.05} (or absolute, in target units)",
+        )
+    if not has_value_model(spec) and g.business.min_value_per_1000 is None:
         out["business"] = (
-            "no value model (business.value_of_true_positive and business.cost_of_action are 0) "
-            "and no gates.business.min_value_per_1000",
+            f"no value model ({_VALUE_FIELDS[spec.task]}) and no gates.business.min_value_per_1000",
             "declare the value model under business",
         )
     return out
+
+
+_VALUE_FIELDS = {
+    "binary": "business.value_of_true_positive and business.cost_of_action are 0",
+    "multiclass": "no business.value_matrix",
+    "regression": "business.cost_per_unit_over and business.cost_per_unit_under are 0",
+}
+
+
+def has_value_model(spec: PipelineSpec) -> bool:
+    """False when the spec declares no costs or benefits for its task (every decision is then worth 0)."""
+    b = spec.business
+    if spec.task == "multiclass":
+        return any(v for row in (b.value_matrix or {}).values() for v in row.values())
+    if spec.task == "regression":
+        return b.cost_per_unit_over > 0 or b.cost_per_unit_under > 0
+    return b.value_of_true_positive > 0 or b.cost_of_action > 0
 
 
 def _authoring_problems(spec: PipelineSpec) -> list[str]:

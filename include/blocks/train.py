@@ -216,14 +216,17 @@ def train_model(step: Step, validated: dict) -> dict:
         }
     )
     step.mlflow.log_metrics(
-        {f"rows_{k}": v for k, v in out["rows"].items()} | {"positive_rate": out["positive_rate"]}
+        {f"rows_{k}": v for k, v in out["rows"].items()}
+        | {f"target.{k}": v for k, v in out["target_summary"].items()}
     )
     step.mlflow.set_tag("slipway.model_sha256", out["model_sha256"])
+    step.mlflow.set_tag("slipway.task", spec.task)
     log.info(
-        "fitted %s on %s rows (positive rate %.3f); model %s",
+        "fitted %s (%s) on %s rows (target: %s); model %s",
         out["estimator"],
+        spec.task,
         ", ".join(f"{k} {v}" for k, v in out["rows"].items()),
-        out["positive_rate"],
+        ", ".join(f"{k} {v}" for k, v in out["target_summary"].items()),
         out["model_uri"],
     )
     return {
@@ -233,6 +236,7 @@ def train_model(step: Step, validated: dict) -> dict:
         "splits": out["splits"],
         "rows": out["rows"],
         "positive_rate": out["positive_rate"],
+        "target_summary": out["target_summary"],
         "data_version": versioned["data_version"],
         "outputs": [data_ref("model", out["model_uri"], out["model_sha256"], "model")],
         CARRIED: {"versioned": versioned, "validated": _own(validated)},
@@ -262,16 +266,27 @@ def _disabled(gate: str) -> dict:
 
 @block
 def evaluate_model(step: Step, trained: dict) -> dict:
-    """Decision threshold for expected value on validation data; held-out metrics against the spec's floors."""
+    """Decision rule for expected value on validation data (a threshold, a value matrix, a cost-optimal
+    shift); the task's held-out metrics against the spec's floors."""
     from include.tasks.blessing import validation_result
     from include.tasks.train.evaluate import evaluate_model as score
     from include.tasks.train.evaluate import evaluation_gate
 
     spec, mlflow, validated = step.spec, step.mlflow, trained[CARRIED]["validated"]
     out = score(spec, trained["model_uri"], trained["splits"]["test"], trained["splits"]["validation"])
+    from include.problem import describe_rule
+
     mlflow.log_metrics({f"test_{k}": v for k, v in out["metrics"].items()})
-    mlflow.log_metrics({"decision_threshold": out["threshold"], "value_per_1000": out["value_per_1000"]})
-    mlflow.log_dict({"curve": out["value_curve"], "chosen": out["threshold"]}, "business/value_curve.json")
+    mlflow.log_metrics({"value_per_1000": out["value_per_1000"]})
+    if spec.task == "binary":
+        mlflow.log_metric("decision_threshold", out["threshold"])
+    if spec.task == "regression":
+        mlflow.log_metric("decision_offset", out["rule"]["offset"])
+    mlflow.log_dict(
+        {"curve": out["value_curve"], "chosen": out["rule"], "reason": out["rule_reason"]},
+        "business/value_curve.json",
+    )
+    log.info("decision: %s (%s)", describe_rule(spec, out["rule"], spec.business.unit), out["rule_reason"])
     oot = out.get("out_of_time")
     if oot:
         mlflow.log_dict(oot, "evaluation/out_of_time.json")
@@ -282,15 +297,18 @@ def evaluate_model(step: Step, trained: dict) -> dict:
         {
             "evaluation": {
                 "metrics": out["metrics"],
-                "metrics_at_0_5": out["metrics_at_0_5"],
+                "metrics_at_0_5": out.get("metrics_at_0_5"),
                 "out_of_time": oot,
             }
         },
         {
             "data_validation": [validation_result(validated, f"runs:/{validated['run_id']}/validation")],
-            "evaluation": evaluation_gate(out["metrics"], spec.gates.evaluation, step.evidence("blessing")),
+            "evaluation": evaluation_gate(
+                out["metrics"], spec.gates.evaluation, step.evidence("blessing"), spec=spec
+            ),
         },
-        threshold=out["threshold"],
+        threshold=out.get("threshold"),
+        decision=out["rule"],
         value_per_1000=out["value_per_1000"],
         metrics=out["metrics"],
         evaluation_run_id=step.run_id,
@@ -312,15 +330,17 @@ def compare_champion(step: Step, evaluated: dict) -> dict:
     # An unreachable registry raises here and the task is retried: never "no champion".
     champion = load_champion(spec.name)
     cmp = compare_with_champion(
-        spec, trained["model_uri"], trained["splits"]["test"], evaluated["threshold"], champion, evidence
+        spec, trained["model_uri"], trained["splits"]["test"], evaluated["decision"], champion, evidence
     )
     step.mlflow.log_dict({k: v for k, v in cmp.items() if k != "gates"}, "champion/comparison.json")
     champ = cmp["champion"]
     business = {
-        "threshold": evaluated["threshold"],
+        "threshold": evaluated.get("threshold"),
+        "decision": evaluated["decision"],
         "value_per_1000": cmp["candidate"]["value_per_1000"],
         "champion_version": champ["version"] if champ else None,
-        "champion_threshold": champ["threshold"] if champ else None,
+        "champion_threshold": champ.get("threshold") if champ else None,
+        "champion_decision": champ["rule"] if champ else None,
         "champion_value_per_1000": champ["value_per_1000"] if champ else None,
     }
     step.mlflow.log_metrics({"value_per_1000": business["value_per_1000"]})
@@ -350,7 +370,7 @@ def check_fairness(step: Step, evaluated: dict) -> dict:
             spec,
             trained["model_uri"],
             trained["splits"]["test"],
-            evaluated["threshold"],
+            evaluated["decision"],
             tmp,
             train_uri=trained["splits"]["train"],
         )
@@ -401,7 +421,7 @@ def check_robustness(step: Step, evaluated: dict) -> dict:
     spec = step.spec
     if not spec.gates.robustness.enabled:
         return _disabled("robustness")
-    out = flips(spec, trained["model_uri"], trained["splits"]["test"], evaluated["threshold"])
+    out = flips(spec, trained["model_uri"], trained["splits"]["test"], evaluated["decision"])
     step.mlflow.log_dict(out, "robustness/flip_rates.json")
     step.mlflow.log_metric("flip_rate", out["flip_rate"])
     results = robustness_gate(out, spec.gates.robustness, step.evidence("robustness/flip_rates.json"))
@@ -417,20 +437,20 @@ def optimise_onnx(step: Step, evaluated: dict) -> dict:
     spec = step.spec
     with tempfile.TemporaryDirectory(prefix="slipway-onnx-") as tmp:
         out = export_and_check(
-            spec, trained["model_uri"], trained["splits"]["test"], tmp, threshold=evaluated["threshold"]
+            spec, trained["model_uri"], trained["splits"]["test"], tmp, rule=evaluated["decision"]
         )
         step.mlflow.log_artifacts(tmp, "onnx")
         # Only the graph goes to the lake: the report holds this run's latency measurements.
         published = step.publish(tmp, step.lake(trained["month"], "onnx"), only=("model.onnx",))
     onnx_uri = published.get("model.onnx")
     if out.get("converted", True):
-        step.mlflow.log_metrics(
-            {
-                "onnx_max_abs_diff": out["max_abs_diff"],
-                "onnx_label_agreement": out["label_agreement"],
-                "onnx_p99_ms": out["latency_ms"]["onnx"]["p99"],
-            }
-        )
+        measured = {
+            "onnx_max_abs_diff": out.get("max_abs_diff"),
+            "onnx_max_rel_diff": out.get("max_rel_diff"),
+            "onnx_label_agreement": out.get("label_agreement"),
+            "onnx_p99_ms": out["latency_ms"]["onnx"]["p99"],
+        }
+        step.mlflow.log_metrics({k: v for k, v in measured.items() if v is not None})
     refs = [data_ref("onnx_model", onnx_uri, out["model_sha256"], "model")] if onnx_uri else []
     extra = {"onnx_uri": onnx_uri, "onnx_sha256": out.get("model_sha256"), "outputs": refs}
     record = {k: v for k, v in out.items() if k != "onnx_path"}
@@ -527,11 +547,17 @@ def write_model_card(step: Step, blessed: dict) -> dict:
         "dvc_uri": versioned["dvc_uri"],
         "rows": trained.get("rows", {}),
         "positive_rate": trained.get("positive_rate"),
+        "target_summary": trained.get("target_summary"),
+        "task": spec.task,
         "validation": f"{validated['evaluated']} expectations, all passed",
         "metrics": blessed.get("metrics", {}),
         "business": rec.get(
             "business",
-            {"threshold": blessed.get("threshold"), "value_per_1000": blessed.get("value_per_1000")},
+            {
+                "threshold": blessed.get("threshold"),
+                "decision": blessed.get("decision"),
+                "value_per_1000": blessed.get("value_per_1000"),
+            },
         ),
         "fairness": rec.get("fairness", {}),
         "explain": rec.get("explainability", {}),
@@ -572,6 +598,7 @@ def register_model(step: Step, carded: dict) -> dict:
     from include import assets, storage
     from include.lineage import code_version
     from include.model_files import read_model_bytes, verify_sha256
+    from include.problem import DECISION_TAG, rule_json
     from include.tasks.train.register import register_candidate
     from include.tracking import trusted_artifact_uri
 
@@ -599,9 +626,15 @@ def register_model(step: Step, carded: dict) -> dict:
         "slipway.validation": "passed" if validated["success"] else "failed",
         "slipway.validation_run_id": validated["run_id"],
         "slipway.evaluation_run_id": carded.get("evaluation_run_id", ""),
-        "slipway.decision_threshold": str(carded["threshold"]),
+        "slipway.task": step.spec.task,
+        DECISION_TAG: rule_json(carded["decision"]),
+        **({"slipway.decision_threshold": str(carded["threshold"])} if step.spec.task == "binary" else {}),
         "slipway.value_per_1000": f"{carded.get('value_per_1000', 0.0):.2f}",
-        **{f"slipway.metric.{k}": f"{v:.6f}" for k, v in carded["metrics"].items() if k != "rows"},
+        **{
+            f"slipway.metric.{k}": f"{v:.6f}"
+            for k, v in carded["metrics"].items()
+            if k != "rows" and isinstance(v, int | float)
+        },
     }
     onnx_bytes = storage.read_bytes(onnx_uri)
     # The graph registered (and served) is the one optimise_onnx measured, not a later rewrite of the key.

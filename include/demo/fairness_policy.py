@@ -43,7 +43,7 @@ def evaluate_policy(spec, months: list[str], workdir: Path) -> list[dict]:
                 spec,
                 trained["model_uri"],
                 trained["splits"]["test"],
-                evaluated["threshold"],
+                evaluated["rule"],
                 tmp,
                 train_uri=trained["splits"]["train"],
             )

@@ -1,25 +1,30 @@
-"""Business alignment: the decision threshold that maximises expected value, and its gate.
+"""Business alignment: the decision that maximises expected value, by task, and its gate.
 
-The spec's cost/benefit says what acting on a positive prediction is worth. For churn: a
-retention offer costs ``cost_of_action``; a churner who receives one stays with probability
-``offer_acceptance_rate`` and is then worth ``value_of_true_positive``. Per customer acted on:
+The spec's ``business`` section says what a decision is worth (see :class:`include.spec.Business`):
 
-* true positive:  ``offer_acceptance_rate * value_of_true_positive - cost_of_action``
-* false positive: ``-cost_of_action``
-* not acted on:   0
+* binary: for churn, a retention offer costs ``cost_of_action``; a churner who receives one stays
+  with probability ``offer_acceptance_rate`` and is then worth ``value_of_true_positive``. Per
+  customer acted on: true positive ``rate x value - cost``, false positive ``-cost``; not acted on 0.
+  The threshold with the highest value on the validation split is chosen.
+* multiclass: deciding class *j* when the truth is *i* is worth ``value_matrix[i][j]``. The decision
+  maximises expected value over the predicted probabilities (nothing to tune: the matrix is the rule).
+* regression: each unit of over-prediction costs ``cost_per_unit_over``, each unit of
+  under-prediction ``cost_per_unit_under``. The expected cost is lowest at the
+  ``under / (under + over)`` quantile of the outcome, so the decision is the prediction shifted by
+  that quantile of the validation residuals. Value is the negative cost.
 
-The threshold is chosen on the validation split (never on the test split that reports it), and
-the value is reported per 1,000 customers next to the ML metrics.
+Rules are chosen on the validation split (never on the test split that reports them), and the value
+is reported per 1,000 rows next to the ML metrics.
 """
 
 from __future__ import annotations
 
-from include.spec import Business, BusinessGate
+from include.spec import Business, BusinessGate, PipelineSpec
 from include.tasks.gates import check, not_applicable
 
 
 def value_per_1000(y_true, proba, threshold: float, business: Business) -> float:
-    """Expected value of acting on predictions at ``threshold``, per 1,000 customers."""
+    """Binary: expected value of acting on predictions at ``threshold``, per 1,000 customers."""
     import numpy as np
 
     y = np.asarray(y_true).astype(int)
@@ -29,8 +34,31 @@ def value_per_1000(y_true, proba, threshold: float, business: Business) -> float
     return float(1000.0 * total / max(len(y), 1))
 
 
+def decision_value_per_1000(spec: PipelineSpec, y_true, s, rule: dict) -> float:
+    """Expected value per 1,000 rows of the decisions ``rule`` takes on scores ``s``, for any task."""
+    import numpy as np
+
+    from include.problem import decide, value_matrix
+
+    if spec.task == "binary":
+        return value_per_1000(y_true, s, float(rule["threshold"]), spec.business)
+    y = np.asarray(y_true)
+    if not len(y):
+        return 0.0
+    decided = decide(spec, s, rule)
+    if spec.task == "multiclass":
+        m = value_matrix(spec)
+        if m is None:
+            return 0.0
+        return float(1000.0 * m[y.astype(int), decided].mean())
+    b = spec.business
+    error = decided - y.astype("float64")
+    cost = b.cost_per_unit_over * np.clip(error, 0, None) + b.cost_per_unit_under * np.clip(-error, 0, None)
+    return float(-1000.0 * cost.mean())
+
+
 def has_value_model(business: Business) -> bool:
-    """False when the spec declares no costs or benefits (every threshold is then worth 0)."""
+    """Binary: False when the spec declares no costs or benefits (every threshold is then worth 0)."""
     return business.value_of_true_positive > 0 or business.cost_of_action > 0
 
 
@@ -52,6 +80,45 @@ def choose_threshold(y_val, proba_val, business: Business) -> dict:
         "value_per_1000": best,
         "curve": [{"threshold": t, "value_per_1000": round(v, 2)} for t, v in curve],
         "reason": "maximises expected value on the validation split",
+    }
+
+
+def choose_rule(spec: PipelineSpec, y_val, s_val) -> dict:
+    """The decision rule, chosen on the validation split: ``{rule, value_per_1000, curve, reason}``."""
+    import numpy as np
+
+    from include.problem import default_rule
+    from include.spec import has_value_model as declares_value
+
+    if spec.task == "binary":
+        chosen = choose_threshold(y_val, s_val, spec.business)
+        return {**chosen, "rule": {"threshold": chosen["threshold"]}}
+    rule = default_rule(spec)
+    if not declares_value(spec):
+        return {"rule": rule, "value_per_1000": 0.0, "curve": [], "reason": "no cost/benefit in the spec"}
+    if spec.task == "multiclass" or not len(y_val):
+        reason = (
+            "the class of highest expected value under business.value_matrix"
+            if spec.task == "multiclass"
+            else "no validation split: the prediction as it is"
+        )
+        value = decision_value_per_1000(spec, y_val, s_val, rule) if len(y_val) else 0.0
+        return {"rule": rule, "value_per_1000": value, "curve": [], "reason": reason}
+    b = spec.business
+    q = b.cost_per_unit_under / (b.cost_per_unit_under + b.cost_per_unit_over)
+    residual = np.asarray(y_val, dtype="float64") - np.asarray(s_val, dtype="float64")
+    rule = {"offset": round(float(np.quantile(residual, q)), 6)}
+    curve = []
+    for level in (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95):
+        offset = float(np.quantile(residual, level))
+        v = decision_value_per_1000(spec, y_val, s_val, {"offset": offset})
+        curve.append({"quantile": level, "offset": round(offset, 4), "value_per_1000": round(v, 2)})
+    return {
+        "rule": rule,
+        "value_per_1000": decision_value_per_1000(spec, y_val, s_val, rule),
+        "curve": curve,
+        "reason": f"the {q:.0%} quantile of the validation residuals: lowest expected cost of over- and "
+        "under-prediction",
     }
 
 

@@ -21,9 +21,9 @@ from include.model_files import (
     verify_sha256,
 )
 from include.spec import PipelineSpec
-from include.tasks.business import value_per_1000
+from include.tasks.business import decision_value_per_1000
 from include.tasks.gates import check, not_applicable
-from include.tasks.train.evaluate import compute_metrics
+from include.tasks.metrics import task_metrics
 
 SKLEARN_SHA256_TAG = "slipway.sklearn_sha256"
 
@@ -117,26 +117,35 @@ def compare_with_champion(
     spec: PipelineSpec,
     candidate_model_uri: str,
     test_uri: str,
-    candidate_threshold: float,
+    candidate_rule: dict,
     champion: dict | None,
     evidence_uri: str | None = None,
 ) -> dict:
-    """Metrics and business value of both models on the candidate's test split, and the champion gate.
+    """The task's metrics and business value of both models on the candidate's test split, and the
+    champion gate: ``gates.champion.max_regression`` per metric of the task (an absolute drop; for
+    MAE and RMSE a relative increase) and, for a binary task, the Brier score's increase.
 
-    With no champion the gate is ``not_applicable`` (nothing was compared), never ``passed``.
+    Each model decides by its own rule (the champion's as blessed, tag ``slipway.decision``). With
+    no champion the gate is ``not_applicable`` (nothing was compared), never ``passed``.
     """
+    from include.problem import rule_from_tags, scores
+    from include.spec import CHAMPION_METRICS
+
     test = read_parquet(test_uri)
     X, y = feature_frame(test, spec), labels(test, spec)
-    cand = read_model(candidate_model_uri).predict_proba(X)[:, 1]
+    cand = scores(read_model(candidate_model_uri), X, spec)
     out: dict[str, Any] = {
+        "task": spec.task,
         "candidate": {
-            **compute_metrics(y, cand, candidate_threshold),
-            "threshold": candidate_threshold,
-            "value_per_1000": value_per_1000(y, cand, candidate_threshold, spec.business),
+            **task_metrics(spec, y, cand, candidate_rule),
+            "rule": candidate_rule,
+            "value_per_1000": decision_value_per_1000(spec, y, cand, candidate_rule),
         },
         "champion": None,
         "gates": [],
     }
+    if spec.task == "binary":
+        out["candidate"]["threshold"] = candidate_rule["threshold"]
     gate = spec.gates.champion
     if champion is None:
         out["gates"].append(
@@ -148,18 +157,31 @@ def compare_with_champion(
             )
         )
         return out
-    champ = champion["model"].predict_proba(X)[:, 1]
+    champ_rule = rule_from_tags(
+        spec, champion.get("tags") or {"slipway.decision_threshold": champion["threshold"]}
+    )
+    champ = scores(champion["model"], X, spec)
     out["champion"] = {
-        **compute_metrics(y, champ, champion["threshold"]),
-        "threshold": champion["threshold"],
-        "value_per_1000": value_per_1000(y, champ, champion["threshold"], spec.business),
+        **task_metrics(spec, y, champ, champ_rule),
+        "rule": champ_rule,
+        "value_per_1000": decision_value_per_1000(spec, y, champ, champ_rule),
         "version": champion["version"],
     }
-    for metric, max_drop in sorted(gate.max_regression.items()):
-        delta = out["candidate"][metric] - out["champion"][metric]
-        out["gates"].append(check("champion", f"{metric}_delta", delta, -max_drop, ">=", evidence_uri))
-    brier_delta = out["candidate"]["brier"] - out["champion"]["brier"]
-    out["gates"].append(
-        check("champion", "brier_delta", brier_delta, gate.max_brier_increase, "<=", evidence_uri)
-    )
+    if spec.task == "binary":
+        out["champion"]["threshold"] = champ_rule["threshold"]
+    higher_better = CHAMPION_METRICS[spec.task]
+    for metric, allowed in sorted(gate.bounds(spec.task).items()):
+        new, old = out["candidate"][metric], out["champion"][metric]
+        if metric in ("mae", "rmse"):  # target units: bounded as a relative increase
+            rel = (new - old) / old if old > 0 else (0.0 if new == old else float("inf"))
+            out["gates"].append(check("champion", f"{metric}_increase", rel, allowed, "<=", evidence_uri))
+        elif higher_better[metric]:
+            out["gates"].append(check("champion", f"{metric}_delta", new - old, -allowed, ">=", evidence_uri))
+        else:
+            out["gates"].append(check("champion", f"{metric}_delta", new - old, allowed, "<=", evidence_uri))
+    if spec.task == "binary":
+        brier_delta = out["candidate"]["brier"] - out["champion"]["brier"]
+        out["gates"].append(
+            check("champion", "brier_delta", brier_delta, gate.max_brier_increase, "<=", evidence_uri)
+        )
     return out

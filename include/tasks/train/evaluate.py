@@ -1,4 +1,4 @@
-"""Evaluate: held-out metrics of a fitted model, and the evaluation gate against the spec's floors."""
+"""Evaluate: held-out metrics of a fitted model by task, and the evaluation gate against the spec's floors."""
 
 from __future__ import annotations
 
@@ -8,48 +8,26 @@ from include.frames import feature_frame, labels, read_parquet
 from include.model_files import read_model
 from include.spec import EvaluationGate, PipelineSpec
 from include.tasks.gates import check
-
-
-def compute_metrics(y_true, proba, threshold: float = 0.5) -> dict:
-    """ROC AUC, PR AUC (average precision), F1, precision, recall, Brier score, accuracy."""
-    from sklearn.metrics import (
-        accuracy_score,
-        average_precision_score,
-        brier_score_loss,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
-
-    pred = (proba >= threshold).astype(int)
-    return {
-        "roc_auc": float(roc_auc_score(y_true, proba)),
-        "pr_auc": float(average_precision_score(y_true, proba)),
-        "f1": float(f1_score(y_true, pred, zero_division=0)),
-        "precision": float(precision_score(y_true, pred, zero_division=0)),
-        "recall": float(recall_score(y_true, pred, zero_division=0)),
-        "brier": float(brier_score_loss(y_true, proba)),
-        "accuracy": float(accuracy_score(y_true, pred)),
-        "positive_rate": float(y_true.mean()),
-        "rows": int(len(y_true)),
-    }
+from include.tasks.metrics import binary_metrics as compute_metrics
+from include.tasks.metrics import task_metrics
 
 
 def evaluate_model(
     spec: PipelineSpec, model_uri: str, test_uri: str, validation_uri: str | None = None
 ) -> dict:
-    """Choose the decision threshold on the validation split (business value), score the test split.
+    """Choose the decision rule on the validation split (business value), score the test split.
 
-    Threshold-free metrics (ROC AUC, PR AUC, Brier) do not depend on it; F1, precision, recall and
-    accuracy are reported at the chosen threshold, and at 0.5 for reference. ``out_of_time`` scores
-    the test rows of the latest ``batch_month`` alone (reported, not gated).
+    Binary: threshold-free metrics (ROC AUC, PR AUC, Brier) do not depend on the threshold; F1,
+    precision, recall and accuracy are reported at the chosen threshold, and at 0.5 for reference.
+    Multiclass and regression: see :mod:`include.tasks.metrics`. ``out_of_time`` scores the test rows
+    of the latest ``batch_month`` alone (reported, not gated).
     """
-    from include.tasks.business import choose_threshold, value_per_1000
+    from include.problem import default_rule, scores
+    from include.tasks.business import choose_rule, decision_value_per_1000
 
     model = read_model(model_uri)
     chosen: dict[str, Any] = {
-        "threshold": 0.5,
+        "rule": default_rule(spec),
         "value_per_1000": 0.0,
         "curve": [],
         "reason": "no validation split",
@@ -57,28 +35,34 @@ def evaluate_model(
     if validation_uri:
         val = read_parquet(validation_uri)
         if len(val):
-            proba_val = model.predict_proba(feature_frame(val, spec))[:, 1]
-            chosen = choose_threshold(labels(val, spec), proba_val, spec.business)
+            chosen = choose_rule(spec, labels(val, spec), scores(model, feature_frame(val, spec), spec))
     test = read_parquet(test_uri)
     y = labels(test, spec)
-    proba = model.predict_proba(feature_frame(test, spec))[:, 1]
-    threshold = chosen["threshold"]
-    return {
-        "metrics": compute_metrics(y, proba, threshold),
-        "metrics_at_0_5": compute_metrics(y, proba, 0.5),
-        "threshold": threshold,
-        "threshold_reason": chosen["reason"],
-        "value_per_1000": value_per_1000(y, proba, threshold, spec.business),
+    s = scores(model, feature_frame(test, spec), spec)
+    rule = chosen["rule"]
+    out = {
+        "metrics": task_metrics(spec, y, s, rule),
+        "rule": rule,
+        "rule_reason": chosen["reason"],
+        "value_per_1000": decision_value_per_1000(spec, y, s, rule),
         "validation_value_per_1000": chosen["value_per_1000"],
         "value_curve": chosen["curve"],
-        "out_of_time": out_of_time_slice(test, y, proba, threshold),
+        "out_of_time": out_of_time_slice(spec, test, y, s, rule),
     }
+    if spec.task == "binary":
+        out |= {
+            "threshold": rule["threshold"],
+            "threshold_reason": chosen["reason"],
+            "metrics_at_0_5": compute_metrics(y, s, 0.5),
+        }
+    return out
 
 
-def out_of_time_slice(test, y, proba, threshold: float) -> dict:
+def out_of_time_slice(spec: PipelineSpec, test, y, s, rule: dict) -> dict:
     """Metrics on the test rows of the latest ``batch_month``: the nearest thing to next month's data.
 
-    Metrics need both classes in the slice; otherwise ``note`` says why there are none.
+    A classifier's metrics need every class in the slice (binary: both; multiclass: at least two);
+    otherwise ``note`` says why there are none.
     """
     if "batch_month" not in test.columns or not len(test):
         return {
@@ -90,18 +74,74 @@ def out_of_time_slice(test, y, proba, threshold: float) -> dict:
     month = months.max()  # YYYY-MM sorts chronologically as text
     mask = (months == month).to_numpy()
     out = {"month": month, "rows": int(mask.sum())}
-    if len(set(y[mask])) < 2:
+    if spec.task != "regression" and len(set(y[mask])) < 2:
         out["note"] = f"the {month} test rows hold one class only: no metrics for this slice"
+    elif spec.task == "regression" and mask.sum() < 2:
+        out["note"] = f"the {month} test rows are fewer than 2: no metrics for this slice"
     else:
-        out["metrics"] = compute_metrics(y[mask], proba[mask], threshold)
+        out["metrics"] = task_metrics(spec, y[mask], s[mask], rule)
     return out
 
 
-def evaluation_gate(metrics: dict, gate: EvaluationGate, evidence_uri: str | None = None) -> list[dict]:
-    """One result per floor/ceiling on the held-out metrics."""
-    return [
-        check("evaluation", "roc_auc", metrics["roc_auc"], gate.min_roc_auc, ">=", evidence_uri),
-        check("evaluation", "pr_auc", metrics["pr_auc"], gate.min_pr_auc, ">=", evidence_uri),
-        check("evaluation", "f1", metrics["f1"], gate.min_f1, ">=", evidence_uri),
-        check("evaluation", "brier", metrics["brier"], gate.max_brier, "<=", evidence_uri),
-    ]
+def evaluation_gate(
+    metrics: dict, gate: EvaluationGate, evidence_uri: str | None = None, spec: PipelineSpec | None = None
+) -> list[dict]:
+    """One result per floor/ceiling of the task on the held-out metrics."""
+    task = spec.task if spec is not None else "binary"
+    if task == "binary":
+        return [
+            check("evaluation", "roc_auc", metrics["roc_auc"], gate.min_roc_auc, ">=", evidence_uri),
+            check("evaluation", "pr_auc", metrics["pr_auc"], gate.min_pr_auc, ">=", evidence_uri),
+            check("evaluation", "f1", metrics["f1"], gate.min_f1, ">=", evidence_uri),
+            check("evaluation", "brier", metrics["brier"], gate.max_brier, "<=", evidence_uri),
+        ]
+    assert spec is not None
+    if task == "multiclass":
+        classes = list(spec.target.classes or [])
+        chance = round(1.0 / len(classes), 6)
+        floor = gate.min_balanced_accuracy if gate.min_balanced_accuracy is not None else chance
+        note = (
+            None
+            if gate.min_balanced_accuracy is not None
+            else f"no floor set: at least chance (1/{len(classes)})"
+        )
+        out = [
+            check(
+                "evaluation",
+                "balanced_accuracy",
+                metrics["balanced_accuracy"],
+                floor,
+                ">=",
+                evidence_uri,
+                note,
+            )
+        ]
+        if gate.max_log_loss is not None:
+            out.append(
+                check("evaluation", "log_loss", metrics["log_loss"], gate.max_log_loss, "<=", evidence_uri)
+            )
+        if gate.min_macro_f1 is not None:
+            out.append(
+                check("evaluation", "macro_f1", metrics["macro_f1"], gate.min_macro_f1, ">=", evidence_uri)
+            )
+        if gate.min_class_recall is not None:
+            for c in classes:
+                out.append(
+                    check(
+                        "evaluation",
+                        f"recall.{c}",
+                        metrics[f"recall.{c}"],
+                        gate.min_class_recall,
+                        ">=",
+                        evidence_uri,
+                    )
+                )
+        return out
+    floor = gate.min_r2 if gate.min_r2 is not None else 0.0
+    note = None if gate.min_r2 is not None else "no floor set: better than predicting the mean (R² 0)"
+    out = [check("evaluation", "r2", metrics["r2"], floor, ">=", evidence_uri, note)]
+    if gate.max_mae is not None:
+        out.append(check("evaluation", "mae", metrics["mae"], gate.max_mae, "<=", evidence_uri))
+    if gate.max_rmse is not None:
+        out.append(check("evaluation", "rmse", metrics["rmse"], gate.max_rmse, "<=", evidence_uri))
+    return out

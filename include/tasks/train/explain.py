@@ -16,6 +16,7 @@ from pathlib import Path
 from include.attributions import ExplainError, aggregate_importance, explain_pipeline
 from include.frames import feature_frame, read_parquet
 from include.model_files import read_model
+from include.problem import scores
 from include.spec import ExplainabilityGate, PipelineSpec
 from include.tasks.gates import check, not_applicable
 from include.tasks.train.proxy_probe import proxy_probe
@@ -98,8 +99,11 @@ def _plots(explained: dict, global_importance: dict, out: Path, seed: int = 0) -
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(items) + 1.5))
     try:
         ax.barh([k for k, _ in items], [v for _, v in items], color="#1f77b4")
-        unit = {"log_odds": "log-odds", "probability": "probability"}.get(explained["output"], "output")
-        ax.set_xlabel(f"mean |SHAP value| ({unit}), one-hot columns summed")
+        unit = {"log_odds": "log-odds", "probability": "probability", "prediction": "target units"}.get(
+            explained["output"], "output"
+        )
+        summed = " and classes" if explained.get("values_by_class") is not None else ""
+        ax.set_xlabel(f"mean |SHAP value| ({unit}), one-hot columns{summed} summed")
         ax.set_title("Global importance per input column")
         fig.tight_layout()
         fig.savefig(bars, dpi=100)
@@ -140,8 +144,23 @@ def explain_model(
     explained = explain_pipeline(model, background, sample, seed=seed)
     sample = sample.iloc[: len(explained["values"])]
     transformed, global_importance = aggregate_importance(explained["values"], explained["features"])
-    proba = model.predict_proba(sample)[:, 1]
-    local = _local(explained, sample, proba)
+    by_class = explained.get("values_by_class")
+    class_importance = None
+    if by_class is not None:  # multiclass: importance per class, and globally their sum (shap's bar)
+        classes = list(spec.target.classes or [])
+        class_importance = {
+            c: aggregate_importance(by_class[:, :, i], explained["features"])[1]
+            for i, c in enumerate(classes)
+        }
+        summed: dict[str, float] = {}
+        for per in class_importance.values():
+            for col, v in per.items():
+                summed[col] = summed.get(col, 0.0) + v
+        global_importance = {
+            k: round(v, 6) for k, v in sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))
+        }
+    s = scores(model, sample, spec)
+    local = _local(explained, sample, s.max(axis=1) if s.ndim == 2 else s)
     top_k = list(global_importance)[: cfg.top_k]
     proxy = proxy_probe(spec, train, test, top_k)
 
@@ -156,6 +175,7 @@ def explain_model(
         "background_size": explained["background_size"],
         "global_importance": global_importance,
         "transformed_importance": transformed,
+        "class_importance": class_importance,
         "top_k": top_k,
         "proxy_probe": proxy,
         "local": local,
@@ -168,6 +188,7 @@ def explain_model(
         "global_importance": global_importance,
         "top_k": top_k,
         "proxy": proxy,
+        "class_importance": class_importance,
         "artifacts": [str(p) for p in artifacts],
         "local": local,
         "seconds": round(time.perf_counter() - started, 3),

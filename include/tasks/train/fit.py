@@ -22,7 +22,7 @@ from include.model_files import pin, save_model, sha256_hex
 from include.spec import SPLIT_COLUMN, PipelineSpec
 
 #: Estimator kinds that get a StandardScaler by default (a tree takes none).
-LINEAR = frozenset({"logistic_regression"})
+LINEAR = frozenset({"logistic_regression", "linear_regression", "ridge", "elastic_net"})
 
 
 class TrainingError(ValueError):
@@ -46,11 +46,25 @@ def split_frame(df, spec: PipelineSpec):
     hashed identifier the split is random, seeded, and stratified on the label when the spec says.
     Raises :class:`TrainingError` when the snapshot or the training split has only one class.
     """
-    y = labels(df, spec)
-    if len(set(y)) < 2:
+    try:
+        y = labels(df, spec)
+    except ValueError as exc:
+        raise TrainingError(f"{exc}; fix target in spec {spec.name}.yaml or the batches") from None
+    if spec.task == "regression":
+        if len(df) < 10 or float(y.std()) == 0.0:
+            raise TrainingError(
+                f"the snapshot's {spec.target.column!r} holds {len(set(y.tolist()))} distinct value(s) in "
+                f"{len(df)} rows: nothing to learn; check target.column in spec {spec.name}.yaml"
+            )
+    elif len(set(y)) < 2:
         raise TrainingError(
-            f"the snapshot has only one class of {spec.target.column!r}: check target.positive_label "
-            f"({spec.target.positive_label!r}) against the data"
+            f"the snapshot has only one class of {spec.target.column!r}: check "
+            + (
+                f"target.positive_label ({spec.target.positive_label!r})"
+                if spec.task == "binary"
+                else f"target.classes ({spec.target.classes})"
+            )
+            + " against the data"
         )
     key = entity_column(spec)
     if key is None:
@@ -66,6 +80,22 @@ def split_frame(df, spec: PipelineSpec):
             df[where == part].reset_index(drop=True) for part in ("train", "validation", "test")
         )
     for name, part in (("training", train), ("test", test)):
+        if spec.task == "regression":
+            if len(part) < 2:
+                raise TrainingError(
+                    f"the {name} split has {len(part)} rows of {len(df)}: the snapshot is too small to "
+                    f"split; add data or adjust split.test_size / split.validation_size in spec {spec.name}.yaml"
+                )
+            continue
+        if spec.task == "multiclass" and name == "training":
+            missing = sorted(set(range(len(spec.target.classes or []))) - set(labels(part, spec).tolist()))
+            if missing:
+                names = [spec.target.classes[i] for i in missing]  # type: ignore[index]
+                raise TrainingError(
+                    f"the training split has no row of class(es) {names} of {spec.target.column!r} "
+                    f"({len(part)} rows of {len(df)}): the model could never predict them; add data, or "
+                    f"remove them from target.classes in spec {spec.name}.yaml"
+                )
         if len(set(labels(part, spec))) < 2:
             raise TrainingError(
                 f"the {name} split has only one class of {spec.target.column!r} ({len(part)} rows of "
@@ -79,12 +109,13 @@ def _random_split(df, y, spec: PipelineSpec):
     from sklearn.model_selection import train_test_split
 
     sp = spec.split
-    strat = y if sp.stratify else None
+    stratify = sp.stratify and spec.task != "regression"  # a number has no classes to stratify on
+    strat = y if stratify else None
     rest, test = train_test_split(df, test_size=sp.test_size, random_state=sp.random_state, stratify=strat)
     if sp.validation_size == 0:
         return rest.reset_index(drop=True), rest.iloc[0:0], test.reset_index(drop=True)
     val_frac = sp.validation_size / (1 - sp.test_size)
-    strat_rest = labels(rest, spec) if sp.stratify else None
+    strat_rest = labels(rest, spec) if stratify else None
     train, val = train_test_split(rest, test_size=val_frac, random_state=sp.random_state, stratify=strat_rest)
     return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)
 
@@ -99,7 +130,7 @@ def build_pipeline(spec: PipelineSpec, train=None):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    module, _, cls_name = spec.estimator.import_path.rpartition(".")
+    module, _, cls_name = spec.estimator_path.rpartition(".")
     cls = getattr(importlib.import_module(module), cls_name)
     params = dict(spec.estimator.params)
     accepted = inspect.signature(cls).parameters
@@ -116,7 +147,7 @@ def build_pipeline(spec: PipelineSpec, train=None):
         # the same model from the same data on every run (a re-run reuses its registered version).
         for key, value in (("verbose", -1), ("n_jobs", 1), ("deterministic", True)):
             params.setdefault(key, value)
-    if spec.class_imbalance == "balanced" and "class_weight" in accepted:
+    if spec.balanced and "class_weight" in accepted:
         params.setdefault("class_weight", "balanced")
     try:
         estimator = cls(**params)
@@ -226,10 +257,7 @@ def _frequent(spec: PipelineSpec, col: str, prep, train) -> list[str]:
 
 def needs_sample_weight(spec: PipelineSpec, pipeline) -> bool:
     """True when imbalance must be handled with sample weights (no ``class_weight`` parameter)."""
-    return (
-        spec.class_imbalance == "balanced"
-        and "class_weight" not in pipeline.named_steps["model"].get_params()
-    )
+    return spec.balanced and "class_weight" not in pipeline.named_steps["model"].get_params()
 
 
 def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
@@ -269,9 +297,28 @@ def train_model(spec: PipelineSpec, snapshot_uri: str, out_uri: str) -> dict:
         "split_entity": key,
         "splits": uris,
         "rows": {"train": len(train), "validation": len(val), "test": len(test)},
-        "positive_rate": round(float(y.mean()), 4),
-        "estimator": spec.estimator.import_path,
+        "positive_rate": round(float(y.mean()), 4) if spec.task == "binary" else None,
+        "target_summary": target_summary(spec, y),
+        "estimator": spec.estimator_path,
         "params": {k: v for k, v in pipeline.named_steps["model"].get_params().items() if _plain(v)},
+    }
+
+
+def target_summary(spec: PipelineSpec, y) -> dict:
+    """The training target at a glance: the positive rate, each class's share, or the number's spread."""
+    import numpy as np
+
+    if spec.task == "binary":
+        return {"positive_rate": round(float(np.mean(y)), 4)}
+    if spec.task == "multiclass":
+        return {
+            f"share.{c}": round(float(np.mean(y == i)), 4) for i, c in enumerate(spec.target.classes or [])
+        }
+    return {
+        "mean": round(float(np.mean(y)), 4),
+        "std": round(float(np.std(y)), 4),
+        "min": round(float(np.min(y)), 4),
+        "max": round(float(np.max(y)), 4),
     }
 
 

@@ -91,6 +91,38 @@ def sensitive_values(s):
     return num.astype("int64") if whole else s.astype(object)
 
 
+def _target_problem(s, spec: PipelineSpec) -> str | None:
+    """What is wrong with a batch's (non-blank) target under the spec's task, with counts; None if nothing."""
+    import numpy as np
+    import pandas as pd
+
+    col, target = spec.target.column, spec.target
+    if spec.task == "multiclass":
+        text = s.astype(str)
+        other = text[~text.isin(target.classes or [])].value_counts()
+        if len(other):
+            counts = ", ".join(f"{v!r}: {n}" for v, n in other.head(10).items())
+            return (
+                f"target {col!r} holds values outside target.classes {target.classes} ({counts} rows); "
+                "add them to target.classes in the spec if they are real classes, or fix the export"
+            )
+        return None
+    if spec.task == "regression":
+        num = pd.to_numeric(s, errors="coerce")
+        bad = s[num.isna() | ~np.isfinite(num.fillna(0))]
+        if len(bad):
+            return f"target {col!r} must be a number, got {_examples(bad)} in {len(bad)} rows"
+        if target.range is not None:
+            low, high = target.range
+            out = num[(num < low) | (num > high)]
+            if len(out):
+                return (
+                    f"target {col!r} must lie in target.range [{low:g}, {high:g}], got {len(out)} rows outside "
+                    f"(e.g. {_examples(out, 3)}); fix the export, or widen target.range in the spec"
+                )
+    return None
+
+
 def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes):
     """Check and type one raw batch (all-text DataFrame) against the spec; return the lake frame."""
     import pandas as pd
@@ -157,7 +189,11 @@ def conform_batch(raw, spec: PipelineSpec, uri: str, month: str, pii_key: bytes)
             if s.isna().any():
                 problems.append(f"target {col!r} is blank in {int(s.isna().sum())} rows")
                 continue
-            out[col] = s.astype(str)
+            problem = _target_problem(s, spec)
+            if problem:
+                problems.append(problem)
+                continue
+            out[col] = pd.to_numeric(s).astype("float64") if spec.task == "regression" else s.astype(str)
         else:  # categorical feature
             out[col] = s.astype(object)
     if problems:

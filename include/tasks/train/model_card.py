@@ -38,6 +38,60 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+_TASK_TEXT = {
+    "binary": "binary classification",
+    "multiclass": "multiclass classification",
+    "regression": "regression",
+}
+
+
+def _decision(spec: PipelineSpec, biz: dict, prefix: str = "") -> str:
+    """The decision rule of the candidate (or, with ``prefix='champion_'``, of the champion)."""
+    from include.problem import describe_rule
+
+    rule = biz.get(f"{prefix}decision")
+    if rule is None and biz.get(f"{prefix}threshold") is not None:
+        rule = {"threshold": biz[f"{prefix}threshold"]}
+    return describe_rule(spec, rule, spec.business.unit) if rule else "n/a"
+
+
+def _value_model(spec: PipelineSpec) -> str:
+    b = spec.business
+    if spec.task == "multiclass":
+        if not b.value_matrix:
+            return "No value matrix declared: every decision is worth 0."
+        cells = "; ".join(
+            f"truth {t}: " + ", ".join(f"decide {d} {v:g}" for d, v in row.items())
+            for t, row in b.value_matrix.items()
+        )
+        return f"Value of each decision ({b.unit}): {cells}."
+    if spec.task == "regression":
+        return (
+            f"Cost per unit over-predicted {b.cost_per_unit_over:g} {b.unit}, per unit under-predicted "
+            f"{b.cost_per_unit_under:g} {b.unit}; value is the negative expected cost."
+        )
+    return (
+        f"Value of a true positive {b.value_of_true_positive:g} {b.unit}, cost of acting "
+        f"{b.cost_of_action:g} {b.unit}, acceptance rate {b.offer_acceptance_rate:g}."
+    )
+
+
+def _fairness_section(attr: str, a: dict) -> list[str]:
+    """A multiclass or regression attribute: its gap metrics, then one row per group."""
+    gaps = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in a.items() if isinstance(v, int | float))
+    groups = a.get("by_group", {}) or {}
+    keys = sorted({k for v in groups.values() for k, x in v.items() if not isinstance(x, dict)})
+    return [
+        f"### {attr}",
+        (gaps + ".") if gaps else "",
+        "",
+        _table(["group", *keys], [[g, *[v.get(k) for k in keys]] for g, v in groups.items()])
+        if groups
+        else "",
+        "",
+    ]
+
+
 def render_markdown(spec: PipelineSpec, rec: dict) -> str:
     """The card as Markdown. ``rec`` holds the records gathered by the pipeline's tasks."""
     card = spec.model_card
@@ -59,13 +113,17 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
         _table(
             ["field", "value"],
             [
-                ["estimator", spec.estimator.import_path],
+                ["estimator", spec.estimator_path],
                 ["parameters", ", ".join(f"{k}={v}" for k, v in spec.estimator.params.items()) or "defaults"],
-                ["class imbalance", spec.class_imbalance],
+                ["task", _TASK_TEXT[spec.task]],
+                [
+                    "class imbalance",
+                    spec.class_imbalance if spec.task != "regression" else "n/a (regression)",
+                ],
                 ["features", ", ".join(spec.features.all)],
                 ["preprocessing", _preprocessing(spec)],
                 ["not used as features (sensitive)", ", ".join(spec.sensitive_attributes) or "none"],
-                ["decision threshold", biz.get("threshold")],
+                ["decision", _decision(spec, biz)],
                 ["code version", rec.get("code_version")],
                 ["DAG run", f"{rec.get('dag_id')} / {rec.get('run_id')}"],
             ],
@@ -81,7 +139,11 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
                     "rows (train / validation / test)",
                     " / ".join(str(v) for v in rec.get("rows", {}).values()),
                 ],
-                ["positive rate (train)", rec.get("positive_rate")],
+                [
+                    "target (train)",
+                    ", ".join(f"{k} {v}" for k, v in (rec.get("target_summary") or {}).items())
+                    or rec.get("positive_rate"),
+                ],
                 ["data validation", rec.get("validation")],
             ],
         ),
@@ -90,18 +152,16 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
         _table(["metric", "value"], [[k, v] for k, v in m.items() if k != "rows"]),
         "",
         "## Business value",
-        f"Objective: {spec.business.objective}. Value of a true positive {spec.business.value_of_true_positive:g} "
-        f"{spec.business.unit}, cost of acting {spec.business.cost_of_action:g} {spec.business.unit}, "
-        f"acceptance rate {spec.business.offer_acceptance_rate:g}.",
+        f"Objective: {spec.business.objective}. {_value_model(spec)}",
         "",
         _table(
-            ["model", "threshold", f"expected value per 1,000 ({spec.business.unit})"],
-            [["candidate", biz.get("threshold"), biz.get("value_per_1000")]]
+            ["model", "decision", f"expected value per 1,000 ({spec.business.unit})"],
+            [["candidate", _decision(spec, biz), biz.get("value_per_1000")]]
             + (
                 [
                     [
                         "champion v" + str(biz["champion_version"]),
-                        biz.get("champion_threshold"),
+                        _decision(spec, biz, "champion_"),
                         biz.get("champion_value_per_1000"),
                     ]
                 ]
@@ -113,6 +173,9 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
         "## Fairness",
     ]
     for attr, a in rec.get("fairness", {}).get("attributes", {}).items():
+        if spec.task != "binary":
+            lines += _fairness_section(attr, a)
+            continue
         lines += [
             f"### {attr}",
             f"Demographic parity difference {_fmt(a.get('demographic_parity_difference'))}, disparate impact "
@@ -141,9 +204,12 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
     if rec.get("shap_plot"):
         lines += [f"![SHAP importance]({rec['shap_plot']})", ""]
     rob = rec.get("robustness", {})
+    moved = (
+        "Share of predictions moved past the tolerance" if spec.task == "regression" else "Decision flip rate"
+    )
     lines += [
         "## Robustness",
-        f"Decision flip rate under realistic perturbations: {_fmt(rob.get('flip_rate'))} "
+        f"{moved} under realistic perturbations: {_fmt(rob.get('flip_rate'))} "
         + "("
         + ", ".join(f"{k} {_fmt(v)}" for k, v in rob.get("per_feature", {}).items())
         + ")",
@@ -157,8 +223,16 @@ def render_markdown(spec: PipelineSpec, rec: dict) -> str:
             _table(
                 ["field", "value"],
                 [
-                    ["max abs probability difference vs scikit-learn", onnx.get("max_abs_diff")],
-                    ["label agreement", onnx.get("label_agreement")],
+                    [
+                        "max abs difference vs scikit-learn"
+                        + (" (prediction)" if spec.task == "regression" else " (probability)"),
+                        onnx.get("max_abs_diff"),
+                    ],
+                    *(
+                        [["max relative difference", onnx.get("max_rel_diff")]]
+                        if spec.task == "regression"
+                        else [["label agreement", onnx.get("label_agreement")]]
+                    ),
                     ["rows compared", onnx.get("rows")],
                     [
                         "single-row p50 / p99 (ms), onnxruntime",

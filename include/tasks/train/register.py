@@ -50,18 +50,25 @@ def signature(model) -> object:
 
 def description(spec: PipelineSpec, tags: dict[str, str], blessing: dict) -> str:
     """The version's description on its MLflow page: what it is, on what data, how good, who made it."""
+    from include.problem import describe_rule, rule_from_tags
+
+    shown = {
+        "binary": ("roc_auc", "pr_auc", "brier"),
+        "multiclass": ("macro_f1", "balanced_accuracy", "log_loss"),
+        "regression": ("rmse", "mae", "r2"),
+    }[spec.task]
     metrics = ", ".join(
         f"{k.removeprefix('slipway.metric.').replace('_', ' ')} {float(v):.3f}"
         for k, v in tags.items()
-        if k.startswith("slipway.metric.")
-        and k.removeprefix("slipway.metric.") in ("roc_auc", "pr_auc", "brier")
+        if k.startswith("slipway.metric.") and k.removeprefix("slipway.metric.") in shown
     )
+    kind = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
     na = sorted(g for g, state in blessing.get("by_gate", {}).items() if state == "not_applicable")
     lines = [
-        f"{spec.estimator.kind.replace('_', ' ')} for {spec.name}, trained on {tags.get('slipway.month', '?')} "
-        f"(data version {tags.get('slipway.data_version', '?')[:12]}).",
-        f"Held-out test: {metrics or 'no metrics recorded'}; decision threshold "
-        f"{tags.get('slipway.decision_threshold', '?')}.",
+        f"{spec.estimator.kind.replace('_', ' ')} {kind[spec.task]} for {spec.name}, trained on "
+        f"{tags.get('slipway.month', '?')} (data version {tags.get('slipway.data_version', '?')[:12]}).",
+        f"Held-out test: {metrics or 'no metrics recorded'}; decision: "
+        f"{describe_rule(spec, rule_from_tags(spec, tags), spec.business.unit)}.",
         f"Blessed by every training gate ({len(blessing.get('by_gate', {}))}"
         + (f"; not applicable: {', '.join(na)}" if na else "")
         + "). Rollout gates (infra validation, shadow, canary, approval) and events: this version's tags "

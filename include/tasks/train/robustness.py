@@ -2,7 +2,9 @@
 
 Each perturbation in the spec (``tenure`` +/- 1 month, ``monthly_charges`` +/- 5 %, ...) is applied
 one feature at a time, in both directions, to every test row; a row *flips* when any of these
-changes moves its prediction across the decision threshold. The gate bounds the flip rate.
+changes moves its prediction across the decision threshold (binary), changes its decided class
+(multiclass), or moves its predicted number by more than ``gates.robustness.tolerance``
+(regression). The gate bounds the share of rows that flip.
 
 The Adversarial Robustness Toolbox was considered and not used: its evasion attacks search
 norm-bounded perturbations of a numeric array, while these models take a DataFrame with string
@@ -27,18 +29,42 @@ def perturbed(X, feature: str, kind: str, delta: float, sign: int):
     return out
 
 
-def flip_rates(model, spec: PipelineSpec, X, threshold: float) -> dict:
-    """Overall and per-feature flip rates under the spec's perturbations."""
+def _moved(spec: PipelineSpec, base, now):
+    """Rows whose decision changed (a class, or 0/1), or whose prediction moved past the tolerance."""
     import numpy as np
 
-    base = model.predict_proba(X)[:, 1] >= threshold
+    if spec.task != "regression":
+        return now != base
+    tol = spec.gates.robustness.tolerance
+    if tol is None:  # a spec file cannot get here (the spec requires a tolerance for a regression)
+        raise ValueError(
+            f"spec {spec.name}.yaml: gates.robustness.tolerance is required for a regression: how far a "
+            "prediction may move (absolute, in target units, or relative)"
+        )
+    allowed = tol.delta if tol.kind == "absolute" else tol.delta * np.abs(base)
+    return np.abs(now - base) > allowed
+
+
+def flip_rates(model, spec: PipelineSpec, X, rule: dict) -> dict:
+    """Overall and per-feature flip rates under the spec's perturbations.
+
+    A classifier's row flips when its decision under ``rule`` changes; a regression's when its
+    prediction moves by more than ``gates.robustness.tolerance``."""
+    import numpy as np
+
+    from include.problem import decide, scores
+
+    def outcome(frame):
+        s = scores(model, frame, spec)
+        return s if spec.task == "regression" else decide(spec, s, rule)
+
+    base = outcome(X)
     any_flip = np.zeros(len(X), dtype=bool)
     per_feature = {}
     for feature, p in spec.gates.robustness.perturbations.items():
         flips = np.zeros(len(X), dtype=bool)
         for sign in (-1, 1):
-            pred = model.predict_proba(perturbed(X, feature, p.kind, p.delta, sign))[:, 1] >= threshold
-            flips |= pred != base
+            flips |= _moved(spec, base, outcome(perturbed(X, feature, p.kind, p.delta, sign)))
         per_feature[feature] = float(flips.mean()) if len(X) else 0.0
         any_flip |= flips
     return {
@@ -48,10 +74,15 @@ def flip_rates(model, spec: PipelineSpec, X, threshold: float) -> dict:
     }
 
 
-def check_robustness(spec: PipelineSpec, model_uri: str, test_uri: str, threshold: float) -> dict:
-    """Flip rates on the test split at the decision threshold."""
+def check_robustness(spec: PipelineSpec, model_uri: str, test_uri: str, rule: dict) -> dict:
+    """Flip rates on the test split under the decision rule (``threshold`` kept for a binary task)."""
     X = feature_frame(read_parquet(test_uri), spec)
-    return {**flip_rates(read_model(model_uri), spec, X, threshold), "threshold": threshold}
+    out = {**flip_rates(read_model(model_uri), spec, X, rule), "rule": rule}
+    if spec.task == "binary":
+        out["threshold"] = rule["threshold"]
+    if spec.task == "regression" and spec.gates.robustness.tolerance is not None:
+        out["tolerance"] = spec.gates.robustness.tolerance.model_dump()
+    return out
 
 
 def robustness_gate(result: dict, gate: RobustnessGate, evidence_uri: str | None = None) -> list[dict]:

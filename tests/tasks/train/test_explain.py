@@ -346,7 +346,7 @@ def test_a_model_shap_cannot_explain_is_named_with_the_fix():
         explain_pipeline(pipe, X.iloc[:20], X.iloc[20:40])
 
 
-def test_a_multiclass_model_is_refused_with_a_reason():
+def test_a_multiclass_model_is_explained_per_class_and_per_row_for_its_top_class():
     from sklearn.linear_model import LogisticRegression
 
     spec = _tiny_spec()
@@ -355,8 +355,12 @@ def test_a_multiclass_model_is_refused_with_a_reason():
     pipe.steps[-1] = ("model", LogisticRegression())
     X = feature_frame(df, spec)
     pipe.fit(X, np.arange(len(X)) % 3)
-    with pytest.raises(ExplainError, match=r"LogisticRegression has 3 classes.*binary classifiers"):
-        explain_pipeline(pipe, X.iloc[:20], X.iloc[20:40])
+    out = explain_pipeline(pipe, X.iloc[:20], X.iloc[20:40])
+    by_class = out["values_by_class"]
+    assert by_class.shape == (20, len(out["features"]), 3)
+    # each row's values are those of the class with the highest output (log-odds of the multinomial)
+    top = pipe.decision_function(X.iloc[20:40]).argmax(axis=1)
+    np.testing.assert_allclose(out["values"], by_class[np.arange(20), :, top])
 
 
 # --- end to end on the telco data ------------------------------------------------------------------

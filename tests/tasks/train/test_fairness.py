@@ -17,6 +17,7 @@ from include.tasks.train.fairness import FairnessInputError, assess_fairness, fa
 # Eight people, four per group, two positives and two negatives in each group.
 GROUP = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 Y_TRUE = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+RULE = {"threshold": 0.5}  # the binary decision rule evaluate_model returns
 
 
 def _report(y_pred, y_true=Y_TRUE, group=GROUP, name="female"):
@@ -185,7 +186,9 @@ def trained(telco_trained):
 
 
 def test_assess_fairness_end_to_end(tmp_path, telco_spec, trained):
-    out = assess_fairness(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "fair")
+    out = assess_fairness(
+        telco_spec, trained["model_uri"], trained["splits"]["test"], RULE, tmp_path / "fair"
+    )
     attrs = telco_spec.sensitive_attributes
     assert sorted(out["report"]["attributes"]) == sorted(attrs)
     per_attr = 4 + (telco_spec.gates.fairness.max_predictive_parity_difference is not None)
@@ -217,12 +220,12 @@ def test_threshold_optimizer_records_before_and_after(tmp_path, telco_spec, trai
     )
     spec = telco_spec.model_copy(update={"gates": gates})
     with pytest.raises(FairnessInputError, match="pass train_uri"):
-        assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "x")
+        assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], RULE, tmp_path / "x")
     out = assess_fairness(
         spec,
         trained["model_uri"],
         trained["splits"]["test"],
-        0.5,
+        RULE,
         tmp_path / "fair",
         train_uri=trained["splits"]["train"],
     )
@@ -240,7 +243,7 @@ def test_threshold_optimizer_records_before_and_after(tmp_path, telco_spec, trai
     assert mit["gate_status_after"] == status_of(fairness_gate(after, spec.gates.fairness))
     assert mit["gate_status_after"] in (PASSED, FAILED)
     # The gate judges the unmitigated candidate: same results as without mitigation.
-    plain = assess_fairness(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "p")
+    plain = assess_fairness(telco_spec, trained["model_uri"], trained["splits"]["test"], RULE, tmp_path / "p")
     assert [r["value"] for r in out["gates"]] == [r["value"] for r in plain["gates"]]
     assert str(tmp_path / "fair" / "fairness_mitigation.json") in out["artifacts"]
 
@@ -251,7 +254,7 @@ def test_missing_sensitive_column_is_named(tmp_path, telco_spec, trained):
     with pytest.raises(
         FairnessInputError, match=r"lacks sensitive attribute column\(s\) \['senior_citizen'\]"
     ):
-        assess_fairness(telco_spec, trained["model_uri"], uri, 0.5, tmp_path / "fair")
+        assess_fairness(telco_spec, trained["model_uri"], uri, RULE, tmp_path / "fair")
 
 
 def test_a_group_with_one_class_in_train_is_an_input_error(tmp_path, telco_spec, trained):
@@ -267,7 +270,7 @@ def test_a_group_with_one_class_in_train_is_an_input_error(tmp_path, telco_spec,
     spec = telco_spec.model_copy(update={"gates": gates})
     with pytest.raises(FairnessInputError, match=r"one class only in \[.*senior_citizen=1"):
         assess_fairness(
-            spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "fair", train_uri=uri
+            spec, trained["model_uri"], trained["splits"]["test"], RULE, tmp_path / "fair", train_uri=uri
         )
 
 
@@ -280,8 +283,8 @@ def test_spec_without_sensitive_attributes_is_not_applicable(tmp_path, telco_spe
             "gates": telco_spec.gates.model_copy(update={"fairness": fairness}),
         }
     )
-    out = assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], 0.5, tmp_path / "fair")
-    assert out["report"] == {"attributes": {}}
+    out = assess_fairness(spec, trained["model_uri"], trained["splits"]["test"], RULE, tmp_path / "fair")
+    assert out["report"] == {"task": "binary", "attributes": {}}
     assert [(r["status"], r["metric"], r["note"]) for r in out["gates"]] == [
         (NOT_APPLICABLE, "sensitive_attributes", because)
     ]
@@ -300,7 +303,7 @@ def test_exponentiated_gradient_records_before_and_after(tmp_path, telco_spec, t
         spec,
         trained["model_uri"],
         trained["splits"]["test"],
-        0.5,
+        RULE,
         tmp_path / "fair",
         train_uri=trained["splits"]["train"],
     )

@@ -75,7 +75,7 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
         telco_spec,
         trained["model_uri"],
         trained["splits"]["test"],
-        0.5,
+        {"threshold": 0.5},
         {"model": model, "threshold": 0.5, "version": 1},
     )
     assert same["champion"]["roc_auc"] == pytest.approx(same["candidate"]["roc_auc"])
@@ -98,12 +98,14 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
         telco_spec,
         trained["model_uri"],
         trained["splits"]["test"],
-        0.5,
+        {"threshold": 0.5},
         {"model": Perfect(y), "threshold": 0.5, "version": 7},
     )
     failed = {r["metric"] for r in worse["gates"] if r["status"] == "failed"}
     assert {"roc_auc_delta", "brier_delta"} <= failed
-    none = compare_with_champion(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5, None)
+    none = compare_with_champion(
+        telco_spec, trained["model_uri"], trained["splits"]["test"], {"threshold": 0.5}, None
+    )
     # Nothing was compared: recorded as not applicable, never as a pass.
     assert none["champion"] is None and len(none["gates"]) == 1
     assert none["gates"][0]["status"] == "not_applicable" and none["gates"][0]["value"] is None
@@ -111,7 +113,7 @@ def test_champion_comparison_same_test_set(telco_spec, trained):
 
 
 def test_robustness_flip_rate(telco_spec, trained):
-    res = check_robustness(telco_spec, trained["model_uri"], trained["splits"]["test"], 0.5)
+    res = check_robustness(telco_spec, trained["model_uri"], trained["splits"]["test"], {"threshold": 0.5})
     assert 0 <= res["flip_rate"] <= 1 and set(res["per_feature"]) == {
         "tenure",
         "monthly_charges",

@@ -25,6 +25,7 @@ from include.tasks.train.fit import build_pipeline, train_model
 from include.tasks.train.onnx_export import (
     ConversionError,
     _parity,
+    check_rule,
     convert,
     export_and_check,
     latency,
@@ -38,6 +39,7 @@ from tests.support.snapshots import make_snapshot
 FAST = {"onnx_calls": 50, "sklearn_calls": 10}
 # The demo version's decision threshold (evaluate_model's choice on the full telco data).
 THRESHOLD = 0.62
+RULE = {"threshold": THRESHOLD}
 GATE_METRICS = ["converted", "max_abs_diff", "label_agreement", "p99_latency_ms"]
 
 
@@ -66,7 +68,7 @@ def exported(tmp_path_factory, snapshot_uri):
         base = tmp_path_factory.mktemp(kind)
         trained = train_model(spec, snapshot_uri, storage.path_to_uri(base / "run"))
         result = export_and_check(
-            spec, trained["model_uri"], trained["splits"]["test"], base / "onnx", threshold=THRESHOLD, **FAST
+            spec, trained["model_uri"], trained["splits"]["test"], base / "onnx", rule=RULE, **FAST
         )
         out[kind] = {"spec": spec, "trained": trained, "result": result, "dir": base / "onnx"}
     return out
@@ -78,7 +80,7 @@ def exported(tmp_path_factory, snapshot_uri):
 def test_parity_on_the_full_test_split(exported, kind):
     ex = exported[kind]
     res, spec = ex["result"], ex["spec"]
-    assert res["converted"] is True
+    assert res["converted"] is True and res["task"] == "binary"
     assert res["rows"] == ex["trained"]["rows"]["test"] == len(read_parquet(ex["trained"]["splits"]["test"]))
     assert res["max_abs_diff"] <= 1e-4
     assert res["label_agreement"] >= 0.999 and res["label_threshold"] == THRESHOLD
@@ -180,7 +182,7 @@ def test_unconvertible_estimator_fails_the_gate_with_the_reason(tmp_path, snapsh
     model_uri = pin(storage.write_bytes(storage.path_to_uri(tmp_path / "ls.skops"), data), sha256_hex(data))
     test_uri = exported["gradient_boosting"]["trained"]["splits"]["test"]
 
-    res = export_and_check(spec, model_uri, test_uri, tmp_path / "onnx", threshold=THRESHOLD, **FAST)
+    res = export_and_check(spec, model_uri, test_uri, tmp_path / "onnx", rule=RULE, **FAST)
     assert res["converted"] is False
     assert "LabelSpreading" in res["error"]
     assert not (tmp_path / "onnx" / "model.onnx").exists()
@@ -230,7 +232,7 @@ def test_quantisation_applies_to_matmul_graphs_and_is_refused_outside_parity(sna
     pipe.fit(X, y)
     onnx_bytes = convert(spec, pipe)
     ref = pipe.predict_proba(X)[:, 1]
-    q = quantise_if_useful(onnx_bytes, spec, X, ref, OnnxGate(max_abs_diff=1e-12), threshold=THRESHOLD)
+    q = quantise_if_useful(onnx_bytes, spec, X, ref, OnnxGate(max_abs_diff=1e-12), rule=RULE)
     assert q["applies"] is True and q["quantised_operators"] == ["MatMul"]
     assert q["max_abs_diff"] > 1e-12  # int8 weights: measured difference
     assert q["kept"] is False and "leaves parity" in q["reason"] and "model_bytes" not in q
@@ -261,7 +263,7 @@ def test_export_gates_agreement_at_the_threshold_it_is_given(tmp_path, exported,
     p_skl = read_model(trained["model_uri"]).predict_proba(X)[:, 1]
     between = int(((p_skl >= 0.56) & (p_skl < THRESHOLD)).sum())
     assert between > 0
-    real = onnx_export.predict_proba_onnx
+    real = onnx_export.scores_onnx
 
     def drifted(session, spec, X):
         # A runtime that scores rows between 0.56 and 0.62 a little high: same decisions at 0.5,
@@ -269,22 +271,26 @@ def test_export_gates_agreement_at_the_threshold_it_is_given(tmp_path, exported,
         p = real(session, spec, X)
         return np.where((p >= 0.56) & (p < THRESHOLD), 0.625, p)
 
-    monkeypatch.setattr(onnx_export, "predict_proba_onnx", drifted)
+    monkeypatch.setattr(onnx_export, "scores_onnx", drifted)
     test_uri = trained["splits"]["test"]
-    at_half = export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "a", threshold=0.5, **FAST)
-    at_version = export_and_check(
-        spec, trained["model_uri"], test_uri, tmp_path / "b", threshold=THRESHOLD, **FAST
+    at_half = export_and_check(
+        spec, trained["model_uri"], test_uri, tmp_path / "a", rule={"threshold": 0.5}, **FAST
     )
+    at_version = export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "b", rule=RULE, **FAST)
     assert at_half["label_agreement"] == 1.0
     assert at_version["label_agreement"] == pytest.approx(1 - between / len(X))
     gate = {g["metric"]: g for g in onnx_gate(at_version, spec.gates.onnx)}["label_agreement"]
     assert gate["status"] == FAILED and "decision threshold 0.62" in gate["note"]
-    assert json.loads((tmp_path / "b" / "onnx_report.json").read_text())["label_threshold"] == THRESHOLD
-    # The threshold is required and must be a probability.
-    with pytest.raises(TypeError, match="threshold"):
-        export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "c", **FAST)
+    report = json.loads((tmp_path / "b" / "onnx_report.json").read_text())
+    assert report["label_threshold"] == THRESHOLD and report["decision_rule"] == RULE
+    # A threshold must be a probability; without a rule the task's default applies (0.5).
     with pytest.raises(ValueError, match="between 0 and 1"):
-        export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "c", threshold=62, **FAST)
+        export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "c", rule={"threshold": 62}, **FAST)
+    with pytest.raises(ValueError, match="binary rule"):
+        export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "c", rule={"offset": 1.0}, **FAST)
+    with pytest.raises(TypeError, match="threshold"):
+        export_and_check(spec, trained["model_uri"], test_uri, tmp_path / "c", threshold=0.5, **FAST)
+    assert check_rule(spec, None) == {"threshold": 0.5}
 
 
 def test_onnx_inputs_shapes_and_types(snapshot_uri):

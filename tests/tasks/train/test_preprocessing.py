@@ -92,7 +92,7 @@ def test_every_declared_choice_trains_converts_and_is_explained(tmp_path, snapsh
     assert blocks["contract"].categories_[0].tolist() == DECLARED["contract"]["order"]
     assert blocks["tenure"].steps[-1][1].n_bins_[0] <= 4
     result = export_and_check(
-        spec, trained["model_uri"], trained["splits"]["test"], tmp_path / "onnx", threshold=0.5
+        spec, trained["model_uri"], trained["splits"]["test"], tmp_path / "onnx", rule={"threshold": 0.5}
     )
     assert result["converted"] and result["max_abs_diff"] <= 1e-4, result
     # Values never seen in training (a new contract, a new payment method) score the same in ONNX.
