@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,7 +232,12 @@ def read_model(model_uri: str):
 # ------------------------------------------------------------------------------ ONNX
 @dataclass(frozen=True)
 class OnnxModel:
-    """One loaded version: the session, its threshold and the input schema read from the graph."""
+    """One loaded version: the session, its decision rule and the input schema read from the graph.
+
+    ``task`` is the version's (tag ``slipway.task``): binary scores are the positive-class probability,
+    multiclass the probabilities of ``classes`` in order, regression the predicted number. ``rule`` is
+    the decision rule it was blessed with (see :mod:`include.problem`); ``threshold`` is a binary
+    rule's threshold (NaN for the other tasks)."""
 
     pipeline: str
     version: int
@@ -242,11 +247,35 @@ class OnnxModel:
     inputs: dict[str, str]  # name -> "float" | "string"
     categories: dict[str, frozenset[str]]
     output_index: int
+    task: str = "binary"
+    rule: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """Probability of the positive class per row; ``columns`` hold one (n, 1) array per input."""
-        out = self.session.run(None, columns)[self.output_index]
-        return np.asarray(out, dtype=np.float64)[:, 1]
+        """Scores per row (see the class docstring); ``columns`` hold one (n, 1) array per input."""
+        out = np.asarray(self.session.run(None, columns)[self.output_index], dtype=np.float64)
+        if self.task == "binary":
+            return out[:, 1]
+        if self.task == "regression":
+            return out.reshape(-1)
+        return out
+
+    def logged_score(self, scores: np.ndarray) -> np.ndarray:
+        """What the prediction log's ``probability`` column holds for these scores: P(positive), the
+        probability of the decided class (the model's confidence), or the predicted number."""
+        if self.task == "multiclass":
+            return scores[np.arange(len(scores)), self.decide(scores)]
+        return scores
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Decisions under the version's rule: 0/1, a class index, or an amount."""
+        if self.task == "binary":
+            return (scores >= self.threshold).astype(np.int64)
+        if self.task == "regression":
+            return scores + float(self.rule.get("offset", 0.0))
+        matrix = self.rule.get("value_matrix")
+        expected = scores if matrix is None else scores @ np.asarray(matrix, dtype=np.float64)
+        return expected.argmax(axis=1).astype(np.int64)
 
 
 def onnx_session(onnx_bytes: bytes, threads: int = 1):
@@ -302,7 +331,16 @@ def _schema(model) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
     return inputs, categories
 
 
-def load_onnx(pipeline: str, version: int, folder: Path, expected_sha256: str, threshold: float) -> OnnxModel:
+def load_onnx(
+    pipeline: str,
+    version: int,
+    folder: Path,
+    expected_sha256: str,
+    threshold: float,
+    task: str = "binary",
+    rule: dict | None = None,
+    classes: tuple[str, ...] = (),
+) -> OnnxModel:
     """Check and load ``folder/model.onnx`` from the bytes that were hashed; raise :class:`ModelRefused`
     with the reason."""
     import onnx
@@ -327,7 +365,26 @@ def load_onnx(pipeline: str, version: int, folder: Path, expected_sha256: str, t
         session = onnx_session(data)
     except Exception as exc:
         raise ModelRefused(f"onnxruntime cannot load version {version}: {exc}") from exc
-    return OnnxModel(pipeline, version, threshold, digest, session, inputs, categories, _proba_index(session))
+    names = [o.name for o in session.get_outputs()]
+    if task == "regression":
+        if PREDICTION not in names:
+            raise ModelRefused(
+                f"version {version} is a regression, but its graph has no output {PREDICTION!r}"
+            )
+        index = names.index(PREDICTION)
+    else:
+        index = _proba_index(session)
+    if task == "multiclass":
+        width = session.get_outputs()[index].shape[-1]
+        if not classes or (isinstance(width, int) and width != len(classes)):
+            raise ModelRefused(
+                f"version {version} is multiclass, but its classes {list(classes)} do not match the graph's "
+                f"{width} probabilities: re-register it"
+            )
+    rule = dict(rule) if rule else ({"threshold": threshold} if task == "binary" else {})
+    return OnnxModel(
+        pipeline, version, threshold, digest, session, inputs, categories, index, task, rule, tuple(classes)
+    )
 
 
 def _numeric(spec: PipelineSpec) -> list[str]:

@@ -360,8 +360,27 @@ def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel
     except UntrustedArtifact as exc:
         raise ModelRefused(f"version {version}: {exc}") from None
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
+    import json
+
+    task = tags.get("slipway.task", "binary")
     try:
-        threshold = float(tags.get("slipway.decision_threshold", ""))
+        rule = json.loads(tags["slipway.decision"]) if "slipway.decision" in tags else None
+        classes = tuple(json.loads(tags.get("slipway.classes", "[]")))
     except ValueError as exc:
-        raise ModelRefused(f"version {version} has no decision threshold tag") from exc
-    return load_onnx(pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold)
+        raise ModelRefused(
+            f"version {version}'s decision or classes tag is not JSON: re-register it"
+        ) from exc
+    if task == "binary":
+        try:
+            threshold = float(tags.get("slipway.decision_threshold", ""))
+        except ValueError as exc:
+            raise ModelRefused(f"version {version} has no decision threshold tag") from exc
+    elif rule is None:
+        raise ModelRefused(
+            f"version {version} ({task}) has no decision rule tag (slipway.decision): re-register it"
+        )
+    else:
+        threshold = float("nan")
+    return load_onnx(
+        pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold, task, rule, classes
+    )

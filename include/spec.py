@@ -594,6 +594,11 @@ class Shadow(Window):
     max_mean_abs_delta: float = Field(
         0.05, ge=0, le=1, description="Mean |challenger probability - champion probability| per request."
     )
+    max_mean_relative_delta: float = Field(
+        0.05,
+        ge=0,
+        description="regression: mean |challenger - champion| / max(1, |champion|) of the predictions.",
+    )
     max_p99_latency_ms: float = Field(5.0, gt=0, description="p99 of the challenger's model latency.")
     max_error_rate: float = Field(
         0.0, ge=0, le=1, description="Challenger failures per mirrored request (scored or failed)."
@@ -623,11 +628,17 @@ class Guardrails(_Strict):
         description="Rows per variant before the PSI is judged: with 10 bins and n rows per side, two "
         "samples of one distribution already differ by a PSI of about 18/n (0.36 at n=50, 0.045 at 400).",
     )
-    metric: Literal["brier", "log_loss", "error_rate"] = Field(
-        "brier", description="Per-row loss compared once feedback labels arrive (lower is better)."
+    metric: Literal["brier", "log_loss", "error_rate", "squared_error", "absolute_error"] | None = Field(
+        None,
+        description="Per-row loss compared once feedback labels arrive (lower is better): brier (the "
+        "default), log_loss or error_rate for a binary model; log_loss (the default) or error_rate for a "
+        "multiclass one; squared_error (the default) or absolute_error for a regression.",
     )
     max_metric_degradation: float = Field(
-        0.02, ge=0, description="Challenger mean loss minus champion's that counts as worse."
+        0.02,
+        ge=0,
+        description="Challenger mean loss minus champion's that counts as worse; for a regression, a share "
+        "of the champion's mean loss (0.02 = 2% worse).",
     )
     confidence: float = Field(
         0.95, gt=0.5, lt=1, description="One-sided Welch t-test confidence at each step's final look."
@@ -645,6 +656,12 @@ class Guardrails(_Strict):
         description="Labelled entities (customers) per variant the test needs, an entity's repeated "
         "requests counted once; fewer: not applicable yet.",
     )
+
+    def loss(self, task: str) -> str:
+        """The canary's loss for ``task``: the spec's, or the task's default."""
+        return (
+            self.metric or {"binary": "brier", "multiclass": "log_loss", "regression": "squared_error"}[task]
+        )
 
     @model_validator(mode="after")
     def _interim_at_least_final(self):
@@ -750,6 +767,18 @@ class PerformanceCheck(_Strict):
         ge=0,
         le=1,
         description="Live ROC AUC below the version's test ROC AUC by more than this breaches.",
+    )
+    max_macro_f1_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="multiclass: live macro F1 below the version's test macro F1 by more than this breaches.",
+    )
+    max_rmse_increase: float = Field(
+        0.1,
+        ge=0,
+        description="regression: live RMSE above the version's test RMSE by more than this share of it "
+        "(0.1 = 10% worse) breaches.",
     )
     max_kpi_drop: float = Field(
         0.25,
@@ -1076,6 +1105,19 @@ _TASK_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("business", "value_matrix"): ("multiclass",),
     **{("business", f): ("regression",) for f in ("cost_per_unit_over", "cost_per_unit_under")},
     ("", "class_imbalance"): ("binary", "multiclass"),
+    ("rollout.shadow", "max_decision_disagreement"): ("binary", "multiclass"),
+    ("rollout.shadow", "max_mean_abs_delta"): ("binary", "multiclass"),
+    ("rollout.shadow", "max_mean_relative_delta"): ("regression",),
+    ("monitoring.performance", "max_roc_auc_drop"): ("binary",),
+    ("monitoring.performance", "max_macro_f1_drop"): ("multiclass",),
+    ("monitoring.performance", "max_rmse_increase"): ("regression",),
+}
+
+# The canary losses each task can compute.
+_TASK_LOSSES = {
+    "binary": ("brier", "log_loss", "error_rate"),
+    "multiclass": ("log_loss", "error_rate"),
+    "regression": ("squared_error", "absolute_error"),
 }
 
 
@@ -1132,6 +1174,12 @@ def _task_problems(spec: PipelineSpec) -> list[str]:
             f"estimator.kind {kind!r} is a {'regressor' if other == 'regression' else 'classifier'} "
             f"(task {other}), but the spec's task is {task}; pick one of {sorted(allowed)}, or set "
             f"task: {other} if the target is {'a number' if other == 'regression' else 'a class'}"
+        )
+    loss = spec.rollout.canary.guardrails.metric
+    if loss is not None and loss not in _TASK_LOSSES[task]:
+        problems.append(
+            f"rollout.canary.guardrails.metric {loss!r} is not a loss of task {task}; use one of "
+            f"{list(_TASK_LOSSES[task])}"
         )
     bounds = spec.gates.champion.max_regression or {}
     foreign = sorted(set(bounds) - set(CHAMPION_METRICS[task]))

@@ -85,6 +85,7 @@ LIVE_ORDER = (
     "test_rollout_e2e",
     "test_models_view",
     "test_scheduler_e2e",
+    "test_task_kinds_lifecycle_e2e",
     "test_monitor_e2e",
 )
 

@@ -68,7 +68,7 @@ def _build_reference(step: Step, client, version: int, profile_uri: str, sample_
 
     from include import storage
     from include.frames import feature_frame
-    from include.model_files import predict_proba_onnx
+    from include.model_files import onnx_inputs
     from include.registry import load_version
     from include.spec import SPLIT_COLUMN
     from include.tasks.monitor.drift import build_profile, feature_kinds, read_snapshot
@@ -78,7 +78,8 @@ def _build_reference(step: Step, client, version: int, profile_uri: str, sample_
     test = snapshot[snapshot[SPLIT_COLUMN] == "test"] if SPLIT_COLUMN in snapshot else snapshot
     with tempfile.TemporaryDirectory(prefix="slipway-profile-") as tmp:
         model = load_version(client, step.pipeline, version, Path(tmp))
-        scores = predict_proba_onnx(model.session, step.spec, feature_frame(test, step.spec))
+        # The statistic the log keeps per served row (see OnnxModel.logged_score), on the test split.
+        scores = model.logged_score(model.predict(onnx_inputs(step.spec, feature_frame(test, step.spec))))
     train = snapshot[snapshot[SPLIT_COLUMN] == "train"] if SPLIT_COLUMN in snapshot else snapshot
     rows = min(len(train), step.spec.monitoring.drift.report_sample_rows)
     sample = io.BytesIO()

@@ -595,6 +595,8 @@ def _triggered_by(dag_run) -> str:
 @block
 def register_model(step: Step, carded: dict) -> dict:
     """Register the blessed ONNX graph as a version (reused on a re-run) and move ``candidate`` forward only."""
+    import json
+
     from include import assets, storage
     from include.lineage import code_version
     from include.model_files import read_model_bytes, verify_sha256
@@ -628,6 +630,11 @@ def register_model(step: Step, carded: dict) -> dict:
         "slipway.evaluation_run_id": carded.get("evaluation_run_id", ""),
         "slipway.task": step.spec.task,
         DECISION_TAG: rule_json(carded["decision"]),
+        **(
+            {"slipway.classes": json.dumps(step.spec.target.classes)}
+            if step.spec.task == "multiclass"
+            else {}
+        ),
         **({"slipway.decision_threshold": str(carded["threshold"])} if step.spec.task == "binary" else {}),
         "slipway.value_per_1000": f"{carded.get('value_per_1000', 0.0):.2f}",
         **{

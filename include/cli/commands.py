@@ -83,11 +83,11 @@ def cmd_lineage(args) -> None:
         )
         print(
             f"request    {p['request_id']} at {p['created_at']} (key {p.get('key_id') or 'unknown'}): "
-            f"{p['variant']} answered p={p['probability']:.4f}, decision {p['decision']}; {label}"
+            f"{p['variant']} answered score {p['probability']:.4f}, decision {p['decision']:g}; {label}"
         )
         for shadow in p["shadow"]:
             print(
-                f"shadow     {shadow['variant']} version {shadow['model_version']} scored p={shadow['probability']:.4f}"
+                f"shadow     {shadow['variant']} version {shadow['model_version']} scored {shadow['probability']:.4f}"
             )
     print_lineage(rec)
 

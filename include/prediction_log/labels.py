@@ -15,21 +15,24 @@ def record_label(
     reader: Callable[[], AbstractContextManager[Any]],
     param: str,
     request_id: str,
-    label: int,
+    label: float,
     *,
     pipeline: str | None = None,
     at: datetime | None = None,
     key_id: str | None = None,
 ) -> str:
-    """Attach the ground-truth label (0/1) to a logged request: "recorded", or "unchanged" when the
+    """Attach the ground-truth label to a logged request (binary 0/1, a multiclass class index, a
+    regression's number; the service checks it against the task): "recorded", or "unchanged" when the
     same label is already there. Labels are write-once, so a different one raises ConflictingLabel;
     late labels are accepted whatever their age. ``reader()`` lends a connection; ``param`` is its
     placeholder; ``key_id`` is the public id of the API key that sent the label. Blocking (call it from a
     thread pool)."""
+    import math
+
     if isinstance(label, bool):
         label = int(label)
-    if not isinstance(label, int) or label not in (0, 1):
-        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    if not isinstance(label, int | float) or not math.isfinite(label):
+        raise ValueError(f"label must be a finite number, got {label!r}")
     received_at = iso_utc(at if at is not None else datetime.now(UTC), "at")
     p = param
     where, params = f"request_id = {p}", [request_id]
@@ -66,9 +69,14 @@ def record_label(
     if stored == label:
         return "unchanged"
     raise ConflictingLabel(
-        f"this request already has label {stored}; labels are write-once, so {label} was not "
+        f"this request already has label {_plain(stored)}; labels are write-once, so {_plain(label)} was not "
         "recorded. If the first label was wrong, correct it in the database with an audit note"
     )
+
+
+def _plain(value: Any) -> Any:
+    """A label as a person reads it: 1, not 1.0."""
+    return int(value) if float(value).is_integer() else value
 
 
 def labels_since(

@@ -67,8 +67,8 @@ def rollout_window(
     """The rows of a shadow or canary window and the challenger's failed rows.
 
     Rows are ``(request_id, variant, model_version, probability, decision, latency_ms, label or None,
-    entity_key)`` in time order: the champion's served rows and the challenger's (``shadow``: its
-    unserved mirror rows; otherwise the rows it served)."""
+    entity_key, scores JSON or None)`` in time order: the champion's served rows and the challenger's
+    (``shadow``: its unserved mirror rows; otherwise the rows it served)."""
     db = database(db_url)
     p = db.param
     served_challenger = 0 if shadow else 1
@@ -76,7 +76,7 @@ def rollout_window(
         cur = conn.cursor()
         cur.execute(
             "SELECT pr.request_id, pr.variant, pr.model_version, pr.probability, pr.decision, pr.latency_ms, "
-            "f.label, pr.entity_key FROM slipway_predictions pr LEFT JOIN slipway_feedback f "
+            "f.label, pr.entity_key, pr.scores FROM slipway_predictions pr LEFT JOIN slipway_feedback f "
             "ON f.request_id = pr.request_id "
             f"WHERE pr.pipeline = {p} AND pr.created_at >= {p} AND pr.created_at < {p} AND ("
             f"(pr.variant = 'champion' AND pr.model_version = {p} AND pr.served = 1) OR "
@@ -139,14 +139,15 @@ def served_inputs(
 
 def labelled_scores(
     db_url: str | None, pipeline: str, version: int, since: str, until: str
-) -> list[tuple[float, int]]:
-    """``(probability, label)`` of the rows ``version`` served in ``[since, until)`` that have a label."""
+) -> list[tuple[float, float, float]]:
+    """``(probability, label, decision)`` of the rows ``version`` served in ``[since, until)`` that have
+    a label."""
     db = database(db_url)
     p = db.param
     with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
-            "SELECT pr.probability, f.label FROM slipway_predictions pr "
+            "SELECT pr.probability, f.label, pr.decision FROM slipway_predictions pr "
             "JOIN slipway_feedback f ON f.request_id = pr.request_id "
             f"WHERE pr.pipeline = {p} AND pr.model_version = {p} AND pr.served = 1 "
             f"AND pr.created_at >= {p} AND pr.created_at < {p}",

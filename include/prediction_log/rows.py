@@ -24,6 +24,7 @@ COLUMNS = (
     "latency_ms",
     "created_at",
     "key_id",
+    "scores",
 )
 
 
@@ -38,11 +39,12 @@ class PredictionRow:
     variant: str  # "champion" | "challenger"
     served: bool  # False for shadow rows (scored, logged, never returned)
     inputs: dict  # the validated input row, stored as JSON text
-    probability: float
-    decision: int  # 0/1 at the version's threshold
+    probability: float  # binary: P(positive); multiclass: P(decided class); regression: the prediction
+    decision: float  # binary: 0/1 at the threshold; multiclass: the class index; regression: the amount
     latency_ms: float
     created_at: datetime  # UTC, timezone-aware
     key_id: str | None = None  # the public id of the API key the request came with
+    scores: tuple[float, ...] | None = None  # multiclass: every class's probability, in the spec's order
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,12 @@ def row_params(row: PredictionRow) -> tuple:
     with a clear error instead of failing the whole shared commit in the writer."""
     if row.variant not in VARIANTS:
         raise ValueError(f"PredictionRow.variant must be 'champion' or 'challenger', got {row.variant!r}")
-    if row.decision not in (0, 1):
-        raise ValueError(f"PredictionRow.decision must be 0 or 1, got {row.decision!r}")
-    for name in ("probability", "latency_ms"):
-        if not math.isfinite(getattr(row, name)):
-            raise ValueError(f"PredictionRow.{name} must be a finite number")
+    for name in ("probability", "decision", "latency_ms"):
+        value = getattr(row, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"PredictionRow.{name} must be a finite number, got {value!r}")
+    if row.scores is not None and not all(math.isfinite(x) for x in row.scores):
+        raise ValueError("PredictionRow.scores must be finite numbers")
     return (
         row.request_id,
         row.variant,
@@ -122,8 +125,9 @@ def row_params(row: PredictionRow) -> tuple:
         1 if row.served else 0,
         orjson.dumps(row.inputs).decode(),
         float(row.probability),
-        int(row.decision),
+        row.decision,
         float(row.latency_ms),
         iso_utc(row.created_at, "PredictionRow.created_at"),
         row.key_id,
+        None if row.scores is None else orjson.dumps([float(x) for x in row.scores]).decode(),
     )

@@ -4,7 +4,11 @@
 not score), ``slipway_feedback`` (write-once labels), ``slipway_schema`` (the schema version) and
 ``slipway_monitor`` (one row per monitored interval). Every prediction, failure and label records the
 public id of the API key it came with (``key_id``, schema version 2; a version 1 log is migrated in
-place when a writer starts: the column is added, the rows before it keep ``NULL``).
+place when a writer starts: the column is added, the rows before it keep ``NULL``). Schema version 3
+holds every task kind: ``decision`` and ``label`` are numbers (a class index, or a regression's
+amount), and ``scores`` holds a multiclass row's class probabilities (JSON); a version 2 log is
+migrated in place (the column added, the two columns widened on PostgreSQL; SQLite's columns take any
+number already), every row kept.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 from include.database import Database
 from include.prediction_log.errors import LogUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA_NAME = "prediction_log"
 # Serialise schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
 # can still collide on the catalogue's unique index. Any constants work; these spell "SLPW", "SLMN".
@@ -34,10 +38,11 @@ def _statements(db: Database) -> list[str]:
             served INTEGER NOT NULL,
             inputs TEXT NOT NULL,
             probability {real} NOT NULL,
-            decision INTEGER NOT NULL,
+            decision {real} NOT NULL,
             latency_ms {real} NOT NULL,
             created_at TEXT NOT NULL,
             key_id TEXT,
+            scores TEXT,
             PRIMARY KEY (request_id, variant)
         )""",
         "CREATE INDEX IF NOT EXISTS slipway_predictions_pipeline_created "
@@ -56,10 +61,10 @@ def _statements(db: Database) -> list[str]:
         )""",
         "CREATE INDEX IF NOT EXISTS slipway_failures_pipeline_created "
         "ON slipway_failures (pipeline, created_at)",
-        """CREATE TABLE IF NOT EXISTS slipway_feedback (
+        f"""CREATE TABLE IF NOT EXISTS slipway_feedback (
             request_id TEXT PRIMARY KEY,
             pipeline TEXT NOT NULL,
-            label INTEGER NOT NULL,
+            label {real} NOT NULL,
             received_at TEXT NOT NULL,
             key_id TEXT
         )""",
@@ -88,12 +93,17 @@ _KEYED_TABLES = ("slipway_predictions", "slipway_failures", "slipway_feedback")
 
 def _add_key_id(db: Database, cur: Any, table: str) -> None:
     """``ALTER TABLE table ADD COLUMN key_id TEXT`` unless it is there (a migration cut short)."""
+    _add_column(db, cur, table, "key_id", "TEXT")
+
+
+def _add_column(db: Database, cur: Any, table: str, column: str, kind: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column kind`` unless it is there (a migration cut short)."""
     if db.dialect == "postgresql":
-        cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS key_id TEXT")
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         return
     cur.execute(f"PRAGMA table_info({table})")
-    if "key_id" not in {row[1] for row in cur.fetchall()}:
-        cur.execute(f"ALTER TABLE {table} ADD COLUMN key_id TEXT")
+    if column not in {row[1] for row in cur.fetchall()}:
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def rollback_quietly(db: Database, conn: Any) -> None:
@@ -131,6 +141,13 @@ def create_schema(db: Database, conn: Any, readers: list[str] | None = None) -> 
                 _add_key_id(db, cur, table)
             cur.execute(f"UPDATE slipway_schema SET version = {p} WHERE name = {p}", (2, _SCHEMA_NAME))
             version = 2
+        if version == 2:  # the release before task kinds: class probabilities, numeric decisions and labels
+            _add_column(db, cur, "slipway_predictions", "scores", "TEXT")
+            if db.dialect == "postgresql":
+                cur.execute("ALTER TABLE slipway_predictions ALTER COLUMN decision TYPE DOUBLE PRECISION")
+                cur.execute("ALTER TABLE slipway_feedback ALTER COLUMN label TYPE DOUBLE PRECISION")
+            cur.execute(f"UPDATE slipway_schema SET version = {p} WHERE name = {p}", (3, _SCHEMA_NAME))
+            version = 3
         # A key's labels in a window: the feedback cap's count
         cur.execute(
             "CREATE INDEX IF NOT EXISTS slipway_feedback_key_received "

@@ -675,7 +675,7 @@ class PredictionLog:
     def feedback(
         self,
         request_id: str,
-        label: int,
+        label: float,
         *,
         pipeline: str | None = None,
         at: datetime | None = None,

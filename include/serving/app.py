@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 async def feedback(service: Service, request: Request) -> Response:
     from include.prediction_log.errors import ConflictingLabel, UnknownRequest
 
-    pipeline, _, denied = await service.admit(request, "feedback")
+    pipeline, schema, denied = await service.admit(request, "feedback")
     if denied:
         return denied
     try:
@@ -68,16 +68,21 @@ async def feedback(service: Service, request: Request) -> Response:
     results = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
-            return error_response(422, "each feedback item is exactly {'request_id': str, 'label': 0 or 1}")
-        rid, label = item["request_id"], item["label"]
+            expected = {"binary": "0 or 1", "multiclass": "a class", "regression": "a number"}[schema.task]
+            return error_response(
+                422, f"each feedback item is exactly {{'request_id': str, 'label': {expected}}}"
+            )
+        rid = item["request_id"]
         if not isinstance(rid, str) or not rid or len(rid) > 64:
             return error_response(422, "request_id must be the string a prediction returned")
-        if isinstance(label, bool) or label not in (0, 1):
-            return error_response(422, f"label must be 0 or 1, got {label!r}"[:200])
+        try:
+            label = schema.label(item["label"])
+        except RequestError as exc:
+            return error_response(exc.status, str(exc))
         try:
             outcome = await loop.run_in_executor(
                 None,
-                functools.partial(service.log.feedback, rid, int(label), pipeline=pipeline, key_id=key_id),
+                functools.partial(service.log.feedback, rid, label, pipeline=pipeline, key_id=key_id),
             )
         except UnknownRequest:
             return error_response(404, f"no prediction {rid!r} of {pipeline} is logged; check the request id")
@@ -121,6 +126,9 @@ async def explain(service: Service, request: Request) -> Response:
     except ExplainUnavailable as exc:
         return error_response(503, str(exc), headers={"Retry-After": "60"})
     m.REQUESTS.labels(pipeline, "explain", "200").inc()
+    index = out.pop("explained_class_index", None)
+    if index is not None and index < len(schema.classes):
+        out["explained_class"] = schema.classes[index]  # multiclass: the contributions are this class's
     return json_response({"pipeline": pipeline, "model_version": model.version, "variant": "champion", **out})
 
 

@@ -104,13 +104,25 @@ class Explainers:
             per_col[col] = per_col.get(col, 0.0) + float(v)
         ranked = sorted(per_col.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
         base = float(out["base_values"][0])
-        proba = float(loaded.pipeline.predict_proba(sample)[0][-1])  # classes 0/1: the positive class last
+        model = loaded.pipeline
+        answer: dict = {}
+        if not hasattr(model, "predict_proba"):  # a regressor: the number explained
+            answer["sklearn_prediction"] = round(float(model.predict(sample)[0]), 6)
+        elif out.get("values_by_class") is not None:  # multiclass: the class whose output is explained
+            proba = model.predict_proba(sample)[0]
+            top = int(proba.argmax())
+            answer["explained_class_index"] = top
+            answer["sklearn_probability"] = round(float(proba[top]), 6)
+        else:
+            answer["sklearn_probability"] = round(
+                float(model.predict_proba(sample)[0][-1]), 6
+            )  # positive last
         return {
             "explainer": out["explainer"],
             "output": out["output"],
             "base_value": round(base, 6),
             "output_value": round(base + sum(per_col.values()), 6),
-            "sklearn_probability": round(proba, 6),
+            **answer,
             "contributions": [
                 {"feature": col, "value": values[col], "shap": round(v, 6)} for col, v in ranked
             ],

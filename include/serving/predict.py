@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,20 +85,11 @@ async def predict(service: Service, request: Request) -> Response:
             for i in failed:
                 variants[i] = "champion"
         m.child(m.PREDICTIONS, pipeline, str(model.version), variant).inc(scored.good)
-        probs = scored.probs or []  # None only when every row failed: none is read below
         for j, i in enumerate(idx):
             if scored.bad[j]:
                 continue
-            p = probs[j]
-            decision = int(p >= model.threshold)
-            out[i] = {
-                "request_id": ids[i],
-                "probability": p,
-                "decision": decision,
-                "threshold": model.threshold,
-                "model_version": model.version,
-                "variant": variant,
-            }
+            answer, score, decision, scores = _answer(model, scored, j)
+            out[i] = {"request_id": ids[i], **answer, "model_version": model.version, "variant": variant}
             log_rows.append(
                 PredictionRow(
                     ids[i],
@@ -107,11 +99,12 @@ async def predict(service: Service, request: Request) -> Response:
                     variant,
                     True,
                     {n: values[n][i] for n in schema.features},
-                    p,
+                    score,
                     decision,
                     took * 1000 / len(idx),
                     now,
                     key_id,
+                    scores,
                 )
             )
     try:
@@ -139,10 +132,14 @@ async def predict(service: Service, request: Request) -> Response:
 
 @dataclass
 class Scored:
-    """One model call over some rows: probabilities, which rows failed and why, how long it took."""
+    """One model call over some rows: scores and decisions, which rows failed and why, how long it took.
 
-    probs: list[float] | None
-    bad: list[bool]  # per row: an exception, or no probability in [0, 1] (NaN included)
+    ``scores`` per row: binary the positive-class probability, multiclass the list of class
+    probabilities, regression the predicted number; ``decisions`` under the version's rule."""
+
+    scores: list | None
+    decisions: list | None
+    bad: list[bool]  # per row: an exception, or a score out of its range (NaN included)
     reason: str
     took_s: float
 
@@ -151,20 +148,60 @@ class Scored:
         return len(self.bad) - sum(self.bad)
 
 
+_BAD_SCORE = {
+    "binary": "probability not a number in [0, 1]",
+    "multiclass": "class probabilities not numbers in [0, 1]",
+    "regression": "prediction not a finite number",
+}
+
+
 def _score(model, arrays: dict, idx: list[int], n: int) -> Scored:
     sub = arrays if len(idx) == n else {name: a[idx] for name, a in arrays.items()}
     t0 = time.perf_counter()
     try:
-        probs = model.predict(sub)
+        raw = model.predict(sub)
+        decided = model.decide(raw) if model.task != "binary" else None
     except Exception as exc:  # a model that cannot score these rows is a failure to record, not a 500
         took = time.perf_counter() - t0
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        return Scored(None, [True] * len(idx), reason, took)
+        return Scored(None, None, [True] * len(idx), reason, took)
     took = time.perf_counter() - t0
     # Python floats from here: per-element numpy calls cost more than the row's whole check.
-    probs = probs.tolist()
-    bad = [not 0.0 <= p <= 1.0 for p in probs]  # NaN compares false both ways
-    return Scored(probs, bad, "probability not a number in [0, 1]" if any(bad) else "", took)
+    scores = raw.tolist()
+    if model.task == "binary":
+        bad = [not 0.0 <= p <= 1.0 for p in scores]  # NaN compares false both ways
+        decisions = [int(p >= model.threshold) for p in scores]
+    elif model.task == "multiclass":
+        assert decided is not None
+        bad = [not all(0.0 <= p <= 1.0 for p in row) for row in scores]
+        decisions = decided.tolist()
+    else:
+        assert decided is not None
+        bad = [not math.isfinite(y) for y in scores]
+        decisions = decided.tolist()
+    return Scored(scores, decisions, bad, _BAD_SCORE[model.task] if any(bad) else "", took)
+
+
+def _answer(model, scored: Scored, j: int) -> tuple[dict, float, float, tuple | None]:
+    """Row ``j``'s answer fields, and what the log keeps: (answer, probability column, decision, scores)."""
+    assert scored.scores is not None and scored.decisions is not None
+    score, decision = scored.scores[j], scored.decisions[j]
+    if model.task == "binary":
+        return (
+            {"probability": score, "decision": decision, "threshold": model.threshold},
+            score,
+            decision,
+            None,
+        )
+    if model.task == "multiclass":
+        probabilities = dict(zip(model.classes, score, strict=True))
+        return (
+            {"class": model.classes[decision], "probabilities": probabilities},
+            score[decision],
+            decision,
+            tuple(score),
+        )
+    return {"prediction": score, "decision": decision}, score, decision, None
 
 
 def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: str) -> str:
@@ -201,6 +238,7 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now, ke
     async def run() -> None:
         scored = _score(challenger, arrays, list(range(len(ids))), len(ids))
         took = scored.took_s * 1000 / len(ids)
+        answers = [None if b else _answer(challenger, scored, i) for i, b in enumerate(scored.bad)]
         m.PREDICTIONS.labels(pipeline, str(challenger.version), "challenger").inc(scored.good)
         failures = [
             FailureRow(ids[i], pipeline, challenger.version, "challenger", False, scored.reason, now, key_id)
@@ -218,14 +256,15 @@ def _shadow(service, pipeline, state, schema, arrays, values, ids, keys, now, ke
                 "challenger",
                 False,
                 {n: values[n][i] for n in schema.features},
-                float(p),
-                int(p >= challenger.threshold),
+                answer[1],
+                answer[2],
                 took,
                 now,
                 key_id,
+                answer[3],
             )
-            for i, p in enumerate(scored.probs if scored.probs is not None else [])
-            if not scored.bad[i]
+            for i, answer in enumerate(answers)
+            if answer is not None
         ]
         try:
             await service.log.record(rows, failures)

@@ -48,6 +48,9 @@ class RequestSchema:
     categorical: tuple[str, ...]
     entity: str | None  # the hashed identifier a request may carry: the entity key, hashed before use
     dropped: tuple[str, ...] = ()  # identifiers the spec drops: accepted in a request, never used or stored
+    task: str = "binary"
+    classes: tuple[str, ...] = ()  # multiclass: target.classes, in order
+    target_range: tuple[float, float] | None = None  # regression: target.range
 
     @cached_property  # read several times per request: computed once
     def features(self) -> tuple[str, ...]:
@@ -72,7 +75,76 @@ class RequestSchema:
             categorical=tuple(spec.features.categorical),
             entity=spec.entity_column,
             dropped=tuple(c for c, action in spec.identifiers.items() if action == "drop"),
+            task=spec.task,
+            classes=tuple(spec.target.classes or ()),
+            target_range=spec.target.range,
         )
+
+    def label(self, value: object) -> float:
+        """A feedback label as the log stores it (0/1, the class index, the number), or
+        :class:`RequestError` naming what the task expects."""
+        if self.task == "multiclass":
+            if not isinstance(value, str) or value not in self.classes:
+                raise RequestError(
+                    422, f"label must be one of the classes {list(self.classes)}, got {value!r}"[:300]
+                )
+            return self.classes.index(value)
+        if self.task == "regression":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise RequestError(
+                    422, f"label must be a number (the observed {self.pipeline} target), got {value!r}"[:300]
+                )
+            if self.target_range is not None and not self.target_range[0] <= value <= self.target_range[1]:
+                low, high = self.target_range
+                raise RequestError(422, f"label {value!r} is outside the target's range [{low:g}, {high:g}]")
+            return float(value)
+        if isinstance(value, bool) or value not in (0, 1):
+            raise RequestError(422, f"label must be 0 or 1, got {value!r}"[:200])
+        return int(value)  # type: ignore[call-overload]
+
+    def label_schema(self) -> dict:
+        """The OpenAPI schema of a feedback label for this task."""
+        if self.task == "multiclass":
+            return {"type": "string", "enum": list(self.classes)}
+        if self.task == "regression":
+            out: dict[str, Any] = {"type": "number"}
+            if self.target_range is not None:
+                out |= {"minimum": self.target_range[0], "maximum": self.target_range[1]}
+            return out
+        return {"type": "integer", "enum": [0, 1]}
+
+    def prediction_schema(self) -> dict:
+        """The OpenAPI schema of one answered row for this task."""
+        common = {
+            "request_id": {"type": "string"},
+            "model_version": {"type": "integer"},
+            "variant": {"type": "string", "enum": ["champion", "challenger"]},
+        }
+        if self.task == "multiclass":
+            per_task: dict[str, Any] = {
+                "class": {"type": "string", "enum": list(self.classes), "description": "the decided class"},
+                "probabilities": {
+                    "type": "object",
+                    "properties": {c: {"type": "number"} for c in self.classes},
+                    "description": "every class's probability",
+                },
+            }
+        elif self.task == "regression":
+            per_task = {
+                "prediction": {"type": "number", "description": "the model's estimate"},
+                "decision": {
+                    "type": "number",
+                    "description": "the estimate shifted to the lowest expected cost of over- and "
+                    "under-prediction (equal to prediction without costs in the spec)",
+                },
+            }
+        else:
+            per_task = {
+                "probability": {"type": "number"},
+                "decision": {"type": "integer", "enum": [0, 1]},
+                "threshold": {"type": "number"},
+            }
+        return {"type": "object", "properties": {"request_id": common["request_id"], **per_task, **common}}
 
     def check_model(self, inputs: dict[str, str]) -> list[str]:
         """Disagreements between the spec and a served graph (the graph wins: it is what scores)."""
@@ -125,17 +197,7 @@ class RequestSchema:
                 "description": "an identifier the pipeline drops: accepted, never used or stored",
             }
         p = self.pipeline
-        prediction = {
-            "type": "object",
-            "properties": {
-                "request_id": {"type": "string"},
-                "probability": {"type": "number"},
-                "decision": {"type": "integer", "enum": [0, 1]},
-                "threshold": {"type": "number"},
-                "model_version": {"type": "integer"},
-                "variant": {"type": "string", "enum": ["champion", "challenger"]},
-            },
-        }
+        prediction = self.prediction_schema()
         error = {"type": "object", "properties": {"error": {"type": "string"}, "problems": {"type": "array"}}}
         responses = {
             "400": {
@@ -230,7 +292,7 @@ class RequestSchema:
                                     "additionalProperties": False,
                                     "properties": {
                                         "request_id": {"type": "string", "minLength": 1, "maxLength": 64},
-                                        "label": {"type": "integer", "enum": [0, 1]},
+                                        "label": self.label_schema(),
                                     },
                                 }
                             ),

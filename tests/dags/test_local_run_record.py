@@ -56,7 +56,7 @@ def test_a_run_started_from_the_command_line_has_its_logs_and_true_duration_in_t
         events = " ".join(str(line.get("event", "")) for line in lines)
         assert "Task started" in events and "not found" not in events.lower(), (task_id, events[:500])
     story = " ".join(str(line.get("event", "")) for line in _lines(stack, run["dag_run_id"], "train_model"))
-    assert "fitted sklearn.linear_model.LogisticRegression on train" in story
+    assert "fitted sklearn.linear_model.LogisticRegression (binary) on train" in story
     assert "read training_snapshot:" in story and "written model:" in story
     # No noise: skops and Airflow's deprecation shims do not flood the log.
     noise = [

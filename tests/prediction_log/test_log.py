@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -142,8 +143,10 @@ def test_feedback_for_an_unknown_request_is_refused(plog):
         plog.feedback(uuid.uuid4().hex, 1)
     with pytest.raises(UnknownRequest):  # logged, but for another pipeline
         plog.feedback(rid, 1, pipeline="credit_default")
-    with pytest.raises(ValueError, match="label must be 0 or 1"):
-        plog.feedback(rid, 2)
+    # What a label may be is the task's (the service checks it); the log refuses only a non-number.
+    for bad in (float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="label must be a finite number"):
+            plog.feedback(rid, bad)
     assert plog.get(rid)[0]["label"] is None
 
 
@@ -558,7 +561,7 @@ _V1_TABLES = [
 ]
 
 
-def test_a_version_1_log_is_migrated_in_place_and_every_new_row_records_its_key(log_url):
+def test_a_version_1_log_is_migrated_in_place_to_every_task_kind_and_every_new_row_records_its_key(log_url):
     from include.database import database
 
     db = database(log_url)
@@ -577,6 +580,15 @@ def test_a_version_1_log_is_migrated_in_place_and_every_new_row_records_its_key(
         with db.reading() as conn:
             cur = conn.cursor()
             cur.execute("SELECT version FROM slipway_schema")
-            assert cur.fetchall() == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 2
+            assert cur.fetchall() == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 3
+        # Version 3: a regression's amount as decision and label, a multiclass row's class probabilities.
+        amount = dataclasses.replace(make_row("new2"), probability=112.25, decision=118.5)
+        classes = dataclasses.replace(make_row("new3"), probability=0.7, decision=2, scores=(0.1, 0.2, 0.7))
+        log.record_sync([amount, classes])
+        assert log.feedback("new2", 131.5) == "recorded" and log.feedback("new3", 2) == "recorded"
+        got, three = log.get("new2")[0], log.get("new3")[0]
+        assert (got["probability"], got["decision"], got["label"]) == (112.25, 118.5, 131.5)
+        assert json.loads(three["scores"]) == [0.1, 0.2, 0.7] and three["decision"] == 2
+        assert old["decision"] == 1 and old["probability"] == 0.5
     finally:
         log.close()

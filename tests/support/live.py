@@ -26,6 +26,8 @@ from tests.support.pg import create_databases, drop_databases
 from tests.support.processes import ROOT, clean_env, free_port, wait_until
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The shipped multiclass and regression pipelines, on the stack beside telco_churn.
+TASK_KIND_PIPELINES = ("job_runtime", "salary_benchmark")
 PASSWORD = uuid.uuid4().hex
 
 
@@ -121,14 +123,31 @@ class LiveStack:
             "drift": {"min_rows": 200, "report_sample_rows": 500},
         }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        # The multiclass and the regression pipeline, with the same short windows; their canary's loss
+        # test judged from 20 labelled customers a side, and their approval answered, not timed out.
+        for kind in TASK_KIND_PIPELINES:
+            other = yaml.safe_load((ROOT / "include" / "pipelines" / f"{kind}.yaml").read_text())
+            for key in ("source", "retries", "monitoring"):
+                other[key] = {**other.get(key, {}), **raw[key]}
+            other["gates"]["onnx"]["max_p99_latency_ms"] = 100.0
+            other["rollout"] = {
+                **raw["rollout"],
+                "canary": {
+                    **raw["rollout"]["canary"],
+                    "guardrails": {**raw["rollout"]["canary"]["guardrails"], "min_labelled_per_variant": 20},
+                },
+                "approval": {"timeout_hours": 0.25},
+            }
+            (self.pipelines / f"{kind}.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
         self.cli("db", "migrate", timeout=600)
-        subprocess.run(
-            [sys.executable, "-m", "include.cli", "seed"],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
+        for pipeline in ("telco_churn", *TASK_KIND_PIPELINES):
+            subprocess.run(
+                [sys.executable, "-m", "include.cli", "seed", pipeline],
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+                capture_output=True,
+            )
         logs = self.base / "logs"
         logs.mkdir()
         for component in COMPONENTS:

@@ -27,6 +27,29 @@ from include.tasks.gates import check
 GATE = "infra_validation"
 
 
+def well_formed(spec, body: dict) -> bool:
+    """Whether a 200 answer holds what the task promises: a probability in [0, 1] and a 0/1 decision;
+    a declared class and a probability per class summing to 1; a finite prediction and decision."""
+
+    def number(x) -> bool:
+        return isinstance(x, float | int) and not isinstance(x, bool) and math.isfinite(x)
+
+    if spec.task == "multiclass":
+        probs = body.get("probabilities")
+        classes = list(spec.target.classes or [])
+        return (
+            body.get("class") in classes
+            and isinstance(probs, dict)
+            and sorted(probs) == sorted(classes)
+            and all(number(v) and 0 <= v <= 1 for v in probs.values())
+            and abs(sum(probs.values()) - 1) < 1e-3
+        )
+    if spec.task == "regression":
+        return number(body.get("prediction")) and number(body.get("decision"))
+    p = body.get("probability")
+    return isinstance(p, float | int) and number(p) and 0 <= p <= 1 and body.get("decision") in (0, 1)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,10 +222,9 @@ def validate(spec, version: int, snapshot_uri: str) -> dict:
             latencies.append((time.perf_counter() - t0) * 1000)
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
-                p = body.get("probability")
                 if body.get("model_version") != version:
                     wrong_version += 1
-                if not isinstance(p, float | int) or not 0 <= p <= 1 or body.get("decision") not in (0, 1):
+                if not well_formed(spec, body):
                     bad_answers += 1
         batch_status, batch = box.call(
             "POST", f"/v1/{spec.name}/predict", {"instances": [rows[i % len(rows)] for i in range(100)]}

@@ -105,11 +105,17 @@ class Phase:
         complete = win.challenger.routed >= window_cfg.min_requests
         expired = now >= datetime.fromisoformat(state["deadline"])
         final = complete or expired
+        task = self.spec.task
         if self.phase == "shadow":
-            results = g.shadow_checks(self.cfg.shadow, win, final)
+            results = g.shadow_checks(self.cfg.shadow, win, final, task)
         else:
             results = g.canary_checks(
-                self.cfg.canary.guardrails, win, final, window_cfg.min_requests, sel.get("threshold", 0.5)
+                self.cfg.canary.guardrails,
+                win,
+                final,
+                window_cfg.min_requests,
+                sel.get("threshold", 0.5),
+                task,
             )
         state = {**state, "checks": state["checks"] + 1}
         label = f"{self.phase}.step{state['step'] + 1}"

@@ -36,12 +36,6 @@ def refusal(
 ) -> str | None:
     """Why ``version`` is not rolled out (a skip), or None when it may be."""
     candidate = aliases.get("candidate")
-    task = tags.get("slipway.task", "binary")
-    if task != "binary":
-        return (
-            f"version {version} is a {task} model, and the inference service answers binary classifiers "
-            "only: it stays registered (alias candidate) and is not rolled out"
-        )
     if aliases.get("champion") == version:
         return f"version {version} is already the champion"
     if candidate != version:

@@ -45,13 +45,21 @@ def offline_lines(comparison: dict | None, results: list[dict], champion_now: in
     if not comparison or not comparison.get("champion"):
         return ["no champion when it was trained: held to the absolute floors only"]
     cand, champ = comparison["candidate"], comparison["champion"]
-    allowed = {r["metric"].removesuffix("_delta"): r for r in results if r.get("gate") == "champion"}
+    allowed = {
+        r["metric"].removesuffix("_delta").removesuffix("_increase"): r
+        for r in results
+        if r.get("gate") == "champion"
+    }
     then = champ.get("version")
     head = f"against version {then}, the champion when it was trained, on the same test split"
     if champion_now is not None and then != champion_now:
         head += f" (the champion is version {champion_now} now)"
     lines = [head + ":"]
-    for metric in ("roc_auc", "pr_auc", "f1", "brier", "value_per_1000"):
+    shown = {
+        "multiclass": ("macro_f1", "balanced_accuracy", "log_loss"),
+        "regression": ("rmse", "mae", "r2"),
+    }.get(comparison.get("task", "binary"), ("roc_auc", "pr_auc", "f1", "brier"))
+    for metric in (*shown, "value_per_1000"):
         if metric not in cand or metric not in champ:
             continue
         a, b = float(cand[metric]), float(champ[metric])

@@ -40,6 +40,7 @@ REASONS = (
     "inputs_unusable",
     "entity_not_landed",
     "not_newer_than_landed",
+    "label_unusable",
 )
 
 
@@ -106,6 +107,31 @@ def _negative_label(spec: PipelineSpec, landed) -> str:
     return others[0]
 
 
+def _target_values(spec: PipelineSpec, landed):
+    """label (as the log stores it) -> the target value a landed batch would hold, or None when the label
+    cannot be one (a class index outside target.classes, a number outside target.range)."""
+    if spec.task == "multiclass":
+        classes = list(spec.target.classes or [])
+
+        def as_class(label) -> str | None:
+            i = int(label)
+            return classes[i] if float(label) == i and 0 <= i < len(classes) else None
+
+        return as_class
+    if spec.task == "regression":
+        bounds = spec.target.range
+
+        def as_number(label) -> float | None:
+            value = float(label)
+            if not math.isfinite(value) or (bounds is not None and not bounds[0] <= value <= bounds[1]):
+                return None
+            return value
+
+        return as_number
+    negative, positive = _negative_label(spec, landed), str(spec.target.positive_label)
+    return lambda label: positive if int(label) == 1 else negative
+
+
 def _typed_inputs(spec: PipelineSpec, inputs: dict) -> dict | None:
     """The row's features as ingest types them, or None if one is missing or not of its type."""
     out: dict = {}
@@ -147,8 +173,7 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
         # Without an entity there is no split or sensitive attribute to give the row: not used.
         out.dropped["no_entity_key"] = len(rows)
         return out
-    negative = _negative_label(spec, landed)
-    positive = str(spec.target.positive_label)
+    target_value = _target_values(spec, landed)
 
     newest: dict[str, tuple] = {}
     for row in rows:  # ordered by created_at: a later row of the same entity replaces the earlier
@@ -177,7 +202,11 @@ def curate(spec: PipelineSpec, rows: list[tuple], landed) -> Curated:
         if datetime.fromisoformat(created_at) < month_end(str(base["batch_month"])):
             out.dropped["not_newer_than_landed"] += 1
             continue
-        record = {key: entity, spec.target.column: positive if int(label) == 1 else negative, **features}
+        value = target_value(label)
+        if value is None:
+            out.dropped["label_unusable"] += 1
+            continue
+        record = {key: entity, spec.target.column: value, **features}
         for col in spec.sensitive_attributes:
             record[col] = base[col]
         record[SPLIT_COLUMN] = base[SPLIT_COLUMN]

@@ -416,7 +416,7 @@ def test_canary_final_with_too_few_requests_fails(guard):
 def test_canary_too_few_labels_is_not_applicable_with_the_counts(guard):
     few = guard.min_labelled_per_variant - 50
     champion, challenger = canary_pair(600, 600, labelled=few, challenger_noise=0.4)
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     running = by_metric(g.canary_checks(guard, window(champion, challenger), final=False, min_requests=500))
     assert metric not in running
     results = g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500)
@@ -432,7 +432,7 @@ def test_canary_labels_counted_per_variant(guard):
     # Plenty of labels on the champion, too few on the challenger: still not applicable.
     champion, _ = canary_pair(600, 600, labelled=400)
     _, challenger = canary_pair(600, 600, labelled=guard.min_labelled_per_variant - 1)
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     checks = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
     assert checks[metric]["status"] == NOT_APPLICABLE
     assert f"{guard.min_labelled_per_variant - 1} challenger and 400 champion" in checks[metric]["note"]
@@ -452,7 +452,7 @@ def test_canary_repeated_rows_of_one_entity_count_once(guard):
     challenger.probability = np.concatenate([repeat(challenger.probability), challenger.probability[400:]])
     challenger.label = np.concatenate([repeat(challenger.label), challenger.label[400:]])
     challenger.decision = (challenger.probability >= 0.5).astype(int)
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     rowwise = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
     assert rowwise[metric]["status"] == FAILED  # without entity keys: every row its own observation
     with_entities(challenger, [f"c{i // 10}" for i in range(400)] + [None] * 200)
@@ -472,7 +472,7 @@ def test_entity_losses_average_each_entitys_rows():
 
 def test_canary_interim_looks_need_stronger_evidence_than_the_final_look(guard):
     # A challenger worse by a little more than the margin: significant at 95% but not at 99.9%.
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     for seed in range(40, 80):
         champion, challenger = canary_pair(600, 600, seed=seed, labelled=400, challenger_noise=0.2)
         final = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500))
@@ -500,7 +500,7 @@ def test_equal_quality_rarely_rolls_back_over_many_looks(guard):
     # for a false rollback), each looked at 15 times as its labels accumulate: the share rolled back
     # stays near 1 - confidence, while testing at 95% on every look rolls back far more of them.
     exact = guard.model_copy(update={"max_metric_degradation": 0.0})
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     looks = np.linspace(guard.min_labelled_per_variant, 400, 15).astype(int)
     strict = naive = 0
     for seed in range(200):
@@ -516,7 +516,8 @@ def test_equal_quality_rarely_rolls_back_over_many_looks(guard):
                 break
         for n in looks:
             losses = [
-                g.row_loss(guard.metric, a.probability[:n], a.label[:n]) for a in (challenger, champion)
+                g.row_loss(guard.loss("binary"), a.probability[:n], a.label[:n])
+                for a in (challenger, champion)
             ]
             if g.worse_test(*losses, 0.0)[1] < 1 - guard.confidence:
                 naive += 1
@@ -528,7 +529,7 @@ def test_equal_quality_rarely_rolls_back_over_many_looks(guard):
 
 def test_canary_worse_challenger_fails_the_metric(guard):
     champion, challenger = canary_pair(600, 600, seed=32, labelled=400, challenger_noise=0.3)
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     results = g.canary_checks(guard, window(champion, challenger), final=False, min_requests=500)
     checks = by_metric(results)
     assert checks[metric]["status"] == FAILED  # clearly worse: stopped at an interim look already
@@ -540,7 +541,7 @@ def test_canary_worse_challenger_fails_the_metric(guard):
 
 def test_canary_equal_quality_passes_the_metric(guard):
     champion, challenger = canary_pair(600, 600, seed=33, labelled=400)
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     results = g.canary_checks(guard, window(champion, challenger), final=True, min_requests=500)
     checks = by_metric(results)
     assert checks[metric]["status"] == PASSED
@@ -567,7 +568,7 @@ def test_breached_returns_exactly_the_failed_checks(guard):
         "error_rate": FAILED,
         "p99_latency_ms": FAILED,
         "score_psi": PASSED,
-        f"{guard.metric}_worse_pvalue": NOT_APPLICABLE,
+        f"{guard.loss('binary')}_worse_pvalue": NOT_APPLICABLE,
     }
     breaches = g.breached(results)
     assert breaches == [r for r in results if r["status"] == FAILED]
@@ -734,7 +735,8 @@ def test_read_window_selects_the_versions(log_url):
 def test_read_window_of_an_empty_window_is_empty(log_url):
     win = g.read_window(log_url, "no_such_pipeline", 3, 4, SINCE, UNTIL, shadow=True)
     assert win.champion.rows == win.challenger.rows == win.challenger.routed == 0
-    assert win.champion.probability.dtype == float and win.champion.decision.dtype.kind == "i"
+    # decisions are numbers of every task: 0/1, a class index, a regression's amount
+    assert win.champion.probability.dtype == float and win.champion.decision.dtype == float
 
 
 def test_psi_default_sample_size_keeps_sampling_noise_below_the_guardrail(rollout):
@@ -767,7 +769,7 @@ def test_a_pass_worse_than_the_margin_but_not_significantly_says_so(guard):
     evidence does not prove it worse), but the approver reads that it is not a clean pass."""
     from include.tasks.gates import describe
 
-    metric = f"{guard.metric}_worse_pvalue"
+    metric = f"{guard.loss('binary')}_worse_pvalue"
     champion, challenger = canary_pair(260, 260, seed=31, labelled=210, challenger_noise=0.15)
     unsure = by_metric(g.canary_checks(guard, window(champion, challenger), final=True, min_requests=200))
     assert unsure[metric]["status"] == PASSED and unsure[metric]["value"] > 0.05

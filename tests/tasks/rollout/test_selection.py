@@ -37,10 +37,3 @@ def test_a_past_month_a_demoted_a_retired_or_the_previous_version_is_skipped():
     assert "retired" in _why(2, retired, {"candidate": 2, "champion": 3})
     older = _why(2, {"slipway.month": "2025-10"}, {"candidate": 2, "champion": 3})
     assert "trained on 2025-10, before the champion's month (2025-11)" in older
-
-
-def test_a_multiclass_or_regression_candidate_stays_registered_and_is_not_rolled_out():
-    for task in ("multiclass", "regression"):
-        why = _why(4, {"slipway.month": "2025-12", "slipway.task": task}, {"candidate": 4, "champion": 3})
-        assert why is not None and f"a {task} model" in why and "binary classifiers only" in why
-    assert _why(4, {"slipway.month": "2025-12", "slipway.task": "binary"}, {"candidate": 4}) is None

@@ -182,6 +182,7 @@ def test_each_rule_drops_what_it_names_and_counts_it(lake, predlog, telco_spec, 
         "inputs_unusable": 2,
         "entity_not_landed": 1,
         "not_newer_than_landed": 1,
+        "label_unusable": 0,
     }
     kept = _frame(out["uri"]).set_index("customer_id")["churn"]
     assert kept.to_dict() == {
@@ -294,3 +295,15 @@ def test_inputs_must_carry_every_feature_with_its_type(telco_spec, wa_churn):
     assert math.isnan(_typed_inputs(telco_spec, good | {"total_charges": None})["total_charges"])
     for bad in ({"tenure": "7"}, {"tenure": math.inf}, {"partner": True}, {"contract": 2}):
         assert _typed_inputs(telco_spec, good | bad) is None, bad
+
+
+def test_labels_of_every_task_become_target_values(project_root):
+    from include.spec import load_spec
+    from include.tasks.train.feedback import _target_values
+
+    runtime = load_spec(project_root / "include" / "pipelines" / "job_runtime.yaml")
+    as_class = _target_values(runtime, None)
+    assert [as_class(x) for x in (0, 3.0, 4, 1.5)] == ["VF", "L", None, None]  # index, else unusable
+    salary = load_spec(project_root / "include" / "pipelines" / "salary_benchmark.yaml")
+    as_number = _target_values(salary, None)
+    assert [as_number(x) for x in (131.5, 0, 5000.0)] == [131.5, 0.0, None]  # outside target.range
