@@ -148,15 +148,12 @@ def test_each_task_kind_rolls_out_through_shadow_and_canary_and_retrains_on_drif
         assert client.get_registered_model(p).aliases == {"candidate": 2}
         client.set_registered_model_alias(p, "champion", "1")
         stack.api("PATCH", f"/api/v2/dags/{p}__rollout", {"is_paused": False})
-    wait_until(
-        lambda: all(
-            _http("GET", f"{url}/ready", key=stack.metrics_key)[1]["pipelines"][p]["champion"] == 1
-            for p in TASK_KIND_PIPELINES
-        ),
-        60,
-        "the service to serve both champions",
-        every=1,
-    )
+
+    def serving_both() -> bool:
+        status, body = _http("GET", f"{url}/ready", key=stack.metrics_key)
+        return status == 200 and all(body["pipelines"][p]["champion"] == 1 for p in TASK_KIND_PIPELINES)
+
+    wait_until(serving_both, 60, "the service to serve both champions", every=1)
 
     traffic = {p: Traffic(url, keys[p], p) for p in TASK_KIND_PIPELINES}
     approvals: dict[str, dict] = {}

@@ -132,6 +132,7 @@ class LiveStack:
             other["gates"]["onnx"]["max_p99_latency_ms"] = 100.0
             other["rollout"] = {
                 **raw["rollout"],
+                "shadow": {**other.get("rollout", {}).get("shadow", {}), **raw["rollout"]["shadow"]},
                 "canary": {
                     **raw["rollout"]["canary"],
                     "guardrails": {**raw["rollout"]["canary"]["guardrails"], "min_labelled_per_variant": 20},
