@@ -250,6 +250,7 @@ class OnnxModel:
     task: str = "binary"
     rule: dict = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    interval: tuple[float, float] | None = None  # regression: residual quantiles 5% and 95% on its test split
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """Scores per row (see the class docstring); ``columns`` hold one (n, 1) array per input."""
@@ -340,6 +341,7 @@ def load_onnx(
     task: str = "binary",
     rule: dict | None = None,
     classes: tuple[str, ...] = (),
+    interval: tuple[float, float] | None = None,
 ) -> OnnxModel:
     """Check and load ``folder/model.onnx`` from the bytes that were hashed; raise :class:`ModelRefused`
     with the reason."""
@@ -383,7 +385,18 @@ def load_onnx(
             )
     rule = dict(rule) if rule else ({"threshold": threshold} if task == "binary" else {})
     return OnnxModel(
-        pipeline, version, threshold, digest, session, inputs, categories, index, task, rule, tuple(classes)
+        pipeline,
+        version,
+        threshold,
+        digest,
+        session,
+        inputs,
+        categories,
+        index,
+        task,
+        rule,
+        tuple(classes),
+        interval,
     )
 
 

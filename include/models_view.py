@@ -17,6 +17,7 @@ import json
 from urllib.parse import quote
 
 from include.tasks.blessing import ORDER as GATES  # the blessing's gates, in its order
+from include.tasks.metrics import TITLES, headline
 from include.times import utc_minute as _minute  # the one way the page writes a time
 from include.tracking import ui_link
 
@@ -74,7 +75,8 @@ def models_record(
                     "gates": {g: tags.get(f"slipway.blessing.{g}", "missing") for g in GATES},
                     "month": tags.get("slipway.month"),
                     "data_version": tags.get("slipway.data_version"),
-                    "roc_auc": tags.get("slipway.metric.roc_auc"),
+                    "task": tags.get("slipway.task", "binary"),
+                    "headline": tags.get(f"slipway.metric.{headline(tags.get('slipway.task', 'binary'))}"),
                     "retired": tags.get("slipway.retired"),
                     "has_card": bool(tags.get("slipway.model_card_uri")),
                     "approval": _approval(tags),
@@ -257,9 +259,10 @@ def render(record: dict, mlflow_ui: str | None) -> str:
                 f"/tasks/{quote(ask['task_id'])}'>{_e(ask['dag_id'])} {_e(ask['run_id'])}</a></p>"
             )
         head = "".join(f"<th>{_e(g)}</th>" for g in GATES)
+        task = p["versions"][0]["task"] if p["versions"] else "binary"
         parts.append(
             "<table><tr><th>version</th><th>aliases</th><th>month</th><th>blessing</th>"
-            f"{head}<th>ROC AUC</th><th>data version</th><th>approval</th><th>links</th></tr>"
+            f"{head}<th>{_e(TITLES[headline(task)])}</th><th>data version</th><th>approval</th><th>links</th></tr>"
         )
         for v in p["versions"]:
             cls = " class='retired'" if v["retired"] else ""
@@ -272,7 +275,7 @@ def render(record: dict, mlflow_ui: str | None) -> str:
             aliases = "".join(f"<span class='alias'>{_e(a)}</span>" for a in v["aliases"])
             if v["retired"]:
                 aliases += "retired"
-            auc = f"{float(v['roc_auc']):.3f}" if v["roc_auc"] else ""
+            auc = f"{float(v['headline']):.3f}" if v["headline"] else ""
             parts.append(
                 f"<tr><td{cls}>{v['version']}</td><td>{aliases}</td><td>{_e(v['month'])}</td>"
                 f"{_gate_cell(v['blessing'])}{''.join(_gate_cell(v['gates'][g]) for g in GATES)}"

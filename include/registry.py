@@ -366,6 +366,9 @@ def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel
     try:
         rule = json.loads(tags["slipway.decision"]) if "slipway.decision" in tags else None
         classes = tuple(json.loads(tags.get("slipway.classes", "[]")))
+        band = (
+            json.loads(tags["slipway.prediction_interval"]) if "slipway.prediction_interval" in tags else None
+        )
     except ValueError as exc:
         raise ModelRefused(
             f"version {version}'s decision or classes tag is not JSON: re-register it"
@@ -381,6 +384,15 @@ def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel
         )
     else:
         threshold = float("nan")
+    interval = (float(band["low"]), float(band["high"])) if band else None
     return load_onnx(
-        pipeline, version, local, tags.get("slipway.onnx_sha256", ""), threshold, task, rule, classes
+        pipeline,
+        version,
+        local,
+        tags.get("slipway.onnx_sha256", ""),
+        threshold,
+        task,
+        rule,
+        classes,
+        interval,
     )

@@ -137,12 +137,19 @@ class Target(_Strict):
         "refused. Without it any finite number is accepted.",
     )
 
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_as_text(cls, v: Any) -> Any:
+        # Classes are compared as the batch's text: 1 (a YAML number) is the label "1".
+        if isinstance(v, list):
+            return [str(c).lower() if isinstance(c, bool) else str(c) for c in v]
+        return v
+
     @field_validator("classes")
     @classmethod
     def _classes(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return v
-        v = [str(c) for c in v]
         dupes = sorted({c for c in v if v.count(c) > 1})
         if dupes:
             raise ValueError(f"classes are listed twice: {dupes}")
@@ -877,6 +884,15 @@ class Business(_Strict):
     cost_of_action: float = Field(0.0, ge=0)
     offer_acceptance_rate: float = Field(1.0, ge=0, le=1)
     value_matrix: dict[str, dict[str, float]] | None = None
+
+    @field_validator("value_matrix", mode="before")
+    @classmethod
+    def _matrix_as_text(cls, v: Any) -> Any:
+        # Keys are class labels as the batch's text (target.classes): 1 (a YAML number) is "1".
+        if isinstance(v, dict) and all(isinstance(row, dict) for row in v.values()):
+            return {str(t): {str(d): x for d, x in row.items()} for t, row in v.items()}
+        return v
+
     cost_per_unit_over: float = Field(0.0, ge=0)
     cost_per_unit_under: float = Field(0.0, ge=0)
     unit: str = "USD"

@@ -601,6 +601,7 @@ def register_model(step: Step, carded: dict) -> dict:
     from include.lineage import code_version
     from include.model_files import read_model_bytes, verify_sha256
     from include.problem import DECISION_TAG, rule_json
+    from include.tasks.metrics import prediction_interval
     from include.tasks.train.register import register_candidate
     from include.tracking import trusted_artifact_uri
 
@@ -633,6 +634,11 @@ def register_model(step: Step, carded: dict) -> dict:
         **(
             {"slipway.classes": json.dumps(step.spec.target.classes)}
             if step.spec.task == "multiclass"
+            else {}
+        ),
+        **(
+            {"slipway.prediction_interval": json.dumps(interval)}
+            if (interval := prediction_interval(carded["metrics"]))
             else {}
         ),
         **({"slipway.decision_threshold": str(carded["threshold"])} if step.spec.task == "binary" else {}),

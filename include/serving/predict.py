@@ -201,7 +201,14 @@ def _answer(model, scored: Scored, j: int) -> tuple[dict, float, float, tuple | 
             decision,
             tuple(score),
         )
-    return {"prediction": score, "decision": decision}, score, decision, None
+    answer = {"prediction": score, "decision": decision}
+    if model.interval is not None:  # the version's residuals on its test split: 90% of truths fell inside
+        answer["interval"] = {
+            "low": score + model.interval[0],
+            "high": score + model.interval[1],
+            "coverage": 0.9,
+        }
+    return answer, score, decision, None
 
 
 def _variant(state: PipelineState, pipeline: str, key: str | None, request_id: str) -> str:

@@ -137,6 +137,16 @@ class RequestSchema:
                     "description": "the estimate shifted to the lowest expected cost of over- and "
                     "under-prediction (equal to prediction without costs in the spec)",
                 },
+                "interval": {
+                    "type": "object",
+                    "properties": {
+                        "low": {"type": "number"},
+                        "high": {"type": "number"},
+                        "coverage": {"type": "number"},
+                    },
+                    "description": "the 90% prediction interval: the estimate plus the 5% and 95% quantiles of "
+                    "the version's residuals on its held-out test split",
+                },
             }
         else:
             per_task = {

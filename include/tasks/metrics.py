@@ -29,9 +29,13 @@ DIRECTION: dict[str, dict[str, bool]] = {
 }
 
 
-def headline(spec: PipelineSpec) -> str:
-    """The metric a person reads first for this task (ROC AUC, macro F1, RMSE)."""
-    return next(iter(DIRECTION[spec.task]))
+#: How a page titles a task's headline metric.
+TITLES = {"roc_auc": "ROC AUC", "macro_f1": "macro F1", "rmse": "RMSE"}
+
+
+def headline(task: str) -> str:
+    """The metric a person reads first for ``task`` (ROC AUC, macro F1, RMSE)."""
+    return next(iter(DIRECTION[task]))
 
 
 def binary_metrics(y_true, proba, threshold: float = 0.5) -> dict:
@@ -115,4 +119,8 @@ def prediction_interval(metrics: dict) -> dict | None:
     """A regression version's 90% empirical prediction interval: [prediction + q05, prediction + q95]."""
     if "residual_q05" not in metrics:
         return None
-    return {"low": metrics["residual_q05"], "high": metrics["residual_q95"], "coverage": 0.9}
+    return {
+        "low": round(metrics["residual_q05"], 6),
+        "high": round(metrics["residual_q95"], 6),
+        "coverage": 0.9,
+    }

@@ -113,6 +113,12 @@ def test_a_regression_answer_is_a_number_and_its_cost_optimal_decision(served):
     assert older["decision"] - older["prediction"] == pytest.approx(
         younger["decision"] - younger["prediction"]
     )
+    # the version's 90% prediction interval: its test residuals' 5% and 95% quantiles around the estimate
+    band = older["interval"]
+    assert band["coverage"] == 0.9 and band["low"] < older["prediction"] < band["high"]
+    assert band["high"] - band["low"] == pytest.approx(
+        younger["interval"]["high"] - younger["interval"]["low"]
+    )
     status, out = _post(
         served, "salary_benchmark", "feedback", {"request_id": older["request_id"], "label": 131.5}
     )

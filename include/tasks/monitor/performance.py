@@ -120,7 +120,9 @@ def performance_checks(cfg, spec, labelled: Labelled, version_tags: dict[str, st
     gate = "performance"
     n = len(labelled.label)
     window = f"predictions made {labelled.since} to {labelled.until}"
-    headline = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[spec.task]
+    from include.tasks.metrics import headline as headline_of
+
+    headline = headline_of(spec.task)
     if n < cfg.min_labelled:
         why = f"{n} labelled {window}; judged from {cfg.min_labelled}"
         return [not_applicable(gate, headline, why), not_applicable(gate, "value_per_1000", why)]

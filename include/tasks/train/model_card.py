@@ -79,11 +79,13 @@ def _value_model(spec: PipelineSpec) -> str:
 def _fairness_section(attr: str, a: dict) -> list[str]:
     """A multiclass or regression attribute: its gap metrics, then one row per group."""
     gaps = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in a.items() if isinstance(v, int | float))
+    notes = " ".join(f"{v}." for v in (a.get("notes") or {}).values())
     groups = a.get("by_group", {}) or {}
     keys = sorted({k for v in groups.values() for k, x in v.items() if not isinstance(x, dict)})
     return [
         f"### {attr}",
         (gaps + ".") if gaps else "",
+        notes,
         "",
         _table(["group", *keys], [[g, *[v.get(k) for k in keys]] for g, v in groups.items()])
         if groups

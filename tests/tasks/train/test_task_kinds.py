@@ -275,3 +275,12 @@ def test_a_regression_target_reaches_the_lake_as_a_number(salary_spec):
 
     df = conformed(load_wages().iloc[:20], salary_spec, "2025-01")
     assert str(df["wage"].dtype) == "float64" == post_ingest_schema(salary_spec)["wage"]
+
+
+def test_numeric_class_labels_are_the_batch_text(project_root):
+    text = _yaml(project_root, "job_runtime").replace("classes: [VF, F, M, L]", "classes: [1, 2, 3, 4]")
+    for old, new in (("VF", "1"), ("F", "2"), ("M", "3"), ("L", "4")):
+        text = text.replace(f"{old}: {{", f"{new}: {{").replace(f"{old}: ", f"{new}: ")
+    spec = parse_spec(text, "job_runtime.yaml")
+    assert spec.target.classes == ["1", "2", "3", "4"] and spec.business.value_matrix["4"]["1"] == -6
+    assert labels(pd.DataFrame({"class": [4, "1", 2]}), spec).tolist() == [3, 0, 1]
