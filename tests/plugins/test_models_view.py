@@ -96,7 +96,7 @@ def test_the_page_renders_behind_the_login_in_chromium(stack, tmp_path):
             page.goto(f"{stack.url}/plugin/models", timeout=60_000)
             frame = page.frame_locator("iframe")
             frame.locator("h2#telco_churn").wait_for(timeout=60_000)
-            text = frame.locator("table").first.inner_text()
+            text = frame.locator("h2#telco_churn ~ table").first.inner_text()
             for alias in aliases:
                 assert alias in text, (alias, text)
             assert "n/a" in text  # the first version's champion gate: not applicable, not a pass
@@ -111,13 +111,19 @@ def test_the_page_renders_behind_the_login_in_chromium(stack, tmp_path):
             assert page.get_by_role("menuitem", name="Models").count() >= 1
             page.keyboard.press("Escape")
             # Its links work from inside Airflow's sandboxed frame (no allow-top-navigation there).
-            frame.locator("a", has_text="training DAG").first.click()
+            frame.locator("a[href$='telco_churn__train']", has_text="training DAG").first.click()
             page.wait_for_url(lambda url: "/dags/telco_churn__train" in url, timeout=60_000)
             # A version's model card, its SHAP image inlined (the card's CSP allows data: images only).
             record = json.loads(
                 _get(f"{stack.url}/models/api/models", {"Authorization": f"Bearer {stack.token()}"})[1]
             )
-            carded = [v["version"] for p in record["pipelines"] for v in p["versions"] if v["has_card"]]
+            carded = [
+                v["version"]
+                for p in record["pipelines"]
+                if p["name"] == "telco_churn"
+                for v in p["versions"]
+                if v["has_card"]
+            ]
             assert carded
             page.goto(f"{stack.url}/models/card/telco_churn/{carded[0]}", timeout=60_000)
             images = page.locator("img")
