@@ -82,12 +82,6 @@ def decide(spec: PipelineSpec, s, rule: dict):
     return np.asarray(s, dtype="float64") + float(rule.get("offset", 0.0))
 
 
-def predicted(spec: PipelineSpec, s):
-    """The model's own answer, before any value model: the positive class at 0.5, the most probable
-    class, or the number. What accuracy-style metrics (class agreement, flips) compare."""
-    return decide(spec, s, default_rule(spec) | ({"value_matrix": None} if spec.task == "multiclass" else {}))
-
-
 def describe_rule(spec: PipelineSpec, rule: dict, unit: str = "") -> str:
     """The rule for a person: ``threshold 0.34``, ``the class of highest expected value``, ``+2.10``."""
     if spec.task == "binary":
@@ -116,8 +110,3 @@ def rule_from_tags(spec: PipelineSpec, tags: dict[str, Any]) -> dict:
     if spec.task == "binary":
         return {"threshold": float(tags.get("slipway.decision_threshold", 0.5))}
     return default_rule(spec)
-
-
-def class_name(spec: PipelineSpec, index: int) -> str:
-    """The label of class ``index`` (multiclass)."""
-    return (spec.target.classes or [])[int(index)]
