@@ -27,6 +27,13 @@ from include.tasks.gates import check
 GATE = "infra_validation"
 
 
+_PROMISE = {
+    "binary": "probability in [0, 1] and decision 0/1",
+    "multiclass": "a declared class and every class's probability, summing to 1",
+    "regression": "a finite prediction and decision",
+}
+
+
 def well_formed(spec, body: dict) -> bool:
     """Whether a 200 answer holds what the task promises: a probability in [0, 1] and a 0/1 decision;
     a declared class and a probability per class summing to 1; a finite prediction and decision."""
@@ -250,7 +257,7 @@ def validate(spec, version: int, snapshot_uri: str) -> dict:
             note=f"{ok} of {len(rows)} got 200; statuses {statuses}",
         ),
         check(GATE, "answers_from_other_version", wrong_version, 0, "<="),
-        check(GATE, "invalid_answers", bad_answers, 0, "<=", note="probability in [0, 1] and decision 0/1"),
+        check(GATE, "invalid_answers", bad_answers, 0, "<=", note=_PROMISE[spec.task]),
         check(
             GATE,
             "batch_of_100_answered",
