@@ -16,13 +16,12 @@ then runs the monitor for chosen hours through the REST API:
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.live import Webhook
 from tests.support.processes import mlflow_client, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -31,29 +30,6 @@ NAME = "telco_churn"
 DAG = "telco_churn__monitor"
 TRAIN = "telco_churn__train"
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-class Webhook:
-    """A webhook on the stack's alert port, keeping the JSON bodies it receives."""
-
-    def __init__(self, port: int):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _scores(stack, client, version: int, rows: list[dict]) -> list[float]:

@@ -13,10 +13,6 @@ The spec of the live stack (tests/support/live.py) shortens the windows and the 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -26,7 +22,8 @@ import pytest
 
 from include.demo.approvals import answer
 from include.registry import HISTORY_TAGS
-from tests.support.processes import ROOT, mlflow_client, slipway, wait_until
+from tests.support.live import http_json, serving
+from tests.support.processes import mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -35,59 +32,16 @@ NAME = "telco_churn"
 APPROVAL = "approve_promotion"
 
 
-def _http(method: str, url: str, body=None, key: str | None = None):
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    req = urllib.request.Request(
-        url, json.dumps(body).encode() if body is not None else None, headers, method=method
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, {"error": exc.read().decode()[:300]}
-
-
 @pytest.fixture(scope="module")
 def served(live_stack):
     """`slipway serve` on the stack's serving port, with the stack's registry and prediction log."""
     stack = live_stack
-    url = f"http://127.0.0.1:{stack.serving_port}"
-    out = open(stack.base / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "include.cli",
-            "serve",
-            "--port",
-            str(stack.serving_port),
-            "--refresh-s",
-            "1",
-            "--pipelines",
-            NAME,
-        ],
-        cwd=ROOT,
-        env=stack.env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_until(
-        lambda: _http("GET", f"{url}/health")[0] == 200,
-        120,
-        "the service to start",
-        every=0.5,
-        retry_on=(OSError,),
-        procs={"slipway serve": proc},
-    )
-    key = slipway(
-        stack.env, "keys", "create", "--scopes", "predict,feedback", "--pipeline", NAME
-    ).stdout.split()[0]
-    yield url, key
-    stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": True})  # later tests' candidates: no rollout
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
-    out.close()
+    with serving(stack, (NAME,), "serve.log") as url:
+        key = slipway(
+            stack.env, "keys", "create", "--scopes", "predict,feedback", "--pipeline", NAME
+        ).stdout.split()[0]
+        yield url, key
+        stack.api("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": True})  # later tests' candidates: no rollout
 
 
 def _trigger(stack, run_id: str, version: int) -> None:
@@ -141,7 +95,7 @@ class Traffic(threading.Thread):
         while not self.stop.is_set():
             i += 1
             body = {"inputs": {**row, "customer_id": f"E2E-{i}", "tenure": float(1 + i % 70)}}
-            status, reply = _http("POST", f"{self.url}/v1/{NAME}/predict", body, self.key)
+            status, reply = http_json("POST", f"{self.url}/v1/{NAME}/predict", body, self.key)
             self.answers.append((time.time(), status, reply))
             time.sleep(0.02)
 
@@ -205,7 +159,7 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     assert mv.tags["slipway.blessing.approval"] == "passed"
     ready = wait_until(
         lambda: (
-            (r := _http("GET", f"{url}/ready", key=stack.metrics_key)[1]["pipelines"][NAME])["champion"]
+            (r := http_json("GET", f"{url}/ready", key=stack.metrics_key)[1]["pipelines"][NAME])["champion"]
             == first
             and r
         ),

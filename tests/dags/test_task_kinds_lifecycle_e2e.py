@@ -13,40 +13,22 @@ approval's path is telco_churn's rollout test). Then, on the shared stack and th
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from include.demo.approvals import answer
-from tests.support.live import TASK_KIND_PIPELINES
-from tests.support.processes import ROOT, mlflow_client, slipway, wait_until
+from tests.support.live import TASK_KIND_PIPELINES, Webhook, http_json, serving
+from tests.support.processes import mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 APPROVAL = "approve_promotion"
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
 LOSS = {"job_runtime": "log_loss", "salary_benchmark": "squared_error"}
-
-
-def _http(method: str, url: str, body=None, key: str | None = None):
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    req = urllib.request.Request(
-        url, json.dumps(body).encode() if body is not None else None, headers, method=method
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, {"error": exc.read().decode()[:300]}
 
 
 def _dataset(pipeline: str):
@@ -78,7 +60,7 @@ class Traffic(threading.Thread):
                 return
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
             inputs = {k: row[k] for k in [entity, *self.spec.features.all]}
-            status, reply = _http(
+            status, reply = http_json(
                 "POST", f"{self.url}/v1/{self.pipeline}/predict", {"inputs": inputs}, self.key
             )
             self.answers.append((status, reply))
@@ -86,7 +68,7 @@ class Traffic(threading.Thread):
                 label = row[target] if self.spec.task == "multiclass" else float(row[target])
                 body = {"request_id": reply["request_id"], "label": label}
                 self.labels.append(
-                    _http("POST", f"{self.url}/v1/{self.pipeline}/feedback", body, self.key)[0]
+                    http_json("POST", f"{self.url}/v1/{self.pipeline}/feedback", body, self.key)[0]
                 )
             time.sleep(0.02)
 
@@ -95,47 +77,16 @@ class Traffic(threading.Thread):
 def served(live_stack):
     """`slipway serve` of both pipelines on the stack's serving port (the rollout DAG drives it)."""
     stack = live_stack
-    url = f"http://127.0.0.1:{stack.serving_port}"
-    out = open(stack.base / "serve-kinds.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "include.cli",
-            "serve",
-            "--port",
-            str(stack.serving_port),
-            "--refresh-s",
-            "1",
-            "--pipelines",
-            ",".join(TASK_KIND_PIPELINES),
-        ],
-        cwd=ROOT,
-        env=stack.env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_until(
-        lambda: _http("GET", f"{url}/health")[0] == 200,
-        120,
-        "the service to start",
-        every=0.5,
-        retry_on=(OSError,),
-        procs={"slipway serve": proc},
-    )
-    keys = {
-        p: slipway(
-            stack.env, "keys", "create", "--scopes", "predict,feedback", "--pipeline", p
-        ).stdout.split()[0]
-        for p in TASK_KIND_PIPELINES
-    }
-    yield url, keys
-    for p in TASK_KIND_PIPELINES:
-        stack.api("PATCH", f"/api/v2/dags/{p}__rollout", {"is_paused": True})
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
-    out.close()
+    with serving(stack, TASK_KIND_PIPELINES, "serve-kinds.log") as url:
+        keys = {
+            p: slipway(
+                stack.env, "keys", "create", "--scopes", "predict,feedback", "--pipeline", p
+            ).stdout.split()[0]
+            for p in TASK_KIND_PIPELINES
+        }
+        yield url, keys
+        for p in TASK_KIND_PIPELINES:
+            stack.api("PATCH", f"/api/v2/dags/{p}__rollout", {"is_paused": True})
 
 
 def test_each_task_kind_rolls_out_through_shadow_and_canary_and_retrains_on_drift(live_stack, served):
@@ -150,7 +101,7 @@ def test_each_task_kind_rolls_out_through_shadow_and_canary_and_retrains_on_drif
         stack.api("PATCH", f"/api/v2/dags/{p}__rollout", {"is_paused": False})
 
     def serving_both() -> bool:
-        status, body = _http("GET", f"{url}/ready", key=stack.metrics_key)
+        status, body = http_json("GET", f"{url}/ready", key=stack.metrics_key)
         return status == 200 and all(body["pipelines"][p]["champion"] == 1 for p in TASK_KIND_PIPELINES)
 
     wait_until(serving_both, 60, "the service to serve both champions", every=1)
@@ -230,31 +181,6 @@ def _canary_checks(stack, client, pipeline: str) -> dict[str, str]:
     return {r["metric"]: r["status"] for r in steps[-1]["results"]}
 
 
-class _Webhook:
-    """The stack's alert connection: a local webhook keeping what the monitors POST."""
-
-    def __init__(self, port: int):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _parent_tag(client, pipeline: str, dag_id: str, run_id: str, tag: str) -> str:
     """A tag of the DAG run's MLflow parent run (read through one of its task runs)."""
     from tests.support.processes import task_runs
@@ -264,7 +190,7 @@ def _parent_tag(client, pipeline: str, dag_id: str, run_id: str, tag: str) -> st
 
 
 def _drift_retrains(stack, client) -> None:
-    webhook = _Webhook(stack.alert_port)
+    webhook = Webhook(stack.alert_port)
     try:
         _drift(stack, client)
     finally:

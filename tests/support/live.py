@@ -8,15 +8,19 @@ starting their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -269,3 +273,80 @@ class LiveStack:
 
     def wait_for(self, predicate, timeout: float, what: str, every: float = 3.0):
         return wait_until(predicate, timeout, what, every=every, log=lambda: self.log("scheduler"))
+
+
+def http_json(method: str, url: str, body=None, key: str | None = None) -> tuple[int, dict]:
+    """One JSON call to the inference service: (status, body); an error status's body under ``error``."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    req = urllib.request.Request(
+        url, json.dumps(body).encode() if body is not None else None, headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {"error": exc.read().decode()[:300]}
+
+
+@contextlib.contextmanager
+def serving(stack: LiveStack, pipelines: tuple[str, ...], log_name: str) -> Iterator[str]:
+    """`slipway serve` of ``pipelines`` on the stack's serving port (the rollout DAG drives it), with
+    the stack's registry and prediction log; yields its URL, stopped on exit."""
+    url = f"http://127.0.0.1:{stack.serving_port}"
+    out = open(stack.base / log_name, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "include.cli",
+            "serve",
+            "--port",
+            str(stack.serving_port),
+            "--refresh-s",
+            "1",
+            "--pipelines",
+            ",".join(pipelines),
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: http_json("GET", f"{url}/health")[0] == 200,
+            120,
+            "the service to start",
+            every=0.5,
+            retry_on=(OSError,),
+            procs={"slipway serve": proc},
+        )
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        out.close()
+
+
+class Webhook:
+    """The stack's alert connection: a webhook on its alert port, keeping the JSON bodies it receives."""
+
+    def __init__(self, port: int):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
