@@ -15,6 +15,8 @@ metric floors, data validation) → side by side: `compare_champion` (champion a
 gates), `check_fairness`, `explain_model` (SHAP, forbidden features, proxy probe),
 `check_robustness`, `optimise_onnx` (parity at the decision threshold, latency) →
 `bless_candidate` → `write_model_card` → `register_model` (asset `<pipeline>__candidate`).
+`ingest_batch` updates the asset `<pipeline>__landed` (the month), on which `<pipeline>__score`
+scores the month's population with the champion.
 
 **When it runs.** On the spec's cron (`schedule.cron`), **or** when `<pipeline>__monitor` reports
 drift or a sustained performance drop (asset `<pipeline>__drift`, at most once per the monitor's
@@ -116,7 +118,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         + __doc__,
     ) as dag:
         landed = b.wait_for_batch(name)
-        ingested = b.ingest_batch(name)(landed.output)
+        ingested = b.ingest_batch(name, outlets=[a.landed])(landed.output)
         versioned = b.version_snapshot(name)(ingested, b.curate_feedback(name)(ingested))
         trained = b.train_model(name)(b.validate_snapshot(name)(versioned))
         evaluated = b.evaluate_model(name)(trained)

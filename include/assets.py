@@ -4,7 +4,9 @@
 new candidate version and schedules ``telco_churn__rollout``; ``champion`` is updated on every
 promotion and rollback; ``drift`` is updated by ``telco_churn__monitor`` when served traffic drifted
 or live performance dropped (its payload: the cause, the window and what breached), and
-schedules ``telco_churn__train`` besides its cron. The DAG files name these in
+schedules ``telco_churn__train`` besides its cron; ``landed`` is updated by ``telco_churn__train``
+when it has ingested a month's batch (payload: the month) and schedules ``telco_churn__score``
+(``scoring.schedule: landed``, the default). The DAG files name these in
 ``outlets=`` and ``schedule=``; the blocks set the event payload on the same objects.
 """
 
@@ -23,6 +25,7 @@ class PipelineAssets:
     candidate: Asset
     champion: Asset
     drift: Asset
+    landed: Asset
 
 
 @functools.cache
@@ -32,4 +35,5 @@ def for_pipeline(pipeline: str) -> PipelineAssets:
         candidate=Asset(name=f"{pipeline}__candidate", uri=f"slipway://{pipeline}/candidate", group="model"),
         champion=Asset(name=f"{pipeline}__champion", uri=f"slipway://{pipeline}/champion", group="model"),
         drift=Asset(name=f"{pipeline}__drift", uri=f"slipway://{pipeline}/drift", group="monitoring"),
+        landed=Asset(name=f"{pipeline}__landed", uri=f"slipway://{pipeline}/landed", group="data"),
     )

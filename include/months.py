@@ -48,3 +48,18 @@ def month_end(month: str) -> datetime:
     """The first instant after ``month`` (UTC)."""
     year, mon = (int(x) for x in month.split("-"))
     return datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+
+
+def months_in(folder_uri: str, pattern: str) -> list[str]:
+    """Months that have a file named ``pattern`` (with ``{month}``) directly in ``folder_uri``, sorted."""
+    from include import storage
+
+    prefix, suffix = pattern.split("{month}")
+    months = []
+    for uri in storage.list_uris(folder_uri):
+        name = uri.rsplit("/", 1)[-1]
+        if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
+            month = name[len(prefix) : len(name) - len(suffix)]
+            if MONTH.match(month):
+                months.append(month)
+    return sorted(months)

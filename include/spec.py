@@ -867,6 +867,77 @@ class Retirement(_Strict):
         return _check_cron(v)
 
 
+_TABLE = re.compile(r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$")
+
+
+class Delivery(_Strict):
+    """Where else a scored month goes: a table reached through an Airflow connection, upserted by
+    entity key and month (a re-run or a new champion replaces the month's rows, others are kept)."""
+
+    connection: str = Field(
+        description="Airflow connection id, of type postgres (the scores upserted into `table`).",
+        min_length=1,
+        max_length=250,
+    )
+    table: str = Field(
+        description="Table to upsert into, `name` or `schema.name` (lower case); created if missing."
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        if not _TABLE.match(v):
+            raise ValueError(f"must be a lower-case table name or schema.table, got {v!r}")
+        return v
+
+
+class Scoring(_Strict):
+    """``<pipeline>__score``: a population scored with the champion (or a named version), written to
+    ``<lake>/<pipeline>/scores/month=M/version=N/`` and delivered where ``deliver`` says."""
+
+    schedule: str = Field(
+        "landed",
+        description="When: `landed` (after each batch the training DAG ingests, through the asset "
+        "`<pipeline>__landed`), `manual` (from the trigger form only), or a cron expression (the month "
+        "in which the run's data interval starts).",
+    )
+    population: str | None = Field(
+        None,
+        description="File name in the landing zone's <pipeline>/ folder holding the month's population, "
+        "with {month}, e.g. 'customers-{month}.parquet'. Default: the month's landed batch (source.batch_name).",
+    )
+    max_reject_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="A run whose share of rows failing the service's checks is above this fails with the "
+        "reasons (the rejects file is written either way; the scores are not published).",
+    )
+    chunk_rows: int = Field(
+        50_000, ge=1_000, le=1_000_000, description="Rows read and scored at a time (bounds the memory)."
+    )
+    log_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the scored rows recorded in the prediction log (chosen by request id, the "
+        "same rows on a re-run): the rows feedback can label and the monitor checks for drift.",
+    )
+    deliver: list[Delivery] = Field(default_factory=list, description="Tables to upsert the scores into.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _when(cls, v: str) -> str:
+        return v if v in ("landed", "manual") else _check_cron(v)
+
+    @field_validator("population")
+    @classmethod
+    def _has_month(cls, v: str | None) -> str | None:
+        if v is not None and ("{month}" not in v or "/" in v or v.startswith(".")):
+            raise ValueError("must be a file name containing {month}, e.g. 'customers-{month}.parquet'")
+        return v
+
+
 class Business(_Strict):
     """The business objective: what a decision is worth, by task.
 
@@ -940,6 +1011,7 @@ class PipelineSpec(_Strict):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     feedback: Feedback = Field(default_factory=Feedback)
     retirement: Retirement = Field(default_factory=Retirement)
+    scoring: Scoring = Field(default_factory=Scoring)
     retries: Retries = Field(default_factory=Retries)
     expectation_suite: str | None = Field(
         default=None, description="Suite file in include/expectations/; defaults to <name>.json"

@@ -22,6 +22,7 @@ __all__ = [
     "ensure_bucket",
     "exists",
     "is_s3",
+    "local_copy",
     "join",
     "list_uris",
     "path_to_uri",
@@ -30,6 +31,7 @@ __all__ = [
     "split_s3",
     "sweep_temporaries",
     "write_bytes",
+    "write_file",
 ]
 
 
@@ -159,6 +161,55 @@ def write_bytes(uri: str, data: bytes) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return uri
+
+
+def write_file(uri: str, source: Path) -> str:
+    """Put the local file ``source`` at ``uri`` atomically; return the URI. For outputs too large to
+    hold in memory (a scored population): written to a local file first, then moved into place (a
+    temporary file beside the target, renamed) or uploaded (S3's multipart upload appears whole)."""
+    import shutil
+
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        _abort_incomplete_uploads(client, bucket, key, exact=True)
+        client.upload_file(str(source), bucket, key, ExtraArgs=sse_args() or None)
+        return uri
+    path = _local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_local_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return uri
+
+
+def local_copy(uri: str, folder: Path) -> Path:
+    """A local path holding the object at ``uri``: the file itself for ``file://``, else a download
+    into ``folder``. A missing object raises :class:`FileNotFoundError`."""
+    if not is_s3(uri):
+        path = _local_path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(uri)
+        return path
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    target = Path(folder) / key.rsplit("/", 1)[-1]
+    try:
+        s3_client().download_file(bucket, key, str(target))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            raise FileNotFoundError(uri) from exc
+        raise
+    return target
 
 
 def read_bytes(uri: str) -> bytes:

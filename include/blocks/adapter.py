@@ -46,6 +46,8 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from include.spec import SpecError
     from include.tasks.gates import GateFailed
     from include.tasks.rollout.promotion import ServedVersionMismatch
+    from include.tasks.score.deliver import DeliveryError
+    from include.tasks.score.population import PopulationError
     from include.tasks.train.fairness import FairnessInputError
     from include.tasks.train.feedback import FeedbackError
     from include.tasks.train.fit import TrainingError
@@ -64,6 +66,8 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         FeedbackError,
         PromotionConflict,
         ServedVersionMismatch,
+        PopulationError,
+        DeliveryError,
     )
 
 

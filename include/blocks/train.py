@@ -18,6 +18,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from include import assets
 from include.blocks.adapter import Step, block, data_ref
 from include.blocks.sensors import BatchSensor, interval_month
 from include.lineage import CARRIED_KEY
@@ -55,6 +56,10 @@ def ingest_batch(step: Step, landed: dict | None = None) -> dict:
         len(out["batches"]),
         ", ".join(out["written"]) or "none (all unchanged)",
     )
+    landed_asset = assets.for_pipeline(step.pipeline).landed
+    if landed_asset in (getattr(step.context["ti"].task, "outlets", None) or []):
+        # <pipeline>__score runs on it (scoring.schedule: landed): the month's population is in.
+        step.context["outlet_events"][landed_asset].extra = {"month": out["month"]}
     return {"month": out["month"], "batch_uris": out["batch_uris"], "rows": out["rows"], "outputs": refs}
 
 

@@ -45,6 +45,9 @@ def record_label(
         try:
             cur.execute(f"SELECT pipeline FROM slipway_predictions WHERE {where} LIMIT 1", params)
             found = cur.fetchone()
+            if found is None:  # a row a batch run scored (<pipeline>__score)
+                cur.execute(f"SELECT pipeline FROM slipway_batch_predictions WHERE {where} LIMIT 1", params)
+                found = cur.fetchone()
             if found is not None:
                 # Insert-or-keep, then read back: whichever process wins a race, everyone agrees
                 # on the stored label, and a loser with a different label learns of the conflict.

@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 
 Query = Callable[..., list[tuple]]  # query(sql, params) -> rows, on a connection the caller lends
 
+# What a version answered: the rows it served and the rows batch runs scored with it (see
+# include.prediction_log.batch). The monitor, curation and retirement read this; a rollout's windows
+# read the served rows only.
+ANSWERED = (
+    "(SELECT request_id, pipeline, entity_key, model_version, inputs, probability, decision, created_at "
+    "FROM slipway_predictions WHERE served = 1 UNION ALL "
+    "SELECT request_id, pipeline, entity_key, model_version, inputs, probability, decision, created_at "
+    "FROM slipway_batch_predictions)"
+)
+
 
 # ------------------------------------------------------------------------------ the service's lookups
 def logged(query: Query, param: str, request_id: str) -> list[dict]:
@@ -32,6 +42,14 @@ def logged(query: Query, param: str, request_id: str) -> list[dict]:
         f"WHERE p.request_id = {p} ORDER BY p.served DESC, p.variant",
         (request_id,),
     )
+    if not rows:  # a batch-scored row: the same fields, as the service would have logged them
+        rows = query(
+            "SELECT b.request_id, 'batch', b.pipeline, b.entity_key, b.model_version, 1, b.inputs, "
+            "b.probability, b.decision, 0.0, b.created_at, NULL, b.scores, f.label, f.received_at, f.key_id "
+            "FROM slipway_batch_predictions b LEFT JOIN slipway_feedback f ON f.request_id = b.request_id "
+            f"WHERE b.request_id = {p}",
+            (request_id,),
+        )
     result = []
     for row in rows:
         item = dict(zip(COLUMNS, row[: len(COLUMNS)], strict=True))
@@ -125,8 +143,8 @@ def served_inputs(
         else:
             cur = conn.cursor()
         cur.execute(
-            "SELECT inputs, model_version, probability FROM slipway_predictions "
-            f"WHERE pipeline = {p} AND created_at >= {p} AND created_at < {p} AND served = 1",
+            f"SELECT inputs, model_version, probability FROM {ANSWERED} a "
+            f"WHERE pipeline = {p} AND created_at >= {p} AND created_at < {p}",
             (pipeline, since, until),
         )
         while True:
@@ -147,9 +165,9 @@ def labelled_scores(
     with db.reading() as conn:
         cur = conn.cursor()
         cur.execute(
-            "SELECT pr.probability, f.label, pr.decision FROM slipway_predictions pr "
+            f"SELECT pr.probability, f.label, pr.decision FROM {ANSWERED} pr "
             "JOIN slipway_feedback f ON f.request_id = pr.request_id "
-            f"WHERE pr.pipeline = {p} AND pr.model_version = {p} AND pr.served = 1 "
+            f"WHERE pr.pipeline = {p} AND pr.model_version = {p} "
             f"AND pr.created_at >= {p} AND pr.created_at < {p}",
             (pipeline, version, since, until),
         )
@@ -175,8 +193,8 @@ def labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list
             cur = conn.cursor()
             cur.execute(
                 "SELECT pr.request_id, pr.entity_key, pr.inputs, pr.created_at, f.label, f.key_id "
-                "FROM slipway_predictions pr JOIN slipway_feedback f ON f.request_id = pr.request_id "
-                f"WHERE pr.pipeline = {p} AND pr.served = 1 AND pr.created_at < {p} AND f.received_at < {p} "
+                f"FROM {ANSWERED} pr JOIN slipway_feedback f ON f.request_id = pr.request_id "
+                f"WHERE pr.pipeline = {p} AND pr.created_at < {p} AND f.received_at < {p} "
                 "ORDER BY pr.created_at, pr.request_id",
                 (pipeline, cutoff, cutoff),
             )
@@ -189,19 +207,20 @@ def labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list
 
 
 def last_served(db_url: str | None, pipeline: str) -> dict[int, str]:
-    """Per version, the time of its newest served prediction (ISO-8601 UTC); none before any is logged."""
+    """Per version, the time of its newest served or batch-scored prediction (ISO-8601 UTC); none before
+    any is logged."""
     db = database(db_url)
     p = db.param
     with db.reading() as conn:
         cur = conn.cursor()
         try:
             cur.execute(
-                "SELECT model_version, MAX(created_at) FROM slipway_predictions "
-                f"WHERE pipeline = {p} AND served = 1 GROUP BY model_version",
+                f"SELECT model_version, MAX(created_at) FROM {ANSWERED} a "
+                f"WHERE pipeline = {p} GROUP BY model_version",
                 (pipeline,),
             )
         except Exception as exc:  # no prediction log yet: nothing was ever served
-            if missing_table(exc, "slipway_predictions"):
+            if missing_table(exc, "slipway_"):
                 return {}
             raise
         return {int(v): str(at) for v, at in cur.fetchall()}

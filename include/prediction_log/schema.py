@@ -8,7 +8,8 @@ place when a writer starts: the column is added, the rows before it keep ``NULL`
 holds every task kind: ``decision`` and ``label`` are numbers (a class index, or a regression's
 amount), and ``scores`` holds a multiclass row's class probabilities (JSON); a version 2 log is
 migrated in place (the column added, the two columns widened on PostgreSQL; SQLite's columns take any
-number already), every row kept.
+number already), every row kept. Schema version 4 adds ``slipway_batch_predictions``, the rows batch
+runs scored (Airflow's role may insert there and nowhere else in the log).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from include.database import Database
 from include.prediction_log.errors import LogUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA_NAME = "prediction_log"
 # Serialise schema creation across processes on PostgreSQL: concurrent CREATE TABLE IF NOT EXISTS
 # can still collide on the catalogue's unique index. Any constants work; these spell "SLPW", "SLMN".
@@ -69,6 +70,23 @@ def _statements(db: Database) -> list[str]:
             key_id TEXT
         )""",
         "CREATE TABLE IF NOT EXISTS slipway_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        # Rows a batch run scored (<pipeline>__score), recorded by Airflow: labelled by feedback and
+        # read by the monitor like served rows, never mixed into a rollout's windows.
+        f"""CREATE TABLE IF NOT EXISTS slipway_batch_predictions (
+            request_id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            entity_key TEXT,
+            model_version INTEGER NOT NULL,
+            month TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            probability {real} NOT NULL,
+            decision {real} NOT NULL,
+            scores TEXT,
+            created_at TEXT NOT NULL,
+            dag_run TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS slipway_batch_predictions_pipeline_created "
+        "ON slipway_batch_predictions (pipeline, created_at)",
     ]
 
 
@@ -148,6 +166,9 @@ def create_schema(db: Database, conn: Any, readers: list[str] | None = None) -> 
                 cur.execute("ALTER TABLE slipway_feedback ALTER COLUMN label TYPE DOUBLE PRECISION")
             cur.execute(f"UPDATE slipway_schema SET version = {p} WHERE name = {p}", (3, _SCHEMA_NAME))
             version = 3
+        if version == 3:  # the release before batch scoring: its table was created above
+            cur.execute(f"UPDATE slipway_schema SET version = {p} WHERE name = {p}", (4, _SCHEMA_NAME))
+            version = 4
         # A key's labels in a window: the feedback cap's count
         cur.execute(
             "CREATE INDEX IF NOT EXISTS slipway_feedback_key_received "
@@ -173,11 +194,20 @@ def create_schema(db: Database, conn: Any, readers: list[str] | None = None) -> 
 
 
 #: The log's tables a reader role may SELECT (never the API keys)
-LOG_TABLES = ("slipway_predictions", "slipway_failures", "slipway_feedback", "slipway_schema")
+LOG_TABLES = (
+    "slipway_predictions",
+    "slipway_failures",
+    "slipway_feedback",
+    "slipway_schema",
+    "slipway_batch_predictions",
+)
+#: ... and the one it may also INSERT into: the rows its batch runs scored
+BATCH_TABLE = "slipway_batch_predictions"
 
 
 def _grant_reads(cur: Any, roles: list[str]) -> None:
-    """Let ``roles`` (PostgreSQL roles, e.g. Airflow's) read the log's tables: the service owns them."""
+    """Let ``roles`` (PostgreSQL roles, e.g. Airflow's) read the log's tables and record batch-scored
+    rows: the service owns them."""
     from psycopg2 import sql
 
     for role in roles:
@@ -185,6 +215,9 @@ def _grant_reads(cur: Any, roles: list[str]) -> None:
             cur.execute(
                 sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
             )
+        cur.execute(
+            sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(BATCH_TABLE), sql.Identifier(role))
+        )
 
 
 def create_monitor_table(db: Database) -> None:

@@ -73,6 +73,8 @@ def test_every_dag_is_well_formed(bag):
                 "approve",
                 "promote",
                 "conclude",
+                "score",
+                "deliver",
                 "restore",
                 "judge",
                 "send",

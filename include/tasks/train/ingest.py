@@ -44,15 +44,9 @@ def lake_batch_uri(lake_uri: str, spec: PipelineSpec, month: str) -> str:
 
 def landed_months(landing_uri: str, spec: PipelineSpec) -> list[str]:
     """Months that have a batch in the landing zone, sorted."""
-    prefix, suffix = spec.source.batch_name.split("{month}")
-    months = []
-    for uri in storage.list_uris(storage.join(landing_uri, spec.name)):
-        name = uri.rsplit("/", 1)[-1]
-        if name.startswith(prefix) and name.endswith(suffix):
-            month = name[len(prefix) : len(name) - len(suffix)]
-            if _MONTH.match(month):
-                months.append(month)
-    return sorted(months)
+    from include.months import months_in
+
+    return months_in(storage.join(landing_uri, spec.name), spec.source.batch_name)
 
 
 def _read(uri: str, fmt: str):
