@@ -80,6 +80,7 @@ def models_record(
                     "retired": tags.get("slipway.retired"),
                     "has_card": bool(tags.get("slipway.model_card_uri")),
                     "approval": _approval(tags),
+                    "scored": _scored(tags),
                     "created": mv.creation_timestamp,
                 }
             )
@@ -110,6 +111,24 @@ def models_record(
                 }
         out["pipelines"].append(entry)
     return out
+
+
+def _scored(tags: dict) -> list[dict]:
+    """The months batch runs scored with the version (tags ``slipway.scored.<month>``), newest first."""
+    out = []
+    for key, value in tags.items():
+        if key.startswith("slipway.scored."):
+            try:
+                body = json.loads(value)
+            except ValueError:
+                continue
+            out.append(
+                {
+                    "month": key.removeprefix("slipway.scored."),
+                    **{k: body.get(k) for k in ("scored", "rejected", "uri")},
+                }
+            )
+    return sorted(out, key=lambda x: x["month"], reverse=True)
 
 
 def _approval(tags: dict) -> str:
@@ -145,6 +164,17 @@ th{background:#edf2f7;text-align:left} .passed{background:#c6f6d5} .failed{backg
 
 def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def _scored_cell(scored: list[dict]) -> str:
+    shown = [
+        f"<span title='{_e(s.get('uri'))}'>{_e(s['month'])} ({_e(s.get('scored'))} rows"
+        + (f", {_e(s.get('rejected'))} rejected" if s.get("rejected") else "")
+        + ")</span>"
+        for s in scored[:3]
+    ]
+    more = f" and {len(scored) - 3} more" if len(scored) > 3 else ""
+    return "<br>".join(shown) + more
 
 
 def _gate_cell(state: str) -> str:
@@ -262,7 +292,9 @@ def render(record: dict, mlflow_ui: str | None) -> str:
         task = p["versions"][0]["task"] if p["versions"] else "binary"
         parts.append(
             "<table><tr><th>version</th><th>aliases</th><th>month</th><th>blessing</th>"
-            f"{head}<th>{_e(TITLES[headline(task)])}</th><th>data version</th><th>approval</th><th>links</th></tr>"
+            f"{head}<th>{_e(TITLES[headline(task)])}</th><th>data version</th><th>approval</th>"
+            "<th title='months a batch run scored with this version (rows scored, rejected)'>scored</th>"
+            "<th>links</th></tr>"
         )
         for v in p["versions"]:
             cls = " class='retired'" if v["retired"] else ""
@@ -280,7 +312,8 @@ def render(record: dict, mlflow_ui: str | None) -> str:
                 f"<tr><td{cls}>{v['version']}</td><td>{aliases}</td><td>{_e(v['month'])}</td>"
                 f"{_gate_cell(v['blessing'])}{''.join(_gate_cell(v['gates'][g]) for g in GATES)}"
                 f"<td>{_e(auc)}</td><td><code>{_e((v['data_version'] or '')[:12])}</code></td>"
-                f"<td>{_e(v.get('approval'))}</td><td>{' · '.join(links)}</td></tr>"
+                f"<td>{_e(v.get('approval'))}</td><td>{_scored_cell(v.get('scored') or [])}</td>"
+                f"<td>{' · '.join(links)}</td></tr>"
             )
         parts.append("</table>")
     parts.append(

@@ -71,8 +71,10 @@ def score_population(step: Step) -> dict:
     params = step.context.get("params") or {}
     client = mlflow_client()
     version = params.get("version") or aliases(client, name).get("champion")
-    if version is None:
-        raise PopulationError(
+    if version is None:  # not a failure: nothing is in production yet
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(
             f"{name} has no champion yet, so there is nothing to score {month} with: promote a version "
             "(the rollout does), or name a registered version in the trigger form"
         )

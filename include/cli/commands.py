@@ -50,7 +50,53 @@ def cmd_demo(args) -> None:
     main()
 
 
+def _scored_lineage(args) -> None:
+    """``slipway lineage --scored PIPELINE/MONTH/ENTITY``: the batch-scored row, its version and data."""
+    from include.settings import get_settings, pii_key
+    from include.tasks.score.population import entity_hasher, find_scored
+
+    try:
+        pipeline, month, entity = args.scored.split("/", 2)
+    except ValueError:
+        raise SystemExit(
+            "--scored takes PIPELINE/MONTH/ENTITY, e.g. telco_churn/2025-12/CUST-00042"
+        ) from None
+    settings = get_settings()
+    hashed = entity_hasher(pii_key(settings))(entity)
+    rows = find_scored(settings.lake_uri, pipeline, month, hashed)
+    if not rows:
+        raise SystemExit(
+            f"no scored row of entity {entity!r} (keyed hash {hashed[:12]}…) in {pipeline}'s scores of {month}; "
+            "check the month (slipway lineage prints the months a version scored) and the entity id"
+        )
+    newest = rows[-1]
+    rec = {"scored": rows, **lineage_record(f"{pipeline}/{newest['model_version']}")}
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+        return
+    for r in rows:
+        answer = (
+            f"class {r['class']} ({r['probability']:.4f})"
+            if "class" in r
+            else f"probability {r['probability']:.4f}, decision {r['decision']}"
+            if "probability" in r
+            else f"prediction {r['prediction']:g}, decision {r['decision']:g}"
+        )
+        print(
+            f"scored     {pipeline} {month}, entity {hashed[:16]}…: version {r['model_version']} answered {answer}\n"
+            f"           row {r['row']} of {r['input']} (sha256 {r['data_version'][:12]}…), graph sha256 "
+            f"{(r['onnx_sha256'] or '')[:12]}…\n"
+            f"           in {r['scores_uri']}; request id {r['request_id']} (feedback labels it by this)"
+        )
+    print_lineage(rec)
+
+
 def cmd_lineage(args) -> None:
+    if args.scored:
+        if args.ref or args.request:
+            raise SystemExit("--scored traces a batch-scored row on its own: drop the model reference")
+        _scored_lineage(args)
+        return
     if bool(args.ref) == bool(args.request):
         raise SystemExit("give a model reference (NAME@ALIAS or NAME/VERSION) or --request ID, not both")
     prediction = None
@@ -229,11 +275,18 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser(
         "lineage",
-        help="how a model version came to be: NAME@ALIAS, NAME/VERSION, or --request ID of a prediction",
+        help="how a model version came to be: NAME@ALIAS, NAME/VERSION, --request ID of a prediction, or "
+        "--scored PIPELINE/MONTH/ENTITY of a batch-scored row",
     )
     p.add_argument("ref", nargs="?")
     p.add_argument(
         "--request", help="a prediction's request id: its model version and that version's lineage"
+    )
+    p.add_argument(
+        "--scored",
+        metavar="PIPELINE/MONTH/ENTITY",
+        help="a batch-scored row (the entity id as the population holds it): the version that scored it, "
+        "the input file, and that version's lineage",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)

@@ -422,3 +422,38 @@ def manifest(
         "rejects_sha256": file_sha256(result.rejects_path),
     }
     return json.dumps(body, indent=2, sort_keys=True).encode()
+
+
+def find_scored(lake_uri: str, pipeline: str, month: str, entity_key: str) -> list[dict]:
+    """Every scored row of ``entity_key`` (hashed) in ``month``, one per version that scored the month,
+    with the folder's manifest (input, its sha256, the graph's digest): what ``slipway lineage --scored``
+    prints."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from include import storage
+    from include.uri import join
+
+    found = []
+    month_uri = join(lake_uri, pipeline, "scores", f"month={month}")
+    for uri in storage.list_uris(month_uri):
+        if not uri.endswith("/" + MANIFEST_FILE):
+            continue
+        folder = uri.rsplit("/", 1)[0]
+        info = json.loads(storage.read_bytes(uri))
+        with tempfile.TemporaryDirectory(prefix="slipway-lineage-") as tmp:
+            path = storage.local_copy(join(folder, SCORES_FILE), Path(tmp))
+            rows = pq.read_table(path, filters=[("entity_key", "==", entity_key)]).to_pylist()
+        for row in rows:
+            found.append(
+                {
+                    **row,
+                    "request_id": request_id(pipeline, month, row["model_version"], entity_key),
+                    "scores_uri": join(folder, SCORES_FILE),
+                    "input": info.get("input"),
+                    "onnx_sha256": info.get("onnx_sha256"),
+                    "scores_sha256": info.get("scores_sha256"),
+                }
+            )
+    return sorted(found, key=lambda r: r["model_version"])
