@@ -269,14 +269,12 @@ class OnnxModel:
         return scores
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
-        """Decisions under the version's rule: 0/1, a class index, or an amount."""
-        if self.task == "binary":
-            return (scores >= self.threshold).astype(np.int64)
-        if self.task == "regression":
-            return scores + float(self.rule.get("offset", 0.0))
-        matrix = self.rule.get("value_matrix")
-        expected = scores if matrix is None else scores @ np.asarray(matrix, dtype=np.float64)
-        return expected.argmax(axis=1).astype(np.int64)
+        """Decisions under the version's rule: 0/1, a class index, or an amount (see
+        :func:`include.problem.decide_task`; a binary version's threshold is its registered one)."""
+        from include.problem import decide_task
+
+        rule = {**self.rule, "threshold": self.threshold} if self.task == "binary" else self.rule
+        return decide_task(self.task, scores, rule)
 
 
 def onnx_session(onnx_bytes: bytes, threads: int = 1):

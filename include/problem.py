@@ -70,11 +70,18 @@ def default_rule(spec: PipelineSpec) -> dict:
 
 def decide(spec: PipelineSpec, s, rule: dict):
     """Decisions for scores ``s`` under ``rule``: 0/1, a class index, or an amount."""
+    return decide_task(spec.task, s, rule)
+
+
+def decide_task(task: str, s, rule: dict):
+    """The one decision rule of every task, spec-free (a loaded version knows its task and rule):
+    binary 1 at or above the threshold; multiclass the class of highest expected value under
+    ``value_matrix`` (the most probable without one); regression the prediction plus ``offset``."""
     import numpy as np
 
-    if spec.task == "binary":
+    if task == "binary":
         return (np.asarray(s) >= float(rule["threshold"])).astype("int64")
-    if spec.task == "multiclass":
+    if task == "multiclass":
         p = np.asarray(s, dtype="float64")
         m = rule.get("value_matrix")
         expected = p if m is None else p @ np.asarray(m, dtype="float64")

@@ -33,6 +33,15 @@ DIRECTION: dict[str, dict[str, bool]] = {
 TITLES = {"roc_auc": "ROC AUC", "macro_f1": "macro F1", "rmse": "RMSE"}
 
 
+#: The metrics a page shows of a version of ``task``, in order (the version's description, a
+#: promotion's comparison with the champion).
+SHOWN = {
+    "binary": ("roc_auc", "pr_auc", "f1", "brier"),
+    "multiclass": ("macro_f1", "balanced_accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
 def headline(task: str) -> str:
     """The metric a person reads first for ``task`` (ROC AUC, macro F1, RMSE)."""
     return next(iter(DIRECTION[task]))

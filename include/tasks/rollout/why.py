@@ -55,10 +55,9 @@ def offline_lines(comparison: dict | None, results: list[dict], champion_now: in
     if champion_now is not None and then != champion_now:
         head += f" (the champion is version {champion_now} now)"
     lines = [head + ":"]
-    shown = {
-        "multiclass": ("macro_f1", "balanced_accuracy", "log_loss"),
-        "regression": ("rmse", "mae", "r2"),
-    }.get(comparison.get("task", "binary"), ("roc_auc", "pr_auc", "f1", "brier"))
+    from include.tasks.metrics import SHOWN
+
+    shown = SHOWN.get(comparison.get("task", "binary"), SHOWN["binary"])
     for metric in (*shown, "value_per_1000"):
         if metric not in cand or metric not in champ:
             continue

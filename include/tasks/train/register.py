@@ -51,12 +51,9 @@ def signature(model) -> object:
 def description(spec: PipelineSpec, tags: dict[str, str], blessing: dict) -> str:
     """The version's description on its MLflow page: what it is, on what data, how good, who made it."""
     from include.problem import describe_rule, rule_from_tags
+    from include.tasks.metrics import SHOWN
 
-    shown = {
-        "binary": ("roc_auc", "pr_auc", "brier"),
-        "multiclass": ("macro_f1", "balanced_accuracy", "log_loss"),
-        "regression": ("rmse", "mae", "r2"),
-    }[spec.task]
+    shown = SHOWN[spec.task]
     metrics = ", ".join(
         f"{k.removeprefix('slipway.metric.').replace('_', ' ')} {float(v):.3f}"
         for k, v in tags.items()
