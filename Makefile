@@ -17,7 +17,7 @@ help:
 	@echo "make up         the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus), in the background"
 	@echo "make down       stop what make up started"
 	@echo "make up-embedded  Airflow (UI on :8080) + MLflow UI (:5000) on the embedded SQLite stack, in the foreground"
-	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently"
+	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently, batch scoring"
 	@echo "make policy     the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean      remove the embedded state folder (.slipway/) and the built docs (site/)"
 
@@ -80,6 +80,7 @@ bench: install
 	command -v wrk >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq wrk; }
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.drift
+	$(BIN)/python -m benchmarks.batch
 
 clean:
 	rm -rf .slipway site

@@ -147,20 +147,25 @@ def write_bytes(uri: str, data: bytes) -> str:
         _abort_incomplete_uploads(client, bucket, key, exact=True)
         client.put_object(Bucket=bucket, Key=key, Body=data, **sse_args())
         return uri
-    path = _local_path(uri)
+    _replace_local(_local_path(uri), lambda fh: fh.write(data))
+    return uri
+
+
+def _replace_local(path: Path, fill) -> None:
+    """Write ``path`` through a temporary file beside it (``fill(fh)`` writes the content), synced and
+    renamed into place: a reader sees the old object or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_local_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return uri
 
 
 def write_file(uri: str, source: Path) -> str:
@@ -175,19 +180,11 @@ def write_file(uri: str, source: Path) -> str:
         _abort_incomplete_uploads(client, bucket, key, exact=True)
         client.upload_file(str(source), bucket, key, ExtraArgs=sse_args() or None)
         return uri
-    path = _local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_local_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def copy(fh) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, fh, 1 << 20)
+
+    _replace_local(_local_path(uri), copy)
     return uri
 
 

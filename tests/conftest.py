@@ -87,6 +87,7 @@ LIVE_ORDER = (
     "test_scheduler_e2e",
     "test_task_kinds_lifecycle_e2e",
     "test_monitor_e2e",
+    "test_score_e2e",
 )
 
 

@@ -150,3 +150,24 @@ def test_a_key_segment_that_climbs_out_of_its_root_is_refused(tmp_path, part):
     with pytest.raises(UnsafePath, match="not allowed in a key"):
         storage.join(root, "telco_churn", part, "batch.parquet")
     assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_large_local_file_is_put_whole_and_read_back_through_a_local_copy(where, tmp_path, request):
+    """write_file: the output of a batch run, too large for memory, moved or uploaded in one piece."""
+    if where == "s3":
+        request.getfixturevalue("s3_env")
+        storage.ensure_bucket("s3://lake-files")
+        uri = "s3://lake-files/p/scores/month=2025-12/version=3/scores.parquet"
+    else:
+        uri = storage.path_to_uri(tmp_path / "lake" / "scores.parquet")
+    source = tmp_path / "out.parquet"
+    payload = os.urandom(3 << 20)
+    source.write_bytes(payload)
+    storage.write_bytes(uri, b"old")
+    assert storage.write_file(uri, source) == uri
+    assert storage.read_bytes(uri) == payload and storage.list_uris(uri.rsplit("/", 1)[0]) == [uri]
+    (tmp_path / "dl").mkdir()
+    assert storage.local_copy(uri, tmp_path / "dl").read_bytes() == payload
+    with pytest.raises(FileNotFoundError):
+        storage.local_copy(uri + ".missing", tmp_path / "dl")

@@ -42,6 +42,7 @@ from include.times import utc_minute
 
 PIPELINE = "telco_churn"
 FIRST_MONTH, NEXT_MONTH, HELD_OUT_MONTH = "2025-10", "2025-11", "2025-12"
+SCORE_MONTH = "2025-12"  # the customers of the newest month, ranked by the final champion
 LABEL_DELAY_S = 3.0
 DRIFT = "monthly_charges x 1.3 (a price rise); 2 in 5 contracts moved to Month-to-month"
 DRIFTED_TRAFFIC_S = 50.0  # drifted rows flow this long before the monitor's check
@@ -414,7 +415,42 @@ def main() -> None:
             traffic.stop.set()
             traffic.join(10)
         stack.stop(procs)
-    _summary(client, traffic, t0)
+    scored = _score_month(client, t0)
+    _summary(client, traffic, t0, scored)
+
+
+def _score_month(client, t0: float) -> dict:
+    """The month's customers scored with the final champion (``<pipeline>__score``, dag.test here)."""
+    import json
+
+    from include.deploy.dag_run import run_dag
+
+    champion = int(client.get_model_version_by_alias(PIPELINE, "champion").version)
+    _say(f"+{time.monotonic() - t0:5.0f} s  scoring the {SCORE_MONTH} customers with version {champion}")
+    dr = run_dag(f"{PIPELINE}__score", conf={"month": SCORE_MONTH})
+    if str(dr.state) != "success":
+        raise SystemExit(f"scoring {SCORE_MONTH} failed; the failed task's log is above")
+    tags = client.get_model_version(PIPELINE, str(champion)).tags
+    return {"version": champion, **json.loads(tags[f"slipway.scored.{SCORE_MONTH}"])}
+
+
+def _ranking_lines(scored: dict, top: int = 10) -> list[str]:
+    """The top of the month's ranking, each scored row joined back to its customer through ``row``
+    (the file holds the hashed key only; the population holds the id)."""
+    import io
+
+    import pandas as pd
+
+    from include import storage
+
+    scores = pd.read_parquet(io.BytesIO(storage.read_bytes(scored["uri"])))
+    ids = pd.read_csv(io.BytesIO(storage.read_bytes(scored["input"])), usecols=["customer_id"], dtype=str)
+    best = scores.nlargest(top, "probability")
+    return [
+        f"  {i:2d}. {ids['customer_id'].iloc[int(r.row)]}  P(churn) {r.probability:.3f}  "
+        f"{'offer' if r.decision else 'no offer'}"
+        for i, r in enumerate(best.itertuples(), 1)
+    ]
 
 
 def _drift_episode(
@@ -513,7 +549,7 @@ def _retrain_lines(client) -> list[str]:
     ]
 
 
-def _summary(client, traffic: Traffic | None, t0: float) -> None:
+def _summary(client, traffic: Traffic | None, t0: float, scored: dict | None = None) -> None:
     from include.registry import aliases, champion_timeline, history
 
     print()
@@ -542,6 +578,14 @@ def _summary(client, traffic: Traffic | None, t0: float) -> None:
             f"traffic: {traffic.sent} predictions answered ({', '.join(f'{k}: {v}' for k, v in sorted(traffic.variants.items()))}), "
             f"{traffic.failed} refused, {traffic.labelled} labels sent as feedback"
         )
+    if scored:
+        print(
+            f"{SCORE_MONTH} scored by version {scored['version']}: {scored['scored']} customers, "
+            f"{scored['rejected']} rejected; {scored['uri']}"
+        )
+        print("highest churn risk (the retention team's call list):")
+        for line in _ranking_lines(scored):
+            print(line)
     print("=" * 78)
     _say(f"demo finished in {time.monotonic() - t0:.0f} s")
     _say(

@@ -155,8 +155,9 @@ def render(path: Path, last: int | None = None) -> str:
     return "\n".join(out)
 
 
-def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
-    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month``; return the DagRun.
+def run_dag(dag_id: str, month: str | None = None, quiet: bool = True, conf: dict | None = None):
+    """Run one DAG run with ``dag.test()`` for the data interval starting at ``month`` (and the trigger
+    form's ``conf``); return the DagRun.
 
     Task logs go where the Airflow UI reads them. With ``quiet``, the run's own loop (which
     task starts and ends) goes to ``<state>/logs/<dag_id>.log`` and a failed task's log tail is
@@ -186,9 +187,9 @@ def run_dag(dag_id: str, month: str | None = None, quiet: bool = True):
         if quiet:
             _say("task logs: in the Airflow UI (make up-embedded), and under " + _base_log_folder())
             with output_to(loop_log):
-                dr = dag.test(logical_date=logical_date_for(month))
+                dr = dag.test(logical_date=logical_date_for(month), run_conf=conf)
         else:
-            dr = dag.test(logical_date=logical_date_for(month))
+            dr = dag.test(logical_date=logical_date_for(month), run_conf=conf)
     finally:
         sdk_dag._run_task = original
         # dag.test leaves the root handler writing to the last task's (now closed) log file, and a

@@ -4,8 +4,9 @@
 role                owns                                   may also
 ==================  =====================================  =================================================
 ``<p>_airflow``     ``<p>_airflow`` (metadata, Celery)      connect to ``<p>_serving``; read the prediction
-                                                           log's tables there (not the API keys); create
-                                                           and write the monitor's table
+                                                           log's tables there (not the API keys); insert
+                                                           batch-scored rows; create and write the
+                                                           monitor's table
 ``<p>_mlflow``      ``<p>_mlflow``, ``<p>_mlflow_auth``     nothing else
 ``<p>_serving``     ``<p>_serving`` (log, keys)             nothing else: no other database, no superuser
 ==================  =====================================  =================================================

@@ -1,6 +1,7 @@
 """The stack's PostgreSQL roles, provisioned on the machine's server and read back from its catalogue:
 each component reaches its own databases only, the service's role cannot read Airflow's or MLflow's
-data, Airflow's role reads the prediction log but not the API keys, and no role is privileged."""
+data, Airflow's role reads the prediction log (and adds the rows its batch runs scored) but not the API
+keys, and no role is privileged."""
 
 from __future__ import annotations
 
@@ -111,10 +112,19 @@ def test_airflow_reads_the_log_and_keeps_the_monitor_but_never_sees_the_keys(pro
         cur.execute(f"SELECT count(*) FROM {table}")
     cur.execute("CREATE TABLE IF NOT EXISTS slipway_monitor (id INTEGER)")  # the monitor's own table
     airflow.commit()
+    # A batch run records the rows it scored, as Airflow's role, in their own table only.
+    from include.prediction_log.batch import BatchRecorder
+
+    with BatchRecorder(url[("airflow", "serving")], "p", 1, "2025-12", "p__score/r") as rec:
+        rec.add([("p/2025-12/v1/k", "k", "{}", 0.5, 1.0, None)])
+        rec.commit()
     for forbidden in (
         "SELECT * FROM slipway_api_keys",
         "INSERT INTO slipway_feedback (pipeline) VALUES ('x')",
+        "INSERT INTO slipway_predictions (request_id) VALUES ('x')",
         "DELETE FROM slipway_predictions",
+        "DELETE FROM slipway_batch_predictions",
+        "UPDATE slipway_batch_predictions SET probability = 0",
         "DROP TABLE slipway_predictions",
     ):
         with pytest.raises(psycopg2.Error, match="permission denied|must be owner"):

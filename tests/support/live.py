@@ -44,7 +44,11 @@ class LiveStack:
         self.pipelines = base / "pipelines"
         self.port = free_port()
         suffix = uuid.uuid4().hex[:8]
-        self.databases = {"airflow": f"slipway_live_{suffix}_af", "mlflow": f"slipway_live_{suffix}_ml"}
+        self.databases = {
+            "airflow": f"slipway_live_{suffix}_af",
+            "mlflow": f"slipway_live_{suffix}_ml",
+            "scores": f"slipway_live_{suffix}_sc",  # where telco_churn__score delivers
+        }
         self.procs: dict[str, subprocess.Popen] = {}
         self._tokens: dict[str, str] = {}
         self.url = f"http://127.0.0.1:{self.port}"
@@ -68,6 +72,15 @@ class LiveStack:
             AIRFLOW_HOME=str(airflow_home),
             AIRFLOW_CONN_SLIPWAY_ALERTS=json.dumps(
                 {"conn_type": "http", "host": "127.0.0.1", "port": self.alert_port, "schema": "http"}
+            ),
+            AIRFLOW_CONN_SLIPWAY_SCORES=json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": "127.0.0.1",
+                    "port": 5432,
+                    "login": "postgres",
+                    "schema": self.databases["scores"],
+                }
             ),
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=(
                 f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.databases['airflow']}"
@@ -126,6 +139,15 @@ class LiveStack:
             "cooldown_hours": 2,
             "drift": {"min_rows": 200, "report_sample_rows": 500},
         }
+        # Batch scoring by hand in this stack (the other tests' ingests must not start scoring runs);
+        # a population file beside the batches, delivered to a PostgreSQL table.
+        raw["scoring"] = {
+            "schedule": "manual",
+            "population": "population-{month}.csv",
+            "max_reject_share": 0.05,
+            "chunk_rows": 2000,
+            "deliver": [{"connection": "slipway_scores", "table": "telco_scores"}],
+        }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         # The multiclass and the regression pipeline, with the same short windows; their canary's loss
         # test judged from 20 labelled customers a side, and their approval answered, not timed out.
@@ -134,6 +156,7 @@ class LiveStack:
             for key in ("source", "retries", "monitoring"):
                 other[key] = {**other.get(key, {}), **raw[key]}
             other["gates"]["onnx"]["max_p99_latency_ms"] = 100.0
+            other["scoring"] = {"schedule": "manual"}
             other["rollout"] = {
                 **raw["rollout"],
                 "shadow": {**other.get("rollout", {}).get("shadow", {}), **raw["rollout"]["shadow"]},
