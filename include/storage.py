@@ -180,6 +180,7 @@ def write_file(uri: str, source: Path) -> str:
         _abort_incomplete_uploads(client, bucket, key, exact=True)
         client.upload_file(str(source), bucket, key, ExtraArgs=sse_args() or None)
         return uri
+
     def copy(fh) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, fh, 1 << 20)

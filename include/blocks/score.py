@@ -83,10 +83,19 @@ def score_population(step: Step) -> dict:
     folder = scores_folder(step.settings.lake_uri, name, month, version)
     ti = step.context["ti"]
     with tempfile.TemporaryDirectory(prefix="slipway-score-") as tmp:
+        from mlflow.exceptions import MlflowException
+
         try:
             model = load_version(client, name, version, Path(tmp) / "model")
         except ModelRefused as exc:
             raise PopulationError(f"version {version} of {name} cannot score: {exc}") from exc
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # the registry is unreachable: retried
+            raise PopulationError(
+                f"{name} has no version {version} in the registry: name a registered version, or leave the "
+                "version empty to score with the champion"
+            ) from exc
         try:
             source = storage.local_copy(source_uri, Path(tmp))
         except FileNotFoundError:

@@ -70,7 +70,7 @@ def _scored_lineage(args) -> None:
             "check the month (slipway lineage prints the months a version scored) and the entity id"
         )
     newest = rows[-1]
-    rec = {"scored": rows, **lineage_record(f"{pipeline}/{newest['model_version']}")}
+    rec = {"scored_rows": rows, **lineage_record(f"{pipeline}/{newest['model_version']}")}
     if args.json:
         print(json.dumps(rec, indent=2, default=str))
         return

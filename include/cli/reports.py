@@ -136,6 +136,11 @@ def lineage_record(ref: str) -> dict:
         "code_version": tags.get("slipway.code_version"),
         "rollout": _rollout_record(client, mv),
         "retired": json.loads(tags["slipway.retired"]) if "slipway.retired" in tags else None,
+        "scored": {  # months batch runs scored with it (<pipeline>__score)
+            k.removeprefix("slipway.scored."): json.loads(v)
+            for k, v in sorted(tags.items())
+            if k.startswith("slipway.scored.")
+        },
         "monitor": {
             "latest": json.loads(tags["slipway.monitor.latest"])
             if "slipway.monitor.latest" in tags
@@ -261,6 +266,11 @@ def print_lineage(rec: dict) -> None:
     if rec.get("retired"):
         t = rec["retired"]
         print(f"RETIRED    {t.get('at')}: {t.get('reason')} ({t.get('dag_run', '')}); kept for audit")
+    for month, sc in (rec.get("scored") or {}).items():
+        print(
+            f"scored     {month}: {sc.get('scored')} rows ({sc.get('rejected')} rejected) of {sc.get('input')} "
+            f"-> {sc.get('uri')}"
+        )
     m = rec.get("monitor") or {}
     if m.get("latest"):
         latest = m["latest"]

@@ -19,6 +19,7 @@ import psycopg2
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.live import Webhook
 from tests.support.pg import pg_url
 from tests.support.processes import mlflow_client, slipway
 
@@ -93,7 +94,7 @@ def test_a_month_is_scored_delivered_rerun_unchanged_and_bad_rows_rejected(live_
 
     # The same month and version again: not a byte changed, no row added anywhere.
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-    assert _run(stack, "score__again", {"month": "2025-12"}) == "success", stack.explain_run(
+    assert _run(stack, "score__again", {"month": "2025-12", "version": champion}) == "success", stack.explain_run(
         DAG, "score__again"
     )
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
@@ -124,11 +125,21 @@ def test_a_month_is_scored_delivered_rerun_unchanged_and_bad_rows_rejected(live_
     customer = population["customer_id"].iloc[17]
     out = slipway(stack.env, "lineage", "--scored", f"{NAME}/2025-12/{customer}", "--json")
     rec = json.loads(out.stdout)
-    (row,) = rec["scored"]
+    versions = sorted(p.name for p in (home / "lake" / NAME / "scores" / "month=2025-12").iterdir())
+    mine = [r for r in rec["scored_rows"] if r["model_version"] == champion]
+    assert len(mine) == 1 and len(rec["scored_rows"]) == len(versions), (versions, rec["scored_rows"])
+    row = mine[0]
     assert (row["row"], row["model_version"]) == (17, champion)
     assert (
         row["input"].endswith("/telco_churn/population-2025-12.csv") and rec["model"]["version"] == champion
     )
+    assert set(rec["scored"]) == {"2025-11", "2025-12"}  # the months the version scored (2025-10 failed)
+    text = slipway(stack.env, "lineage", "--scored", f"{NAME}/2025-12/{customer}").stdout
+    assert f"version {champion} answered probability {row['probability']:.4f}" in text, text
+
+    # A version the registry does not hold: failed at once, saying so.
+    assert _run(stack, "score__no_version", {"month": "2025-12", "version": 999}) == "failed"
+    assert "has no version 999" in stack.explain_run(DAG, "score__no_version")
 
     # Every ingest announced its month on the asset a `landed` schedule runs on.
     found = stack.api("GET", f"/api/v2/assets?name_pattern={NAME}__landed")["assets"]
@@ -139,19 +150,29 @@ def test_a_month_is_scored_delivered_rerun_unchanged_and_bad_rows_rejected(live_
     # The monitor reads the scored rows as it reads served ones: the last half hour holds both months.
     monitor = f"{NAME}__monitor"
     stack.api("PATCH", f"/api/v2/dags/{monitor}", {"is_paused": False})
-    stack.api(
-        "POST",
-        f"/api/v2/dags/{monitor}/dagRuns",
-        {"dag_run_id": "monitor__scored", "logical_date": None, "conf": {"minutes": 30}},
-    )
-    state = stack.wait_for(
-        lambda: s if (s := stack.run_state(monitor, "monitor__scored")) in ("success", "failed") else None,
-        600,
-        "the monitor's check of the scored rows",
-        every=3,
-    )
+    # A retrain the monitor may start is not this test's subject: it would only load the machine.
+    stack.api("PATCH", f"/api/v2/dags/{NAME}__train", {"is_paused": True})
+    webhook = Webhook(stack.alert_port)  # a drifted population alerts like drifted traffic
+    try:
+        stack.api(
+            "POST",
+            f"/api/v2/dags/{monitor}/dagRuns",
+            {"dag_run_id": "monitor__scored", "logical_date": None, "conf": {"minutes": 30}},
+        )
+        state = stack.wait_for(
+            lambda: (
+                s if (s := stack.run_state(monitor, "monitor__scored")) in ("success", "failed") else None
+            ),
+            600,
+            "the monitor's check of the scored rows",
+            every=3,
+        )
+    finally:
+        webhook.close()
     assert state == "success", stack.explain_run(monitor, "monitor__scored")
     from include.prediction_log.monitor_checks import latest
 
     check = latest(log.database.url, NAME)
     assert check.served_rows >= len(population) + len(bad) - len(broken), check
+    if check.status == "breach" and check.alerted:  # the months differ from the champion's training data
+        assert webhook.received and webhook.received[0]["pipeline"] == NAME, check.evidence

@@ -165,3 +165,61 @@ def test_find_scored_reads_one_entity_of_a_published_month(tmp_path, telco_spec,
     assert (row["row"], row["model_version"], row["input"]) == (42, 3, "file:///in.csv")
     assert row["request_id"] == f"telco_churn/2025-12/v3/{hashed}"
     assert find_scored(lake, "telco_churn", "2025-11", hashed) == []
+
+
+@pytest.mark.parametrize("pipeline", ["job_runtime", "salary_benchmark"])
+def test_a_multiclass_and_a_regression_population_are_scored_and_decided_as_their_task_says(
+    pipeline, tmp_path, project_root
+):
+    from include.demo.data import DATASETS
+    from include.problem import decide, scores
+    from include.spec import load_spec
+    from include.tasks.train.fit import train_model
+    from include.tasks.train.onnx_export import convert, optimise
+    from tests.support.snapshots import make_snapshot
+
+    spec = load_spec(project_root / "include" / "pipelines" / f"{pipeline}.yaml")
+    data = DATASETS[pipeline]().head(1500)
+    out = train_model(spec, make_snapshot(data, spec, tmp_path / "snap.parquet"), f"file://{tmp_path}/run")
+    sk = read_model(out["model_uri"])
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    graph = optimise(convert(spec, sk))
+    (folder / "model.onnx").write_bytes(graph)
+    rule = {"value_matrix": [[1, 0, -1, -2], [-1, 1, 0, -1], [-4, -2, 1, 0], [-8, -4, -1, 1]]}
+    if spec.task == "regression":
+        rule = {"offset": 2.5}
+    model = load_onnx(
+        pipeline,
+        2,
+        folder,
+        hashlib.sha256(graph).hexdigest(),
+        float("nan"),
+        spec.task,
+        rule,
+        tuple(spec.target.classes or ()),
+        (-10.0, 12.0) if spec.task == "regression" else None,
+    )
+    key = spec.entity_column
+    population = data[[key, *spec.features.all]]
+    population.to_csv(tmp_path / "in.csv", index=False)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    res = score_population(spec, model, tmp_path / "in.csv", "csv", res_dir, "2025-12", KEY, 1000)
+    got = pq.read_table(res.scores_path).to_pandas()
+    assert res.rejected == 0 and len(got) == len(population)
+    X = population[spec.features.all].astype({c: "float64" for c in spec.features.numeric})
+    expected = scores(sk, X, spec)
+    decided = decide(spec, expected, rule)
+    if spec.task == "multiclass":
+        probs = got[[f"probability_{c}" for c in spec.target.classes]].to_numpy()
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+        assert (got["class"].to_numpy() == np.asarray(spec.target.classes)[decided]).mean() > 0.995
+        # the decided class's probability (not always the largest: the value matrix decides)
+        np.testing.assert_allclose(got["probability"], probs[np.arange(len(probs)), model.decide(probs)])
+    else:
+        np.testing.assert_allclose(got["prediction"], expected, rtol=1e-4)
+        np.testing.assert_allclose(got["decision"], got["prediction"] + 2.5)
+        np.testing.assert_allclose(
+            got[["low", "high"]].to_numpy() - got[["prediction"]].to_numpy(), [[-10, 12]] * len(got)
+        )
