@@ -37,9 +37,19 @@ def cmd_run(args) -> None:
     spec = load_pipeline(args.pipeline)
     migrate_airflow_db()
     t1 = time.monotonic()
-    dr = run_dag(spec.dag_id(args.purpose), args.month, quiet=not args.verbose)
+    # The month is the trigger form's too: a DAG without a monthly timetable (score) reads it there.
+    conf = {"month": args.month} if args.month else None
+    dr = run_dag(spec.dag_id(args.purpose), args.month, quiet=not args.verbose, conf=conf)
     say(f"{spec.dag_id(args.purpose)} run {dr.run_id}: {dr.state} in {time.monotonic() - t1:.1f} s")
-    summarise_run(spec.name, spec.dag_id(args.purpose), dr.run_id)
+    if args.purpose == "train":
+        summarise_run(spec.name, spec.dag_id(args.purpose), dr.run_id)
+    else:  # what the run found or did, as its MLflow record and the UI's note say it
+        from include.lineage import OUTCOME_TAG, find_parent
+
+        parent = find_parent(spec.name, spec.dag_id(args.purpose), dr.run_id)
+        outcome = parent.data.tags.get(OUTCOME_TAG) if parent is not None else None
+        if outcome:
+            say(outcome)
     if str(dr.state) != "success":
         raise SystemExit(1)
 

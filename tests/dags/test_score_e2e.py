@@ -94,8 +94,8 @@ def test_a_month_is_scored_delivered_rerun_unchanged_and_bad_rows_rejected(live_
 
     # The same month and version again: not a byte changed, no row added anywhere.
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-    assert _run(stack, "score__again", {"month": "2025-12", "version": champion}) == "success", stack.explain_run(
-        DAG, "score__again"
+    assert _run(stack, "score__again", {"month": "2025-12", "version": champion}) == "success", (
+        stack.explain_run(DAG, "score__again")
     )
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
     assert _table(stack, "SELECT COUNT(*) FROM telco_scores") == [(len(population),)]
