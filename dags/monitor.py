@@ -40,6 +40,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import monitor as b
+from include.blocks.notify import dag_callbacks
 from include.spec import PipelineSpec, discover
 
 
@@ -54,6 +55,7 @@ def monitor_dag(spec: PipelineSpec) -> DAG:
         catchup=False,
         max_active_runs=1,  # intervals judged in order: the cool-down reads the earlier ones
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "monitor", *spec.tags],
         params={
             "minutes": Param(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from include.blocks import retire as b
+from include.blocks.notify import dag_callbacks
 from include.spec import PipelineSpec, discover
 
 
@@ -35,6 +36,7 @@ def retire_dag(spec: PipelineSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "retire", *spec.tags],
         doc_md=f"### {name}: retirement\n\n{spec.description}\n" + __doc__,
     ) as dag:

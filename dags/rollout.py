@@ -47,6 +47,7 @@ from airflow.sdk import DAG, Param
 
 from include import assets
 from include.blocks import rollout as b
+from include.blocks.notify import PipelineNotifier, dag_callbacks
 from include.spec import PipelineSpec, discover
 
 EVIDENCE = "{{ ti.xcom_pull(task_ids='summarise_evidence')['markdown'] }}"
@@ -64,6 +65,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
         catchup=False,
         max_active_runs=1,  # one candidate in rollout at a time: there is one challenger slot
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "rollout", *spec.tags],
         params={
             "version": Param(
@@ -88,6 +90,7 @@ def rollout_dag(spec: PipelineSpec) -> DAG:
             body=EVIDENCE,
             defaults="Reject",
             response_timeout=timedelta(hours=spec.rollout.approval.timeout_hours),
+            notifiers=[PipelineNotifier(name, "approval")],  # the approver learns it waits, with the link
         )
         promoted = b.promote_candidate(name, outlets=[a.champion])(selected, approve_promotion.output)
         infra >> shadow >> canary
@@ -107,12 +110,17 @@ def rollback_dag(spec: PipelineSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "rollout", *spec.tags],
         params={"reason": Param("", type="string", title="Why (recorded in the history)")},
         doc_md=f"### {name}: rollback\n\nRestores the `previous` version as the champion of {name} and "
         "checks that the service serves it. Trigger it from the UI; say why in the form.\n" + __doc__,
     ) as dag:
-        b.restore_previous_champion(name, outlets=[assets.for_pipeline(name).champion])()
+        b.restore_previous_champion(
+            name,
+            outlets=[assets.for_pipeline(name).champion],
+            on_success_callback=PipelineNotifier(name, "rollback"),
+        )()
     return dag
 
 

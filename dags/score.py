@@ -37,6 +37,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from include import assets
 from include.blocks import score as b
+from include.blocks.notify import dag_callbacks
 from include.months import MONTH_PATTERN
 from include.spec import PipelineSpec, discover
 
@@ -61,6 +62,7 @@ def score_dag(spec: PipelineSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "score", *spec.tags],
         params={
             "month": Param(

@@ -57,6 +57,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Par
 
 from include import assets
 from include.blocks import train as b
+from include.blocks.notify import dag_callbacks
 from include.months import MONTH_PATTERN
 from include.spec import PipelineSpec, discover
 
@@ -96,6 +97,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
         catchup=spec.schedule.catchup,
         max_active_runs=spec.schedule.max_active_runs,
         default_args=spec.default_args(),
+        **dag_callbacks(name),
         tags=["slipway", "train", *spec.tags],
         params={
             "month": Param(

@@ -376,48 +376,18 @@ def send_alert(step: Step, judged: dict) -> dict:
             if judged["status"] != "breach"
             else "breach already alerted within the cool-down"
         )
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from include.blocks.notify import deliver
 
     conn_id = step.spec.monitoring.alert_connection
     subject, body = alert_text(step.pipeline, judged)
-    try:
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        log.warning(
-            "ALERT (no Airflow connection %r, so it is only logged here; add one of type http or smtp to "
-            "be notified):\n%s\n%s",
-            conn_id,
-            subject,
-            body,
-        )
-        step.mlflow.set_tags({"slipway.alert": "logged", "slipway.alert.subject": subject})
-        return {"channel": "log", "subject": subject}
-    payload = {"pipeline": step.pipeline, "subject": subject, "text": body, **judged}
-    if conn.conn_type in ("http", "https"):
-        from airflow.providers.http.notifications.http import HttpNotifier
-
-        HttpNotifier(http_conn_id=conn_id, json=json.loads(json.dumps(payload, default=str))).notify(
-            step.context
-        )
-        channel = "http"
-    elif conn.conn_type in ("smtp", "email"):
-        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-        to = conn.extra_dejson.get("to")
-        if not to:
-            raise ValueError(f"the smtp connection {conn_id!r} has no 'to' in its extra: add the recipients")
-        SmtpNotifier(smtp_conn_id=conn_id, to=to, subject=subject, html_content=f"<pre>{body}</pre>").notify(
-            step.context
-        )
-        channel = "smtp"
-    else:
-        raise ValueError(
-            f"the alert connection {conn_id!r} has type {conn.conn_type!r}; use http (a webhook) or smtp (e-mail)"
-        )
-    log.info("alert sent through %s connection %r: %s", channel, conn_id, subject)
-    step.mlflow.set_tags({"slipway.alert": channel, "slipway.alert.subject": subject})
+    channel = deliver(
+        conn_id, subject, body, {"pipeline": step.pipeline, "event": "monitor", **judged}, step.context
+    )
+    if channel != "log":
+        log.info("alert sent through %s connection %r: %s", channel, conn_id, subject)
+    step.mlflow.set_tags(
+        {"slipway.alert": "logged" if channel == "log" else channel, "slipway.alert.subject": subject}
+    )
     return {"channel": channel, "subject": subject}
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from include.demo.approvals import answer
 from include.registry import HISTORY_TAGS
-from tests.support.live import http_json, serving
+from tests.support.live import Webhook, http_json, serving
 from tests.support.processes import mlflow_client, slipway, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -100,9 +100,13 @@ class Traffic(threading.Thread):
             time.sleep(0.02)
 
 
-def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_back(live_stack, served):
+def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_back(
+    live_stack, served, request
+):
     stack = live_stack
     url, key = served
+    webhook = Webhook(stack.alert_port)  # the spec's alert connection: what reaches a person
+    request.addfinalizer(webhook.close)
     client = mlflow_client(stack.tracking)
     first = _candidate(stack)
     assert "champion" not in client.get_registered_model(NAME).aliases
@@ -237,3 +241,20 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     statuses = {s for _, s, _ in traffic.answers}
     assert statuses == {200}, statuses
     assert {a.get("model_version") for _, _, a in traffic.answers} == {first, second}
+    # What reached a person through the alert connection (Airflow's notifiers): each approval when it
+    # was asked, with its link, and the failed run with what it found.
+    asked = [m for m in webhook.received if m.get("event") == "approval"]
+    assert {m["run_id"] for m in asked} >= {"rollout__first", "rollout__second"}, webhook.received
+    assert all(
+        m["url"].endswith("/tasks/approve_promotion") and m["version"] in (first, second) for m in asked
+    )
+    failed = wait_until(
+        lambda: [
+            m for m in webhook.received if m.get("event") == "failed" and m["run_id"] == "rollout__second"
+        ],
+        120,
+        "the failed rollout's notification",
+    )
+    assert failed[0]["task_id"] == "conclude_rollout" and "rolled back" in (failed[0]["outcome"] or ""), (
+        failed
+    )
