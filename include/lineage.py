@@ -329,8 +329,10 @@ def track(pipeline: str, context, inputs: Any = None):
             _log_refs(mlflow, _refs(result_box.get("result"), carried=False), "written")
         except BaseException as exc:
             name = type(exc).__name__
-            if name in {"TaskDeferred", "AirflowRescheduleException"}:
+            if name in {"TaskDeferred", "AirflowRescheduleException", "TaskAwaitingInput"}:
                 status, state = "SCHEDULED", "deferred"  # waiting, not failed; resumed by the same try
+            elif name == "DownstreamTasksSkipped":  # the task ended well and skips what follows it
+                status, state = "FINISHED", "success"
             elif name == "AirflowSkipException":
                 status, state = "FINISHED", "skipped"
                 mlflow.set_tag(f"{TAG}reason", str(exc)[:4000])

@@ -88,6 +88,7 @@ LIVE_ORDER = (
     "test_task_kinds_lifecycle_e2e",
     "test_monitor_e2e",
     "test_score_e2e",
+    "test_retire_e2e",
 )
 
 

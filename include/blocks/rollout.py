@@ -239,11 +239,30 @@ class ApprovePromotion(ApprovalOperator):
             self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
 
     def execute(self, context: Any) -> Any:
-        self._assign(context)
-        context["ti"].xcom_push(key="asked_at", value=datetime.now(UTC).isoformat())
-        return super().execute(context)
+        from include.lineage import track
+
+        # A nested MLflow run like every other task's: open while the question waits, closed with the answer.
+        with track(self.pipeline, context):
+            self._assign(context)
+            context["ti"].xcom_push(key="asked_at", value=datetime.now(UTC).isoformat())
+            return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        import mlflow
+
+        from include.lineage import track
+
+        with track(self.pipeline, context) as record:
+            user = (event.get("responded_by_user") or {}).get("name") or "the timeout's default"
+            mlflow.set_tags(
+                {
+                    "slipway.approval.chosen": ",".join(event.get("chosen_options") or []) or "none",
+                    "slipway.approval.by": user if "error" not in event else "error",
+                }
+            )
+            return record(self._complete(context, event))
+
+    def _complete(self, context: Any, event: dict[str, Any]) -> Any:
         from include.tasks.rollout.approvers import refusal
 
         ti = context["ti"]

@@ -100,6 +100,9 @@ def lineage_record(ref: str) -> dict:
                 parent.data.tags.get("slipway.interval_end") if parent else None,
             ],
             "mlflow_run_id": parent.info.run_id if parent else None,
+            # The month the run trained up to: what a run without a data interval (one an asset
+            # event or a person started) processed.
+            "month": tags.get("slipway.month") or (parent.data.tags.get("slipway.month") if parent else None),
             "trigger": parent.data.tags.get("slipway.trigger") if parent else None,
             "trigger_evidence": json.loads(parent.data.tags["slipway.trigger.evidence"])
             if parent and "slipway.trigger.evidence" in parent.data.tags
@@ -224,7 +227,13 @@ def print_lineage(rec: dict) -> None:
     print(f"model      {m['name']} version {m['version']} ({aliases})")
     print(f"source     {m['source']}")
     print(f"dag run    {d['dag_id']} / {d['run_id']}  state={d['state']}")
-    print(f"interval   {d['data_interval'][0]} -> {d['data_interval'][1]}")
+    start, end = d["data_interval"]
+    if start or end:
+        print(f"interval   {start} -> {end}  (month {d.get('month') or '?'})")
+    else:  # an asset-triggered or manual run: no data interval, the month it was given
+        print(
+            f"interval   none: started by {d.get('trigger') or 'a person'}, on the month {d.get('month') or '?'}"
+        )
     if d.get("trigger"):
         print(
             f"trigger    {d['trigger']}"

@@ -417,7 +417,34 @@ def main() -> None:
             traffic.join(10)
         stack.stop(procs)
     scored = _score_month(client, t0)
+    _retire(t0)
     _summary(client, traffic, t0, scored)
+
+
+def _retire(t0: float) -> None:
+    """``<pipeline>__retire`` once (dag.test, its own process): the oldest version, superseded by the
+    spec's ``retirement.keep_newest``, is archived with the reason on record."""
+    _say(
+        f"+{time.monotonic() - t0:5.0f} s  {PIPELINE}__retire: archiving what the retirement policy no longer needs"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "include.cli", "run", PIPELINE, "--purpose", "retire"], check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit("the retirement run failed; the failed task's log is above")
+
+
+def _retired_lines(client) -> list[str]:
+    import json
+
+    out = []
+    for mv in sorted(client.search_model_versions(f"name = '{PIPELINE}'"), key=lambda m: int(m.version)):
+        if "slipway.retired" in mv.tags:
+            r = json.loads(mv.tags["slipway.retired"])
+            out.append(
+                f"  version {mv.version}: {r.get('reason')} (no longer rolled out or served; lineage kept)"
+            )
+    return out
 
 
 def _score_month(client, t0: float) -> dict:
@@ -581,6 +608,9 @@ def _summary(client, traffic: Traffic | None, t0: float, scored: dict | None = N
             f"traffic: {traffic.sent} predictions answered ({', '.join(f'{k}: {v}' for k, v in sorted(traffic.variants.items()))}), "
             f"{traffic.failed} refused, {traffic.labelled} labels sent as feedback"
         )
+    print("retired:")
+    for line in _retired_lines(client) or ["  none"]:
+        print(line)
     if scored:
         print(
             f"{SCORE_MONTH} scored by version {scored['version']}: {scored['scored']} customers, "

@@ -23,7 +23,7 @@ import pytest
 from include.demo.approvals import answer
 from include.registry import HISTORY_TAGS
 from tests.support.live import Webhook, http_json, serving
-from tests.support.processes import mlflow_client, slipway, wait_until
+from tests.support.processes import mlflow_client, slipway, task_runs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -151,6 +151,18 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     assert "**Offline** no champion when it was trained" in detail["body"], detail["body"]
     final = stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3)
     assert final == "success", stack.explain_run(DAG, "rollout__first")
+    # The approval has its nested MLflow run like every other task: who answered what.
+    (approval_run,) = [
+        r
+        for r in task_runs(client, NAME, DAG, "rollout__first")
+        if r.data.tags["slipway.task_id"] == APPROVAL
+    ]
+    tags = approval_run.data.tags
+    assert (tags["slipway.state"], tags["slipway.approval.chosen"], tags["slipway.approval.by"]) == (
+        "success",
+        "Approve",
+        "approver",
+    ), tags
     states = stack.task_states(DAG, "rollout__first")
     assert set(states.values()) == {"success"}, states
 
@@ -241,6 +253,11 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     statuses = {s for _, s, _ in traffic.answers}
     assert statuses == {200}, statuses
     assert {a.get("model_version") for _, _, a in traffic.answers} == {first, second}
+    # One answered request traced back: the version that answered it, and that version's lineage.
+    _, _, reply = next(a for a in traffic.answers if a[2].get("model_version") == second)
+    traced = json.loads(slipway(stack.env, "lineage", "--request", reply["request_id"], "--json").stdout)
+    assert traced["prediction"]["request_id"] == reply["request_id"] and traced["model"]["version"] == second
+    assert traced["prediction"]["variant"] == "challenger" and traced["prediction"]["served"] is True
     # What reached a person through the alert connection (Airflow's notifiers): each approval when it
     # was asked, with its link, and the failed run with what it found.
     asked = [m for m in webhook.received if m.get("event") == "approval"]

@@ -183,7 +183,9 @@ def test_a_task_killed_midway_and_a_cleared_run_leave_a_true_record(live_stack):
     assert stack.task_states(DAG, run_id)["register_model"] == "skipped"
     assert "'candidate' did not move" in parent.data.tags["slipway.reason"]
     events = stack.api("GET", f"/api/v2/assets/events?source_dag_id={DAG}&source_run_id={run_id}")
-    assert events["asset_events"] == [], events
+    # Only the month's ingest is announced (batch scoring's asset), never a candidate.
+    assert [e["name"] for e in events["asset_events"]] == ["telco_churn__landed"], events
+    assert events["asset_events"][0]["extra"]["month"] == "2025-11", events
     nov = [
         v for v in client.search_model_versions("name = 'telco_churn'") if v.tags["slipway.run_id"] == run_id
     ]

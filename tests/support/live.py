@@ -148,6 +148,8 @@ class LiveStack:
             "chunk_rows": 2000,
             "deliver": [{"connection": "slipway_scores", "table": "telco_scores"}],
         }
+        # Retirement keeps one newest version besides the protected ones (the retire test registers two).
+        raw["retirement"] = {**raw.get("retirement", {}), "keep_newest": 1}
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         # The multiclass and the regression pipeline, with the same short windows; their canary's loss
         # test judged from 20 labelled customers a side, and their approval answered, not timed out.

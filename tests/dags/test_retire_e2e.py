@@ -1,0 +1,81 @@
+"""On the real scheduler: `telco_churn__retire` archives a superseded version, which then can no longer
+be rolled out, while the champion and the newest version stay.
+
+Runs after the other tests on the shared stack (the stack's spec keeps 1 newest version besides the
+protected ones). Two versions are registered like any other (copies of the champion's graph, no
+alias); the older is superseded by the newer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.registry import HISTORY_TAGS
+from tests.support.processes import mlflow_client, slipway
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+NAME = "telco_churn"
+
+
+def _finished(stack, dag: str, run_id: str) -> str:
+    return stack.wait_for(
+        lambda: s if (s := stack.run_state(dag, run_id)) in ("success", "failed") else None,
+        600,
+        f"{dag} run {run_id}",
+        every=3,
+    )
+
+
+def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_out(live_stack):
+    stack = live_stack
+    client = mlflow_client(stack.tracking)
+    champion = int(client.get_registered_model(NAME).aliases["champion"])
+    src = client.get_model_version(NAME, str(champion))
+    tags = {
+        k: v
+        for k, v in src.tags.items()
+        if not k.startswith(
+            (
+                *HISTORY_TAGS,
+                "slipway.approval",
+                "slipway.blessing.approval",
+                "slipway.rollout.",
+                "slipway.scored.",
+            )
+        )
+    }
+    source = client.get_model_version_download_uri(NAME, str(champion))
+    older, newer = (
+        int(client.create_model_version(NAME, source, run_id=src.run_id, tags=tags).version) for _ in range(2)
+    )
+    retire = f"{NAME}__retire"
+    stack.api("PATCH", f"/api/v2/dags/{retire}", {"is_paused": False})
+    stack.api("POST", f"/api/v2/dags/{retire}/dagRuns", {"dag_run_id": "retire__e2e", "logical_date": None})
+    assert _finished(stack, retire, "retire__e2e") == "success", stack.explain_run(retire, "retire__e2e")
+
+    record = json.loads(client.get_model_version(NAME, str(older)).tags["slipway.retired"])
+    assert record["reason"].startswith("superseded") and record["dag_run"] == f"{retire}/retire__e2e", record
+    assert "slipway.retired" not in client.get_model_version(NAME, str(newer)).tags  # the newest stays
+    assert "slipway.retired" not in client.get_model_version(NAME, str(champion)).tags  # protected
+    assert "RETIRED" in slipway(stack.env, "lineage", f"{NAME}/{older}").stdout
+
+    # Even named as the candidate by hand, a retired version is not rolled out: a recorded skip.
+    client.set_registered_model_alias(NAME, "candidate", older)
+    rollout = f"{NAME}__rollout"
+    stack.api("PATCH", f"/api/v2/dags/{rollout}", {"is_paused": False})
+    stack.api(
+        "POST",
+        f"/api/v2/dags/{rollout}/dagRuns",
+        {"dag_run_id": "rollout__retired", "logical_date": None, "conf": {"version": older}},
+    )
+    assert _finished(stack, rollout, "rollout__retired") == "success", stack.explain_run(
+        rollout, "rollout__retired"
+    )
+    states = stack.task_states(rollout, "rollout__retired")
+    assert states["validate_infra"] == "skipped" and states["approve_promotion"] == "skipped", states
+    history = slipway(stack.env, "history", NAME).stdout
+    assert f"version {older} is retired" in history, history
+    assert int(client.get_registered_model(NAME).aliases["champion"]) == champion
