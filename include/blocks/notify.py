@@ -13,7 +13,8 @@ the message is a warning in the log, never dropped. The monitor's ``send_alert``
 * ``rollback``: a champion was restored by hand (the rollback task's ``on_success_callback``).
 
 A canary or shadow that breaches is rolled back by ``conclude_rollout``, which fails the run: the
-``failed`` message carries the run's outcome line ("rolled back: ...").
+``failed`` message carries the run's outcome line ("rolled back: ..."). A notification that cannot be
+sent is a warning with the whole message in the log: it never fails the task it reports on.
 """
 
 from __future__ import annotations
@@ -176,5 +177,18 @@ class PipelineNotifier(BaseNotifier):
 
         subject, body, payload = message(self.pipeline, self.event, context)
         conn_id = load_pipeline(self.pipeline).monitoring.alert_connection
-        channel = deliver(conn_id, subject, body, payload, context)
+        try:
+            channel = deliver(conn_id, subject, body, payload, context)
+        except Exception as exc:  # noqa: BLE001 - a notification must never fail what it reports on
+            # Airflow re-raises a notifier's error: that would fail the approval it announces, or hide
+            # the failure it reports. The message stays in this log instead.
+            log.warning(
+                "could not send the %s notification through %r (%s); it is only logged here:\n%s\n%s",
+                self.event,
+                conn_id,
+                str(exc).splitlines()[0][:300],
+                subject,
+                body,
+            )
+            return
         log.info("%s notification sent through %s: %s", self.event, channel, subject)

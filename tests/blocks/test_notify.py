@@ -143,3 +143,19 @@ def test_a_failed_run_carries_its_outcome_line(alerts, monkeypatch):
     )
     (got,) = alerts
     assert "What it found: version 4 not promoted, rolled back: p99" in got["text"]
+
+
+def test_an_unreachable_webhook_never_fails_what_it_reports_on(monkeypatch, caplog):
+    from tests.support.processes import free_port
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLIPWAY_ALERTS",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": free_port(), "schema": "http"}),
+    )
+    context = _context("telco_churn__rollout", "approve_promotion", {"select_candidate": {"version": 4}})
+    with caplog.at_level("WARNING", logger="slipway"):
+        PipelineNotifier("telco_churn", "approval")(
+            context
+        )  # Airflow re-raises a notifier's error: none here
+    assert "could not send the approval notification through 'slipway_alerts'" in caplog.text
+    assert "version 4 waits for your approval" in caplog.text

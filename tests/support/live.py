@@ -285,7 +285,10 @@ class LiveStack:
                 try:
                     body = self.api("GET", path)
                     text = "\n".join(
-                        str(line.get("event")) for line in body.get("content", []) if isinstance(line, dict)
+                        str(line.get("event"))
+                        + (f"\n{json.dumps(line['error_detail'])[:3000]}" if line.get("error_detail") else "")
+                        for line in body.get("content", [])
+                        if isinstance(line, dict)
                     )
                 except Exception as exc:  # noqa: BLE001
                     text = f"(no log: {exc})"
