@@ -152,11 +152,15 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
     final = stack.wait_for(lambda: _finished(stack, "rollout__first"), 300, "the promotion", every=3)
     assert final == "success", stack.explain_run(DAG, "rollout__first")
     # The approval has its nested MLflow run like every other task: who answered what.
-    (approval_run,) = [
-        r
-        for r in task_runs(client, NAME, DAG, "rollout__first")
-        if r.data.tags["slipway.task_id"] == APPROVAL
-    ]
+    # (Its newest try: Airflow may ask again in a second try; each try has its record.)
+    approval_run = max(
+        (
+            r
+            for r in task_runs(client, NAME, DAG, "rollout__first")
+            if r.data.tags["slipway.task_id"] == APPROVAL
+        ),
+        key=lambda r: int(r.data.tags["slipway.try_number"]),
+    )
     tags = approval_run.data.tags
     assert (tags["slipway.state"], tags["slipway.approval.chosen"], tags["slipway.approval.by"]) == (
         "success",
@@ -272,6 +276,4 @@ def test_first_candidate_is_approved_over_rest_and_a_timed_out_one_is_rolled_bac
         120,
         "the failed rollout's notification",
     )
-    assert failed[0]["task_id"] == "conclude_rollout" and "rolled back" in (failed[0]["outcome"] or ""), (
-        failed
-    )
+    assert "rolled back" in (failed[0]["outcome"] or ""), failed
