@@ -57,7 +57,8 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     assert _finished(stack, retire, "retire__e2e") == "success", stack.explain_run(retire, "retire__e2e")
 
     record = json.loads(client.get_model_version(NAME, str(older)).tags["slipway.retired"])
-    assert record["reason"].startswith("superseded") and record["dag_run"] == f"{retire}/retire__e2e", record
+    # Retired by a run of the retire DAG: this one, or the scheduled run unpausing it started first.
+    assert record["reason"].startswith("superseded") and record["dag_run"].startswith(f"{retire}/"), record
     assert "slipway.retired" not in client.get_model_version(NAME, str(newer)).tags  # the newest stays
     assert "slipway.retired" not in client.get_model_version(NAME, str(champion)).tags  # protected
     assert "RETIRED" in slipway(stack.env, "lineage", f"{NAME}/{older}").stdout
