@@ -14,6 +14,7 @@ unless a person rejected it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -209,6 +210,32 @@ class TrafficPhase(BaseOperator):
             now = datetime.now(UTC)
 
 
+class _NoRecord:
+    """What :func:`_tracked` yields without a DAG run: results pass through, tags go nowhere."""
+
+    def __call__(self, result):
+        return result
+
+    def tags(self, tags: dict) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _tracked(pipeline: str, context: Any):
+    """The task's MLflow run (:func:`include.lineage.track`) when the context has a DAG run (always, under
+    Airflow); a bare context (an operator driven by hand) records nothing."""
+    if context.get("dag_run") is None:
+        yield _NoRecord()
+        return
+    import mlflow
+
+    from include.lineage import track
+
+    with track(pipeline, context) as record:
+        record.tags = mlflow.set_tags  # type: ignore[attr-defined]
+        yield record
+
+
 class ApprovePromotion(ApprovalOperator):
     """Airflow's ApprovalOperator, asked of the people :mod:`include.tasks.rollout.approvers` allows.
 
@@ -239,22 +266,16 @@ class ApprovePromotion(ApprovalOperator):
             self.assigned_users = [{"id": u, "name": u} for u in who.allowed]
 
     def execute(self, context: Any) -> Any:
-        from include.lineage import track
-
         # A nested MLflow run like every other task's: open while the question waits, closed with the answer.
-        with track(self.pipeline, context):
+        with _tracked(self.pipeline, context):
             self._assign(context)
             context["ti"].xcom_push(key="asked_at", value=datetime.now(UTC).isoformat())
             return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        import mlflow
-
-        from include.lineage import track
-
-        with track(self.pipeline, context) as record:
+        with _tracked(self.pipeline, context) as record:
             user = (event.get("responded_by_user") or {}).get("name") or "the timeout's default"
-            mlflow.set_tags(
+            record.tags(
                 {
                     "slipway.approval.chosen": ",".join(event.get("chosen_options") or []) or "none",
                     "slipway.approval.by": user if "error" not in event else "error",

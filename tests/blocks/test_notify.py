@@ -10,7 +10,8 @@ import pytest
 from airflow.sdk import DAG
 
 from include.blocks.notify import PipelineNotifier, dag_callbacks, message
-from tests.blocks.test_alerts import webhook  # noqa: F401 - the fixture
+from tests.support.live import Webhook
+from tests.support.processes import free_port
 
 
 class _TI:
@@ -32,14 +33,17 @@ def _context(dag_id: str, task_id: str, xcoms: dict, **extra) -> dict:
 
 
 @pytest.fixture
-def alerts(webhook, monkeypatch):  # noqa: F811
-    host, port = webhook.server_address
+def alerts(monkeypatch):
+    """The spec's alert connection: a real webhook on localhost; what it received."""
+    port = free_port()
+    hook = Webhook(port)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SLIPWAY_ALERTS",
-        json.dumps({"conn_type": "http", "host": host, "port": port, "schema": "http"}),
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}),
     )
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
-    return webhook.received
+    yield hook.received
+    hook.close()
 
 
 def test_a_waiting_approval_names_the_version_and_links_the_required_action(alerts):
@@ -146,8 +150,6 @@ def test_a_failed_run_carries_its_outcome_line(alerts, monkeypatch):
 
 
 def test_an_unreachable_webhook_never_fails_what_it_reports_on(monkeypatch, caplog):
-    from tests.support.processes import free_port
-
     monkeypatch.setenv(
         "AIRFLOW_CONN_SLIPWAY_ALERTS",
         json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": free_port(), "schema": "http"}),
