@@ -867,6 +867,34 @@ class Retirement(_Strict):
         return _check_cron(v)
 
 
+class Retention(_Strict):
+    """How long the pipeline keeps what it logged and scored; the retirement DAG's daily
+    ``purge_expired`` deletes what is older (counts on its MLflow run). Empty (null): kept forever.
+    The defaults, 400 days, hold a year of monthly comparisons (this month against the same month
+    last year) plus a month's margin for late labels and re-runs."""
+
+    prediction_log_days: int | None = Field(
+        400,
+        ge=1,
+        description="Days the prediction log keeps served and batch-scored rows and the rows a model "
+        "could not score (by when they were made). Null: kept forever.",
+    )
+    feedback_days: int | None = Field(
+        400,
+        ge=1,
+        description="Days the prediction log keeps feedback labels (by when they were received). Null: "
+        "kept forever.",
+    )
+    scores_days: int | None = Field(
+        400,
+        ge=1,
+        description="Days the lake keeps a scored month's files (<lake>/<pipeline>/scores/month=M/), "
+        "counted from the end of the month. Only the lake's files: the rows delivered to "
+        "scoring.deliver tables are not touched by the purge (their owners keep them by their own "
+        "rules). Null: kept forever.",
+    )
+
+
 _TABLE = re.compile(r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -1011,6 +1039,7 @@ class PipelineSpec(_Strict):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     feedback: Feedback = Field(default_factory=Feedback)
     retirement: Retirement = Field(default_factory=Retirement)
+    retention: Retention = Field(default_factory=Retention)
     scoring: Scoring = Field(default_factory=Scoring)
     retries: Retries = Field(default_factory=Retries)
     expectation_suite: str | None = Field(

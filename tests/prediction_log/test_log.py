@@ -580,8 +580,10 @@ def test_a_version_1_log_is_migrated_in_place_to_every_task_kind_and_every_new_r
         with db.reading() as conn:
             cur = conn.cursor()
             cur.execute("SELECT version FROM slipway_schema")
-            assert cur.fetchall() == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 4
+            assert cur.fetchall() == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 5
             cur.execute("SELECT COUNT(*) FROM slipway_batch_predictions")  # version 4: batch-scored rows
+            assert cur.fetchone() == (0,)
+            cur.execute("SELECT COUNT(*) FROM slipway_forgotten")  # version 5: retention and erasure
             assert cur.fetchone() == (0,)
         # Version 3: a regression's amount as decision and label, a multiclass row's class probabilities.
         amount = dataclasses.replace(make_row("new2"), probability=112.25, decision=118.5)
