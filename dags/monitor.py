@@ -49,7 +49,7 @@ def monitor_dag(spec: PipelineSpec) -> DAG:
     name = spec.name
     with DAG(
         dag_id=spec.dag_id("monitor"),
-        description=f"Drift and live performance of {name}'s served traffic",
+        description=f"Drift, live performance, fairness, attributions and data quality of {name}'s served traffic",
         schedule=CronDataIntervalTimetable(spec.monitoring.schedule, timezone="UTC"),
         start_date=datetime.combine(spec.schedule.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=False,
@@ -70,7 +70,13 @@ def monitor_dag(spec: PipelineSpec) -> DAG:
         },
         doc_md=f"### {name}: monitoring\n\n{spec.description}\n" + __doc__,
     ) as dag:
-        judged = b.judge_interval(name)(b.check_drift(name)(), b.check_performance(name)())
+        judged = b.judge_interval(name)(
+            b.check_drift(name)(),
+            b.check_performance(name)(),
+            b.check_fairness(name)(),
+            b.check_attributions(name)(),
+            b.check_data_quality(name)(),
+        )
         b.send_alert(name)(judged)
         b.trigger_retraining(name, outlets=[assets.for_pipeline(name).drift])(judged)
     return dag

@@ -801,12 +801,80 @@ class PerformanceCheck(_Strict):
     )
 
 
+class _MonitorCheck(_Strict):
+    """What a monitor check shares: whether it runs, how many rows it needs, what a breach does."""
+
+    enabled: bool = True
+    trigger: Literal["alert", "retrain"] = Field(
+        "alert",
+        description="What a breach does: alert (recorded and alerted, no retrain) or retrain (also "
+        "triggers retraining like drift, under the same cool-down).",
+    )
+
+
+class LiveFairnessCheck(_MonitorCheck):
+    """Fairness on the live labelled window (bias drift): the training gate's fairlearn metrics on the
+    labelled rows of the performance window, joined to the lake's sensitive attributes by hashed
+    entity key. A gap breaches when it is outside the training gate's bound (``gates.fairness``), or,
+    with ``margin`` set, when it is worse than the version's own training gap by more than ``margin``."""
+
+    min_rows: int = Field(
+        200, ge=20, description="Labelled rows with a known group the window needs; fewer: not judged."
+    )
+    min_group_rows: int = Field(
+        30,
+        ge=1,
+        description="Groups with fewer labelled rows are reported but left out of the gaps (noise).",
+    )
+    margin: float | None = Field(
+        None,
+        ge=0,
+        description="Also breach when a live gap is worse than the version's training gap by more than "
+        "this (the tighter of the two bounds applies). Empty: the gate's bound only.",
+    )
+
+
+class AttributionCheck(_MonitorCheck):
+    """Feature-attribution drift: SHAP global importance of a sample of the interval's served rows
+    (the training gate's explainer, on the version's scikit-learn model) against the version's
+    training importance, as Spearman rank correlation over the union of both top-k features."""
+
+    min_rows: int = Field(200, ge=20, description="Served rows an interval needs; fewer: not judged.")
+    sample_rows: int = Field(
+        300, ge=20, le=5000, description="Served rows explained (a seeded uniform sample of the interval)."
+    )
+    top_k: int = Field(5, ge=2, le=50, description="Top features of each ranking compared.")
+    min_rank_correlation: float = Field(
+        0.5, ge=-1, le=1, description="Spearman correlation of the two rankings below this breaches."
+    )
+
+
+class DataQualityCheck(_MonitorCheck):
+    """Data quality of the served inputs per interval, against the version's training profile: null
+    rate per feature, numeric values outside the expectation suite's (or else the training) range,
+    categorical values the training rows never had."""
+
+    min_rows: int = Field(100, ge=10, description="Served rows an interval needs; fewer: not judged.")
+    max_null_rate_increase: float = Field(
+        0.05, ge=0, le=1, description="A feature's null rate above its training null rate by more than this."
+    )
+    max_out_of_range_share: float = Field(
+        0.01, ge=0, le=1, description="Share of a numeric feature's values outside its allowed range."
+    )
+    max_unseen_share: float = Field(
+        0.01, ge=0, le=1, description="Share of a categorical feature's values its training rows never had."
+    )
+
+
 class Monitoring(_Strict):
     """``<pipeline>__monitor``: the served traffic watched, alerts, and drift-triggered retraining."""
 
     schedule: str = Field("@hourly", description="Cron of the monitor; each run checks its data interval.")
     drift: DriftCheck = Field(default_factory=DriftCheck)
     performance: PerformanceCheck = Field(default_factory=PerformanceCheck)
+    fairness: LiveFairnessCheck = Field(default_factory=LiveFairnessCheck)
+    attribution: AttributionCheck = Field(default_factory=AttributionCheck)
+    data_quality: DataQualityCheck = Field(default_factory=DataQualityCheck)
     cooldown_hours: float = Field(
         24,
         ge=0,

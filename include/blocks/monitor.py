@@ -207,8 +207,192 @@ def check_performance(step: Step) -> dict:
     }
 
 
+def _metric(name: str) -> str:
+    """An MLflow metric name for a result's metric (``null_rate[tenure]`` -> ``null_rate.tenure``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", ".", name).strip(".")
+
+
+def _record_results(step: Step, check: str, results: list[dict], extra: dict | None = None) -> None:
+    """A check's results on its task's MLflow run: a metric per measured value, the JSON of them all,
+    and its state as a tag (``slipway.monitor.<check>``)."""
+    from include.tasks.monitor.decision import check_status
+
+    step.mlflow.log_metrics(
+        {f"{check}.{_metric(r['metric'])}": float(r["value"]) for r in results if r["value"] is not None}
+    )
+    step.mlflow.log_dict({"check": check, "results": results, **(extra or {})}, f"monitor/{check}.json")
+    step.mlflow.set_tag(f"slipway.monitor.{check}", check_status(results))
+    for r in results:
+        log.log(
+            logging.WARNING if r["status"] == "failed" else logging.INFO,
+            "%s %s: %s %s (threshold %s %s)%s",
+            check,
+            r["metric"],
+            r["status"],
+            r["value"],
+            r["comparison"],
+            r["threshold"],
+            f"; {r['note']}" if r.get("note") else "",
+        )
+
+
+def _blessing(client, pipeline: str, version: int) -> dict | None:
+    """The version's blessing (every training gate's results), from its registered run."""
+    import mlflow
+
+    from include.tracking import trusted_artifact_uri
+
+    uri = client.get_model_version(pipeline, str(version)).tags.get("slipway.blessing_uri")
+    return mlflow.artifacts.load_dict(trusted_artifact_uri(uri)) if uri else None
+
+
+def _performance_window(step: Step) -> tuple[str, str]:
+    """The window of predictions whose labels had time to arrive (``monitoring.performance``)."""
+    from datetime import datetime, timedelta
+
+    from include.prediction_log.rows import iso_utc
+
+    cfg = step.spec.monitoring.performance
+    _, end = _interval(step)
+    until_dt = datetime.fromisoformat(end) - timedelta(hours=cfg.label_delay_hours)
+    return iso_utc(until_dt - timedelta(hours=cfg.window_hours)), iso_utc(until_dt)
+
+
 @block
-def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
+def check_fairness(step: Step) -> dict:
+    """fairlearn gaps of the champion's live labelled decisions per sensitive group, against training."""
+    from include.registry import aliases
+    from include.tasks.monitor.fairness import live_fairness, read_sensitive, training_values
+    from include.tasks.monitor.performance import read_labelled
+
+    name, spec = step.pipeline, step.spec
+    since, until = _performance_window(step)
+    client = mlflow_client()
+    champion = aliases(client, name).get("champion")
+    if champion is None:
+        return {"since": since, "until": until, "champion": None, "results": []}
+    labelled = read_labelled(None, name, champion, since, until)
+    cfg = spec.monitoring.fairness
+    needs_lake = cfg.enabled and spec.sensitive_attributes and spec.entity_column is not None
+    sensitive = read_sensitive(step.settings.lake_uri, spec) if needs_lake else None
+    trained = training_values(_blessing(client, name, champion)) if needs_lake else {}
+    out = live_fairness(spec, labelled, sensitive, trained)
+    step.mlflow.log_metrics(
+        {
+            "fairness.labelled": out["rows"],
+            "fairness.matched": out["matched"],
+            "fairness.unmatched": out["unmatched"],
+        }
+    )
+    _record_results(
+        step,
+        "fairness",
+        out["results"],
+        {"report": out["report"], "training": trained, "since": since, "until": until},
+    )
+    return {
+        "since": since,
+        "until": until,
+        "champion": champion,
+        "rows": out["rows"],
+        "matched": out["matched"],
+        "unmatched": out["unmatched"],
+        "results": out["results"],
+    }
+
+
+def _training_importance(client, pipeline: str, version: int) -> dict[str, float] | None:
+    """The explainability gate's SHAP global importance of ``version`` (None when the gate did not run)."""
+    import mlflow
+
+    from include.tracking import trusted_artifact_uri
+
+    blessing = _blessing(client, pipeline, version) or {}
+    uris = {
+        r["evidence_uri"]
+        for r in blessing.get("results", [])
+        if r.get("gate") == "explainability" and r.get("evidence_uri")
+    }
+    for uri in sorted(uris):
+        record = mlflow.artifacts.load_dict(trusted_artifact_uri(uri))
+        if record.get("global_importance"):
+            return {k: float(v) for k, v in record["global_importance"].items()}
+    return None
+
+
+@block
+def check_attributions(step: Step) -> dict:
+    """SHAP ranking of a sample of the interval's served rows against the version's training ranking."""
+    from include.frames import feature_frame
+    from include.prediction_log.reads import served_inputs
+    from include.registry import aliases
+    from include.serving.explain import Explainers
+    from include.tasks.monitor.attribution import attribution_checks, live_importance, sample_frame
+    from include.tasks.monitor.drift import count_window
+
+    name, spec, cfg = step.pipeline, step.spec, step.spec.monitoring.attribution
+    since, until = _interval(step)
+    client = mlflow_client()
+    champion = aliases(client, name).get("champion")
+    if champion is None:
+        return {"since": since, "until": until, "champion": None, "rows": 0, "results": []}
+    rows, training, live = 0, None, None
+    if cfg.enabled:
+        profile, _ = reference(step, client, champion)
+        counts, sample = count_window(served_inputs(None, name, since, until), profile, cfg.sample_rows)
+        rows = counts.rows
+        if rows >= cfg.min_rows:
+            training = _training_importance(client, name, champion)
+        if training:
+            # The service's loader: the skops model checked against its registered digest, and a
+            # seeded background of the version's training rows.
+            loaded = Explainers()._load(name, champion)
+            live = live_importance(
+                loaded.pipeline,
+                feature_frame(loaded.background, spec),
+                sample_frame(sample, spec),
+                list(spec.target.classes or []) or None,
+            )
+    results = attribution_checks(cfg, training, live, rows)
+    _record_results(step, "attribution", results, {"training": training, "live": live, "rows": rows})
+    return {"since": since, "until": until, "champion": champion, "rows": rows, "results": results}
+
+
+@block
+def check_data_quality(step: Step) -> dict:
+    """Null, out-of-range and unseen-category shares of the served inputs, against the training profile."""
+    from include.prediction_log.reads import served_inputs
+    from include.registry import aliases
+    from include.tasks.monitor.quality import count_quality, quality_checks, suite_ranges
+
+    name, spec, cfg = step.pipeline, step.spec, step.spec.monitoring.data_quality
+    since, until = _interval(step)
+    client = mlflow_client()
+    champion = aliases(client, name).get("champion")
+    if champion is None:
+        return {"since": since, "until": until, "champion": None, "rows": 0, "results": []}
+    if not cfg.enabled:
+        results, rows = quality_checks(cfg, None), 0
+    else:
+        profile, _ = reference(step, client, champion)
+        suite = suite_ranges(step.settings.expectations_dir / spec.suite_file)
+        counts = count_quality(served_inputs(None, name, since, until), profile, suite)
+        results, rows = quality_checks(cfg, counts), counts.rows
+    _record_results(step, "data_quality", results, {"rows": rows})
+    return {"since": since, "until": until, "champion": champion, "rows": rows, "results": results}
+
+
+@block
+def judge_interval(
+    step: Step,
+    drift: dict,
+    performance: dict,
+    fairness: dict | None = None,
+    attribution: dict | None = None,
+    data_quality: dict | None = None,
+) -> dict:
     """Record the interval in ``slipway_monitor``; decide alert and retraining under the cool-down."""
     from datetime import datetime
 
@@ -219,11 +403,23 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
     name, cfg = step.pipeline, step.spec.monitoring
     since, until = drift["since"], drift["until"]
     history = earlier(None, name, until)
+    checks = {
+        k: (v or {}).get("results", [])
+        for k, v in (("fairness", fairness), ("attribution", attribution), ("data_quality", data_quality))
+    }
     d = decide(
-        cfg, datetime.fromisoformat(until), drift["rows"], drift["results"], performance["results"], history
+        cfg,
+        datetime.fromisoformat(until),
+        drift["rows"],
+        drift["results"],
+        performance["results"],
+        history,
+        checks,
     )
     ev = {"since": since, "until": until, "champion": drift["champion"], "rows": drift["rows"]}
-    ev |= evidence(drift["results"], performance["results"])
+    ev |= evidence(drift["results"], performance["results"], checks=checks)
+    if fairness and fairness.get("unmatched"):
+        ev["checks"]["fairness"]["unmatched_rows"] = fairness["unmatched"]
     ev["measure"] = (
         f"the check: PSI > {cfg.drift.max_feature_psi:g} per feature (prediction: "
         f"> {cfg.drift.max_prediction_psi:g}), every served row of the interval in the reference's bins"
@@ -259,6 +455,7 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
             "slipway.monitor.status": d.status,
             "slipway.monitor.trigger": d.trigger or "",
             "slipway.monitor.held_by": d.held_by or "",
+            "slipway.monitor.breaches": ",".join(d.breaches),
             "slipway.monitor.evidence": json.dumps(ev, sort_keys=True, default=str)[:5000],
         }
     )
@@ -276,7 +473,7 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
             "%s: %s breach between %s and %s; retraining was already triggered for the interval ending %s "
             "(cool-down %s h): recorded, nothing triggered",
             name,
-            "drift" if d.drift_breach else "performance",
+            "drift" if d.drift_breach else (d.breaches[0] if d.breaches else "performance"),
             since,
             until,
             d.held_by,
@@ -289,6 +486,8 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
         "month": month,
         "sustained": d.sustained,
         "held_by": d.held_by,
+        "breaches": list(d.breaches),
+        "cause": d.trigger,  # what would start a retrain (None when nothing would, or held by the cool-down)
         "evidence": ev,
     }
     # The DAG run's one line: shown as its note in the Airflow UI (the lineage listener copies it).
@@ -298,6 +497,31 @@ def judge_interval(step: Step, drift: dict, performance: dict) -> dict:
 
 def _feature(metric: str) -> str:
     return metric.removeprefix("psi[").removesuffix("]")
+
+
+_LABELS = {"fairness": "live fairness", "attribution": "attribution drift", "data_quality": "data quality"}
+
+
+def _check_lines(judged: dict) -> list[tuple[str, dict]]:
+    """``(check, failed item)`` of each breached check beside drift and performance."""
+    checks = judged["evidence"].get("checks") or {}
+    return [(n, i) for n in judged.get("breaches", []) for i in checks.get(n, {}).get("failed", [])]
+
+
+def _why_not(judged: dict) -> str:
+    """Why a breach did not trigger retraining, in words (the cool-down; nothing to train on; ...)."""
+    ev = judged["evidence"]
+    if judged["held_by"]:
+        return f"held by the cool-down (triggered for the interval ending {utc_minute(judged['held_by'])})"
+    if judged.get("cause"):  # a retrain was due, but nothing to train on
+        return "no batch has landed to train on"
+    if judged.get("breaches"):
+        alert_only = ", ".join(_LABELS[n] for n in judged["breaches"])
+        tail = "; the performance drop is not sustained yet" if ev.get("performance") else ""
+        return f"{alert_only} set to trigger: alert (monitoring.<check>.trigger){tail}"
+    if ev.get("performance") and not ev.get("drifted"):
+        return "the performance drop is not sustained yet"
+    return "no batch has landed to train on"
 
 
 def outcome_line(judged: dict) -> str:
@@ -316,6 +540,12 @@ def outcome_line(judged: dict) -> str:
         what.append(
             ", ".join(f"{i['metric']} {i['value']:.3f} < {i['threshold']}" for i in ev["performance"])
         )
+    for name in judged.get("breaches", []):
+        failed = (ev.get("checks") or {}).get(name, {}).get("failed", [])
+        what.append(
+            f"{_LABELS[name]}: "
+            + ", ".join(f"{i['metric']} {i['value']:.3f} {_outside(i)} {i['threshold']}" for i in failed[:3])
+        )
     if judged["trigger"]:
         action = f"retraining triggered on {judged['month']}"
     elif judged["held_by"]:
@@ -323,11 +553,15 @@ def outcome_line(judged: dict) -> str:
             "retraining held back by the cool-down (already triggered for the interval ending "
             f"{utc_minute(judged['held_by'])})"
         )
-    elif ev.get("performance") and not ev.get("drifted"):
-        action = "retraining not triggered: the drop is not sustained yet"
     else:
-        action = "retraining not triggered: no batch has landed to train on"
+        why = _why_not(judged)
+        action = f"retraining not triggered: {'the drop is not sustained yet' if why.startswith('the performance') else why}"
     return f"BREACH on {ev['rows']} rows of version {ev['champion']}: {'; '.join(what)}. {action}"
+
+
+def _outside(item: dict) -> str:
+    """The side of the bound a failed value is on (``>`` a ceiling, ``<`` a floor)."""
+    return "<" if item.get("comparison") == ">=" else ">"
 
 
 def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
@@ -340,21 +574,22 @@ def alert_text(pipeline: str, judged: dict) -> tuple[str, str]:
         what.append(f"- live performance: {item['metric']} = {item['value']} (floor {item['threshold']})")
     if ev.get("drifted_count", 0) > len(ev.get("drifted", [])):
         what.append(f"- {ev['drifted_count']} drifted checks in all")
+    for name, item in _check_lines(judged):
+        bound = "floor" if item.get("comparison") == ">=" else "limit"
+        what.append(f"- {_LABELS[name]}: {item['metric']} = {item['value']} ({bound} {item['threshold']})")
+    unmatched = ((ev.get("checks") or {}).get("fairness") or {}).get("unmatched_rows")
+    if "fairness" in judged.get("breaches", []) and unmatched:
+        what.append(
+            f"- live fairness: {unmatched} labelled rows had no matching entity in the lake (left out)"
+        )
     action = (
         f"Retraining was triggered (month {judged['month']})."
         if judged["trigger"]
-        else "Retraining was not triggered: "
-        + (
-            f"held by the cool-down (triggered for the interval ending {utc_minute(judged['held_by'])})."
-            if judged["held_by"]
-            else "the performance drop is not sustained yet."
-            if ev.get("performance") and not ev.get("drifted")
-            else "no batch has landed to train on."
-        )
+        else f"Retraining was not triggered: {_why_not(judged)}."
     )
-    subject = (
-        f"[slipway] {pipeline}: {'drift' if ev.get('drifted') else 'performance drop'} in served traffic"
-    )
+    kinds = ["drift"] if ev.get("drifted") else ["performance drop"] if ev.get("performance") else []
+    kinds += [_LABELS[n] for n in judged.get("breaches", [])]
+    subject = f"[slipway] {pipeline}: {' and '.join(kinds)} in served traffic"
     body = "\n".join(
         [
             f"{pipeline}, champion version {ev['champion']}, {ev['rows']} served rows "

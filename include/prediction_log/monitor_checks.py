@@ -121,5 +121,13 @@ def latest_summary(db_url: str | None, pipelines: list[str]) -> dict[str, dict]:
                 "drift_breach": int(check.drift_breach),
                 "performance_breach": int(check.performance_breach),
                 "drifted_checks": check.evidence.get("drifted_count", 0),
+                # The checks beside drift and performance record their state in the evidence; an
+                # interval recorded before they existed (or without them) counts as no breach.
+                **{
+                    f"{c}_breach": int(
+                        (check.evidence.get("checks") or {}).get(c, {}).get("status") == BREACH
+                    )
+                    for c in ("fairness", "attribution", "data_quality")
+                },
             }
     return out

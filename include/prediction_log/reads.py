@@ -174,6 +174,26 @@ def labelled_scores(
         return cur.fetchall()
 
 
+def keyed_labelled_scores(
+    db_url: str | None, pipeline: str, version: int, since: str, until: str
+) -> list[tuple[float, float, float, str | None]]:
+    """``(probability, label, decision, entity_key)`` of the rows ``version`` answered in
+    ``[since, until)`` that have a label: :func:`labelled_scores` with the (hashed) entity key the
+    live fairness check joins to the lake's sensitive attributes."""
+    db = database(db_url)
+    p = db.param
+    with db.reading() as conn:
+        cur = conn.cursor()
+        cur.execute(
+            f"SELECT pr.probability, f.label, pr.decision, pr.entity_key FROM {ANSWERED} pr "
+            "JOIN slipway_feedback f ON f.request_id = pr.request_id "
+            f"WHERE pr.pipeline = {p} AND pr.model_version = {p} "
+            f"AND pr.created_at >= {p} AND pr.created_at < {p}",
+            (pipeline, version, since, until),
+        )
+        return cur.fetchall()
+
+
 # ------------------------------------------------------------------------------ training and retirement
 def labelled_predictions(db_url: str | None, pipeline: str, cutoff: str) -> list[tuple]:
     """``(request_id, entity_key, inputs JSON, created_at, label, the label's key id)`` of the answered,

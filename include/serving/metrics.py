@@ -66,6 +66,9 @@ MONITOR = {
         "drift_breach": "1 when that interval's traffic drifted from the champion's reference",
         "performance_breach": "1 when live performance or the business KPI was below its floor",
         "drifted_checks": "Features (and the score) whose PSI exceeded the bound in that interval",
+        "fairness_breach": "1 when a live fairness gap (labelled window, per sensitive attribute) was out of bounds",
+        "attribution_breach": "1 when the served rows' SHAP ranking fell below its rank correlation with training",
+        "data_quality_breach": "1 when a served feature's null, out-of-range or unseen-category share was over bound",
     }.items()
 }
 

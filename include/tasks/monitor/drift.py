@@ -54,10 +54,19 @@ class FeatureBins:
     shares: list[float]
     edges: list[float] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
+    # numeric: the reference's smallest and largest value (the data-quality check's fallback range
+    # when the suite gives none); None in profiles built before they were recorded.
+    low: float | None = None
+    high: float | None = None
 
     @property
     def size(self) -> int:
         return len(self.edges) + 2 if self.kind == "numeric" else len(self.categories) + 2
+
+    @property
+    def missing_share(self) -> float:
+        """The reference's share of missing values (the last bin)."""
+        return float(self.shares[-1]) if self.shares else 0.0
 
     def bin_of(self, values: list) -> np.ndarray:
         if self.kind == "numeric":
@@ -77,6 +86,8 @@ class FeatureBins:
         if kind == "numeric":
             floats = np.array([np.nan if v is None else v for v in values], dtype=float)
             bins = cls(name, kind, [], edges=[float(e) for e in numeric_edges(floats)])
+            if np.isfinite(floats).any():
+                bins.low, bins.high = float(np.nanmin(floats)), float(np.nanmax(floats))
         else:
             keys = sorted({category_key(v) for v in values} - {MISSING})
             bins = cls(name, kind, [], categories=keys)

@@ -21,17 +21,20 @@ class Labelled:
     since: str
     until: str
     decision: np.ndarray | None = None  # 0/1, the class index, or the amount decided
+    entity_key: list[str | None] | None = None  # hashed entity key per row (None: the row had none)
 
 
 def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, until: str) -> Labelled:
-    """The rows ``version`` served in ``[since, until)`` that have a feedback label."""
-    rows = reads.labelled_scores(db_url, pipeline, version, since, until)
+    """The rows ``version`` served in ``[since, until)`` that have a feedback label, with their
+    entity keys (the live fairness check joins them to the sensitive attributes)."""
+    rows = reads.keyed_labelled_scores(db_url, pipeline, version, since, until)
     return Labelled(
         np.array([r[0] for r in rows], dtype=float),
         np.array([r[1] for r in rows], dtype=float),
         since,
         until,
         np.array([r[2] for r in rows], dtype=float),
+        [r[3] for r in rows],
     )
 
 
