@@ -12,6 +12,11 @@ logged predictions stay queryable (`slipway lineage <pipeline>/<version>`, `slip
 
 Never retired: `champion`, `previous`, `challenger`, `candidate`, and a version whose rollout is
 under way. The task log lists each version with why it was retired or kept.
+
+Beside it, `purge_expired` applies the spec's `retention` periods: prediction-log rows and feedback
+labels older than theirs are deleted (through the log's own functions on PostgreSQL), and scored
+months older than `scores_days` leave the lake (delivered tables are not touched). Its counts are on
+its MLflow run and in its task log; a period left empty keeps everything.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def retire_dag(spec: PipelineSpec) -> DAG:
         doc_md=f"### {name}: retirement\n\n{spec.description}\n" + __doc__,
     ) as dag:
         b.retire_versions(name)()
+        b.purge_expired(name)()
     return dag
 
 

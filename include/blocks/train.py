@@ -122,6 +122,7 @@ def curate_feedback(step: Step, ingested: dict) -> dict:
 @block
 def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -> dict:
     """Snapshot = every batch up to the interval plus the feedback batch, added to DVC and pushed; its md5 is the data version."""
+    from include.prediction_log.retention import forgotten_keys
     from include.tasks.train.data_version import build_snapshot
     from include.tasks.train.data_version import version_snapshot as dvc_version
     from include.tasks.train.feedback import cutoff_token
@@ -133,7 +134,9 @@ def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -
     if feedback and feedback_uri:  # runs of one month with different feedback never share a key
         folder = join(folder, f"until={cutoff_token(feedback['cutoff'])}")
     snap_uri = join(folder, "snapshot.parquet")
-    snap = build_snapshot(ingested["batch_uris"], snap_uri, feedback_uri, step.spec.entity_column)
+    # Entities erased with `slipway forget` never enter a snapshot again (their keyed hashes are in the log).
+    forgotten = forgotten_keys(None, step.pipeline) if step.spec.entity_column else frozenset()
+    snap = build_snapshot(ingested["batch_uris"], snap_uri, feedback_uri, step.spec.entity_column, forgotten)
     ver = dvc_version(snap_uri, step.pipeline, s.dvc_workdir, s.dvc_remote_uri, s.s3_endpoint_url)
     step.mlflow.log_params(
         {
@@ -143,12 +146,15 @@ def version_snapshot(step: Step, ingested: dict, feedback: dict | None = None) -
             "feedback_superseded": snap["superseded"],
         }
     )
+    step.mlflow.log_metric("snapshot.forgotten_rows", snap["forgotten_rows"])
     step.mlflow.set_tag("slipway.data_version", ver["data_version"])
     log.info(
-        "snapshot of %d rows (%d from feedback, replacing %d landed) is data version %s (DVC: %s)",
+        "snapshot of %d rows (%d from feedback, replacing %d landed; %d of forgotten entities left out) is "
+        "data version %s (DVC: %s)",
         snap["rows"],
         snap["feedback_rows"],
         snap["superseded"],
+        snap["forgotten_rows"],
         ver["data_version"],
         ver["dvc_uri"],
     )

@@ -101,6 +101,65 @@ def _scored_lineage(args) -> None:
     print_lineage(rec)
 
 
+def cmd_forget(args) -> None:
+    """``slipway forget PIPELINE ENTITY``: erase one entity from the log, the lake's scores and the
+    delivery tables, and keep it out of every future training snapshot. Prints counts, never the id."""
+    from include.prediction_log.retention import forget
+    from include.settings import get_settings, pii_key
+    from include.spec import discover, load_pipeline, spec_path
+    from include.tasks.retire.erasure import erase_delivered, erase_scored
+    from include.tasks.score.population import entity_hasher
+
+    entity = args.entity
+    if not entity or not entity.strip():
+        raise SystemExit(
+            "slipway forget: the entity id is empty; give it as the population and the service's requests "
+            "hold it, e.g. slipway forget telco_churn CUST-00042 (nothing was changed)"
+        )
+    if not spec_path(args.pipeline).is_file():
+        known = ", ".join(sorted(s.name for s in discover()[0])) or "none"
+        raise SystemExit(
+            f"slipway forget: no pipeline {args.pipeline!r} (no spec at {spec_path(args.pipeline)}); the "
+            f"pipelines are: {known}. Check the name (nothing was changed)"
+        )
+    spec = load_pipeline(args.pipeline)
+    if spec.entity_column is None:
+        raise SystemExit(
+            f"slipway forget: {spec.name} hashes no identifier (identifiers: <column>: hash in its spec), so "
+            "none of its rows carries an entity key to forget (nothing was changed)"
+        )
+    use_airflow_env()  # Airflow's environment, as `slipway run`: the delivery tables' connections
+    settings = get_settings()
+    hashed = entity_hasher(pii_key(settings))(entity)
+    # The log first: it records the keyed hash that keeps the entity out of future snapshots, so a
+    # failure further on leaves it forgotten there, and a re-run (harmless) finishes the rest.
+    log_counts = forget(None, spec.name, hashed)
+    lake = erase_scored(settings.lake_uri, spec.name, hashed)
+    delivered: dict[str, int] = {}
+    for target in spec.scoring.deliver:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        conn = PostgresHook(postgres_conn_id=target.connection).get_conn()
+        try:
+            delivered[target.table] = erase_delivered(conn, target.table, hashed)
+        finally:
+            conn.close()
+    print(f"forgot an entity of {spec.name} (keyed hash {hashed[:12]}…):")
+    print(
+        f"  prediction log: {log_counts['predictions']} served row(s), {log_counts['batch_predictions']} "
+        f"batch-scored row(s), {log_counts['failures']} failure(s), {log_counts['feedback']} label(s) deleted"
+    )
+    print(
+        f"  lake scores: {lake['rows']} row(s) erased from {lake['files']} file(s) under {settings.lake_uri}"
+    )
+    for table, n in delivered.items():
+        print(f"  delivery table {table}: {n} row(s) deleted")
+    print(
+        "  future training snapshots leave it out (its keyed hash is kept in slipway_forgotten); past "
+        "snapshots, landed batches and MLflow artifacts keep it (see docs/operating.md)"
+    )
+
+
 def cmd_lineage(args) -> None:
     if args.scored:
         if args.ref or args.request:
@@ -300,6 +359,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser(
+        "forget",
+        help="erase one entity (by its id, hashed here) from the prediction log, the lake's scores and the "
+        "delivery tables, and keep it out of future training snapshots",
+    )
+    p.add_argument("pipeline")
+    p.add_argument("entity", help="the entity id as the population and the requests hold it (never printed)")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("history", help="which version was champion when, and why it changed")
     p.add_argument("pipeline")

@@ -80,6 +80,7 @@ def test_every_dag_is_well_formed(bag):
                 "send",
                 "trigger",
                 "retire",
+                "purge",
             }, f"{dag_id}.{t.task_id}: task ids start with a verb"
 
 
@@ -297,6 +298,7 @@ def test_monitor_dag_shape_and_training_on_cron_or_drift(bag):
 
 def test_retire_dag_shape(bag):
     dag = bag.dags["telco_churn__retire"]
-    assert [t.task_id for t in dag.tasks] == ["retire_versions"]
+    assert sorted(t.task_id for t in dag.tasks) == ["purge_expired", "retire_versions"]
+    assert "retention" in dag.doc_md and "purge_expired" in dag.doc_md
     assert dag.timetable.expression == "0 0 * * *" and not dag.catchup and dag.max_active_runs == 1
     assert "Never retired" in dag.doc_md

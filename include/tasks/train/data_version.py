@@ -38,14 +38,19 @@ class VersioningError(RuntimeError):
 
 
 def build_snapshot(
-    batch_uris: list[str], snapshot_uri: str, feedback_uri: str | None = None, entity: str | None = None
+    batch_uris: list[str],
+    snapshot_uri: str,
+    feedback_uri: str | None = None,
+    entity: str | None = None,
+    forgotten: frozenset[str] | set[str] = frozenset(),
 ) -> dict:
     """Concatenate the Parquet batches (in the given order) into one Parquet object at ``snapshot_uri``.
 
     With a feedback batch (:mod:`include.tasks.train.feedback`), each of its rows replaces the rows of the
     same ``entity`` in the batches and the feedback rows come last. The bytes depend only on the
     inputs' contents and order, so a re-run writes an identical object and DVC sees the same md5.
-    Returns ``{"snapshot_uri", "rows", "sha256", "superseded", "feedback_rows"}``.
+    Rows of a ``forgotten`` entity (its keyed hash in ``entity``; see ``slipway forget``) are left out.
+    Returns ``{"snapshot_uri", "rows", "sha256", "superseded", "feedback_rows", "forgotten_rows"}``.
     """
     if not batch_uris:
         raise ValueError(
@@ -65,11 +70,24 @@ def build_snapshot(
                 f"build_snapshot: batch {uri} does not exist; re-run the task that lands it "
                 "or drop it from the batch list"
             ) from exc
+    forgotten_rows = 0
+    if forgotten:
+        if not entity:
+            raise ValueError(
+                f"build_snapshot({snapshot_uri}): leaving forgotten entities out needs the entity column"
+            )
+        kept = [f[~f[entity].isin(forgotten)] for f in frames]
+        forgotten_rows = sum(len(f) for f in frames) - sum(len(f) for f in kept)
+        frames = kept
     superseded = feedback_rows = 0
     if feedback_uri:
         if not entity:
             raise ValueError(f"build_snapshot({snapshot_uri}): a feedback batch needs the entity column")
         feedback = pd.read_parquet(io.BytesIO(storage.read_bytes(feedback_uri)), engine="pyarrow")
+        if forgotten:
+            before = len(feedback)
+            feedback = feedback[~feedback[entity].isin(forgotten)]
+            forgotten_rows += before - len(feedback)
         keys = set(feedback[entity])
         kept = [f[~f[entity].isin(keys)] for f in frames]
         superseded = sum(len(f) for f in frames) - sum(len(f) for f in kept)
@@ -101,6 +119,7 @@ def build_snapshot(
         "sha256": hashlib.sha256(data).hexdigest(),
         "superseded": superseded,
         "feedback_rows": feedback_rows,
+        "forgotten_rows": forgotten_rows,
     }
 
 
