@@ -12,14 +12,27 @@ served in its data interval, as the prediction log recorded it:
 2. `check_performance`: live ROC AUC and business value per 1,000 predictions from feedback labels,
    on predictions old enough for their labels to have arrived (`performance.label_delay_hours`),
    against the version's test results.
-3. `judge_interval`: records the interval (table `slipway_monitor` in the prediction log's
-   database; the service exports it to Prometheus) and decides: a **drift** breach, or a
-   performance drop over `performance.sustained_checks` consecutive checks, triggers retraining
-   unless it was already triggered within `cooldown_hours` (one episode, one retrain).
-4. `send_alert`: through the Airflow connection `monitoring.alert_connection` (type http: a JSON
+3. `check_fairness`: **bias drift**. The labelled rows of the same window, joined by hashed entity
+   key to the sensitive attributes in the lake's landed batches, get the training fairness gate's
+   fairlearn gaps per attribute (by task), against the gate's bounds (or the training gap plus
+   `fairness.margin`). Rows with no matching entity are counted and reported.
+4. `check_attributions`: a sample of the interval's served rows explained with the training
+   gate's SHAP explainer; its ranking of the inputs against the training ranking (Spearman over
+   the top `attribution.top_k`); below `attribution.min_rank_correlation` breaches.
+5. `check_data_quality`: per feature, the null rate (vs training plus a tolerance), the share of
+   numeric values outside the expectation suite's (or training) range, and of categories the
+   training rows never had.
+   Each of 3-5 reports **not judged** with the reason when there is nothing to check (disabled, no
+   sensitive attributes, too few rows, no training ranking on record): never a pass.
+6. `judge_interval`: records the interval (table `slipway_monitor` in the prediction log's
+   database; the service exports it to Prometheus) and decides: a **drift** breach, a breach of a
+   check set to `trigger: retrain`, or a performance drop over `performance.sustained_checks`
+   consecutive checks, triggers retraining unless it was already triggered within
+   `cooldown_hours` (one episode, one retrain). Any breach alerts (the alert names it).
+7. `send_alert`: through the Airflow connection `monitoring.alert_connection` (type http: a JSON
    POST to a webhook; type smtp: an e-mail to the extra's `to`). Without that connection the alert
    is a **warning in this task's log**, never dropped. Skipped when there is nothing to say.
-5. `trigger_retraining`: emits the asset `<pipeline>__drift` with the evidence (cause, window,
+8. `trigger_retraining`: emits the asset `<pipeline>__drift` with the evidence (cause, window,
    drifted features, the newest landed month); `<pipeline>__train` runs on it besides its cron,
    and its MLflow record and `slipway lineage` show the cause. Skipped unless triggered.
 
@@ -28,8 +41,8 @@ N minutes now, trigger the DAG with **minutes** in the trigger form.
 
 **Operating it**: a red task is an outage of the check (prediction log or MLflow unreachable), not
 a drift; it is retried. Drift shows as a success with `send_alert` and `trigger_retraining` run.
-Read the evidence in the `judge_interval` log, the MLflow run (tags `slipway.monitor.*`) or the
-Evidently report.
+Read the evidence in the `judge_interval` log, the MLflow run (tags `slipway.monitor.*`; each
+check's `monitor/<check>.json`) or the Evidently report.
 """
 
 from __future__ import annotations

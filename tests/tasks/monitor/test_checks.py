@@ -366,7 +366,8 @@ def _breach(name: str) -> dict[str, list[dict]]:
 def test_a_breach_alerts_and_retrains_only_with_trigger_retrain(cfg, name):
     from include.tasks.monitor.decision import decide
 
-    alert = decide(cfg, T0, 1000, _CLEAN, _NO_PERF, [], _breach(name))
+    alert_cfg = cfg.model_copy(update={name: getattr(cfg, name).model_copy(update={"trigger": "alert"})})
+    alert = decide(alert_cfg, T0, 1000, _CLEAN, _NO_PERF, [], _breach(name))
     assert (alert.status, alert.alert, alert.trigger, alert.breaches) == ("breach", True, None, (name,))
     retrain_cfg = cfg.model_copy(update={name: getattr(cfg, name).model_copy(update={"trigger": "retrain"})})
     retrain = decide(retrain_cfg, T0, 1000, _CLEAN, _NO_PERF, [], _breach(name))
