@@ -12,9 +12,10 @@ help:
 	@echo "                live traffic, approve, promote; a drift episode retrains and rolls out a new model by itself"
 	@echo "make test       install what is missing, lint, run the whole test suite"
 	@echo "make test-unit  the tests that need no started stack (no Airflow scheduler, no trained service), in minutes"
-	@echo "make lint       ruff check, ruff format --check, mypy on include/, the docs built with their links checked"
+	@echo "make lint       ruff check, ruff format --check, mypy on include/, the docs built with their links checked,"
+	@echo "                the alerting rules checked and tested (promtool)"
 	@echo "make docs       build the documentation (MkDocs) into site/"
-	@echo "make up         the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus), in the background"
+	@echo "make up         the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus, Alertmanager), in the background"
 	@echo "make down       stop what make up started"
 	@echo "make up-embedded  Airflow (UI on :8080) + MLflow UI (:5000) on the embedded SQLite stack, in the foreground"
 	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently, batch scoring"
@@ -41,22 +42,27 @@ lint: install
 	$(BIN)/mypy include
 	d=$$(mktemp -d) && $(BIN)/mkdocs build --strict --quiet --site-dir "$$d"; s=$$?; rm -rf "$$d"; exit $$s
 	$(BIN)/python docs/check_links.py
+	@if command -v promtool >/dev/null; then promtool check rules include/deploy/prometheus/rules.yml \
+	  && (cd include/deploy/prometheus && promtool test rules rules.test.yml); \
+	else echo "[slipway] promtool not installed (make system-deps): alerting rules not checked here; make test checks them"; fi
 
 docs: install
 	$(BIN)/mkdocs build --strict
 
 # Two workers: the live Airflow stack's tests mostly wait on the scheduler, so the other tests run
 # beside them; each worker takes whole groups (see tests/conftest.py).
-# Debian packages the suite uses: chromium (the Airflow UI under Playwright) and prometheus (make up's
-# scraper). Installed when missing, as root or with sudo.
+# Debian packages the suite uses: chromium (the Airflow UI under Playwright), prometheus (make up's
+# scraper and rule evaluator, with promtool) and prometheus-alertmanager (the alerts' router, with
+# amtool). Installed when missing, as root or with sudo.
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	if [ -n "$$missing" ]; then S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  echo "[slipway] installing$$missing (apt)"; \
 	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends $$missing; fi
 
-test: lint system-deps
+test: system-deps lint
 	$(BIN)/python -m pytest -n 2
 
 # No started stack: leaves out the live Airflow stack's tests, the trained registry and service's,
@@ -65,7 +71,7 @@ test-unit: install
 	$(BIN)/python -m pytest -n 2 -m "not e2e and not live and not service"
 
 up: install
-	@command -v prometheus >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends prometheus; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
+	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager; } || echo "[slipway] prometheus could not be installed: the stack starts without it"
 	$(BIN)/python -m include.deploy.production up
 
 down: install

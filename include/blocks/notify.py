@@ -176,6 +176,7 @@ class PipelineNotifier(BaseNotifier):
         from include.spec import load_pipeline
 
         subject, body, payload = message(self.pipeline, self.event, context)
+        _record(self.pipeline, self.event, payload)
         conn_id = load_pipeline(self.pipeline).monitoring.alert_connection
         try:
             channel = deliver(conn_id, subject, body, payload, context)
@@ -192,3 +193,15 @@ class PipelineNotifier(BaseNotifier):
             )
             return
         log.info("%s notification sent through %s: %s", self.event, channel, subject)
+
+
+def _record(pipeline: str, event: str, payload: dict) -> None:
+    """The event in ``slipway_events``, which Prometheus's alerting rules read through the service; a
+    database that cannot take it is a warning: the message still goes out."""
+    from include.prediction_log import events
+
+    detail = str(payload.get("reason") or payload.get("outcome") or payload.get("version") or "")
+    try:
+        events.record(None, pipeline, event, payload["dag_id"], payload["run_id"], detail)
+    except Exception as exc:  # noqa: BLE001 - the notification still goes out
+        log.warning("the %s event was not recorded for Prometheus: %s", event, str(exc).splitlines()[0][:300])

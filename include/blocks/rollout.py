@@ -490,6 +490,7 @@ def conclude_rollout(step: Step) -> dict:
 
     context, pipeline = step.context, step.pipeline
     ti = context["ti"]
+    _approval_closed(context)
     selected = ti.xcom_pull(task_ids="select_candidate")
     skipped = ti.xcom_pull(task_ids="select_candidate", key="skipped")
     if not selected and skipped:
@@ -523,6 +524,8 @@ def conclude_rollout(step: Step) -> dict:
         "" if event else " (already rolled back)",
     )
     step.set_outcome(f"version {selected['version']} not promoted, rolled back: {reason}")
+    if event:
+        _rolled_back(context, pipeline, f"version {selected['version']}: {reason}")
     if failed:
         raise GateFailed(f"version {selected['version']} not promoted: {reason}", [])
     return {"outcome": "rejected", "version": selected["version"], "reason": reason}
@@ -563,3 +566,29 @@ def restore_previous_champion(step: Step) -> dict:
         "previous": event.get("from_version"),
     }
     return {"event": event, "served": served}
+
+
+def _approval_closed(context: Any) -> None:
+    """The run's approval no longer waits (answered, timed out, or never asked): Prometheus's
+    approval-waiting alert reads ``slipway_events``."""
+    from include.prediction_log import events
+
+    run = context.get("dag_run")
+    if run is None:
+        return
+    try:
+        events.close_approval(None, run.dag_id, run.run_id)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping for the alert must not fail the rollout
+        log.warning("could not close the approval's event: %s", str(exc).splitlines()[0][:300])
+
+
+def _rolled_back(context: Any, pipeline: str, detail: str) -> None:
+    from include.prediction_log import events
+
+    run = context.get("dag_run")
+    if run is None:
+        return
+    try:
+        events.record(None, pipeline, events.ROLLBACK, run.dag_id, run.run_id, detail)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping for the alert must not fail the rollout
+        log.warning("the rollback was not recorded for Prometheus: %s", str(exc).splitlines()[0][:300])

@@ -16,7 +16,10 @@ airflow-apiserver           UI and REST API, login required (users admin, operat
                             approver, viewer)
 airflow-scheduler, -dag-processor, -triggerer, -worker (``airflow celery worker``)
 serving                     ``slipway serve``: prediction log on PostgreSQL               8000
-prometheus                  scrapes the service's ``/metrics`` with its metrics key       9090
+prometheus                  scrapes the service's ``/metrics`` with its metrics key;      9090
+                            evaluates ``include/deploy/prometheus/rules.yml``
+alertmanager                Debian's ``prometheus-alertmanager``: each pipeline's alerts  9093
+                            to its alert connection's webhook (:mod:`include.deploy.alerting`)
 ==========================  ===========================================================  ======
 
 Least privilege, as in compose: each component logs in as itself. PostgreSQL: a role per component
@@ -62,6 +65,8 @@ from include.deploy.private import write_private
 from include.settings import PROJECT_ROOT
 
 BUCKETS = ("landing", "lake", "dvc", "mlflow")
+# The alerting rules Prometheus evaluates, here and in compose
+RULES = PROJECT_ROOT / "include" / "deploy" / "prometheus" / "rules.yml"
 SECRET_NAMES = (
     "AIRFLOW_ADMIN_PASSWORD",
     "AIRFLOW_OPERATOR_PASSWORD",
@@ -168,6 +173,7 @@ def topology() -> Topology:
         "s3": int(env.get("SLIPWAY_S3_PORT", "9000")),
         "serving": int(env.get("SLIPWAY_SERVING_PORT", "8000")),
         "prometheus": int(env.get("SLIPWAY_PROMETHEUS_PORT", "9090")),
+        "alertmanager": int(env.get("SLIPWAY_ALERTMANAGER_PORT", "9093")),
     }
     prefix = env.get("SLIPWAY_STACK_DB_PREFIX", "slipway_stack")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", prefix):
@@ -388,6 +394,23 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
                 f"{topo.url('prometheus')}/-/ready",
             )
         )
+    alertmanager = alertmanager_binary()
+    if prometheus and alertmanager:
+        out.append(
+            Service(
+                "alertmanager",
+                [
+                    alertmanager,
+                    f"--config.file={topo.folder / 'alertmanager.yml'}",
+                    f"--storage.path={topo.folder / 'alertmanager'}",
+                    f"--web.listen-address=127.0.0.1:{topo.ports['alertmanager']}",
+                    # One instance: no gossip port to open (it would listen on every interface)
+                    "--cluster.listen-address=",
+                ],
+                topo.ports["alertmanager"],
+                f"{topo.url('alertmanager')}/-/ready",
+            )
+        )
     return out
 
 
@@ -411,16 +434,34 @@ def prometheus_binary() -> str | None:
     return which("prometheus")
 
 
-def prometheus_config(topo: Topology) -> str:
-    """Scrape the service's /metrics with its metrics key (read from a 0600 file, not the config)."""
+def alertmanager_binary() -> str | None:
+    from shutil import which
+
+    return which("prometheus-alertmanager") or which("alertmanager")
+
+
+def prometheus_config(topo: Topology, scrape_interval: str = "15s") -> str:
+    """Scrape the service's /metrics with its metrics key (read from a 0600 file, not the config),
+    evaluate the alerting rules, send what fires to the stack's Alertmanager."""
     return (
-        "global:\n  scrape_interval: 15s\n"
+        f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: {scrape_interval}\n"
+        f"rule_files:\n  - {RULES}\n"
+        "alerting:\n  alertmanagers:\n    - static_configs:\n"
+        f"        - targets: ['127.0.0.1:{topo.ports['alertmanager']}']\n"
         "scrape_configs:\n"
         "  - job_name: slipway-serving\n"
         "    authorization:\n"
         f"      credentials_file: {topo.folder / 'metrics.key'}\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{topo.ports['serving']}']\n"
     )
+
+
+def alertmanager_config() -> str:
+    """Each pipeline's alerts to its alert connection's webhook (:mod:`include.deploy.alerting`)."""
+    from include.deploy.alerting import config, pipeline_connections, webhook_url
+
+    connections = pipeline_connections()
+    return config(connections, {c: webhook_url(c) for c in set(connections.values())})
 
 
 # --------------------------------------------------------------------------------------- preparing
@@ -519,7 +560,7 @@ def prepare(topo: Topology) -> dict[str, str]:
     if busy:
         problems.append(
             f"ports in use on 127.0.0.1: {', '.join(busy)}; stop what listens there (make down?) or set "
-            "SLIPWAY_<AIRFLOW|MLFLOW|S3|SERVING|PROMETHEUS>_PORT"
+            "SLIPWAY_<AIRFLOW|MLFLOW|S3|SERVING|PROMETHEUS|ALERTMANAGER>_PORT"
         )
     if problems:
         raise SystemExit("cannot start the stack:\n  - " + "\n  - ".join(problems))
@@ -536,6 +577,7 @@ def prepare(topo: Topology) -> dict[str, str]:
     write_passwords(str(airflow_home / "passwords.json"), passwords_from(secret, list(users(AIRFLOW_USERS))))
     write_private(topo.folder / "metrics.key", secret["SLIPWAY_SERVING_METRICS_KEY"])
     (topo.folder / "prometheus.yml").write_text(prometheus_config(topo))
+    write_private(topo.folder / "alertmanager.yml", alertmanager_config())
     from include.deploy.mlflow_auth_config import write_config
 
     write_config(
@@ -721,9 +763,21 @@ def up(timeout: float = 600) -> None:
     _say(f"MLflow       {topo.url('mlflow')}  user admin, password MLFLOW_ADMIN_PASSWORD (same file)")
     _say(f"service      {topo.url('serving')}  admin key SLIPWAY_SERVING_ADMIN_KEY (same file)")
     if prometheus_binary():
-        _say(f"Prometheus   {topo.url('prometheus')}")
+        _say(f"Prometheus   {topo.url('prometheus')}  alerting rules {RULES.relative_to(PROJECT_ROOT)}")
     else:
         _say("Prometheus   not installed here (apt-get install prometheus); the compose stack has it")
+    if prometheus_binary() and alertmanager_binary():
+        from include.deploy.alerting import pipeline_connections, routes_summary, webhook_url
+
+        connections = pipeline_connections()
+        urls = {c: webhook_url(c) for c in set(connections.values())}
+        _say(f"Alertmanager {topo.url('alertmanager')}")
+        for line in routes_summary(connections, urls):
+            _say(f"             {line}")
+    else:
+        _say(
+            "Alertmanager not installed here (apt-get install prometheus-alertmanager); the compose stack has it"
+        )
     _say(f"S3 (moto)    {topo.url('s3')}  buckets {', '.join(BUCKETS)}")
     _say(
         'shell: eval "$(python -m include.deploy.production env)" to point slipway and the AWS/MLflow CLIs at it'

@@ -19,11 +19,12 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 from include.database import Database, database
@@ -208,6 +209,9 @@ class PredictionLog:
         self.commits = 0
         self.commit_failures = 0
         self.overloaded = 0
+        # Seconds each successful commit took, newest last; the service's /metrics drains it into a
+        # histogram (bounded: without scrapes the oldest are dropped).
+        self.commit_seconds: deque[float] = deque(maxlen=4096)
         if self._db.dialect == "sqlite":
             import sqlite3
 
@@ -502,6 +506,7 @@ class PredictionLog:
         self._drop_writer("_conn", "_lock_fd")
 
     def _commit(self, batch: list[_Pending], on_loop: bool = False) -> None:
+        started = perf_counter()
         try:
             self._insert(
                 [p for item in batch for p in item.params],
@@ -519,6 +524,7 @@ class PredictionLog:
             else:
                 self._failed(batch, exc)
             return
+        self.commit_seconds.append(perf_counter() - started)
         self._succeeded(batch)
 
     def _commit_one_by_one(self, batch: list[_Pending], on_loop: bool) -> None:

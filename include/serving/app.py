@@ -19,6 +19,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from datetime import UTC, datetime, timedelta
 
 from include.prediction_log.errors import LogUnavailable
@@ -146,7 +147,8 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-async def ready(service: Service, request: Request) -> Response:
+def readiness(service: Service) -> tuple[str, list[str], dict[str, dict]]:
+    """(status: ready | degraded | unavailable, the problems, what each pipeline serves)."""
     problems, pipelines = [], {}
     for p in service.schemas:
         st = service.registry.state(p)
@@ -164,6 +166,12 @@ async def ready(service: Service, request: Request) -> Response:
         problems.append(f"prediction log: {reason}")
     serving = all(v["champion"] is not None for v in pipelines.values()) and ok
     status = "ready" if serving and not problems else ("degraded" if serving else "unavailable")
+    return status, problems, pipelines
+
+
+async def ready(service: Service, request: Request) -> Response:
+    status, problems, pipelines = readiness(service)
+    serving = status != "unavailable"
     # A load balancer needs the status and its code; versions, traffic and the reasons are for
     # operators (the metrics or admin key), not for anyone who can reach the port.
     if not await service.operator(request):
@@ -176,16 +184,37 @@ async def metrics(service: Service, request: Request) -> Response:
     _, denied = await service.authorise(request, "metrics", None)
     if denied:
         return denied
-    m.QUEUE_DEPTH.set(service.log.queue_depth)
     m.sync_counters(service)
-    try:
-        await asyncio.get_running_loop().run_in_executor(
-            None, m.sync_monitor, service.config.db_url, service.config.pipelines
-        )
-    except Exception as exc:  # the scrape still answers with the service's own metrics
-        log.warning("monitor gauges not refreshed: %s", str(exc).splitlines()[0][:200])
+    _, _, pipelines = readiness(service)
+    m.sync_state(
+        service,
+        {p: v["champion"] is not None and not v["problems"] for p, v in pipelines.items()},
+        time.time(),
+    )
+    loop = asyncio.get_running_loop()
+    for sync, what in ((m.sync_monitor, "monitor"), (m.sync_events, "run event")):
+        try:
+            await loop.run_in_executor(None, sync, service.config.db_url, service.config.pipelines)
+        except Exception as exc:  # the scrape still answers with the service's own metrics
+            log.warning("%s gauges not refreshed: %s", what, str(exc).splitlines()[0][:200])
     body, content_type = m.render()
     return Response(body, media_type=content_type)
+
+
+def _timed(service: Service, route: str, handler):
+    """``handler`` with its time observed per pipeline (only the service's own pipelines: a path's
+    made-up name never becomes a metric's label)."""
+    known = set(service.schemas)
+
+    async def timed(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await handler(request)
+        pipeline = request.path_params.get("pipeline")
+        if pipeline in known:
+            m.child(m.REQUEST_SECONDS, pipeline, route).observe(time.perf_counter() - started)
+        return response
+
+    return timed
 
 
 def build_app(service: Service, access: AccessLog | None = None) -> App:
@@ -199,7 +228,7 @@ def build_app(service: Service, access: AccessLog | None = None) -> App:
 
     return App(
         actions={
-            ("POST", "predict"): functools.partial(predict, service),
+            ("POST", "predict"): _timed(service, "predict", functools.partial(predict, service)),
             ("POST", "feedback"): functools.partial(feedback, service),
             ("POST", "explain"): functools.partial(explain, service),
             ("GET", "openapi.json"): functools.partial(openapi, service),

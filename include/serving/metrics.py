@@ -54,6 +54,54 @@ QUEUE_DEPTH = Gauge(
 LOG_ROWS = Counter("slipway_log_rows_written", "Rows committed to the prediction log")
 LOG_FAILURES = Counter("slipway_log_write_failures", "Failed prediction-log commits")
 RELOAD_FAILURES = Counter("slipway_model_reload_failures", "Failed registry reads or refused model versions")
+REQUEST_SECONDS = Histogram(
+    "slipway_request_seconds",
+    "Time from a request's arrival to its answer (predict: checks, scoring, the log's commit)",
+    ["pipeline", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOG_COMMIT_SECONDS = Histogram(
+    "slipway_log_commit_seconds",
+    "Time of each successful prediction-log commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+# Set at each scrape by the worker that answers it ("livemostrecent": that worker's view).
+LATENCY_BUDGET = Gauge(
+    "slipway_latency_budget_seconds",
+    "The spec's p99 budget (rollout.infra.max_p99_latency_ms)",
+    ["pipeline"],
+    multiprocess_mode="livemostrecent",
+)
+READY = Gauge(
+    "slipway_ready",
+    "1 when the pipeline serves a champion with no problem (/ready's 'ready'), else 0",
+    ["pipeline"],
+    multiprocess_mode="livemostrecent",
+)
+REGISTRY_AGE = Gauge(
+    "slipway_registry_read_age_seconds",
+    "Seconds since the registry was last read (the served models may be stale when it grows)",
+    multiprocess_mode="livemostrecent",
+)
+# What happened to the pipeline's runs (Airflow records it in slipway_events; read at each scrape).
+DAG_RUN_FAILURES = Gauge(
+    "slipway_dag_run_failures",
+    "Failed DAG runs of the pipeline recorded so far",
+    ["pipeline"],
+    multiprocess_mode="max",
+)
+ROLLBACKS = Gauge(
+    "slipway_rollbacks",
+    "Champions restored so far (a canary or shadow rolled back, a rejection, a manual rollback)",
+    ["pipeline"],
+    multiprocess_mode="max",
+)
+APPROVAL_WAITING = Gauge(
+    "slipway_approval_waiting_seconds",
+    "How long the oldest unanswered approval has waited (0: none waits)",
+    ["pipeline"],
+    multiprocess_mode="livemostrecent",
+)
 
 # The monitor's newest check per pipeline (``<pipeline>__monitor`` writes it to the prediction log's
 # database; every worker reads the same row, so "max" across processes is that row).
@@ -98,6 +146,30 @@ def sync_counters(service) -> None:
     _advance(LOG_FAILURES, "failures", service.log.commit_failures)
     _advance(RELOAD_FAILURES, "reloads", service.registry.reload_failures)
     QUEUE_DEPTH.set(service.log.queue_depth)
+    durations = service.log.commit_seconds
+    while durations:
+        LOG_COMMIT_SECONDS.observe(durations.popleft())
+
+
+def sync_state(service, ready: dict[str, bool], now: float) -> None:
+    """Readiness per pipeline, the registry's age and the latency budgets, as this worker sees them."""
+    for pipeline, ok in ready.items():
+        child(READY, pipeline).set(int(ok))
+    for pipeline, budget in service.latency_budgets_s.items():
+        child(LATENCY_BUDGET, pipeline).set(budget)
+    last = service.registry.last_refresh
+    if last is not None:
+        REGISTRY_AGE.set(max(0.0, now - last))
+
+
+def sync_events(db_url: str | None, pipelines: list[str]) -> None:
+    """Copy the pipelines' recorded run events into the gauges (blocking: a DB read)."""
+    from include.prediction_log.events import summary
+
+    for pipeline, found in summary(db_url, pipelines).items():
+        child(DAG_RUN_FAILURES, pipeline).set(sum(found.failed_runs.values()))
+        child(ROLLBACKS, pipeline).set(found.rollbacks)
+        child(APPROVAL_WAITING, pipeline).set(found.approval_waiting_s)
 
 
 def sync_monitor(db_url: str | None, pipelines: list[str]) -> None:

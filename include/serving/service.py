@@ -55,6 +55,8 @@ class Service:
         specs = {p: load_pipeline(p) for p in config.pipelines}
         self.schemas = {p: RequestSchema.from_spec(s) for p, s in specs.items()}
         self.feedback_caps = {p: s.feedback.max_labels_per_key_per_hour for p, s in specs.items()}
+        # The p99 a version had to meet in its sandbox: the alerting rules hold the service to it too.
+        self.latency_budgets_s = {p: s.rollout.infra.max_p99_latency_ms / 1000 for p, s in specs.items()}
         self.registry = ModelRegistry(config.pipelines, config.refresh_s, config.tracking_uri, config.pinned)
         self.log = PredictionLog(config.db_url)
         self.keys = KeyStore(config.db_url)

@@ -33,8 +33,10 @@ def _context(dag_id: str, task_id: str, xcoms: dict, **extra) -> dict:
 
 
 @pytest.fixture
-def alerts(monkeypatch):
-    """The spec's alert connection: a real webhook on localhost; what it received."""
+def alerts(monkeypatch, tmp_path):
+    """The spec's alert connection: a real webhook on localhost; what it received. The events go to
+    a prediction-log database of the test's own."""
+    monkeypatch.setenv("SLIPWAY_SERVING_DB", f"sqlite:///{tmp_path / 'serving.db'}")
     port = free_port()
     hook = Webhook(port)
     monkeypatch.setenv(
@@ -161,3 +163,40 @@ def test_an_unreachable_webhook_never_fails_what_it_reports_on(monkeypatch, capl
         )  # Airflow re-raises a notifier's error: none here
     assert "could not send the approval notification through 'slipway_alerts'" in caplog.text
     assert "version 4 waits for your approval" in caplog.text
+
+
+def test_each_notification_is_recorded_for_prometheus(alerts, monkeypatch):
+    """The alerting rules read what the notifiers record: the failed run, the waiting approval (closed
+    when its run fails), the rollback."""
+    from datetime import UTC, datetime, timedelta
+
+    from include.prediction_log import events
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    rollout = _context("telco_churn__rollout", "approve_promotion", {"select_candidate": {"version": 4}})
+    PipelineNotifier("telco_churn", "approval")(rollout)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert events.summary(None, ["telco_churn"], now=later)["telco_churn"].approval_waiting_s > 3500
+    event = {"version": 2, "from_version": 3, "reason": "complaints"}
+    PipelineNotifier("telco_churn", "rollback")(
+        _context(
+            "telco_churn__rollback",
+            "restore_previous_champion",
+            {"restore_previous_champion": {"event": event}},
+        )
+    )
+    dag_callbacks("telco_churn")["on_failure_callback"]({**rollout, "reason": "task_failure"})
+    found = events.summary(None, ["telco_churn"], now=later)["telco_churn"]
+    assert found == events.Summary({"telco_churn__rollout": 1}, 1, 0.0)
+    assert len(alerts) == 3  # and each message went out
+
+
+def test_a_database_that_cannot_record_never_stops_the_message(alerts, monkeypatch, caplog):
+    monkeypatch.setenv("SLIPWAY_SERVING_DB", "postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with caplog.at_level("WARNING", logger="slipway"):
+        dag_callbacks("telco_churn")["on_failure_callback"](
+            _context("telco_churn__train", "fit", {}, reason="task_failure")
+        )
+    assert len(alerts) == 1
+    assert "the failed event was not recorded for Prometheus" in caplog.text

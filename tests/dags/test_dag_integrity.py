@@ -277,11 +277,20 @@ def test_monitor_dag_shape_and_training_on_cron_or_drift(bag):
     assert {t.task_id for t in dag.tasks} == {
         "check_drift",
         "check_performance",
+        "check_fairness",
+        "check_attributions",
+        "check_data_quality",
         "judge_interval",
         "send_alert",
         "trigger_retraining",
     }
-    assert dag.get_task("judge_interval").upstream_task_ids == {"check_drift", "check_performance"}
+    assert dag.get_task("judge_interval").upstream_task_ids == {
+        "check_drift",
+        "check_performance",
+        "check_fairness",
+        "check_attributions",
+        "check_data_quality",
+    }
     assert dag.get_task("send_alert").upstream_task_ids == {"judge_interval"}
     assert [o.name for o in dag.get_task("trigger_retraining").outlets] == ["telco_churn__drift"]
     assert dag.max_active_runs == 1 and not dag.catchup  # intervals judged in order (the cool-down)

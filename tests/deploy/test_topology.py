@@ -59,7 +59,9 @@ def _http(url: str, *, method="GET", body=None, headers=None, timeout=30):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("topology")
-    ports = {name: free_port() for name in ("AIRFLOW", "MLFLOW", "S3", "SERVING", "PROMETHEUS")}
+    ports = {
+        name: free_port() for name in ("AIRFLOW", "MLFLOW", "S3", "SERVING", "PROMETHEUS", "ALERTMANAGER")
+    }
     env = clean_env(
         SLIPWAY_HOME=str(home),
         SLIPWAY_STACK_DB_PREFIX=f"slipway_topo_{uuid.uuid4().hex[:8]}",
@@ -411,6 +413,18 @@ def test_prometheus_scrapes_the_service_with_its_metrics_key(stack):
     assert target["scrapeUrl"] == f"{stack['url']['serving']}/metrics"
     status, body = _http(f"{stack['url']['prometheus']}/api/v1/query?query=slipway_log_queue_depth")
     assert status == 200 and body["data"]["result"], body
+    # The shipped alerting rules are loaded, and sent to the stack's Alertmanager
+    status, body = _http(f"{stack['url']['prometheus']}/api/v1/rules?type=alert")
+    loaded = {r["name"] for g in body["data"]["groups"] for r in g["rules"]}
+    assert {"SlipwayServiceDown", "SlipwayDagRunFailed", "SlipwayApprovalWaiting"} <= loaded, loaded
+
+    def alertmanager():
+        status, body = _http(f"{stack['url']['prometheus']}/api/v1/alertmanagers")
+        return status == 200 and body["data"]["activeAlertmanagers"]
+
+    [am] = wait_until(alertmanager, 60, "Prometheus to find the stack's Alertmanager", every=2)
+    assert am["url"].startswith(f"{stack['url']['alertmanager']}/")
+    assert _http(f"{stack['url']['alertmanager']}/-/ready")[0] == 200
 
 
 def test_every_listener_is_on_loopback_and_down_stops_everything(stack):

@@ -49,4 +49,40 @@ def test_metrics_show_the_newest_monitor_check(service):
         "slipway_monitor_drift_breach": 1.0,
         "slipway_monitor_performance_breach": 0.0,
         "slipway_monitor_drifted_checks": 3.0,
+        # Checks the record did not make (an older monitor's) are not breaches
+        "slipway_monitor_fairness_breach": 0.0,
+        "slipway_monitor_attribution_breach": 0.0,
+        "slipway_monitor_data_quality_breach": 0.0,
     }
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric's samples."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, value = line.rsplit(" ", 1)
+            out[head[len(name) :]] = float(value)
+    return out
+
+
+def test_metrics_the_alerting_rules_read(service, row):
+    """What rules.yml's service alerts evaluate: readiness, the registry's age, the spec's latency
+    budget, each predict's time, each log commit's time, and the run events (0 before any)."""
+    assert service.predict(row)[0] == 200
+    status, text = service.get("/metrics", key=service.key("metrics", None))
+    assert status == 200
+    assert _samples(text, "slipway_ready") == {f'{{pipeline="{PIPELINE}"}}': 1.0}
+    assert _samples(text, "slipway_latency_budget_seconds") == {
+        f'{{pipeline="{PIPELINE}"}}': 0.1
+    }  # the spec's 100 ms
+    assert 0 <= _samples(text, "slipway_registry_read_age_seconds")[""] < 30
+    timed = _samples(text, "slipway_request_seconds_count")
+    assert timed[f'{{pipeline="{PIPELINE}",route="predict"}}'] >= 1
+    assert _samples(text, "slipway_log_commit_seconds_count")[""] >= 1
+    for name in ("slipway_dag_run_failures", "slipway_rollbacks", "slipway_approval_waiting_seconds"):
+        assert _samples(text, name) == {f'{{pipeline="{PIPELINE}"}}': 0.0}, name
+    # A made-up pipeline in the path never becomes a label
+    service.request("POST", "/v1/no_such_pipeline/predict", {"inputs": row})
+    text = service.get("/metrics", key=service.key("metrics", None))[1]
+    assert "no_such_pipeline" not in text
