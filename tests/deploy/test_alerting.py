@@ -262,3 +262,12 @@ def test_make_up_writes_the_alerting_config(tmp_path, monkeypatch):
     assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         f"127.0.0.1:{topo.ports['alertmanager']}"
     ]
+
+
+def test_the_readme_gives_each_alert_its_runbook_line():
+    rules = yaml.safe_load((PROM / "rules.yml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{rule['alert']}` |")), None)
+        assert row is not None, f"README's Alerts table has no row for {rule['alert']}"
+        assert rule["annotations"]["runbook"] in row, rule["alert"]
