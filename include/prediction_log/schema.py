@@ -140,7 +140,7 @@ BEGIN
     -- this (Airflow's role, or someone who took it over) cannot wipe the log with one call, only
     -- what is older than a day, and the erasure is on record below.
     IF (log_before IS NOT NULL AND (log_before !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$'
-            OR log_before > stamp))
+            OR log_before > floor_at))
        OR (feedback_before IS NOT NULL AND (feedback_before !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$'
             OR feedback_before > floor_at)) THEN
         RAISE EXCEPTION 'slipway_purge: a cut-off must be an ISO-8601 UTC timestamp (YYYY-MM-DDTHH:MM:SS.ffffff+00:00) no later than % (a day ago); got % and %',
