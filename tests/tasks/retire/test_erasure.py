@@ -130,3 +130,17 @@ def test_the_daily_purge_records_its_counts_on_its_run(isolated_home, telco_spec
     assert out["score_months"] == [] and out["score_files"] == 0
     assert mlflow.MlflowClient().get_run(run.info.run_id).data.params["retention.scores_days"] == "forever"
     assert (lake / "telco_churn" / "scores" / "month=2024-02").is_dir()
+
+
+def test_a_retention_period_must_be_a_day_or_more_or_null(telco_spec):
+    import pytest
+
+    from include.settings import PROJECT_ROOT
+    from include.spec import SpecError, parse_spec
+
+    text = (PROJECT_ROOT / "include" / "pipelines" / "telco_churn.yaml").read_text()
+    assert telco_spec.retention.prediction_log_days == 400
+    forever = parse_spec(text.replace("  feedback_days: 400", "  feedback_days: null"))
+    assert forever.retention.feedback_days is None
+    with pytest.raises(SpecError, match="retention.scores_days"):
+        parse_spec(text.replace("  scores_days: 400", "  scores_days: 0"))
