@@ -42,6 +42,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     """The product's errors that a retry cannot fix (imported lazily: some pull in pandas)."""
     from include.attributions import ExplainError
     from include.model_files import ModelFileError
+    from include.prediction_log.retention import RetentionError
     from include.registry import PromotionConflict
     from include.spec import SpecError
     from include.tasks.gates import GateFailed
@@ -68,6 +69,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         ServedVersionMismatch,
         PopulationError,
         DeliveryError,
+        RetentionError,
     )
 
 
