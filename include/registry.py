@@ -396,3 +396,46 @@ def load_version(client, pipeline: str, version: int, folder: Path) -> OnnxModel
         classes,
         interval,
     )
+
+
+def load_explainable(client, pipeline: str, version: int, background_rows: int = 100):
+    """A registered version's fitted scikit-learn pipeline, checked against its registered sha256, and
+    a seeded sample of its training rows as SHAP's background: ``(model, background frame)``. The one
+    way the service's ``/explain`` and the monitor's attribution check load them; ``ModelRefused``
+    says why a version cannot be explained."""
+    import hashlib
+    import tempfile
+
+    import mlflow
+
+    from include import storage
+    from include.frames import read_parquet
+    from include.model_files import load_model
+    from include.spec import SPLIT_COLUMN
+    from include.tracking import UntrustedArtifact, trusted_artifact_uri
+
+    tags = dict(client.get_model_version(pipeline, str(version)).tags)
+    uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")
+    if not uri or not expected:
+        raise ModelRefused(f"version {version} has no scikit-learn model on record to explain")
+    try:
+        uri = trusted_artifact_uri(uri)
+    except UntrustedArtifact as exc:
+        raise ModelRefused(f"version {version}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="slipway-explain-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=tmp, tracking_uri=client.tracking_uri
+        )
+        data = Path(local).read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ModelRefused(
+            f"version {version}'s scikit-learn model does not match its registered sha256: refused"
+        )
+    model = load_model(data)
+    snapshot = tags.get("slipway.snapshot_uri", "")
+    frame = read_parquet(snapshot) if snapshot and storage.exists(snapshot) else None
+    if frame is None:
+        raise ModelRefused(f"version {version}'s training snapshot is not readable: no background")
+    if SPLIT_COLUMN in frame.columns:
+        frame = frame[frame[SPLIT_COLUMN] == "train"]
+    return model, frame.sample(n=min(background_rows, len(frame)), random_state=0)

@@ -327,8 +327,7 @@ def check_attributions(step: Step) -> dict:
     """SHAP ranking of a sample of the interval's served rows against the version's training ranking."""
     from include.frames import feature_frame
     from include.prediction_log.reads import served_inputs
-    from include.registry import aliases
-    from include.serving.explain import Explainers
+    from include.registry import aliases, load_explainable
     from include.tasks.monitor.attribution import attribution_checks, live_importance, sample_frame
     from include.tasks.monitor.drift import count_window
 
@@ -346,12 +345,12 @@ def check_attributions(step: Step) -> dict:
         if rows >= cfg.min_rows:
             training = _training_importance(client, name, champion)
         if training:
-            # The service's loader: the skops model checked against its registered digest, and a
-            # seeded background of the version's training rows.
-            loaded = Explainers()._load(name, champion)
+            # As the service's /explain loads it: the model checked against its registered digest,
+            # and a seeded background of the version's training rows.
+            model, background = load_explainable(client, name, champion)
             live = live_importance(
-                loaded.pipeline,
-                feature_frame(loaded.background, spec),
+                model,
+                feature_frame(background, spec),
                 sample_frame(sample, spec),
                 list(spec.target.classes or []) or None,
             )

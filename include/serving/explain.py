@@ -14,7 +14,6 @@ answered with 503 (the computation finishes in its thread and is discarded).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -44,47 +43,22 @@ class Explainers:
         self._lock = threading.Lock()
 
     def _load(self, pipeline: str, version: int) -> _Loaded:
+        import mlflow
+
+        from include.model_files import ModelRefused
+
         with self._lock:
             hit = self._cache.get((pipeline, version))
         if hit is not None:
             return hit
-        import mlflow
-
-        from include import storage
-        from include.frames import read_parquet
-        from include.model_files import load_model
-        from include.spec import SPLIT_COLUMN
-        from include.tracking import UntrustedArtifact, mlflow_client, trusted_artifact_uri
+        from include.registry import load_explainable
+        from include.tracking import mlflow_client
 
         client = mlflow.MlflowClient(self.tracking_uri) if self.tracking_uri else mlflow_client()
-        tags = dict(client.get_model_version(pipeline, str(version)).tags)
-        uri, expected = tags.get("slipway.sklearn_uri", ""), tags.get("slipway.sklearn_sha256", "")
-        if not uri or not expected:
-            raise ExplainUnavailable(f"version {version} has no scikit-learn model on record to explain")
         try:
-            uri = trusted_artifact_uri(uri)
-        except UntrustedArtifact as exc:
-            raise ExplainUnavailable(f"version {version}: {exc}") from None
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory(prefix="slipway-explain-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
-            data = Path(local).read_bytes()
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise ExplainUnavailable(
-                f"version {version}'s scikit-learn model does not match its registered sha256: refused"
-            )
-        model = load_model(data)
-        snapshot = tags.get("slipway.snapshot_uri", "")
-        frame = read_parquet(snapshot) if snapshot and storage.exists(snapshot) else None
-        if frame is None:
-            raise ExplainUnavailable(f"version {version}'s training snapshot is not readable: no background")
-        if SPLIT_COLUMN in frame.columns:
-            frame = frame[frame[SPLIT_COLUMN] == "train"]
-        background = frame.sample(n=min(BACKGROUND_ROWS, len(frame)), random_state=0)
+            model, background = load_explainable(client, pipeline, version, BACKGROUND_ROWS)
+        except ModelRefused as exc:
+            raise ExplainUnavailable(str(exc)) from None
         loaded = _Loaded(model, background)
         with self._lock:
             self._cache[(pipeline, version)] = loaded
