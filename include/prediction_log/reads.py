@@ -157,29 +157,10 @@ def served_inputs(
 
 def labelled_scores(
     db_url: str | None, pipeline: str, version: int, since: str, until: str
-) -> list[tuple[float, float, float]]:
-    """``(probability, label, decision)`` of the rows ``version`` served in ``[since, until)`` that have
-    a label."""
-    db = database(db_url)
-    p = db.param
-    with db.reading() as conn:
-        cur = conn.cursor()
-        cur.execute(
-            f"SELECT pr.probability, f.label, pr.decision FROM {ANSWERED} pr "
-            "JOIN slipway_feedback f ON f.request_id = pr.request_id "
-            f"WHERE pr.pipeline = {p} AND pr.model_version = {p} "
-            f"AND pr.created_at >= {p} AND pr.created_at < {p}",
-            (pipeline, version, since, until),
-        )
-        return cur.fetchall()
-
-
-def keyed_labelled_scores(
-    db_url: str | None, pipeline: str, version: int, since: str, until: str
 ) -> list[tuple[float, float, float, str | None]]:
     """``(probability, label, decision, entity_key)`` of the rows ``version`` answered in
-    ``[since, until)`` that have a label: :func:`labelled_scores` with the (hashed) entity key the
-    live fairness check joins to the lake's sensitive attributes."""
+    ``[since, until)`` that have a label (the hashed entity key: the live fairness check joins it to
+    the lake's sensitive attributes)."""
     db = database(db_url)
     p = db.param
     with db.reading() as conn:

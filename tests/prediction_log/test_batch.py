@@ -67,7 +67,7 @@ def test_rows_are_recorded_at_commit_only_and_a_rerun_adds_none(log_url):
         )
         assert [r[0] for r in labelled] == [rid]
         assert reads.labelled_scores(log_url, "telco_churn", 3, since, until) == [
-            pytest.approx((0.25 + 7 / 1200, 1.0, 1.0))
+            (pytest.approx(0.25 + 7 / 1200), 1.0, 1.0, "key0007")
         ]
         assert 3 in reads.last_served(log_url, "telco_churn")
         # A rollout's window compares what the variants served: batch rows are not in it.

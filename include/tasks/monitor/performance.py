@@ -27,7 +27,7 @@ class Labelled:
 def read_labelled(db_url: str | None, pipeline: str, version: int, since: str, until: str) -> Labelled:
     """The rows ``version`` served in ``[since, until)`` that have a feedback label, with their
     entity keys (the live fairness check joins them to the sensitive attributes)."""
-    rows = reads.keyed_labelled_scores(db_url, pipeline, version, since, until)
+    rows = reads.labelled_scores(db_url, pipeline, version, since, until)
     return Labelled(
         np.array([r[0] for r in rows], dtype=float),
         np.array([r[1] for r in rows], dtype=float),
