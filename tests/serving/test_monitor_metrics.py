@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.support.service import PIPELINE
 
 
@@ -68,7 +70,7 @@ def _samples(text: str, name: str) -> dict[str, float]:
 
 def test_metrics_the_alerting_rules_read(service, row):
     """What rules.yml's service alerts evaluate: readiness, the registry's age, the spec's latency
-    budget, each predict's time, each log commit's time, and the run events (0 before any)."""
+    budget, each predict's time, each log commit's time, and the run events as recorded."""
     assert service.predict(row)[0] == 200
     status, text = service.get("/metrics", key=service.key("metrics", None))
     assert status == 200
@@ -80,8 +82,16 @@ def test_metrics_the_alerting_rules_read(service, row):
     timed = _samples(text, "slipway_request_seconds_count")
     assert timed[f'{{pipeline="{PIPELINE}",route="predict"}}'] >= 1
     assert _samples(text, "slipway_log_commit_seconds_count")[""] >= 1
-    for name in ("slipway_dag_run_failures", "slipway_rollbacks", "slipway_approval_waiting_seconds"):
-        assert _samples(text, name) == {f'{{pipeline="{PIPELINE}"}}': 0.0}, name
+    # The run events as recorded in the service's database (other tests of the session may add some)
+    from include.prediction_log.events import summary
+
+    recorded = summary(service.db_url, [PIPELINE])[PIPELINE]
+    one = f'{{pipeline="{PIPELINE}"}}'
+    assert _samples(text, "slipway_dag_run_failures") == {one: sum(recorded.failed_runs.values())}
+    assert _samples(text, "slipway_rollbacks") == {one: recorded.rollbacks}
+    assert _samples(text, "slipway_approval_waiting_seconds") == {
+        one: pytest.approx(recorded.approval_waiting_s, abs=5)
+    }
     # A made-up pipeline in the path never becomes a label
     service.request("POST", "/v1/no_such_pipeline/predict", {"inputs": row})
     text = service.get("/metrics", key=service.key("metrics", None))[1]
