@@ -428,6 +428,8 @@ def judge_interval(
         ev["report"] = {k: drift["report"].get(k) for k in ("drifted", "drifted_columns", "measure")}
     if d.held_by:
         ev["held_by"] = d.held_by
+    if d.blocked:
+        ev["blocked"] = d.blocked
     month = None
     if d.trigger:
         month = newest_landed_month(get_settings().landing_uri, name)
@@ -512,6 +514,8 @@ def _why_not(judged: dict) -> str:
     ev = judged["evidence"]
     if judged["held_by"]:
         return f"held by the cool-down (triggered for the interval ending {utc_minute(judged['held_by'])})"
+    if ev.get("blocked"):
+        return ev["blocked"]
     if judged.get("cause"):  # a retrain was due, but nothing to train on
         return "no batch has landed to train on"
     if judged.get("breaches"):

@@ -10,7 +10,8 @@ then runs the monitor for chosen hours through the REST API:
    cause and evidence;
 2. the next hour, still drifted, inside the cool-down: recorded, nothing triggered;
 3. an hour without traffic: "no traffic", nothing alerts;
-4. an hour of undrifted traffic after the cool-down: nothing triggered; still one retrain.
+4. an hour of undrifted traffic after the cool-down: nothing triggered; still one retrain;
+5. an hour with a third of one feature missing: the data-quality check breaches and alerts.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def test_drift_triggers_one_retrain_and_no_drift_or_no_traffic_none(live_stack):
     }
     _write_traffic(stack, drifted, scored["drifted"], DAY + timedelta(hours=8), 2, champion)  # 08:00-10:00
     _write_traffic(stack, rows, scored["as trained"], DAY + timedelta(hours=14), 1, champion)  # 14:00-15:00
+    # 17:00-18:00: as trained, but a third of the rows arrive without monthly_charges (an upstream
+    # join broke): the data-quality check, not drift, must catch it.
+    holes = [{**r, "monthly_charges": None} if i % 3 == 0 else r for i, r in enumerate(rows)]
+    _write_traffic(stack, holes, scored["as trained"], DAY + timedelta(hours=17), 1, champion)
     for dag in (DAG, TRAIN):
         stack.api("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
     before = len(_retrains(stack))
@@ -244,3 +249,18 @@ def _lifecycle(stack, client, champion: int, before: int, webhook: Webhook) -> N
     assert states["trigger_retraining"] == "skipped", states
     assert len(_retrains(stack)) == before + 1
     assert len(webhook.received) == 1  # one alert in all: the episode's first hour
+
+    # 5. A null-rate jump in one feature, after the cool-down: the data-quality check breaches and
+    # alerts, naming the feature. The nulls also move monthly_charges' PSI, but a retrain on broken
+    # inputs would learn them: nothing retrains, and the note says why.
+    run_id, states = _run(stack, 18)
+    judged = _judged(stack, run_id)
+    quality = judged["evidence"]["checks"]["data_quality"]
+    assert judged["status"] == "breach" and quality["status"] == "breach", judged
+    assert [f["metric"] for f in quality["failed"]] == ["null_rate[monthly_charges]"], quality
+    assert 0.3 < quality["failed"][0]["value"] < 0.36, quality
+    assert states["send_alert"] == "success" and states["trigger_retraining"] == "skipped", states
+    alert = webhook.received[-1]
+    assert len(webhook.received) == 2 and "null_rate[monthly_charges]" in alert["text"], alert
+    assert "a retrain would learn the broken inputs" in _note(stack, run_id)
+    assert len(_retrains(stack)) == before + 1

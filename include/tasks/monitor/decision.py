@@ -15,7 +15,8 @@
 * **Retraining** is triggered by a drift breach, a breach of a check whose ``trigger`` is
   ``retrain``, or a sustained performance drop, unless an earlier interval within
   ``cooldown_hours`` already triggered it: one episode, one retrain. Alerts follow the same
-  cool-down.
+  cool-down. A data-quality breach (with its ``trigger: alert``) holds any retrain of the interval:
+  nulls or impossible values also show as drift, and a retrain would learn the broken inputs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Decision:
     alert: bool
     held_by: str | None  # the interval end of the earlier trigger/alert inside the cool-down
     breaches: tuple[str, ...] = field(default=())  # which of CHECKS breached
+    blocked: str | None = None  # why a due retrain was not started (besides the cool-down)
 
 
 def check_status(results: list[dict]) -> str:
@@ -89,15 +91,31 @@ def decide(
     )
     floor = iso_utc(interval_end - timedelta(hours=cfg.cooldown_hours))
     recent = [c for c in history if c.interval_end > floor]
-    trigger, held_by = cause, None
-    if cause:
+    trigger, held_by, blocked = cause, None, None
+    if cause and "data_quality" in breaches and cfg.data_quality.trigger == "alert":
+        # Nulls, impossible values or new categories also move the PSI: that drift is the breakage,
+        # and a retrain on this traffic would learn it. A person fixes the inputs first.
+        trigger = None
+        blocked = (
+            "the served inputs failed the data-quality check; a retrain would learn the broken inputs: "
+            "fix them upstream (or set monitoring.data_quality.trigger: retrain)"
+        )
+    elif cause:
         before = next((c for c in recent if c.triggered), None)
         if before is not None:
             trigger, held_by = None, before.interval_end
     breach = drift_breach or perf_breach or bool(breaches)
     alert = breach and not any(c.alerted for c in recent)
     return Decision(
-        BREACH if breach else OK, drift_breach, perf_breach, sustained, trigger, alert, held_by, breaches
+        BREACH if breach else OK,
+        drift_breach,
+        perf_breach,
+        sustained,
+        trigger,
+        alert,
+        held_by,
+        breaches,
+        blocked,
     )
 
 

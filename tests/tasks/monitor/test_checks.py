@@ -376,6 +376,46 @@ def test_a_breach_alerts_and_retrains_only_with_trigger_retrain(cfg, name):
     assert (clean.status, clean.trigger, clean.alert) == ("ok", None, False)
 
 
+def test_broken_inputs_hold_the_retrain_their_drift_would_start(cfg):
+    """Nulls also move the PSI: with data quality set to alert, the interval alerts and names why
+    nothing retrains; set to retrain, drift retrains as usual."""
+    from include.blocks.monitor import outcome_line
+    from include.tasks.monitor.decision import decide
+
+    drifted = [check("drift", "psi[tenure]", 0.9, 0.25, "<=")]
+    alert_cfg = cfg.model_copy(
+        update={"data_quality": cfg.data_quality.model_copy(update={"trigger": "alert"})}
+    )
+    held = decide(alert_cfg, T0, 1000, drifted, _NO_PERF, [], _breach("data_quality"))
+    assert (held.status, held.alert, held.trigger, held.held_by) == ("breach", True, None, None)
+    assert held.blocked and "a retrain would learn the broken inputs" in held.blocked
+    judged = {
+        "status": held.status,
+        "trigger": None,
+        "month": None,
+        "held_by": None,
+        "breaches": list(held.breaches),
+        "cause": None,
+        "evidence": {
+            "rows": 1000,
+            "champion": 3,
+            "drifted": [{"metric": "psi[tenure]", "value": 0.9, "threshold": 0.25}],
+            "drifted_count": 1,
+            "performance": [],
+            "checks": {
+                "data_quality": {"failed": [{"metric": "null_rate[tenure]", "value": 0.2, "threshold": 0.05}]}
+            },
+            "blocked": held.blocked,
+        },
+    }
+    assert "retraining not triggered: the served inputs failed the data-quality check" in outcome_line(judged)
+    assert decide(cfg, T0, 1000, drifted, _NO_PERF, [], {}).trigger == "drift"  # clean inputs: retrain
+    retrain_cfg = cfg.model_copy(
+        update={"data_quality": cfg.data_quality.model_copy(update={"trigger": "retrain"})}
+    )
+    assert decide(retrain_cfg, T0, 1000, drifted, _NO_PERF, [], _breach("data_quality")).trigger == "drift"
+
+
 def test_a_retrain_breach_is_held_by_the_cool_down_and_recorded(cfg, log_url):
     from include.prediction_log.monitor_checks import Check, earlier, latest_summary, record
     from include.prediction_log.rows import iso_utc
