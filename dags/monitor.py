@@ -28,7 +28,8 @@ served in its data interval, as the prediction log recorded it:
    database; the service exports it to Prometheus) and decides: a **drift** breach, a breach of a
    check set to `trigger: retrain`, or a performance drop over `performance.sustained_checks`
    consecutive checks, triggers retraining unless it was already triggered within
-   `cooldown_hours` (one episode, one retrain). Any breach alerts (the alert names it).
+   `cooldown_hours` (one episode, one retrain). Any breach alerts (the alert names it). Broken
+   inputs (a data-quality breach) hold the retrain: a model trained on them would learn them.
 7. `send_alert`: through the Airflow connection `monitoring.alert_connection` (type http: a JSON
    POST to a webhook; type smtp: an e-mail to the extra's `to`). Without that connection the alert
    is a **warning in this task's log**, never dropped. Skipped when there is nothing to say.
