@@ -27,3 +27,12 @@ def utc_minute(value: str | datetime | int | float | None) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def as_utc(value: datetime, what: str = "the time") -> datetime:
+    """``value`` as a plain ``datetime`` in UTC. Airflow's context hands out pendulum DateTimes, whose
+    arithmetic drops a standard-library ``UTC`` tzinfo (``pendulum.now().astimezone(UTC) - timedelta``
+    is naive); a plain datetime keeps it. A naive value is refused: its zone is unknown."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {value!r}")
+    return datetime.fromtimestamp(value.timestamp(), UTC)

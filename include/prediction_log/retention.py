@@ -22,6 +22,7 @@ from typing import Any
 from include.database import Database, database, missing_table
 from include.prediction_log.rows import iso_utc
 from include.prediction_log.schema import create_schema
+from include.times import as_utc
 
 COUNTS = ("predictions", "failures", "batch_predictions", "feedback")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -38,7 +39,7 @@ def _check_pipeline(pipeline: str) -> None:
 
 def cutoffs(now: datetime, log_days: int | None, feedback_days: int | None) -> tuple[str | None, str | None]:
     """The purge's cut-offs as the log's text: rows made (labels received) before them go; None keeps all."""
-    at = now.astimezone(UTC)
+    at = as_utc(now, "the purge's now")
     return (
         None if log_days is None else iso_utc(at - timedelta(days=log_days)),
         None if feedback_days is None else iso_utc(at - timedelta(days=feedback_days)),

@@ -1,5 +1,6 @@
 """On the real scheduler: `telco_churn__retire` archives a superseded version, which then can no longer
-be rolled out, while the champion and the newest version stay.
+be rolled out, while the champion and the newest version stay; its purge lets go what the retention
+periods allow.
 
 Runs after the other tests on the shared stack (the stack's spec keeps 1 newest version besides the
 protected ones). Two versions are registered like any other (copies of the champion's graph, no
@@ -9,11 +10,12 @@ alias); the older is superseded by the newer.
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
 from include.registry import HISTORY_TAGS
-from tests.support.processes import mlflow_client, slipway
+from tests.support.processes import mlflow_client, slipway, task_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -27,6 +29,21 @@ def _finished(stack, dag: str, run_id: str) -> str:
         f"{dag} run {run_id}",
         every=3,
     )
+
+
+def _old_rows(log_db) -> int:
+    """The stack's logged rows made before 2 March 2026 (none when nothing was logged yet)."""
+    if not log_db.exists():
+        return 0
+    with sqlite3.connect(log_db) as conn:
+        try:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM slipway_predictions WHERE pipeline = ? AND created_at < '2026-03-02'",
+                (NAME,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # no table yet
+            return 0
+    return n
 
 
 def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_out(live_stack):
@@ -51,6 +68,9 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     older, newer = (
         int(client.create_model_version(NAME, source, run_id=src.run_id, tags=tags).version) for _ in range(2)
     )
+    log_db = stack.home / "serving" / "serving.db"
+    old_rows = _old_rows(log_db)  # the monitor test's traffic of 1 March 2026 (when it ran before)
+    old_scores = sorted(stack.home.glob(f"**/{NAME}/scores/month=2025-12"))  # the score test's month
     retire = f"{NAME}__retire"
     stack.api("PATCH", f"/api/v2/dags/{retire}", {"is_paused": False})
     stack.api("POST", f"/api/v2/dags/{retire}/dagRuns", {"dag_run_id": "retire__e2e", "logical_date": None})
@@ -62,6 +82,20 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     assert "slipway.retired" not in client.get_model_version(NAME, str(newer)).tags  # the newest stays
     assert "slipway.retired" not in client.get_model_version(NAME, str(champion)).tags  # protected
     assert "RETIRED" in slipway(stack.env, "lineage", f"{NAME}/{older}").stdout
+
+    # The same DAG's purge_expired let go what the stack's retention periods allow (set to reach just
+    # past 1 March 2026 and December 2025): the counts on its MLflow runs, the rows and files gone.
+    purges = [
+        r for r in task_runs(client, NAME, retire) if r.data.tags.get("slipway.task_id") == "purge_expired"
+    ]
+    assert purges, "purge_expired recorded no MLflow run"
+    assert sum(r.data.metrics.get("purged.predictions", 0) for r in purges) == old_rows
+    assert _old_rows(log_db) == 0
+    assert sum(r.data.metrics.get("purged.score_months", 0) for r in purges) == len(old_scores)
+    assert not any(p.exists() for p in old_scores)
+    with sqlite3.connect(log_db) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM slipway_erasures WHERE pipeline = ?", (NAME,))]
+    assert "purge" in kinds
 
     # Even named as the candidate by hand, a retired version is not rolled out: a recorded skip.
     client.set_registered_model_alias(NAME, "candidate", older)

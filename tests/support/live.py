@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -150,6 +151,15 @@ class LiveStack:
         }
         # Retirement keeps one newest version besides the protected ones (the retire test registers two).
         raw["retirement"] = {**raw.get("retirement", {}), "keep_newest": 1}
+        # Retention reaching back to just after what the session dates in the past: the monitor test's
+        # traffic of 1 March 2026 and the score test's month 2025-12 are purged by the retire test's
+        # run; everything the session made today stays.
+        today = datetime.now(UTC).date()
+        raw["retention"] = {
+            "prediction_log_days": (today - date(2026, 3, 2)).days,
+            "feedback_days": (today - date(2026, 3, 2)).days,
+            "scores_days": (today - date(2026, 1, 2)).days,
+        }
         (self.pipelines / "telco_churn.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         # The multiclass and the regression pipeline, with the same short windows; their canary's loss
         # test judged from 20 labelled customers a side, and their approval answered, not timed out.

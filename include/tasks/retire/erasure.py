@@ -20,6 +20,7 @@ from typing import Any
 
 from include import storage
 from include.tasks.score.population import MANIFEST_FILE, REJECTS_FILE, SCORES_FILE, file_sha256
+from include.times import as_utc
 from include.uri import join
 
 _MONTH_DIR = re.compile(r"/month=(\d{4})-(\d{2})/")
@@ -39,7 +40,7 @@ def purge_scores(lake_uri: str, pipeline: str, now: datetime, days: int | None) 
     purge cut short never leaves what looks like a whole month. Returns ``{"months", "files"}``."""
     if days is None:
         return {"months": [], "files": 0}
-    cutoff = now.astimezone(UTC) - timedelta(days=days)
+    cutoff = as_utc(now, "the purge's now") - timedelta(days=days)
     folders: dict[str, list[str]] = {}
     for uri in storage.list_uris(_scores_root(lake_uri, pipeline)):
         m = _MONTH_DIR.search(uri)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from include import storage
 from include.tasks.retire.erasure import erase_scored, purge_scores
@@ -144,3 +145,17 @@ def test_a_retention_period_must_be_a_day_or_more_or_null(telco_spec):
     assert forever.retention.feedback_days is None
     with pytest.raises(SpecError, match="retention.scores_days"):
         parse_spec(text.replace("  scores_days: 400", "  scores_days: 0"))
+
+
+def test_the_purge_takes_airflow_s_pendulum_times():
+    """Airflow's context hands out pendulum DateTimes (their arithmetic drops a standard UTC tzinfo);
+    a naive time is refused with the reason."""
+    import pendulum
+
+    from include.prediction_log.retention import cutoffs
+
+    at = pendulum.datetime(2026, 12, 7, 6, 0, tz="UTC")
+    assert cutoffs(at.astimezone(UTC), 10, None) == ("2026-11-27T06:00:00.000000+00:00", None)
+    assert cutoffs(at, None, 1) == (None, "2026-12-06T06:00:00.000000+00:00")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        cutoffs(pendulum.naive(2026, 12, 7), 10, 10)
