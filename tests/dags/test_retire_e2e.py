@@ -70,7 +70,8 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     )
     log_db = stack.home / "serving" / "serving.db"
     old_rows = _old_rows(log_db)  # the monitor test's traffic of 1 March 2026 (when it ran before)
-    old_scores = sorted(stack.home.glob(f"**/{NAME}/scores/month=2025-12"))  # the score test's month
+    # The score test's months (all of 2025): every one ended before the stack's scores period
+    old_scores = sorted(stack.home.glob(f"**/{NAME}/scores/month=2025-*"))
     retire = f"{NAME}__retire"
     stack.api("PATCH", f"/api/v2/dags/{retire}", {"is_paused": False})
     stack.api("POST", f"/api/v2/dags/{retire}/dagRuns", {"dag_run_id": "retire__e2e", "logical_date": None})
@@ -84,7 +85,7 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     assert "RETIRED" in slipway(stack.env, "lineage", f"{NAME}/{older}").stdout
 
     # The same DAG's purge_expired let go what the stack's retention periods allow (set to reach just
-    # past 1 March 2026 and December 2025): the counts on its MLflow runs, the rows and files gone.
+    # past 1 March 2026 and the end of 2025): the counts on its MLflow runs, the rows and files gone.
     purges = [
         r for r in task_runs(client, NAME, retire) if r.data.tags.get("slipway.task_id") == "purge_expired"
     ]
