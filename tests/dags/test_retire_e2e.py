@@ -93,7 +93,7 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     assert sum(r.data.metrics.get("purged.predictions", 0) for r in purges) == old_rows
     assert _old_rows(log_db) == 0
     assert sum(r.data.metrics.get("purged.score_months", 0) for r in purges) == len(old_scores)
-    assert not any(p.exists() for p in old_scores)
+    assert not [f for folder in old_scores for f in folder.rglob("*") if f.is_file()]  # every file gone
     with sqlite3.connect(log_db) as conn:
         kinds = [k for (k,) in conn.execute("SELECT kind FROM slipway_erasures WHERE pipeline = ?", (NAME,))]
     assert "purge" in kinds
