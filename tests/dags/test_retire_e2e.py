@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 
 import pytest
 
@@ -83,6 +84,16 @@ def test_a_superseded_version_is_retired_on_record_and_can_no_longer_be_rolled_o
     assert "slipway.retired" not in client.get_model_version(NAME, str(newer)).tags  # the newest stays
     assert "slipway.retired" not in client.get_model_version(NAME, str(champion)).tags  # protected
     assert "RETIRED" in slipway(stack.env, "lineage", f"{NAME}/{older}").stdout
+    # The Models view (Airflow UI) marks it retired with the reason; the others are not.
+    request = urllib.request.Request(
+        f"{stack.url}/models/api/models", headers={"Authorization": f"Bearer {stack.token()}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        record = json.loads(resp.read())
+    [churn] = [p for p in record["pipelines"] if p["name"] == NAME]
+    shown = {v["version"]: v["retired"] for v in churn["versions"]}
+    assert shown[older] and json.loads(shown[older])["reason"].startswith("superseded"), shown[older]
+    assert not shown[newer] and not shown[champion]
 
     # The same DAG's purge_expired let go what the stack's retention periods allow (set to reach just
     # past 1 March 2026 and the end of 2025): the counts on its MLflow runs, the rows and files gone.
