@@ -217,11 +217,28 @@ def _timed(service: Service, route: str, handler):
     return timed
 
 
+def settle_heap() -> None:
+    """Move what start-up allocated out of the garbage collector's sight.
+
+    The libraries a worker imports (MLflow, scikit-learn, pandas, onnxruntime) leave about a million
+    objects that live as long as the process. Python's full collection walks all of them: under load
+    (a request allocates enough to trigger one every second or so) that was a ~100 ms pause of the
+    event loop, and every request in flight waited for it: the 64-connection p99 was 9x the p50.
+    ``gc.freeze()`` puts them in a permanent generation that collections skip (what CPython documents
+    for pre-fork servers); what requests allocate is still collected.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def build_app(service: Service, access: AccessLog | None = None) -> App:
     """The service's ASGI app: its routes bound to ``service``."""
 
     async def startup() -> None:
         await asyncio.get_running_loop().run_in_executor(None, service.start)
+        settle_heap()
 
     async def shutdown() -> None:
         await asyncio.get_running_loop().run_in_executor(None, service.stop)

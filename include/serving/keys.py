@@ -12,7 +12,9 @@ unknown ids are cached apart: a flood of random ids fills (and evicts from) the 
 the known. The service looks up a key it has not cached off the event loop, on a few threads with a
 connection each, at most ``max_pending`` at a time per process and, per client address, a burst of
 ``client_burst`` then ``client_rate`` a second: a caller cycling through random ids costs the database
-a bounded number of queries and gets 429, and nobody else waits for it.
+a bounded number of queries and gets 429, and nobody else waits for it. Requests that present an id
+whose lookup is already under way wait for that one lookup (a busy client's requests all miss together
+when its entry expires: 64 lookups and a spent budget, else).
 """
 
 from __future__ import annotations
@@ -226,6 +228,9 @@ class KeyStore:
         self._generation = 0
         self.max_pending, self.client_burst, self.client_rate = max_pending, client_burst, client_rate
         self._pending = 0  # lookups handed to the threads and not finished (the event loop's thread only)
+        # key_id -> the lookup under way (the event loop's thread only): requests presenting the same id
+        # meanwhile share it
+        self._inflight: dict[str, asyncio.Future] = {}
         self._budgets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()  # each lookup thread's own connection
@@ -476,6 +481,12 @@ class KeyStore:
         hit, found = self._cached(key_id)
         if hit:
             return self._verified(secret, found)
+        loop = asyncio.get_running_loop()
+        flight = self._inflight.get(key_id)
+        if flight is not None and flight.get_loop() is loop:
+            # The same id is being looked up already (every request of a busy client misses together
+            # when its cache entry expires): wait for that lookup, charged to nobody, no second query.
+            return self._verified(secret, await asyncio.shield(flight))
         if not self._take_budget(client or "unknown"):
             raise TooManyLookups(f"too many lookups of unknown API keys from {client}; retry in a second")
         if self._pending >= self.max_pending:
@@ -485,12 +496,14 @@ class KeyStore:
         with self._lock:
             generation = self._generation
         self._pending += 1
+        flight = loop.run_in_executor(self._executor, self._fetch_pooled, key_id)
+        self._inflight[key_id] = flight
         try:
-            found = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._fetch_pooled, key_id
-            )
+            found = await asyncio.shield(flight)
         finally:
             self._pending -= 1
+            if self._inflight.get(key_id) is flight:
+                del self._inflight[key_id]
         self._remember(key_id, found, generation)
         return self._verified(secret, found)
 

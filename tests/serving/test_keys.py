@@ -468,3 +468,41 @@ def test_too_many_pending_lookups_are_refused_without_the_database(tmp_path):
     with pytest.raises(LookupsBusy):
         asyncio.run(store.authenticate_async(_random_key(), "10.0.0.1"))
     store.close()
+
+
+def test_concurrent_misses_of_one_key_share_one_lookup(tmp_path, monkeypatch):
+    """A busy client's requests all miss together when its cache entry expires: one query answers them
+    all, and none is charged to the client's budget but the first (no 429 for a valid key)."""
+    import asyncio
+
+    store = KeyStore(_sqlite_url(tmp_path), client_burst=1, client_rate=0.001)
+    store.start()
+    _, valid = store.create(["predict"], "telco_churn")
+    fetched = []
+    real = store._fetch
+
+    def slow_fetch(key_id, conn=None):
+        fetched.append(key_id)
+        time.sleep(0.2)
+        return real(key_id, conn)
+
+    monkeypatch.setattr(store, "_fetch", slow_fetch)
+
+    async def scenario():
+        return await asyncio.gather(*(store.authenticate_async(valid, "10.0.0.1") for _ in range(64)))
+
+    keys = asyncio.run(scenario())
+    assert len(fetched) == 1 and all(k is not None and k.pipeline == "telco_churn" for k in keys)
+    assert store._inflight == {}
+    # a wrong secret with the same id shares the lookup but is still refused
+    wrong = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
+    store._known.clear()
+
+    async def mixed():
+        return await asyncio.gather(
+            store.authenticate_async(valid, "10.0.0.2"), store.authenticate_async(wrong, "10.0.0.2")
+        )
+
+    good, bad = asyncio.run(mixed())
+    assert good is not None and bad is None and len(fetched) == 2
+    store.close()
