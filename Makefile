@@ -18,7 +18,8 @@ help:
 	@echo "make up         the production topology natively (Celery on PostgreSQL + Redis, MLflow with auth, S3, the service, Prometheus, Alertmanager), in the background"
 	@echo "make down       stop what make up started"
 	@echo "make up-embedded  Airflow (UI on :8080) + MLflow UI (:5000) on the embedded SQLite stack, in the foreground"
-	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk), drift check vs Evidently, batch scoring"
+	@echo "make bench      scikit-learn vs onnxruntime, the inference service vs mlflow models serve (wrk, 8 and 64 connections,"
+	@echo "                uvicorn and Granian), drift check vs Evidently, batch scoring, the train DAG on the scheduler vs one process"
 	@echo "make policy     the fairness policy replayed on every monthly snapshot of the demo data"
 	@echo "make clean      remove the embedded state folder (.slipway/) and the built docs (site/)"
 
@@ -87,6 +88,7 @@ bench: install
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.drift
 	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.scheduler
 
 clean:
 	rm -rf .slipway site

@@ -24,9 +24,12 @@ from pathlib import Path
 
 def _components(bindir: str) -> dict[str, list[str]]:
     airflow = os.path.join(bindir, "airflow")
+    # The LocalExecutor forks each task from the scheduler: started with the task libraries imported,
+    # a task begins with them in memory (include/deploy/preloaded.py).
+    preloaded = [os.path.join(bindir, "python"), "-m", "include.deploy.preloaded"]
     return {
         "api-server": [airflow, "api-server"],
-        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "scheduler": [*preloaded, "scheduler", "--skip-serve-logs"],
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
     }

@@ -357,7 +357,17 @@ def services(topo: Topology, secret: dict[str, str]) -> list[Service]:
         # Its log server is skipped: the api-server reads task logs from the shared log folder.
         Service(
             "airflow-worker",
-            [airflow, "celery", "worker", "--skip-serve-logs", "--without-gossip"],
+            # Its pool's processes, and each task's, are forked from it: started with the task
+            # libraries imported, a task begins with them in memory (include/deploy/preloaded.py).
+            [
+                sys.executable,
+                "-m",
+                "include.deploy.preloaded",
+                "celery",
+                "worker",
+                "--skip-serve-logs",
+                "--without-gossip",
+            ],
             env=shared,
         ),
         Service(

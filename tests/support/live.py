@@ -202,8 +202,10 @@ class LiveStack:
         logs.mkdir()
         for component in COMPONENTS:
             out = open(logs / f"{component}.log", "wb")  # noqa: SIM115 - closed with the process
+            # The scheduler as the embedded stack starts it: task libraries imported before it forks tasks.
+            module = "include.deploy.preloaded" if component == "scheduler" else "airflow"
             self.procs[component] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", component],
+                [sys.executable, "-m", module, component],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
