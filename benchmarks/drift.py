@@ -11,13 +11,16 @@
 
 Then, each in its own process (wall time and peak resident memory of that process):
 
-1. **lean** (what ``<pipeline>__monitor`` runs every hour): stream the interval's rows from the
-   log in chunks, count them into the reference's bins, PSI per feature and for the scores;
+1. **lean** (what ``<pipeline>__monitor``'s ``check_drift`` runs every hour): stream the interval's
+   rows from the log in chunks, count them into the reference's bins, PSI per feature and for the
+   scores, every check of ``drift_checks``, and the seeded sample of ``report_sample_rows`` rows the
+   stored report is drawn from;
 2. **Evidently, all rows** (the peer): the same rows read into a DataFrame and Evidently's
    ``DataDriftPreset`` against the reference (its default tests per column);
 3. **Evidently, sample** (the report stored with each monitor run): a 5,000-row sample.
 
-Targets for the path the hourly check uses: under 60 s and under 4 GiB; reported, never enforced.
+Targets for the path the hourly check uses: under 10 s and under 1 GiB on 1M rows; reported, never
+enforced (the table says met or missed for every path, the peers included).
 Scores are drawn from one Beta distribution for both sides (no model is trained here): the bench
 measures the check's cost, which does not depend on what the scores are.
 """
@@ -41,7 +44,7 @@ from include.tasks.rollout.infra_validation import to_request_rows
 
 PIPELINE = "telco_churn"
 START = datetime(2026, 3, 1, tzinfo=UTC)
-TARGET_S, TARGET_GIB = 60.0, 4.0
+TARGET_S, TARGET_GIB = 10.0, 1.0
 
 
 def _spec():
@@ -102,6 +105,20 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
         "INSERT INTO slipway_predictions (request_id, variant, pipeline, entity_key, model_version, served, inputs, "
         f"probability, decision, latency_ms, created_at) VALUES ({', '.join([p] * 11)})"
     )
+    # Only the setup, not what is measured: the service's durable commits (an fsync each) took about
+    # 3 minutes for 1M rows here, ~30 s without; PostgreSQL's executemany is one round trip per row,
+    # execute_values one per thousand.
+    insert = cur.executemany
+    if db.dialect == "sqlite":
+        conn.execute("PRAGMA synchronous=OFF")
+    else:
+        from psycopg2.extras import execute_values
+
+        values_sql = sql.split(" VALUES ")[0] + " VALUES %s"
+
+        def insert(_sql, batch):
+            execute_values(cur, values_sql, batch, page_size=1000)
+
     chunk = 50_000
     for lo in range(0, rows, chunk):
         batch = []
@@ -122,7 +139,7 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
                     at,
                 )
             )
-        cur.executemany(sql, batch)
+        insert(sql, batch)
         conn.commit()
     cur.close()
     conn.close()
@@ -130,6 +147,16 @@ def prepare(base: Path, rows: int, db_url: str) -> dict:
 
 
 def _peak_gib() -> float:
+    """This process's peak resident memory. On Linux its own high-water mark: ``ru_maxrss`` carries the
+    parent's peak over fork and exec, so every worker reported at least what ``prepare`` had held
+    (0.51 GiB for a lean path that peaks at 0.15)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
@@ -143,15 +170,20 @@ def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample
     since = START.isoformat(timespec="microseconds")
     t0 = time.perf_counter()
     if kind == "lean":
+        cfg = spec.monitoring.drift
         profile = Profile.from_json(Path(profile_path).read_bytes())
-        counts, _ = count_window(served_inputs(db_url, PIPELINE, since, until), profile)
-        results = drift_checks(spec.monitoring.drift, counts)
+        counts, report_rows = count_window(
+            served_inputs(db_url, PIPELINE, since, until), profile, cfg.report_sample_rows
+        )
+        results = drift_checks(cfg, counts)
         drifted = sorted(r["metric"] for r in results if r["status"] == "failed")
         return {
             "rows": counts.rows,
             "seconds": time.perf_counter() - t0,
             "peak_gib": _peak_gib(),
             "drifted": drifted,
+            "checks": len(results),
+            "sampled": len(report_rows),
         }
     import orjson
     import pandas as pd
@@ -160,7 +192,7 @@ def worker(kind: str, db_url: str, profile_path: str, snapshot_path: str, sample
     from include.tasks.monitor.drift import evidently_report, feature_kinds
 
     kinds = feature_kinds(spec)
-    inputs = []
+    inputs: list[dict] = []
     for chunk in served_inputs(db_url, PIPELINE, since, until):
         inputs.extend(orjson.loads(r[0]) for r in chunk)
     if kind == "evidently_sample":
@@ -229,7 +261,7 @@ def run(args) -> str:
     paths = prepare(base, args.rows, args.db_url)
     prep_s = time.perf_counter() - t0
     rows = [
-        ("lean: stream + bins + PSI (the hourly check)", _measure("lean", args, paths)),
+        ("lean: stream + bins + PSI + report sample (the hourly check)", _measure("lean", args, paths)),
         ("Evidently DataDriftPreset, all rows (peer)", _measure("evidently", args, paths)),
         (
             f"Evidently DataDriftPreset, {args.sample:,}-row sample (stored report)",
@@ -244,7 +276,7 @@ def run(args) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load0[0]:.2f}; "
         f"evidently {version('evidently')}, log {args.db_url.split(':', 1)[0]}; rows written in {prep_s:.0f} s",
         "",
-        "| path | rows | wall s | peak RSS GiB | target (< 60 s, < 4 GiB) | drift found |",
+        f"| path | rows | wall s | peak RSS GiB | target (< {TARGET_S:g} s, < {TARGET_GIB:g} GiB) | drift found |",
         "|---|---:|---:|---:|---|---|",
     ]
     for name, r in rows:
@@ -255,12 +287,18 @@ def run(args) -> str:
         found = r["drifted"] if isinstance(r["drifted"], dict) else ", ".join(r["drifted"]) or "none"
         out.append(f"| {name} | {r['rows']:,} | {r['seconds']:.1f} | {r['peak_gib']:.2f} | {met} | {found} |")
     lean, peer = rows[0][1], rows[1][1]
-    if "error" not in lean and "error" not in peer:
+    if "error" not in lean:
         out += [
             "",
-            f"lean path: {peer['seconds'] / lean['seconds']:.1f}x faster than Evidently on all rows, "
-            f"{peer['peak_gib'] / lean['peak_gib']:.1f}x less memory",
+            f"lean path: {lean['seconds']:.1f} s of the {TARGET_S:g} s target "
+            f"({'met' if lean['seconds'] < TARGET_S else 'missed'}), {lean['peak_gib']:.2f} of "
+            f"{TARGET_GIB:g} GiB; {lean['checks']} checks, a {lean['sampled']:,}-row sample for the report",
         ]
+    if "error" not in lean and "error" not in peer:
+        out.append(
+            f"lean path: {peer['seconds'] / lean['seconds']:.1f}x faster than Evidently on all rows, "
+            f"{peer['peak_gib'] / lean['peak_gib']:.1f}x less memory"
+        )
     return "\n".join(out)
 
 
