@@ -49,7 +49,7 @@ _STRAY_AT_START = _stray_files()
 
 @functools.cache
 def _group(path: str) -> str:
-    """The unit a pytest-xdist worker takes whole (``make test`` runs ``-n 2``): every module on the
+    """The unit a pytest-xdist worker takes whole (``make test`` runs ``-n 3``): every module on the
     one live Airflow stack together (it starts once per worker, so once), the serving tests and every
     module on the service harness together (they share one trained registry and one service),
     otherwise the module (its fixtures built once)."""

@@ -20,8 +20,9 @@ import importlib
 import sys
 import time
 
-#: Libraries Slipway's tasks import, then the modules the DAG files import (each task parses its
-#: DAG file again in its own process).
+#: Libraries Slipway's tasks import. Not Slipway's own modules (``include``): a fork would run them as
+#: they were when the component started, while each task parses its DAG file anew and its lineage
+#: records the checkout's commit; a change to ``include/`` must reach the next task without a restart.
 TASK_MODULES = (
     "numpy",
     "pandas",
@@ -38,12 +39,6 @@ TASK_MODULES = (
     "onnx",
     "onnxruntime",
     "evidently",
-    "include.blocks.train",
-    "include.blocks.rollout",
-    "include.blocks.monitor",
-    "include.blocks.score",
-    "include.blocks.retire",
-    "include.lineage",
 )
 
 
