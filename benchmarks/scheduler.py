@@ -167,8 +167,9 @@ def run(args) -> str:
                     ) from None
                 time.sleep(1)
         af.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-        upstream = {t["task_id"]: [] for t in af.api("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]}
-        for t in af.api("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]:
+        tasks = af.api("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]
+        upstream: dict[str, list[str]] = {t["task_id"]: [] for t in tasks}
+        for t in tasks:
             for d in t.get("downstream_task_ids", []):
                 upstream.setdefault(d, []).append(t["task_id"])
         _say(f"{DAG_ID} for {MONTH} triggered on the scheduler")
